@@ -1,0 +1,103 @@
+# Periscope: `make demo` runs the main job on the embedded defaults; `make test` runs every test tier.
+# Both set up whatever is missing first. `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3.11
+UV_VERSION := 0.13.9
+VENV     := .venv
+PY       := $(VENV)/bin/python
+UV       := $(VENV)/bin/uv
+PERISCOPE := $(VENV)/bin/periscope
+JARS     := .local/jars
+MVN      := mvn -q -B -Dstyle.color=never -s jvm/settings.xml
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup system-deps demo test test-unit test-integration lint lock services-up services-down clean distclean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: system-deps $(VENV)/.installed $(JARS)/kafka/.fetched $(JARS)/spark/.fetched .env ## Install everything that is missing (idempotent, quiet when done)
+
+# Java 17 (Kafka, Spark), Maven (fetches the jars) and the PostgreSQL server, from Debian packages.
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: Periscope needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	@echo "creating $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q uv==$(UV_VERSION)
+
+# Exact versions come from requirements.lock (make lock); the project itself is editable.
+$(VENV)/.installed: $(VENV)/bin/python requirements.lock pyproject.toml
+	@echo "installing Python dependencies from requirements.lock"
+	@$(UV) pip sync -q --python $(PY) requirements.lock
+	@$(UV) pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+# The Kafka broker, and Spark's Kafka connector + Delta jars, from Maven Central (no Ivy).
+$(JARS)/kafka/.fetched: jvm/kafka-broker/pom.xml jvm/settings.xml
+	@echo "fetching the Kafka broker jars with mvn into $(JARS)/kafka"
+	@rm -rf $(JARS)/kafka && mkdir -p $(JARS) && $(MVN) -f jvm/kafka-broker/pom.xml dependency:copy-dependencies \
+	  -Djars.dir=$(CURDIR)/$(JARS)/kafka >$(JARS)/mvn-kafka.log 2>&1 \
+	  || { cat $(JARS)/mvn-kafka.log; echo "mvn failed: see $(JARS)/mvn-kafka.log"; exit 1; }
+	@touch $@
+
+$(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
+	@echo "fetching the Spark Kafka connector and Delta jars with mvn into $(JARS)/spark"
+	@rm -rf $(JARS)/spark && mkdir -p $(JARS) && $(MVN) -f jvm/spark/pom.xml dependency:copy-dependencies \
+	  -Djars.dir=$(CURDIR)/$(JARS)/spark >$(JARS)/mvn-spark.log 2>&1 \
+	  || { cat $(JARS)/mvn-spark.log; echo "mvn failed: see $(JARS)/mvn-spark.log"; exit 1; }
+	@touch $@
+
+# A local .env with random passwords; never overwritten once it exists.
+.env: | $(VENV)/bin/python
+	@echo "writing .env from .env.example with random local passwords"
+	@$(PY) scripts/write_env.py .env.example .env
+
+demo: setup ## Start the services, create the topics, show what runs
+	@$(PERISCOPE) services up
+	@$(PERISCOPE) topics create
+	@$(PERISCOPE) services status
+	@$(PERISCOPE) topics describe
+
+test: setup ## Run every test tier (starts the test services it needs, stops what it started)
+	@$(PY) -m pytest tests/unit -q
+	@$(PY) -m pytest tests/integration -q
+
+test-unit: setup ## The fast tier: no services, no Spark
+	@$(PY) -m pytest tests/unit -q
+
+test-integration: setup ## Real Kafka, PostgreSQL, Spark + Delta
+	@$(PY) -m pytest tests/integration -q
+
+lint: setup ## ruff and mypy
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+
+lock: $(VENV)/bin/python ## Re-resolve requirements.lock from pyproject.toml
+	@$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+services-up: setup ## periscope services up
+	@$(PERISCOPE) services up
+
+services-down: ## periscope services down
+	@[ ! -x $(PERISCOPE) ] || $(PERISCOPE) services down
+
+clean: services-down ## Stop services and delete run-time state (.local, lake contents)
+	@rm -rf .local lake/_checkpoints
+	@find lake -mindepth 2 -maxdepth 2 ! -name README.md -exec rm -rf {} +
+
+distclean: clean ## Also delete the virtualenv and .env
+	@rm -rf $(VENV) .env

@@ -1,0 +1,221 @@
+"""The `periscope` command line (Typer). Every command has `--help`.
+
+Stages add their own command groups here as they land (`ingest`, `bronze`, `silver`, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from periscope.errors import PeriscopeError
+from periscope.settings import Settings, get_settings
+
+__all__ = ["app", "main"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="periscope",
+    help="Periscope: a streaming medallion lakehouse (Kafka → Delta → Postgres) on real engines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+services_app = typer.Typer(
+    help="Run the local Kafka broker and PostgreSQL server.", no_args_is_help=True
+)
+topics_app = typer.Typer(
+    help="Create and inspect the Kafka topics of every source.", no_args_is_help=True
+)
+app.add_typer(services_app, name="services")
+app.add_typer(topics_app, name="topics")
+
+ServiceName = Annotated[
+    list[str] | None,
+    typer.Argument(help="kafka and/or postgres (default: both).", show_default=False),
+]
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
+    )
+    # kafka-python is chatty about every connection attempt while a broker starts.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.ERROR)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        missing = [f"PERISCOPE_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors()]
+        raise PeriscopeError(
+            "invalid or missing settings: "
+            + ", ".join(missing)
+            + ". Set them in the environment or in .env (`make setup` writes a .env "
+            "from .env.example with local passwords)."
+        ) from exc
+
+
+def _service_names(names: list[str] | None) -> list[str]:
+    from periscope.services import SERVICE_NAMES
+
+    chosen = names or list(SERVICE_NAMES)
+    unknown = sorted(set(chosen) - set(SERVICE_NAMES))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(SERVICE_NAMES)}"
+        )
+    return chosen
+
+
+# --- services ------------------------------------------------------------------------------
+@services_app.command("up")
+def services_up(names: ServiceName = None) -> None:
+    """Start the services (idempotent) and wait until each one answers."""
+    from periscope.services import get_service
+
+    settings = _settings()
+    for name in _service_names(names):
+        service = get_service(name, settings)
+        with console.status(f"starting {name} on {service.address} ..."):
+            outcome = service.start()
+        console.print(f"[green]✔[/] {name:<9} {outcome}, listening on {service.address}")
+
+
+@services_app.command("down")
+def services_down(names: ServiceName = None) -> None:
+    """Stop the services cleanly (idempotent)."""
+    from periscope.services import get_service
+
+    settings = _settings()
+    for name in reversed(_service_names(names)):
+        with console.status(f"stopping {name} ..."):
+            outcome = get_service(name, settings).stop()
+        console.print(f"[green]✔[/] {name:<9} {outcome}")
+
+
+@services_app.command("status")
+def services_status(names: ServiceName = None) -> None:
+    """Show what runs where; exits 1 when a service is down or unhealthy."""
+    from periscope.services import get_service
+
+    settings = _settings()
+    table = Table(title="Periscope services")
+    for column in ("service", "state", "address", "pid", "log", "detail"):
+        table.add_column(column)
+    all_ok = True
+    for name in _service_names(names):
+        st = get_service(name, settings).status()
+        state = (
+            "[green]healthy[/]"
+            if st.healthy
+            else ("[yellow]running, not answering[/]" if st.running else "[red]stopped[/]")
+        )
+        all_ok &= st.healthy
+        table.add_row(st.name, state, st.address, str(st.pid or "-"), str(st.log), st.detail)
+    console.print(table)
+    if not all_ok:
+        raise typer.Exit(1)
+
+
+@services_app.command("logs")
+def services_logs(
+    name: Annotated[str, typer.Argument(help="kafka or postgres.")],
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines to show.")] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+) -> None:
+    """Print the end of a service's log file."""
+    from periscope.services import get_service
+    from periscope.services._process import tail
+
+    service = get_service(_service_names([name])[0], _settings())
+    log_file = service.status().log
+    if follow:
+        os.execvp("tail", ["tail", "-n", str(lines), "-F", str(log_file)])
+    console.print(f"[dim]==> {log_file} <==[/]")
+    print(tail(log_file, lines))
+
+
+# --- topics --------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every source's topics (raw, dlq, features, predictions); existing ones are kept."""
+    from periscope.topics import create_topics
+
+    settings = _settings()
+    for topic, created in create_topics(settings).items():
+        mark = "[green]created[/]" if created else "[dim]exists [/]"
+        console.print(f"{mark}  {topic}")
+
+
+@topics_app.command("list")
+def topics_list(
+    internal: Annotated[bool, typer.Option(help="Include Kafka's internal topics.")] = False,
+) -> None:
+    """List the topics on the broker."""
+    from periscope.topics import list_topics
+
+    for topic in list_topics(_settings(), include_internal=internal):
+        print(topic)
+
+
+@topics_app.command("describe")
+def topics_describe(
+    topics: Annotated[
+        list[str] | None, typer.Argument(help="Topics to describe (default: all).")
+    ] = None,
+) -> None:
+    """Show partitions, replication and retention of topics."""
+    from periscope.topics import describe_topics
+
+    table = Table(title="Kafka topics")
+    for column in ("topic", "partitions", "replication", "retention"):
+        table.add_column(column)
+    try:
+        infos = describe_topics(_settings(), topics)
+    except KeyError as exc:
+        raise PeriscopeError(str(exc.args[0])) from None
+    for info in infos:
+        retention = f"{info.retention_ms / 3_600_000:g} h" if info.retention_ms is not None else "?"
+        table.add_row(info.name, str(info.partitions), str(info.replication_factor), retention)
+    console.print(table)
+
+
+# --- settings ------------------------------------------------------------------------------
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings (secrets masked) and where they come from."""
+    settings = _settings()
+    table = Table(title="Periscope settings (PERISCOPE_<NAME>, then .env, then defaults)")
+    table.add_column("name")
+    table.add_column("value")
+    for key, value in settings.model_dump().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def main() -> None:
+    """Console entry point: user-facing errors print one clear message, not a traceback."""
+    try:
+        app()
+    except PeriscopeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)

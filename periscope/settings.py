@@ -1,0 +1,113 @@
+"""One place for configuration: `PERISCOPE_*` environment variables, then `.env`, then defaults.
+
+The defaults describe one machine (Spark `local[*]`, local Ray, the project's own Kafka
+broker and PostgreSQL server). A cluster is the same code with other settings: a Spark
+master URL, a Ray address, a Kafka bootstrap list and an `s3a://` lake root.
+Passwords have no defaults: they come from the environment or `.env`
+(`make setup` writes a `.env` with random local passwords when there is none).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PROJECT_DIR", "Settings", "get_settings"]
+
+# The checkout this package was installed from (`pip install -e .`).
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Periscope settings; each field `x` is read from `PERISCOPE_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PERISCOPE_",
+        env_file=PROJECT_DIR / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- where things live -------------------------------------------------------------
+    project_dir: Path = PROJECT_DIR
+    local_dir: Path = Field(
+        default=PROJECT_DIR / ".local",
+        description="Run-time state of local services, fetched jars and logs (git-ignored).",
+    )
+    jars_dir: Path = Field(
+        default=PROJECT_DIR / ".local" / "jars",
+        description="Jars fetched by `make setup`: kafka/ for the broker, spark/ for spark.jars.",
+    )
+    lake_root: str = Field(
+        default=str(PROJECT_DIR / "lake"),
+        description="Root of the Delta lake: a local path, or s3a://bucket/prefix on a cluster.",
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        description="Comma-separated host:port list; empty means the local broker.",
+    )
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    topic_partitions: int = Field(default=4, ge=1)
+    topic_replication_factor: int = Field(default=1, ge=1)
+    topic_retention_hours: int = Field(default=7 * 24, ge=1)
+    dlq_retention_hours: int = Field(default=30 * 24, ge=1)
+
+    # --- PostgreSQL ----------------------------------------------------------------------
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5433
+    postgres_db: str = "periscope"
+    postgres_owner_user: str = "periscope"
+    postgres_owner_password: SecretStr
+    postgres_bi_user: str = "bi_reader"
+    postgres_bi_password: SecretStr
+    postgres_bin_dir: Path | None = Field(
+        default=None,
+        description="Folder holding initdb/pg_ctl/postgres; found automatically when empty.",
+    )
+
+    # --- engines -------------------------------------------------------------------------
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(default=4, ge=1)
+    spark_ui_enabled: bool = True
+    ray_address: str = Field(default="", description="Ray cluster address; empty = local Ray.")
+
+    # --- behaviour of `periscope services` -----------------------------------------------
+    service_start_timeout_s: float = Field(default=90.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_bootstrap_to_local_broker(self) -> Settings:
+        if not self.kafka_bootstrap_servers:
+            self.kafka_bootstrap_servers = f"{self.kafka_host}:{self.kafka_port}"
+        return self
+
+    # --- derived paths -------------------------------------------------------------------
+    # --- derived connection strings ------------------------------------------------------
+    def postgres_dsn(self, role: str = "owner") -> str:
+        """A libpq URI for the `owner` (loads data) or `bi` (read-only) role."""
+        if role == "owner":
+            user, password = self.postgres_owner_user, self.postgres_owner_password
+        elif role == "bi":
+            user, password = self.postgres_bi_user, self.postgres_bi_password
+        else:
+            raise ValueError(f"unknown role {role!r}: expected 'owner' or 'bi'")
+        secret = quote(password.get_secret_value(), safe="")
+        return (
+            f"postgresql://{quote(user, safe='')}:{secret}"
+            f"@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use (no import-time side effects)."""
+    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
