@@ -32,6 +32,7 @@ _SUPERUSER = "postgres"
 # PostgreSQL refuses to run as root; as root we run it as this system user instead.
 _ROOT_RUNS_AS = "postgres"
 _SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+_DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.<port>"
 
 
@@ -150,7 +151,7 @@ class PostgresServer:
         if self.settings.postgres_bin_dir:
             candidates.append(self.settings.postgres_bin_dir)
         debian = sorted(
-            Path("/usr/lib/postgresql").glob("*/bin"),
+            _DEBIAN_PG_ROOT.glob("*/bin"),
             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
             reverse=True,
         )
