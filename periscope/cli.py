@@ -116,20 +116,19 @@ def services_status(names: ServiceName = None) -> None:
     from periscope.services import get_service
 
     settings = _settings()
-    table = Table(title="Periscope services")
-    for column in ("service", "state", "address", "pid", "log", "detail"):
-        table.add_column(column)
     all_ok = True
     for name in _service_names(names):
         st = get_service(name, settings).status()
-        state = (
-            "[green]healthy[/]"
-            if st.healthy
-            else ("[yellow]running, not answering[/]" if st.running else "[red]stopped[/]")
-        )
         all_ok &= st.healthy
-        table.add_row(st.name, state, st.address, str(st.pid or "-"), str(st.log), st.detail)
-    console.print(table)
+        if st.healthy:
+            state = "[green]✔ healthy[/]"
+        elif st.running:
+            state = "[yellow]✘ running, not answering[/]"
+        else:
+            state = "[red]✘ stopped[/]"
+        pid = f"pid {st.pid}" if st.pid else ""
+        console.print(f"{name:<9} {state}  {st.address}  {pid}", highlight=False)
+        console.print(f"          {st.detail}; log {st.log}", highlight=False, soft_wrap=True)
     if not all_ok:
         raise typer.Exit(1)
 
