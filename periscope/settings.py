@@ -22,6 +22,12 @@ __all__ = ["PROJECT_DIR", "Settings", "get_settings"]
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
+def _default_shared_dir() -> Path:
+    """`../shared` beside the checkout; a clone elsewhere (CI) falls back to /work/shared."""
+    beside = PROJECT_DIR.parent / "shared"
+    return beside if beside.is_dir() else Path("/work/shared")
+
+
 class Settings(BaseSettings):
     """Periscope settings; each field `x` is read from `PERISCOPE_X`."""
 
@@ -41,6 +47,10 @@ class Settings(BaseSettings):
     jars_dir: Path = Field(
         default=PROJECT_DIR / ".local" / "jars",
         description="Jars fetched by `make setup`: kafka/ for the broker, spark/ for spark.jars.",
+    )
+    shared_dir: Path = Field(
+        default_factory=_default_shared_dir,
+        description="Shared read-only inputs: data/ (real datasets) and schemas/.",
     )
     lake_root: str = Field(
         default=str(PROJECT_DIR / "lake"),
@@ -91,6 +101,11 @@ class Settings(BaseSettings):
         return self
 
     # --- derived paths -------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        """The real datasets (see data/PROVENANCE.md there); read in place, never copied."""
+        return self.shared_dir / "data"
+
     # --- derived connection strings ------------------------------------------------------
     def postgres_dsn(self, role: str = "owner") -> str:
         """A libpq URI for the `owner` (loads data) or `bi` (read-only) role."""

@@ -171,4 +171,4 @@ def describe_topics(settings: Settings, names: list[str] | None = None) -> list[
 
 
 def _int_or_none(value: str | None) -> int | None:
-    return int(value) if value not in (None, "") else None
+    return int(value) if value else None

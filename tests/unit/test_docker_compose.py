@@ -24,9 +24,10 @@ import pytest
 import yaml
 from jsonschema.validators import validator_for
 
+from periscope.settings import Settings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
-SCHEMA_FILE = REPO_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 LOCK_FILE = REPO_ROOT / "requirements.lock"
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 
@@ -322,14 +323,15 @@ def validator_class_for(schema: Doc) -> Any:
     return cls
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def schema() -> Doc:
-    if not SCHEMA_FILE.is_file():
-        pytest.fail(f"Compose schema missing: {SCHEMA_FILE} (see its README)")
-    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema_file = Settings().shared_dir / "schemas" / "compose-spec.json"
+    if not schema_file.is_file():
+        pytest.fail(f"Compose schema missing: {schema_file} (see its README)")
+    return json.loads(schema_file.read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def validator(schema: Doc) -> Any:
     cls = validator_class_for(schema)
     cls.check_schema(schema)
