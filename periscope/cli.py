@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
@@ -209,6 +210,20 @@ def show_config() -> None:
     for key, value in settings.model_dump().items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+def _add_stage_commands() -> None:
+    """Mount each stage's command group, declared as a `periscope.commands` entry point.
+
+    The stages import `periscope`, never the reverse: the CLI finds their commands through
+    package metadata (pyproject.toml), so `periscope ingest ...` works without this module
+    importing `ingest`.
+    """
+    for entry in sorted(entry_points(group="periscope.commands"), key=lambda e: e.name):
+        app.add_typer(entry.load(), name=entry.name)
+
+
+_add_stage_commands()
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
+    kafka_compression: Literal["lz4", "gzip", "none"] = "lz4"
+    producer_linger_ms: int = Field(default=20, ge=0)
+    producer_batch_bytes: int = Field(default=256 * 1024, ge=1024)
     topic_partitions: int = Field(default=4, ge=1)
     topic_replication_factor: int = Field(default=1, ge=1)
     topic_retention_hours: int = Field(default=7 * 24, ge=1)
@@ -82,6 +86,19 @@ class Settings(BaseSettings):
     postgres_bin_dir: Path | None = Field(
         default=None,
         description="Folder holding initdb/pg_ctl/postgres; found automatically when empty.",
+    )
+
+    # --- ingest ------------------------------------------------------------------------
+    open_meteo_base_url: str = Field(
+        default="https://api.open-meteo.com",
+        description="Open-Meteo forecast API root (tests point it at a local replay server).",
+    )
+    open_meteo_timeout_s: float = Field(default=10.0, gt=0)
+    live_poll_interval_s: float = Field(
+        default=120.0, ge=60.0, le=300.0, description="How often `ingest live` polls (1-5 minutes)."
+    )
+    live_stations: str = Field(
+        default="", description="Comma-separated station ids for `ingest live`; empty = all."
     )
 
     # --- engines -------------------------------------------------------------------------
