@@ -2,9 +2,125 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from periscope import get_settings
+from periscope.contracts import CONTRACTS
+
+__all__ = ["app"]
+
+console = Console()
 
 app = typer.Typer(
     help="Produce records into Kafka: replay real history, poll Open-Meteo, inject chaos.",
     no_args_is_help=True,
 )
+
+Source = Annotated[str, typer.Option("--source", "-s", help=f"One of: {', '.join(CONTRACTS)}.")]
+
+
+def _check_source(source: str) -> str:
+    if source not in CONTRACTS:
+        raise typer.BadParameter(f"unknown source {source!r}; choose from {', '.join(CONTRACTS)}")
+    return source
+
+
+def _stations(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value else None
+
+
+@app.command("replay")
+def replay_command(
+    source: Source = "weather",
+    limit: Annotated[
+        int | None, typer.Option(min=0, help="Stop after this many good records.")
+    ] = None,
+    stations: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated station ids (weather), e.g. portland,seattle."),
+    ] = None,
+    speedup: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Pace by event time N× faster than real time; 0 = as fast as possible."
+        ),
+    ] = 0.0,
+    rebase_now: Annotated[
+        bool, typer.Option("--rebase-now", help="Shift timestamps so the replay ends now.")
+    ] = False,
+    bad_rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Share of malformed records in all records sent (0-0.99)."
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for where malformed records go.")] = 0,
+) -> None:
+    """Replay a real dataset from ../shared/data into `<source>-raw`."""
+    from ingest.replay import replay
+
+    report = replay(
+        get_settings(),
+        _check_source(source),
+        limit=limit,
+        stations=_stations(stations),
+        speedup=speedup,
+        rebase_now=rebase_now,
+        bad_rate=bad_rate,
+        seed=seed,
+        progress=True,
+    )
+    console.print(
+        f"replayed {report.sent} records into {report.topic} "
+        f"({report.good} good, {report.bad} malformed; events {report.first_event} .. {report.last_event})"
+    )
+
+
+@app.command("chaos")
+def chaos_command(
+    source: Source = "weather",
+    count: Annotated[int, typer.Option(min=1, help="How many malformed records.")] = 70,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Send malformed records (every kind in turn) for the silver stage to quarantine."""
+    from ingest.chaos import produce_chaos
+
+    report = produce_chaos(
+        get_settings(), _check_source(source), count=count, seed=seed, progress=True
+    )
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.by_kind.items()))
+    console.print(f"sent {report.sent} malformed records into {report.topic}: {kinds}")
+
+
+@app.command("live")
+def live_command(
+    stations: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated station ids; default: PERISCOPE_LIVE_STATIONS or all."),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            min=60.0,
+            max=300.0,
+            help="Seconds between polls (default: PERISCOPE_LIVE_POLL_INTERVAL_S).",
+        ),
+    ] = None,
+    max_polls: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many polls.")
+    ] = None,
+) -> None:
+    """Poll Open-Meteo current conditions for the stations and send new observations."""
+    from ingest.datasets import load_stations
+    from ingest.live import run_live, select_stations
+
+    settings = get_settings()
+    chosen = select_stations(load_stations(settings.data_dir), stations or settings.live_stations)
+    report = run_live(settings, stations=chosen, interval_s=interval, max_polls=max_polls)
+    console.print(
+        f"live: {report.polls} polls, {report.sent} observations sent, "
+        f"{report.duplicates_skipped} duplicates skipped, {report.failed_polls} failed polls"
+    )

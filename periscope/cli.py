@@ -12,7 +12,6 @@ from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -58,19 +57,11 @@ def _root(
     )
     # kafka-python is chatty about every connection attempt while a broker starts.
     logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("py4j").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        missing = [f"PERISCOPE_{'_'.join(map(str, e['loc'])).upper()}" for e in exc.errors()]
-        raise PeriscopeError(
-            "invalid or missing settings: "
-            + ", ".join(missing)
-            + ". Set them in the environment or in .env (`make setup` writes a .env "
-            "from .env.example with local passwords)."
-        ) from exc
+    return get_settings()
 
 
 def _service_names(names: list[str] | None) -> list[str]:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from periscope.errors import PeriscopeError
 
 __all__ = ["PROJECT_DIR", "Settings", "get_settings"]
 
@@ -101,6 +103,14 @@ class Settings(BaseSettings):
         default="", description="Comma-separated station ids for `ingest live`; empty = all."
     )
 
+    # --- streams -------------------------------------------------------------------------
+    bronze_max_offsets_per_trigger: int = Field(
+        default=100_000, ge=1, description="Upper bound of Kafka records per bronze micro-batch."
+    )
+    stream_trigger_interval: str = Field(
+        default="2 seconds", description="Micro-batch interval of continuously running streams."
+    )
+
     # --- engines -------------------------------------------------------------------------
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
@@ -123,6 +133,14 @@ class Settings(BaseSettings):
         """The real datasets (see data/PROVENANCE.md there); read in place, never copied."""
         return self.shared_dir / "data"
 
+    def lake_path(self, table: str) -> str:
+        """Where a lake table lives, e.g. `lake_path("bronze/weather_raw")` (local or s3a://)."""
+        return f"{self.lake_root.rstrip('/')}/{table}"
+
+    def checkpoint_path(self, query: str) -> str:
+        """One checkpoint folder per streaming query, under `<lake_root>/_checkpoints/`."""
+        return self.lake_path(f"_checkpoints/{query}")
+
     # --- derived connection strings ------------------------------------------------------
     def postgres_dsn(self, role: str = "owner") -> str:
         """A libpq URI for the `owner` (loads data) or `bi` (read-only) role."""
@@ -141,5 +159,19 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built on first use (no import-time side effects)."""
-    return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    """The process-wide settings, built on first use (no import-time side effects).
+
+    Raises PeriscopeError naming the variables that are missing or invalid.
+    """
+    try:
+        return Settings()  # type: ignore[call-arg]  # required fields come from the environment
+    except ValidationError as exc:
+        names = [
+            f"PERISCOPE_{'_'.join(map(str, e['loc'])).upper()} ({e['msg']})" for e in exc.errors()
+        ]
+        raise PeriscopeError(
+            "invalid or missing settings: "
+            + ", ".join(names)
+            + ". Set them in the environment or in .env (`make setup` writes a .env "
+            "from .env.example with local passwords)."
+        ) from exc

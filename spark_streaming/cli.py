@@ -1,9 +1,62 @@
-"""`periscope bronze ...` (mounted by periscope/cli.py)."""
+"""`periscope bronze ...` (mounted by periscope/cli.py through an entry point)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from periscope import get_settings
+from periscope.contracts import CONTRACTS, SourceContract, get_contract
+
+__all__ = ["bronze_app"]
+
+console = Console()
 
 bronze_app = typer.Typer(
     help="Land Kafka records in the Delta bronze layer, exactly once.", no_args_is_help=True
 )
+
+Sources = Annotated[
+    list[str] | None,
+    typer.Option("--source", "-s", help="Source to run (repeatable); default: every source."),
+]
+
+
+def _contracts(sources: list[str] | None) -> list[SourceContract]:
+    try:
+        return [get_contract(name) for name in (sources or list(CONTRACTS))]
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+
+
+@bronze_app.command("run")
+def bronze_run(
+    source: Sources = None,
+    available_now: Annotated[
+        bool,
+        typer.Option(
+            "--available-now", help="Stop once caught up instead of running continuously."
+        ),
+    ] = False,
+    max_offsets_per_trigger: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Records per micro-batch (default: PERISCOPE_BRONZE_MAX_OFFSETS_PER_TRIGGER).",
+        ),
+    ] = None,
+) -> None:
+    """Stream `<source>-raw` into `lake/bronze/<source>_raw` (one query per source)."""
+    from spark_streaming.bronze import run_bronze
+
+    settings = get_settings()
+    landed = run_bronze(
+        settings,
+        _contracts(source),
+        available_now=available_now,
+        max_offsets_per_trigger=max_offsets_per_trigger,
+    )
+    for name, rows in landed.items():
+        console.print(f"bronze {name}: {rows} records landed in this run")

@@ -65,6 +65,9 @@ def build_spark_session(
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.ui.enabled": str(settings.spark_ui_enabled).lower(),
+        "spark.ui.showConsoleProgress": "false",  # jobs log their own progress
+        # Delta rebuilds table state with this many tasks (default 50): far too many locally.
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions),
         # Streaming state in RocksDB: bounded JVM heap however many keys a window holds.
         "spark.sql.streaming.stateStore.providerClass": (
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"

@@ -1,0 +1,178 @@
+"""Parsers of the real datasets under `settings.data_dir` into long, contract-shaped frames.
+
+Pure functions (polars, no Kafka): each returns one row per (station_id, timestamp) with
+`timestamp` as a UTC `Datetime("us")` and every measure of the source's contract as a
+Float64 column in the contract's units, under the contract's names. Files are read in
+place; see `data/PROVENANCE.md` there for what each file is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from periscope.contracts import AIR_QUALITY, WEATHER, SourceContract, get_contract
+
+__all__ = [
+    "UCI_STATION_ID",
+    "Station",
+    "load_stations",
+    "read_air_quality",
+    "read_source",
+    "read_weather",
+    "station_id",
+]
+
+UCI_STATION_ID = "uci_air_quality"
+
+_WEATHER_DIR = "weather_hourly"
+_AIR_QUALITY_CSV = Path("air_quality") / "AirQualityUCI.csv"
+_TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# The weather files keep OpenWeatherMap's units; only temperature differs from the contract.
+# Kelvin values carry at most 9 decimals, so rounding there only drops float noise
+# (282.08 K -> 8.93 °C, not 8.930000000000007).
+_WEATHER_TO_CONTRACT_UNITS: dict[str, Callable[[pl.Expr], pl.Expr]] = {
+    "temperature": lambda kelvin: (kelvin - 273.15).round(9),
+}
+
+
+@dataclass(frozen=True)
+class Station:
+    """A weather station: one city of the Kaggle historical hourly weather dataset."""
+
+    station_id: str
+    name: str
+    country: str
+    latitude: float
+    longitude: float
+
+
+def station_id(name: str) -> str:
+    """A stable slug of a city name.
+
+    >>> station_id("Tel Aviv District")
+    'tel_aviv_district'
+    """
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def load_stations(data_dir: Path) -> list[Station]:
+    """The 36 cities of `weather_hourly/city_attributes.csv`, in file order."""
+    frame = pl.read_csv(
+        Path(data_dir) / _WEATHER_DIR / "city_attributes.csv",
+        schema_overrides={"Latitude": pl.Float64, "Longitude": pl.Float64},
+    )
+    return [
+        Station(
+            station_id(row["City"]), row["City"], row["Country"], row["Latitude"], row["Longitude"]
+        )
+        for row in frame.iter_rows(named=True)
+    ]
+
+
+def _drop_empty_and_sort(frame: pl.DataFrame, contract: SourceContract) -> pl.DataFrame:
+    measures = contract.measure_names
+    return (
+        frame.filter(pl.any_horizontal(pl.col(m).is_not_null() for m in measures))
+        .select(contract.key_field, contract.event_time_field, *measures)
+        .sort(contract.event_time_field, contract.key_field)
+    )
+
+
+def _weather_measure(path: Path, measure: str, wanted: set[str] | None) -> pl.LazyFrame:
+    """One wide weather file as long (station_id, timestamp, <measure>) rows."""
+    header = pl.read_csv(path, n_rows=0).columns
+    cities = [c for c in header[1:] if wanted is None or station_id(c) in wanted]
+    to_unit = _WEATHER_TO_CONTRACT_UNITS.get(measure, lambda value: value)
+    return (
+        pl.scan_csv(path, infer_schema=False)  # all strings, cast strictly below
+        .select(
+            pl.col("datetime")
+            .str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC")
+            .alias("timestamp"),
+            *(pl.col(c).cast(pl.Float64).alias(station_id(c)) for c in cities),
+        )
+        .unpivot(index="timestamp", variable_name="station_id", value_name=measure)
+        .with_columns(to_unit(pl.col(measure)).alias(measure))
+    )
+
+
+def read_weather(data_dir: Path, *, stations: list[str] | None = None) -> pl.DataFrame:
+    """Hourly weather of every (or the given) station, long format, temperature in °C.
+
+    A file that lacks a city (temperature and pressure have 32 of the 36) or a period
+    (wind_direction starts 2016-12-01) leaves that measure null there. Rows where every
+    measure is null are dropped; rows are sorted by timestamp, then station_id.
+    """
+    wanted: set[str] | None = None
+    if stations is not None:
+        known = [s.station_id for s in load_stations(data_dir)]
+        unknown = sorted(set(stations) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown weather station(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        wanted = set(stations)
+
+    keys = ["station_id", "timestamp"]
+    joined: pl.LazyFrame | None = None
+    for measure in WEATHER.measures:
+        path = Path(data_dir) / _WEATHER_DIR / f"{measure.source or measure.name}.csv"
+        long = _weather_measure(path, measure.name, wanted)
+        joined = long if joined is None else joined.join(long, on=keys, how="full", coalesce=True)
+    assert joined is not None  # the contract has measures
+    return _drop_empty_and_sort(joined.collect(), WEATHER)
+
+
+def read_air_quality(data_dir: Path) -> pl.DataFrame:
+    """The UCI Air Quality station, one row per hour, sentinels (-200) as nulls.
+
+    Timestamps: the file records local Italian time with no zone or DST marker. They are
+    taken as recorded and labelled UTC: converting from Europe/Rome would invent a gap in
+    March and duplicate hours in October that the hourly series does not have.
+    """
+    source_names = {m.source or m.name: m for m in AIR_QUALITY.measures}
+    frame = pl.read_csv(
+        Path(data_dir) / _AIR_QUALITY_CSV,
+        separator=";",
+        decimal_comma=True,
+        columns=["Date", "Time", *source_names],
+        schema_overrides={"Date": pl.Utf8, "Time": pl.Utf8}
+        | {name: pl.Float64 for name in source_names},
+    )
+    parsed = frame.select(
+        pl.lit(UCI_STATION_ID).alias("station_id"),
+        (pl.col("Date") + " " + pl.col("Time"))
+        .str.to_datetime("%d/%m/%Y %H.%M.%S", time_unit="us", time_zone="UTC")
+        .alias("timestamp"),
+        *(
+            pl.when(pl.col(source).is_in(m.sentinels))
+            .then(None)
+            .otherwise(pl.col(source))
+            .alias(m.name)
+            for source, m in source_names.items()
+        ),
+    )
+    return _drop_empty_and_sort(parsed, AIR_QUALITY)
+
+
+def read_source(
+    source_name: str, data_dir: Path, *, stations: list[str] | None = None
+) -> pl.DataFrame:
+    """The history of one source by contract name; `stations` narrows weather only."""
+    try:
+        contract = get_contract(source_name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    if contract is WEATHER:
+        return read_weather(data_dir, stations=stations)
+    if contract is AIR_QUALITY:
+        if stations is not None and set(stations) != {UCI_STATION_ID}:
+            raise ValueError(f"air_quality has one station: {UCI_STATION_ID}")
+        return read_air_quality(data_dir)
+    raise ValueError(f"no dataset reader for source {source_name!r}")
