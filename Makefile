@@ -65,11 +65,18 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 	@echo "writing .env from .env.example with random local passwords"
 	@$(PY) scripts/write_env.py .env.example .env
 
-demo: setup ## Start the services, create the topics, show what runs
+DEMO_RECORDS ?= 5000
+
+demo: setup ## Services, topics, replay a slice of both sources with some chaos, bronze until caught up
 	@$(PERISCOPE) services up
 	@$(PERISCOPE) topics create
 	@$(PERISCOPE) services status
 	@$(PERISCOPE) topics describe
+	@$(PERISCOPE) ingest replay --source weather --stations portland,seattle,denver,new_york,jerusalem \
+	  --limit $(DEMO_RECORDS) --bad-rate 0.01
+	@$(PERISCOPE) ingest replay --source air_quality --limit $(DEMO_RECORDS) --bad-rate 0.01
+	@$(PERISCOPE) bronze run --available-now
+	@$(PERISCOPE) bronze status
 
 test: setup ## Run every test tier (starts the test services it needs, stops what it started)
 	@$(PY) -m pytest tests/unit -q

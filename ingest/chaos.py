@@ -194,5 +194,5 @@ def produce_chaos(
     by_kind: dict[str, int] = {}
     for kind, _, _ in records:
         by_kind[kind] = by_kind.get(kind, 0) + 1
-    log.info("sent %d malformed records to %s: %s", delivery.sent, topic, by_kind)
+    log.debug("sent %d malformed records to %s: %s", delivery.sent, topic, by_kind)
     return ChaosReport(topic=topic, sent=delivery.sent, by_kind=by_kind)

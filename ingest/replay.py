@@ -242,7 +242,7 @@ def replay(
         first_event=tally.first_event,
         last_event=tally.last_event,
     )
-    log.info(
+    log.debug(
         "replayed %d records to %s (%d good, %d malformed), events %s .. %s",
         report.sent,
         topic,

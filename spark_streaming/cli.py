@@ -60,3 +60,39 @@ def bronze_run(
     )
     for name, rows in landed.items():
         console.print(f"bronze {name}: {rows} records landed in this run")
+
+
+@bronze_app.command("status")
+def bronze_status(source: Sources = None) -> None:
+    """Per source: records written to Kafka, rows in bronze, and how many are not landed yet.
+
+    Bronze starts from the earliest offset and fails on data loss, so once caught up its
+    rows equal the sum of the topic's end offsets.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from periscope.lake import delta_row_count
+    from spark_streaming.bronze import BronzeTarget
+
+    settings = get_settings()
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        for contract in _contracts(source):
+            target = BronzeTarget.for_contract(settings, contract)
+            partitions = [
+                TopicPartition(target.topic, p)
+                for p in consumer.partitions_for_topic(target.topic) or ()
+            ]
+            in_kafka = sum(consumer.end_offsets(partitions).values())
+            try:
+                landed = delta_row_count(target.table_path)
+            except Exception:  # noqa: BLE001 - no table yet (deltalake raises TableNotFoundError)
+                landed = 0
+            console.print(
+                f"{contract.name:<12} kafka {in_kafka:>9}  bronze {landed:>9}  not landed {in_kafka - landed:>9}"
+                f"  ({target.topic} -> {target.table_path})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    finally:
+        consumer.close()
