@@ -105,7 +105,9 @@ class Settings(BaseSettings):
 
     # --- streams -------------------------------------------------------------------------
     bronze_max_offsets_per_trigger: int = Field(
-        default=100_000, ge=1, description="Upper bound of Kafka records per bronze micro-batch."
+        default=500_000,
+        ge=1,
+        description="Upper bound of Kafka records per bronze micro-batch (big batches amortise commits).",
     )
     stream_trigger_interval: str = Field(
         default="2 seconds", description="Micro-batch interval of continuously running streams."
