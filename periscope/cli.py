@@ -190,6 +190,64 @@ def topics_describe(
     console.print(table)
 
 
+# --- lake ----------------------------------------------------------------------------------
+lake_app = typer.Typer(
+    help="Inspect the lake: reconcile every record between layers.", no_args_is_help=True
+)
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("audit")
+def lake_audit(
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Source to audit (repeatable); default: all."),
+    ] = None,
+    require_caught_up: Annotated[
+        bool,
+        typer.Option("--require-caught-up", help="Also fail when records are still in flight."),
+    ] = False,
+) -> None:
+    """Kafka records, bronze rows, silver observations, quarantined, duplicates and late, per source.
+
+    Exits 1 when they do not add up.
+    """
+    from periscope.audit import audit_source
+    from periscope.contracts import CONTRACTS, get_contract
+
+    settings = _settings()
+    try:
+        contracts = [get_contract(name) for name in (source or list(CONTRACTS))]
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    audits = [audit_source(settings, c, require_caught_up=require_caught_up) for c in contracts]
+    table = Table(title="Lake audit: every record accounted for")
+    table.add_column("records")
+    for a in audits:
+        table.add_column(a.source, justify="right")
+    rows = {
+        "in Kafka (<source>-raw)": [a.kafka for a in audits],
+        "in bronze": [a.bronze for a in audits],
+        "processed by silver": [a.processed for a in audits],
+        "  = silver observations": [a.tables["observations"] for a in audits],
+        "  + quarantined": [a.tables["quarantined"] for a in audits],
+        "  + dropped as duplicates": [a.tables["duplicates"] for a in audits],
+        "too late for features": [a.tables["late"] for a in audits],
+        "in flight": [a.not_landed + a.not_processed for a in audits],
+    }
+    for label, values in rows.items():
+        table.add_row(label, *[f"{v:,}" for v in values])
+    table.add_row(
+        "verdict", *["[green]adds up[/]" if not a.problems else "[red]MISMATCH[/]" for a in audits]
+    )
+    console.print(table)
+    problems = [f"{a.source}: {p}" for a in audits for p in a.problems]
+    for problem in problems:
+        err_console.print(f"[red]✘[/] {problem}")
+    if problems:
+        raise typer.Exit(1)
+
+
 # --- settings ------------------------------------------------------------------------------
 @app.command("config")
 def show_config() -> None:

@@ -96,3 +96,27 @@ def bronze_status(source: Sources = None) -> None:
             )
     finally:
         consumer.close()
+
+
+silver_app = typer.Typer(
+    help="Validate, deduplicate and window bronze records into the silver layer.",
+    no_args_is_help=True,
+)
+
+
+@silver_app.command("run")
+def silver_run(
+    source: Sources = None,
+    available_now: Annotated[
+        bool,
+        typer.Option(
+            "--available-now", help="Stop once caught up with bronze instead of running on."
+        ),
+    ] = False,
+) -> None:
+    """Stream `bronze/<source>_raw` into silver observations, quarantine and features."""
+    from spark_streaming.silver import run_silver
+
+    processed = run_silver(get_settings(), _contracts(source), available_now=available_now)
+    for name, rows in processed.items():
+        console.print(f"silver {name}: {rows} bronze records processed in this run")

@@ -1,0 +1,127 @@
+"""Reconciliation: every record accounted for between Kafka, bronze and silver.
+
+Per source: records in Kafka (`<source>-raw` end offsets), bronze rows, and what silver made
+of the bronze rows it processed: observations + quarantined + duplicates must equal them, and
+each table must hold what silver's batch ledger says it wrote. Records too late for features
+are counted (they stay in observations). Reads Delta logs with delta-rs: no Spark needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from periscope.contracts import SourceContract
+from periscope.settings import Settings
+
+__all__ = ["SourceAudit", "audit_source", "reconcile"]
+
+SILVER_OUTPUTS = ("observations", "quarantined", "duplicates")
+
+
+@dataclass
+class SourceAudit:
+    """The counts of one source and what does not add up."""
+
+    source: str
+    kafka: int
+    bronze: int
+    processed: int  # bronze rows silver has processed (its ledger)
+    tables: dict[str, int]  # rows in observations / quarantined / duplicates / late tables
+    ledger: dict[str, int]  # the same, as silver's batches recorded them
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def not_landed(self) -> int:
+        return self.kafka - self.bronze
+
+    @property
+    def not_processed(self) -> int:
+        return self.bronze - self.processed
+
+
+def reconcile(audit: SourceAudit, *, require_caught_up: bool = False) -> SourceAudit:
+    """Fill `audit.problems` with every equation that fails (pure: counts in, verdicts out)."""
+    problems = audit.problems
+    if audit.bronze > audit.kafka:
+        problems.append(
+            f"bronze has {audit.bronze} rows but Kafka only ever had {audit.kafka} records"
+        )
+    if audit.processed > audit.bronze:
+        problems.append(f"silver processed {audit.processed} rows but bronze has {audit.bronze}")
+    outputs = sum(audit.tables[name] for name in SILVER_OUTPUTS)
+    if outputs != audit.processed:
+        problems.append(
+            f"observations + quarantined + duplicates = {outputs}, but silver processed {audit.processed} bronze rows"
+        )
+    for name, rows in audit.tables.items():
+        if rows != audit.ledger.get(name, 0):
+            problems.append(
+                f"{name}: table has {rows} rows, silver's ledger says {audit.ledger.get(name, 0)}"
+            )
+    if audit.tables["late"] > audit.tables["observations"]:
+        problems.append("more late rows than observations")
+    if require_caught_up and (audit.not_landed or audit.not_processed):
+        problems.append(
+            f"not caught up: {audit.not_landed} not in bronze, {audit.not_processed} not processed"
+        )
+    return audit
+
+
+def _end_offsets_total(settings: Settings, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+    finally:
+        consumer.close()
+
+
+def _rows(path: str) -> int:
+    from deltalake.exceptions import TableNotFoundError
+
+    from periscope.lake import delta_row_count
+
+    try:
+        return delta_row_count(path)
+    except TableNotFoundError:
+        return 0
+
+
+def _ledger(path: str) -> dict[str, int]:
+    from deltalake.exceptions import TableNotFoundError
+
+    from periscope.lake import read_delta
+
+    names = ["bronze_rows", "observations", "quarantined", "duplicates", "late"]
+    try:
+        table = read_delta(path, names)
+    except TableNotFoundError:
+        return dict.fromkeys(names, 0)
+    return {name: int(sum(v or 0 for v in table.column(name).to_pylist())) for name in names}
+
+
+def audit_source(
+    settings: Settings, contract: SourceContract, *, require_caught_up: bool = False
+) -> SourceAudit:
+    """Count everything for one source and reconcile it."""
+
+    def path(layer: str, entity: str) -> str:
+        return settings.lake_path(contract.table(layer, entity))  # type: ignore[arg-type]
+
+    ledger = _ledger(path("silver", "batches"))
+    audit = SourceAudit(
+        source=contract.name,
+        kafka=_end_offsets_total(settings, contract.topic("raw")),
+        bronze=_rows(path("bronze", "raw")),
+        processed=ledger.pop("bronze_rows"),
+        tables={
+            "observations": _rows(path("silver", "observations")),
+            "quarantined": _rows(path("silver", "quarantine")),
+            "duplicates": _rows(path("silver", "duplicates")),
+            "late": _rows(path("silver", "late")),
+        },
+        ledger=ledger,
+    )
+    return reconcile(audit, require_caught_up=require_caught_up)
