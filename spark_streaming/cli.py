@@ -113,10 +113,19 @@ def silver_run(
             "--available-now", help="Stop once caught up with bronze instead of running on."
         ),
     ] = False,
+    max_files_per_trigger: Annotated[
+        int | None,
+        typer.Option(min=1, help="Bronze files per micro-batch (default: Delta's 1000)."),
+    ] = None,
 ) -> None:
     """Stream `bronze/<source>_raw` into silver observations, quarantine and features."""
     from spark_streaming.silver import run_silver
 
-    processed = run_silver(get_settings(), _contracts(source), available_now=available_now)
+    processed = run_silver(
+        get_settings(),
+        _contracts(source),
+        available_now=available_now,
+        max_files_per_trigger=max_files_per_trigger,
+    )
     for name, rows in processed.items():
         console.print(f"silver {name}: {rows} bronze records processed in this run")

@@ -507,6 +507,7 @@ def run_silver(
     contracts: list[SourceContract],
     *,
     available_now: bool = False,
+    max_files_per_trigger: int | None = None,
     spark: SparkSession | None = None,
 ) -> dict[str, int]:
     """Run one silver query per source; returns bronze rows processed per source in this run."""
@@ -516,7 +517,12 @@ def run_silver(
     spark = spark or build_spark_session("periscope-silver", settings=settings)
     queries = [
         start_silver(
-            spark, settings, c, SilverTables.for_contract(settings, c), available_now=available_now
+            spark,
+            settings,
+            c,
+            SilverTables.for_contract(settings, c),
+            available_now=available_now,
+            max_files_per_trigger=max_files_per_trigger,
         )
         for c in contracts
     ]
