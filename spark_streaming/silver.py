@@ -21,8 +21,9 @@ The same function runs over a whole bronze table as a batch (`backfill`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from periscope import Settings
@@ -40,7 +41,14 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
     from pyspark.sql.types import StructType
 
-__all__ = ["SilverTables", "ensure_silver_tables", "process_batch", "run_silver", "start_silver"]
+__all__ = [
+    "BatchProcessor",
+    "SilverTables",
+    "ensure_silver_tables",
+    "process_batch",
+    "run_silver",
+    "start_silver",
+]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +202,7 @@ def _append(df: DataFrame, path: str, app_id: str, batch_id: int) -> None:
 
 
 def _publish(df: DataFrame, settings: Settings, topic: str, key_col: str) -> None:
+    """Each row as JSON to a Kafka topic, keyed by `key_col` (at least once)."""
     from pyspark.sql import functions as F
 
     (
@@ -208,22 +217,293 @@ def _publish(df: DataFrame, settings: Settings, topic: str, key_col: str) -> Non
     )
 
 
-def _previous_watermark(
-    spark: SparkSession, tables: SilverTables, contract: SourceContract, batch_id: int
-):  # type: ignore[no-untyped-def]
-    """Max event time of earlier batches minus the watermark delay (None before any data)."""
-    from pyspark.sql import functions as F
+class BatchProcessor:
+    """The `foreachBatch` function of one source's silver query.
 
-    row = (
-        spark.read.format("delta")
-        .load(tables.batches)
-        .where(F.col("batch_id") < batch_id)
-        .agg(F.max("max_event_time").alias("m"))
-        .first()
-    )
-    if row is None or row.m is None:
-        return None
-    return row.m - timedelta(seconds=interval_seconds(contract.window.watermark))
+    It remembers two facts between batches so it need not re-read them every time: the
+    latest event time seen (for the watermark) and whether any row was ever too late.
+    Both are first read from the batch ledger, counting only batches before the current
+    one, so a batch replayed after a restart sees exactly what it saw the first time.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        contract: SourceContract,
+        tables: SilverTables,
+        app_id: str | Callable[[], str],
+        publish: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.contract = contract
+        self.tables = tables
+        self._app_id = app_id
+        self.publish = publish
+        self._delay = timedelta(seconds=interval_seconds(contract.window.watermark))
+        self._max_event_time: datetime | None = None
+        self._any_late = False
+        self._known_through: int | None = None  # the facts above cover batches < this id
+
+    @property
+    def app_id(self) -> str:
+        return self._app_id if isinstance(self._app_id, str) else self._app_id()
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        counts = self.process(batch, batch_id)
+        if counts.get("bronze_rows"):
+            log.info("silver %s batch %d: %s", self.contract.name, batch_id, counts)
+
+    def _load_ledger_facts(self, spark: SparkSession, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        if self._known_through == batch_id:
+            return
+        row = (
+            spark.read.format("delta")
+            .load(self.tables.batches)
+            .where(F.col("batch_id") < batch_id)
+            .agg(F.max("max_event_time").alias("max_event"), F.sum("late").alias("late"))
+            .first()
+        )
+        self._max_event_time = row.max_event if row else None
+        self._any_late = bool(row and row.late)
+        self._known_through = batch_id
+
+    def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
+        """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        spark = batch.sparkSession
+        contract, tables, app_id = self.contract, self.tables, self.app_id
+        key = contract.key_field
+        now = F.current_timestamp()
+        stamp = [F.lit(batch_id).cast("long").alias("silver_batch_id"), now.alias("processed_at")]
+        coords = ["topic", "partition", "offset", "kafka_timestamp"]
+
+        validated = validate(batch, contract).persist()
+        cached = [validated]
+        try:
+            # One pass for the batch's totals and the event-time range of its good rows.
+            totals = validated.agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.count("reason").alias("bad"),
+                F.min(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("lo"),
+                F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("hi"),
+            ).first()
+            if totals.rows == 0:
+                return {"bronze_rows": 0}
+            self._load_ledger_facts(spark, batch_id)
+            watermark = self._max_event_time - self._delay if self._max_event_time else None
+
+            bad = validated.where(F.col("reason").isNotNull())
+            good = validated.where(F.col("reason").isNull())
+            # Deduplicate: the first bronze offset of a (station, event time) wins, in this batch and
+            # against earlier batches (rows this batch wrote before a crash do not count as earlier).
+            ranked = good.withColumn(
+                "_rank",
+                F.row_number().over(
+                    Window.partitionBy(key, "event_time").orderBy("partition", "offset")
+                ),
+            )
+            firsts = ranked.where(F.col("_rank") == 1).drop("_rank")
+            earlier = (
+                spark.read.format("delta")
+                .load(tables.observations)
+                .where(
+                    (F.col("silver_batch_id") != batch_id)
+                    & F.col("event_time").between(totals.lo, totals.hi)
+                )
+                .select(key, "event_time")
+            )
+            is_late = (
+                F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
+            )
+            new = (
+                firsts.join(earlier, [key, "event_time"], "left_anti")
+                .withColumn("_late", is_late)
+                .persist()
+            )
+            cached.append(new)
+            summary = new.agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.count_if("_late").alias("late"),
+                F.max("event_time").alias("max_event"),
+            ).first()
+            counts = {
+                "bronze_rows": totals.rows,
+                "observations": summary.rows,
+                "quarantined": totals.bad,
+                "duplicates": totals.rows - totals.bad - summary.rows,
+                "late": summary.late,
+            }
+            # Empty writes are skipped: a Delta commit costs about half a second here.
+            if counts["quarantined"]:
+                _append(
+                    bad.select(
+                        *coords,
+                        "key",
+                        "value",
+                        "reason",
+                        "reason_detail",
+                        key,
+                        "event_time",
+                        *stamp,
+                    ),
+                    tables.quarantine,
+                    app_id,
+                    batch_id,
+                )
+            if counts["duplicates"]:
+                duplicates = (
+                    ranked.where(F.col("_rank") > 1)
+                    .drop("_rank")
+                    .unionByName(firsts.join(earlier, [key, "event_time"], "left_semi"))
+                )
+                _append(
+                    duplicates.select(*coords, key, "event_time", *stamp),
+                    tables.duplicates,
+                    app_id,
+                    batch_id,
+                )
+            if counts["observations"]:
+                _append(
+                    new.select(*observation_columns(contract), *stamp),
+                    tables.observations,
+                    app_id,
+                    batch_id,
+                )
+            if counts["late"]:
+                _append(
+                    new.where("_late").select(
+                        *coords, key, "event_time", F.lit(watermark).alias("watermark"), *stamp
+                    ),
+                    tables.late,
+                    app_id,
+                    batch_id,
+                )
+            any_late = self._any_late or bool(counts["late"])
+            on_time = new.where(~F.col("_late"))
+            counts["windows_updated"] = (
+                self._update_features(spark, on_time, batch_id, any_late=any_late)
+                if counts["observations"] > counts["late"]
+                else 0
+            )
+            if self.publish and counts["quarantined"]:
+                self._publish_dead_letters(bad)
+
+            ledger = spark.createDataFrame(
+                [(batch_id, *counts.values(), summary.max_event, watermark)],
+                "batch_id long, bronze_rows long, observations long, quarantined long, duplicates long, "
+                "late long, windows_updated long, max_event_time timestamp, watermark timestamp",
+            ).withColumn("processed_at", now)
+            _append(ledger, tables.batches, app_id, batch_id)
+
+            # What the next batch would read from the ledger.
+            if summary.max_event is not None and (
+                self._max_event_time is None or summary.max_event > self._max_event_time
+            ):
+                self._max_event_time = summary.max_event
+            self._any_late = any_late
+            self._known_through = batch_id + 1
+            return counts
+        finally:
+            for frame in cached:
+                frame.unpersist(blocking=False)
+
+    def _update_features(
+        self, spark: SparkSession, on_time: DataFrame, batch_id: int, *, any_late: bool
+    ) -> int:
+        """Recompute the windows on-time rows touch, from every on-time observation in them."""
+        from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
+
+        contract, tables, key = self.contract, self.tables, self.contract.key_field
+        touched = assign_windows(on_time.select(key, "event_time"), contract.window).select(
+            key, "window_start"
+        )
+        span = touched.agg(
+            F.min("window_start").alias("lo"), F.max("window_start").alias("hi")
+        ).first()
+        hi = span.hi + timedelta(seconds=interval_seconds(contract.window.size))
+        readings = (
+            spark.read.format("delta")
+            .load(tables.observations)
+            .where((F.col("event_time") >= span.lo) & (F.col("event_time") < hi))
+            .join(on_time.select(key).distinct(), key, "left_semi")
+        )
+        if any_late:  # rows marked too late never count in a window
+            late = (
+                spark.read.format("delta").load(tables.late).select("topic", "partition", "offset")
+            )
+            readings = readings.join(late, ["topic", "partition", "offset"], "left_anti")
+        windowed = assign_windows(readings, contract.window).join(
+            touched.distinct(), [key, "window_start"], "left_semi"
+        )
+        features = window_features(windowed, contract).select(
+            *feature_columns(contract),
+            F.lit(batch_id).cast("long").alias("silver_batch_id"),
+            F.current_timestamp().alias("processed_at"),
+        )
+        if self.publish:
+            features = features.persist()  # written to Delta and to Kafka: compute once
+        try:
+            # MERGE takes its idempotency token from the session, not from writer options. The
+            # literal bound on window_start lets Delta skip files of windows no batch can touch.
+            spark.conf.set("spark.databricks.delta.write.txnAppId", self.app_id)
+            spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+            try:
+                metrics = (
+                    DeltaTable.forPath(spark, tables.features)
+                    .alias("t")
+                    .merge(
+                        features.alias("s"),
+                        f"t.window_start >= timestamp'{span.lo.isoformat(sep=' ')}' "
+                        f"AND t.{key} = s.{key} AND t.window_start = s.window_start",
+                    )
+                    .whenMatchedUpdateAll()
+                    .whenNotMatchedInsertAll()
+                    .execute()
+                    .first()
+                )
+            finally:
+                spark.conf.unset("spark.databricks.delta.write.txnAppId")
+                spark.conf.unset("spark.databricks.delta.write.txnVersion")
+            if self.publish:
+                _publish(
+                    features.drop("silver_batch_id"), self.settings, tables.features_topic, key
+                )
+            # A replayed batch's MERGE is skipped by Delta and reports nothing.
+            return int(metrics["num_affected_rows"]) if metrics is not None else 0
+        finally:
+            if self.publish:
+                features.unpersist(blocking=False)
+
+    def _publish_dead_letters(self, bad: DataFrame) -> None:
+        from pyspark.sql import functions as F
+
+        letters = bad.select(
+            F.col("key"),
+            F.lit(self.contract.name).alias("source"),
+            "reason",
+            "reason_detail",
+            "topic",
+            "partition",
+            "offset",
+            "kafka_timestamp",
+            F.base64("value").alias("value_base64"),
+        )
+        (
+            letters.select(
+                F.col("key"),
+                F.to_json(F.struct(*[c for c in letters.columns if c != "key"])).alias("value"),
+            )
+            .write.format("kafka")
+            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap_servers)
+            .option("topic", self.tables.dlq_topic)
+            .save()
+        )
 
 
 def process_batch(
@@ -236,216 +516,11 @@ def process_batch(
     app_id: str,
     publish: bool = True,
 ) -> dict[str, int]:
-    """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    spark = batch.sparkSession
-    key = contract.key_field
-    now = F.current_timestamp()
-    stamp = [F.lit(batch_id).cast("long").alias("silver_batch_id"), now.alias("processed_at")]
-
-    validated = validate(batch, contract).persist()
-    try:
-        bronze_rows = validated.count()
-        if bronze_rows == 0:
-            return {"bronze_rows": 0}
-        bad = validated.where(F.col("reason").isNotNull())
-        good = validated.where(F.col("reason").isNull())
-
-        # Deduplicate: the first bronze offset of a (station, event time) wins, in this batch and
-        # against earlier batches (rows this batch wrote before a crash do not count as earlier).
-        ranked = good.withColumn(
-            "_rank",
-            F.row_number().over(
-                Window.partitionBy(key, "event_time").orderBy("partition", "offset")
-            ),
-        )
-        firsts = ranked.where(F.col("_rank") == 1).drop("_rank")
-        bounds = firsts.agg(
-            F.min("event_time").alias("lo"), F.max("event_time").alias("hi")
-        ).first()
-        earlier = (
-            spark.read.format("delta")
-            .load(tables.observations)
-            .where(
-                (F.col("silver_batch_id") != batch_id)
-                & F.col("event_time").between(bounds.lo, bounds.hi)
-            )
-            .select(key, "event_time")
-        )
-        new = firsts.join(earlier, [key, "event_time"], "left_anti").persist()
-        duplicates = (
-            ranked.where(F.col("_rank") > 1)
-            .drop("_rank")
-            .unionByName(firsts.join(earlier, [key, "event_time"], "left_semi"))
-        )
-
-        watermark = _previous_watermark(spark, tables, contract, batch_id)
-        is_late = F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
-        late = new.where(is_late)
-        on_time = new.where(~is_late)
-
-        coords = ["topic", "partition", "offset", "kafka_timestamp"]
-        _append(
-            bad.select(
-                *coords, "key", "value", "reason", "reason_detail", key, "event_time", *stamp
-            ),
-            tables.quarantine,
-            app_id,
-            batch_id,
-        )
-        _append(
-            duplicates.select(*coords, key, "event_time", *stamp),
-            tables.duplicates,
-            app_id,
-            batch_id,
-        )
-        _append(
-            new.select(*observation_columns(contract), *stamp),
-            tables.observations,
-            app_id,
-            batch_id,
-        )
-        _append(
-            late.select(
-                *coords,
-                key,
-                "event_time",
-                F.lit(watermark).cast("timestamp").alias("watermark"),
-                *stamp,
-            ),
-            tables.late,
-            app_id,
-            batch_id,
-        )
-
-        windows_updated = _update_features(
-            spark, on_time, settings, contract, tables, app_id, batch_id, publish
-        )
-        if publish:
-            _publish_dead_letters(bad, settings, contract, tables)
-
-        counts = {
-            "bronze_rows": bronze_rows,
-            "observations": new.count(),
-            "quarantined": bad.count(),
-            "duplicates": duplicates.count(),
-            "late": late.count(),
-            "windows_updated": windows_updated,
-        }
-        max_event = new.agg(F.max("event_time")).first()[0]
-        ledger = spark.createDataFrame(
-            [(batch_id, *counts.values(), max_event, watermark)],
-            "batch_id long, bronze_rows long, observations long, quarantined long, duplicates long, "
-            "late long, windows_updated long, max_event_time timestamp, watermark timestamp",
-        ).withColumn("processed_at", now)
-        _append(ledger, tables.batches, app_id, batch_id)
-        new.unpersist()
-        return counts
-    finally:
-        validated.unpersist()
-
-
-def _update_features(
-    spark: SparkSession,
-    on_time: DataFrame,
-    settings: Settings,
-    contract: SourceContract,
-    tables: SilverTables,
-    app_id: str,
-    batch_id: int,
-    publish: bool,
-) -> int:
-    """Recompute the windows on-time rows touch, from every on-time observation in them."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
-
-    key = contract.key_field
-    touched = (
-        assign_windows(on_time.select(key, "event_time"), contract.window)
-        .select(key, "window_start", "window_end")
-        .distinct()
-        .persist()
+    """Run silver on one micro-batch with a fresh processor (its facts read from the ledger)."""
+    processor = BatchProcessor(
+        settings=settings, contract=contract, tables=tables, app_id=app_id, publish=publish
     )
-    try:
-        span = touched.agg(
-            F.min("window_start").alias("lo"), F.max("window_end").alias("hi")
-        ).first()
-        if span.lo is None:
-            return 0
-        late = spark.read.format("delta").load(tables.late).select("topic", "partition", "offset")
-        readings = (
-            spark.read.format("delta")
-            .load(tables.observations)
-            .where((F.col("event_time") >= span.lo) & (F.col("event_time") < span.hi))
-            .join(touched.select(key).distinct(), key, "left_semi")
-            .join(late, ["topic", "partition", "offset"], "left_anti")
-        )
-        windowed = assign_windows(readings, contract.window).join(
-            touched.select(key, "window_start"), [key, "window_start"], "left_semi"
-        )
-        features = (
-            window_features(windowed, contract)
-            .select(
-                *feature_columns(contract),
-                F.lit(batch_id).cast("long").alias("silver_batch_id"),
-                F.current_timestamp().alias("processed_at"),
-            )
-            .persist()
-        )
-        updated = features.count()
-        # MERGE takes its idempotency token from the session, not from writer options.
-        spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-        spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
-        try:
-            (
-                DeltaTable.forPath(spark, tables.features)
-                .alias("t")
-                .merge(
-                    features.alias("s"), f"t.{key} = s.{key} AND t.window_start = s.window_start"
-                )
-                .whenMatchedUpdateAll()
-                .whenNotMatchedInsertAll()
-                .execute()
-            )
-        finally:
-            spark.conf.unset("spark.databricks.delta.write.txnAppId")
-            spark.conf.unset("spark.databricks.delta.write.txnVersion")
-        if publish:
-            _publish(features.drop("silver_batch_id"), settings, tables.features_topic, key)
-        features.unpersist()
-        return updated
-    finally:
-        touched.unpersist()
-
-
-def _publish_dead_letters(
-    bad: DataFrame, settings: Settings, contract: SourceContract, tables: SilverTables
-) -> None:
-    from pyspark.sql import functions as F
-
-    letters = bad.select(
-        F.col("key"),
-        F.lit(contract.name).alias("source"),
-        "reason",
-        "reason_detail",
-        "topic",
-        "partition",
-        "offset",
-        "kafka_timestamp",
-        F.base64("value").alias("value_base64"),
-    )
-    (
-        letters.select(
-            F.col("key"),
-            F.to_json(F.struct(*[c for c in letters.columns if c != "key"])).alias("value"),
-        )
-        .write.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-        .option("topic", tables.dlq_topic)
-        .save()
-    )
+    return processor.process(batch, batch_id)
 
 
 # --- the streaming query ---------------------------------------------------------------------
@@ -472,18 +547,9 @@ def start_silver(
             app_id_holder["id"] = f"silver-{contract.name}-{query_id}"
         return app_id_holder["id"]
 
-    def run_batch(batch: DataFrame, batch_id: int) -> None:
-        counts = process_batch(
-            batch,
-            batch_id,
-            settings=settings,
-            contract=contract,
-            tables=tables,
-            app_id=app_id(),
-            publish=publish,
-        )
-        if counts.get("bronze_rows"):
-            log.info("silver %s batch %d: %s", contract.name, batch_id, counts)
+    run_batch = BatchProcessor(
+        settings=settings, contract=contract, tables=tables, app_id=app_id, publish=publish
+    )
 
     reader = session.readStream.format("delta")
     if max_files_per_trigger:
