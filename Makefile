@@ -67,7 +67,7 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 
 DEMO_RECORDS ?= 5000
 
-demo: setup ## Services, topics, replay a slice of both sources with some chaos, bronze until caught up
+demo: setup ## Services, topics, replay both sources with some chaos, bronze + silver until caught up, audit
 	@$(PERISCOPE) services up
 	@$(PERISCOPE) topics create
 	@$(PERISCOPE) services status
@@ -77,6 +77,8 @@ demo: setup ## Services, topics, replay a slice of both sources with some chaos,
 	@$(PERISCOPE) ingest replay --source air_quality --limit $(DEMO_RECORDS) --bad-rate 0.01
 	@$(PERISCOPE) bronze run --available-now
 	@$(PERISCOPE) bronze status
+	@$(PERISCOPE) silver run --available-now
+	@$(PERISCOPE) lake audit --require-caught-up
 
 test: setup ## Run every test tier (starts the test services it needs, stops what it started)
 	@$(PY) -m pytest tests/unit -q

@@ -126,7 +126,7 @@ def _snapshot(lake: Path) -> dict[str, list]:
 
 def test_kill_mid_stream_and_restart_gives_identical_tables(spark, services, tmp_path):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    _build_bronze(spark, str(killed / "bronze" / "weather_raw"), files=6, per_file=60)
+    _build_bronze(spark, str(killed / "bronze" / "weather_raw"), files=4, per_file=30)
     shutil.copytree(killed / "bronze", reference / "bronze")
     create_topics(services)
 
@@ -141,7 +141,7 @@ def test_kill_mid_stream_and_restart_gives_identical_tables(spark, services, tmp
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the whole process group: Python and its JVM
         process.wait()
-    assert 0 < delta_row_count(str(killed / "silver" / "weather_batches")) < 6, (
+    assert 0 < delta_row_count(str(killed / "silver" / "weather_batches")) < 4, (
         "the kill should land mid-stream"
     )
 
@@ -159,7 +159,7 @@ def test_kill_mid_stream_and_restart_gives_identical_tables(spark, services, tmp
     settings = services.model_copy(update={"lake_root": str(killed)})
     audit = audit_source(settings, get_contract("weather"))
     # (Kafka is not the source of this synthetic bronze table, so only silver's equations apply.)
-    assert audit.processed == audit.bronze == 6 * (60 + 1 + 2)
+    assert audit.processed == audit.bronze == 4 * (30 + 1 + 2)
     assert (
         sum(audit.tables[k] for k in ("observations", "quarantined", "duplicates"))
         == audit.processed

@@ -1,0 +1,163 @@
+"""Silver latency: Kafka timestamp -> the record's windows visible in `silver/<source>_features`.
+
+Produces a steady stream (default 1,000 records/s across 1,000 stations, event time = now),
+runs bronze and silver continuously in one Spark application, and prints p50/p95/max
+latency and the sustained rate. A record's latency is the commit time of the silver batch
+that upserted its windows (the batch ledger's `processed_at`, written after the MERGE)
+minus its Kafka timestamp. Uses its own topics (a copy of the weather contract with 5-minute
+windows sliding by 1 minute and a 10-minute watermark) and a temporary lake.
+Needs the local services: `periscope services up`.
+
+    python bench/silver_latency.py --rate 1000 --stations 1000 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from ingest.producer import build_producer, encode_record
+from periscope import get_settings
+from periscope.contracts import WEATHER, WindowSpec
+from periscope.lake import read_delta
+from periscope.topics import create_topics, topic_specs
+from spark_streaming.bronze import BronzeTarget, start_bronze
+from spark_streaming.session import build_spark_session
+from spark_streaming.silver import SilverTables, start_silver
+
+
+def _produce(
+    settings, topic: str, rate: int, stations: int, duration: float, sent: list[int]
+) -> None:
+    """Send `rate` records per second in 10 ticks a second, event time = now."""
+    producer = build_producer(settings, linger_ms=5)
+    tick, per_tick = 0.1, max(1, rate // 10)
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < duration:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for _ in range(per_tick):
+            station = f"station_{n % stations:04d}"
+            record = {
+                "station_id": station,
+                "timestamp": now,
+                "temperature": 10.0 + (n % 97) / 10,
+                "humidity": 40.0 + n % 53,
+                "pressure": 1000.0 + n % 31,
+                "wind_speed": (n % 17) / 2,
+                "wind_direction": float(n % 360),
+            }
+            producer.send(topic, key=station.encode(), value=encode_record(record))
+            n += 1
+        producer.flush()
+        time.sleep(max(0.0, started + (n / per_tick) * tick - time.monotonic()))
+    producer.close()
+    sent.append(n)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=int, default=1000, help="records per second")
+    parser.add_argument("--stations", type=int, default=1000, help="distinct stations (keys)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady input")
+    parser.add_argument(
+        "--warmup", type=float, default=20.0, help="seconds excluded from the figures"
+    )
+    parser.add_argument(
+        "--trigger", default="0 seconds", help="micro-batch interval of both queries"
+    )
+    args = parser.parse_args()
+
+    lake = tempfile.mkdtemp(prefix="periscope-latency-")
+    settings = get_settings().model_copy(
+        update={"lake_root": lake, "stream_trigger_interval": args.trigger}
+    )
+    contract = dataclasses.replace(
+        WEATHER, name=f"bench{uuid.uuid4().hex[:6]}", window=WindowSpec()
+    )
+    create_topics(settings, topic_specs(settings, [contract]))
+    spark = build_spark_session(
+        "bench-silver-latency", settings=settings, conf={"spark.ui.enabled": "false"}
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    tables = SilverTables.for_contract(settings, contract)
+    try:
+        bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
+        silver = start_silver(spark, settings, contract, tables)
+        sent: list[int] = []
+        producer = threading.Thread(
+            target=_produce,
+            args=(settings, contract.topic("raw"), args.rate, args.stations, args.duration, sent),
+        )
+        started = time.time()
+        producer.start()
+        producer.join()
+        # Let silver catch up with everything produced (or give up after a while).
+        deadline = time.monotonic() + 300
+        processed = 0
+        while time.monotonic() < deadline:
+            try:
+                processed = sum(
+                    read_delta(tables.batches, ["bronze_rows"]).column("bronze_rows").to_pylist()
+                )
+            except Exception:  # noqa: BLE001 - the ledger may not exist yet
+                processed = 0
+            if processed >= sent[0]:
+                break
+            time.sleep(1)
+        finished = time.time()
+        bronze.stop()
+        silver.stop()
+
+        ledger = {
+            r["batch_id"]: r["processed_at"].timestamp()
+            for r in read_delta(tables.batches, ["batch_id", "processed_at"]).to_pylist()
+        }
+        observations = read_delta(
+            tables.observations, ["kafka_timestamp", "silver_batch_id"]
+        ).to_pylist()
+        cutoff = started + args.warmup
+        latencies = [
+            ledger[o["silver_batch_id"]] - o["kafka_timestamp"].timestamp()
+            for o in observations
+            if o["kafka_timestamp"].timestamp() >= cutoff
+        ]
+        figures = {
+            "rate_target_per_s": args.rate,
+            "stations": args.stations,
+            "records_sent": sent[0],
+            "records_processed": processed,
+            "sustained_rate_per_s": round(processed / (finished - started)),
+            "batches": len(ledger),
+            "measured_records": len(latencies),
+            "latency_p50_s": round(_percentile(latencies, 0.50), 2) if latencies else None,
+            "latency_p95_s": round(_percentile(latencies, 0.95), 2) if latencies else None,
+            "latency_max_s": round(max(latencies), 2) if latencies else None,
+        }
+        print(json.dumps(figures, indent=2))
+    finally:
+        spark.stop()
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin.delete_topics(list(contract.topics.values()))
+        admin.close()
+        shutil.rmtree(lake, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
