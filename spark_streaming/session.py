@@ -24,6 +24,7 @@ DELTA_READER_SAFE_DEFAULTS: dict[str, str] = {
     "spark.databricks.delta.properties.defaults.enableRowTracking": "false",
 }
 
+_LOG4J2 = Path(__file__).with_name("log4j2.properties")
 _REQUIRED_JARS = ("delta-spark_", "delta-storage-", "spark-sql-kafka-0-10_")
 
 
@@ -73,6 +74,7 @@ def build_spark_session(
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
         ),
         "spark.sql.warehouse.dir": str(settings.local_dir / "spark-warehouse"),
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J2}",
         **DELTA_READER_SAFE_DEFAULTS,
         **(conf or {}),
     }
