@@ -266,8 +266,9 @@ class BatchProcessor:
             .agg(F.max("max_event_time").alias("max_event"), F.sum("late").alias("late"))
             .first()
         )
-        self._max_event_time = row.max_event if row else None
-        self._any_late = bool(row and row.late)
+        assert row is not None  # an aggregate always has one row
+        self._max_event_time = row.max_event
+        self._any_late = bool(row.late)
         self._known_through = batch_id
 
     def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
@@ -292,6 +293,7 @@ class BatchProcessor:
                 F.min(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("lo"),
                 F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("hi"),
             ).first()
+            assert totals is not None  # an aggregate always has one row
             if totals.rows == 0:
                 return {"bronze_rows": 0}
             self._load_ledger_facts(spark, batch_id)
@@ -331,6 +333,7 @@ class BatchProcessor:
                 F.count_if("_late").alias("late"),
                 F.max("event_time").alias("max_event"),
             ).first()
+            assert summary is not None  # an aggregate always has one row
             counts = {
                 "bronze_rows": totals.rows,
                 "observations": summary.rows,
@@ -426,6 +429,7 @@ class BatchProcessor:
         span = touched.agg(
             F.min("window_start").alias("lo"), F.max("window_start").alias("hi")
         ).first()
+        assert span is not None  # an aggregate always has one row
         hi = span.hi + timedelta(seconds=interval_seconds(contract.window.size))
         readings = (
             spark.read.format("delta")
@@ -543,7 +547,9 @@ def start_silver(
         # Stable across restarts of the same checkpoint, different for a new checkpoint, so a
         # fresh start (batch ids from 0 again) is not mistaken for replays of old batches.
         if "id" not in app_id_holder:
-            query_id = session.read.json(f"{tables.checkpoint}/metadata").first()["id"]
+            metadata = session.read.json(f"{tables.checkpoint}/metadata").first()
+            assert metadata is not None, f"no metadata in {tables.checkpoint}"
+            query_id = metadata["id"]
             app_id_holder["id"] = f"silver-{contract.name}-{query_id}"
         return app_id_holder["id"]
 

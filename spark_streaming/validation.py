@@ -74,7 +74,7 @@ def validate(bronze: DataFrame, contract: SourceContract) -> DataFrame:
         utf8_ok.alias("_utf8_ok"),
         F.length(F.col("value")).alias("_bytes"),
         # As a string map, a wrong-typed measure is still visible; as typed fields it is null.
-        F.from_json(text, MapType(StringType(), StringType())).alias("_fields"),
+        F.from_json(text, MapType(StringType(), StringType())).alias("_fields"),  # type: ignore[arg-type]
         F.from_json(text, typed_schema).alias("_typed"),
     )
     station = F.col(f"_typed.{contract.key_field}")
