@@ -191,7 +191,7 @@ def run_bronze(
     With `available_now` the queries stop once caught up; otherwise they run until
     interrupted (Ctrl-C stops them between micro-batches) or one of them fails.
     """
-    from spark_streaming.progress import follow
+    from spark_streaming.progress import follow_until_stopped
     from spark_streaming.session import build_spark_session
 
     spark = spark or build_spark_session("periscope-bronze", settings=settings)
@@ -205,11 +205,5 @@ def run_bronze(
         )
         for contract in contracts
     ]
-    try:
-        landed = follow(queries)
-    except KeyboardInterrupt:
-        log.info("stopping bronze queries (Ctrl-C)")
-        for query in queries:
-            query.stop()
-        landed = follow(queries)
+    landed = follow_until_stopped(queries)
     return {contract.name: landed[f"bronze_{contract.name}"] for contract in contracts}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["follow"]
+__all__ = ["follow", "follow_until_stopped"]
 
 log = logging.getLogger("spark_streaming")
 
@@ -70,3 +70,14 @@ def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, i
                     other.stop()
             raise RuntimeError(f"streaming query {query.name} failed: {query.exception()}")
     return {q.name: totals[q.name] for q in queries}
+
+
+def follow_until_stopped(queries: list[StreamingQuery]) -> dict[str, int]:
+    """`follow`, where Ctrl-C stops the queries between micro-batches instead of killing them."""
+    try:
+        return follow(queries)
+    except KeyboardInterrupt:
+        log.info("stopping %s (Ctrl-C)", ", ".join(q.name for q in queries))
+        for query in queries:
+            query.stop()
+        return follow(queries)

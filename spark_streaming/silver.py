@@ -583,7 +583,7 @@ def run_silver(
     spark: SparkSession | None = None,
 ) -> dict[str, int]:
     """Run one silver query per source; returns bronze rows processed per source in this run."""
-    from spark_streaming.progress import follow
+    from spark_streaming.progress import follow_until_stopped
     from spark_streaming.session import build_spark_session
 
     spark = spark or build_spark_session("periscope-silver", settings=settings)
@@ -598,11 +598,5 @@ def run_silver(
         )
         for c in contracts
     ]
-    try:
-        processed = follow(queries)
-    except KeyboardInterrupt:
-        log.info("stopping silver queries (Ctrl-C)")
-        for query in queries:
-            query.stop()
-        processed = follow(queries)
+    processed = follow_until_stopped(queries)
     return {c.name: processed[f"silver_{c.name}"] for c in contracts}
