@@ -78,17 +78,6 @@ def _end_offsets_total(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def _rows(path: str) -> int:
-    from deltalake.exceptions import TableNotFoundError
-
-    from periscope.lake import delta_row_count
-
-    try:
-        return delta_row_count(path)
-    except TableNotFoundError:
-        return 0
-
-
 def _ledger(path: str) -> dict[str, int]:
     from deltalake.exceptions import TableNotFoundError
 
@@ -106,6 +95,7 @@ def audit_source(
     settings: Settings, contract: SourceContract, *, require_caught_up: bool = False
 ) -> SourceAudit:
     """Count everything for one source and reconcile it."""
+    from periscope.lake import row_count_or_zero
 
     def path(layer: str, entity: str) -> str:
         return settings.lake_path(contract.table(layer, entity))  # type: ignore[arg-type]
@@ -114,13 +104,13 @@ def audit_source(
     audit = SourceAudit(
         source=contract.name,
         kafka=_end_offsets_total(settings, contract.topic("raw")),
-        bronze=_rows(path("bronze", "raw")),
+        bronze=row_count_or_zero(path("bronze", "raw")),
         processed=ledger.pop("bronze_rows"),
         tables={
-            "observations": _rows(path("silver", "observations")),
-            "quarantined": _rows(path("silver", "quarantine")),
-            "duplicates": _rows(path("silver", "duplicates")),
-            "late": _rows(path("silver", "late")),
+            "observations": row_count_or_zero(path("silver", "observations")),
+            "quarantined": row_count_or_zero(path("silver", "quarantine")),
+            "duplicates": row_count_or_zero(path("silver", "duplicates")),
+            "late": row_count_or_zero(path("silver", "late")),
         },
         ledger=ledger,
     )

@@ -5,13 +5,23 @@ from __future__ import annotations
 import pyarrow
 from deltalake import DeltaTable
 
-__all__ = ["delta_row_count", "read_delta"]
+__all__ = ["delta_row_count", "read_delta", "row_count_or_zero"]
 
 
 def delta_row_count(path: str) -> int:
     """Rows in the current version of a Delta table, from the log's file statistics."""
     actions = DeltaTable(path).get_add_actions(flatten=True)
     return int(sum(actions.column("num_records").to_pylist()))
+
+
+def row_count_or_zero(path: str) -> int:
+    """Like `delta_row_count`, but 0 for a table that does not exist yet."""
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return delta_row_count(path)
+    except TableNotFoundError:
+        return 0
 
 
 def read_delta(path: str, columns: list[str] | None = None) -> pyarrow.Table:

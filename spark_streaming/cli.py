@@ -71,7 +71,7 @@ def bronze_status(source: Sources = None) -> None:
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    from periscope.lake import delta_row_count
+    from periscope.lake import row_count_or_zero
     from spark_streaming.bronze import BronzeTarget
 
     settings = get_settings()
@@ -84,10 +84,7 @@ def bronze_status(source: Sources = None) -> None:
                 for p in consumer.partitions_for_topic(target.topic) or ()
             ]
             in_kafka = sum(consumer.end_offsets(partitions).values())
-            try:
-                landed = delta_row_count(target.table_path)
-            except Exception:  # noqa: BLE001 - no table yet (deltalake raises TableNotFoundError)
-                landed = 0
+            landed = row_count_or_zero(target.table_path)
             console.print(
                 f"{contract.name:<12} kafka {in_kafka:>9}  bronze {landed:>9}  not landed {in_kafka - landed:>9}"
                 f"  ({target.topic} -> {target.table_path})",
