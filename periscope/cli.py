@@ -55,8 +55,9 @@ def _root(
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
     )
-    # kafka-python is chatty about every connection attempt while a broker starts.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # kafka-python logs every refused connection as an ERROR while a broker starts; Periscope
+    # raises its own clear errors when Kafka really is unreachable.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     logging.getLogger("py4j").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
