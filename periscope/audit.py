@@ -67,17 +67,6 @@ def reconcile(audit: SourceAudit, *, require_caught_up: bool = False) -> SourceA
     return audit
 
 
-def _end_offsets_total(settings: Settings, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
-    finally:
-        consumer.close()
-
-
 def _ledger(path: str) -> dict[str, int]:
     from deltalake.exceptions import TableNotFoundError
 
@@ -96,6 +85,7 @@ def audit_source(
 ) -> SourceAudit:
     """Count everything for one source and reconcile it."""
     from periscope.lake import row_count_or_zero
+    from periscope.topics import records_written
 
     def path(layer: str, entity: str) -> str:
         return settings.lake_path(contract.table(layer, entity))  # type: ignore[arg-type]
@@ -103,7 +93,7 @@ def audit_source(
     ledger = _ledger(path("silver", "batches"))
     audit = SourceAudit(
         source=contract.name,
-        kafka=_end_offsets_total(settings, contract.topic("raw")),
+        kafka=records_written(settings, contract.topic("raw")),
         bronze=row_count_or_zero(path("bronze", "raw")),
         processed=ledger.pop("bronze_rows"),
         tables={

@@ -19,6 +19,7 @@ __all__ = [
     "create_topics",
     "describe_topics",
     "list_topics",
+    "records_written",
     "topic_specs",
 ]
 
@@ -172,3 +173,15 @@ def describe_topics(settings: Settings, names: list[str] | None = None) -> list[
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value else None
+
+
+def records_written(settings: Settings, topic: str) -> int:
+    """Records ever written to a topic: the sum of its partitions' end offsets (0 if it is absent)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+    finally:
+        consumer.close()

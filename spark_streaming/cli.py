@@ -69,30 +69,21 @@ def bronze_status(source: Sources = None) -> None:
     Bronze starts from the earliest offset and fails on data loss, so once caught up its
     rows equal the sum of the topic's end offsets.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
     from periscope.lake import row_count_or_zero
+    from periscope.topics import records_written
     from spark_streaming.bronze import BronzeTarget
 
     settings = get_settings()
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
-    try:
-        for contract in _contracts(source):
-            target = BronzeTarget.for_contract(settings, contract)
-            partitions = [
-                TopicPartition(target.topic, p)
-                for p in consumer.partitions_for_topic(target.topic) or ()
-            ]
-            in_kafka = sum(consumer.end_offsets(partitions).values())
-            landed = row_count_or_zero(target.table_path)
-            console.print(
-                f"{contract.name:<12} kafka {in_kafka:>9}  bronze {landed:>9}  not landed {in_kafka - landed:>9}"
-                f"  ({target.topic} -> {target.table_path})",
-                highlight=False,
-                soft_wrap=True,
-            )
-    finally:
-        consumer.close()
+    for contract in _contracts(source):
+        target = BronzeTarget.for_contract(settings, contract)
+        in_kafka = records_written(settings, target.topic)
+        landed = row_count_or_zero(target.table_path)
+        console.print(
+            f"{contract.name:<12} kafka {in_kafka:>9}  bronze {landed:>9}  not landed {in_kafka - landed:>9}"
+            f"  ({target.topic} -> {target.table_path})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 silver_app = typer.Typer(

@@ -201,14 +201,17 @@ def _append(df: DataFrame, path: str, app_id: str, batch_id: int) -> None:
     ).save(path)
 
 
-def _publish(df: DataFrame, settings: Settings, topic: str, key_col: str) -> None:
+def _publish(
+    df: DataFrame, settings: Settings, topic: str, key_col: str, *, key_in_value: bool = True
+) -> None:
     """Each row as JSON to a Kafka topic, keyed by `key_col` (at least once)."""
     from pyspark.sql import functions as F
 
+    value_columns = [c for c in df.columns if key_in_value or c != key_col]
     (
         df.select(
             F.col(key_col).cast("binary").alias("key"),
-            F.to_json(F.struct(*df.columns)).alias("value"),
+            F.to_json(F.struct(*value_columns)).alias("value"),
         )
         .write.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
@@ -498,16 +501,7 @@ class BatchProcessor:
             "kafka_timestamp",
             F.base64("value").alias("value_base64"),
         )
-        (
-            letters.select(
-                F.col("key"),
-                F.to_json(F.struct(*[c for c in letters.columns if c != "key"])).alias("value"),
-            )
-            .write.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap_servers)
-            .option("topic", self.tables.dlq_topic)
-            .save()
-        )
+        _publish(letters, self.settings, self.tables.dlq_topic, "key", key_in_value=False)
 
 
 def process_batch(
