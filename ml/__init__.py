@@ -1,4 +1,6 @@
-"""Model training (Ray), evaluation, the MLflow registry and Ray scoring into gold.
+"""Models: training on Ray (Prophet forecasts, IsolationForest anomalies), evaluation against
+baselines, the MLflow registry with a `champion` alias, and the daily retrain schedule.
 
-Not built yet (issue: ML).
+Pure parts: `forecast`, `anomaly`, `windows`. I/O around them: `data` (lake reads), `registry`
+(MLflow), `training` (Ray orchestration and promotion), `schedule` (APScheduler), `cli`.
 """

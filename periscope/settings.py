@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     spark_ui_enabled: bool = True
     ray_address: str = Field(default="", description="Ray cluster address; empty = local Ray.")
 
+    # --- models --------------------------------------------------------------------------
+    mlflow_tracking_uri: str = Field(
+        default="",
+        description="MLflow tracking + registry URI; empty = SQLite under <local_dir>/mlflow.",
+    )
+    train_workers: int = Field(
+        default=2, ge=1, description="Ray workers (CPUs) that train series in parallel."
+    )
+    retrain_cron: str = Field(
+        default="0 3 * * *", description="When the scheduler runs `retrain` (cron, UTC)."
+    )
+
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
 
@@ -142,6 +154,16 @@ class Settings(BaseSettings):
     def checkpoint_path(self, query: str) -> str:
         """One checkpoint folder per streaming query, under `<lake_root>/_checkpoints/`."""
         return self.lake_path(f"_checkpoints/{query}")
+
+    @property
+    def mlflow_uri(self) -> str:
+        """The MLflow tracking/registry store: the setting, else a local SQLite file."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.local_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        """Where new experiments keep model artifacts (beside the local SQLite store)."""
+        return (self.local_dir / "mlflow" / "artifacts").as_uri()
 
     # --- derived connection strings ------------------------------------------------------
     def postgres_dsn(self, role: str = "owner") -> str:

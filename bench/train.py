@@ -1,0 +1,55 @@
+"""Training throughput: Prophet series trained per second with 1 and 2 Ray workers.
+
+Reads hourly series from the lake's silver observations (replay history and run silver first,
+see the README), trains the same series with each worker count (fit on train, residual decay
+on validation, rolling-origin test), and prints series/s. Ray start-up is excluded; the split
+and the series are identical across runs. Nothing is registered.
+
+    python bench/train.py --source weather --series 24 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from ml.data import FORECAST_TARGETS, hourly_observations, series_frames
+from ml.training import TrainConfig, make_split, ray_session, train_forecasts
+from periscope import get_settings
+from periscope.contracts import get_contract
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="weather")
+    parser.add_argument("--series", type=int, default=24, help="How many series to train.")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--series-per-task", type=int, default=2)
+    parser.add_argument("--max-train-days", type=float, default=60.0)
+    args = parser.parse_args()
+
+    settings = get_settings()
+    contract = get_contract(args.source)
+    config = TrainConfig(max_train_days=args.max_train_days, series_per_task=args.series_per_task)
+    hourly = hourly_observations(settings, contract)
+    split = make_split(hourly, config)
+    frames = series_frames(hourly[hourly["ds"] < split.test_end], FORECAST_TARGETS[args.source])
+    chosen = dict(sorted(frames.items())[: args.series])
+    print(
+        f"{args.source}: {len(chosen)} series, train {split.train_start} .. {split.train_end} "
+        f"({(split.train_end - split.train_start).days} days), test until {split.test_end}"
+    )
+    for workers in args.workers:
+        with ray_session(settings, workers):
+            started = time.perf_counter()
+            outcome = train_forecasts(chosen, split, config, source=args.source)
+            seconds = time.perf_counter() - started
+        trained = len(outcome.bundle.series())
+        print(
+            f"workers={workers}: {trained} series in {seconds:.1f} s = {trained / seconds:.2f} series/s "
+            f"(skipped {len(outcome.skipped)})"
+        )
+
+
+if __name__ == "__main__":
+    main()

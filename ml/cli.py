@@ -1,0 +1,347 @@
+"""`periscope train | retrain | models ... | scheduler ...` (mounted through entry points)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import partial
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from periscope import get_settings
+from periscope.contracts import CONTRACTS, get_contract
+
+__all__ = ["models_app", "retrain_app", "scheduler_app", "train_app"]
+
+console = Console()
+
+Sources = Annotated[
+    list[str] | None,
+    typer.Option("--source", "-s", help="Source to train (repeatable); default: every source."),
+]
+Kinds = Annotated[
+    list[str] | None,
+    typer.Option("--kind", "-k", help="forecast and/or anomaly (repeatable); default: both."),
+]
+
+
+def _sources(sources: list[str] | None) -> list[str]:
+    try:
+        return [get_contract(name).name for name in (sources or list(CONTRACTS))]
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+
+
+def _kinds(kinds: list[str] | None) -> tuple[str, ...]:
+    from ml.registry import MODEL_KINDS
+
+    chosen = tuple(kinds or MODEL_KINDS)
+    unknown = sorted(set(chosen) - set(MODEL_KINDS))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown kind(s) {', '.join(unknown)}; choose from forecast, anomaly"
+        )
+    return chosen
+
+
+def _train(
+    sources, stations, until, kinds, policy, workers, test_days, validation_days, max_train_days
+) -> None:
+    from ml.data import LakeSlice
+    from ml.training import TrainConfig, run_training
+
+    settings = get_settings()
+    config = TrainConfig(
+        test_days=test_days, validation_days=validation_days, max_train_days=max_train_days
+    )
+    lake_slice = LakeSlice(stations=tuple(stations) if stations else None, until=until)
+    for source in _sources(sources):
+        with Progress(
+            TextColumn(f"[bold]{source}[/] training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("models"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(source, total=None)
+            report = run_training(
+                settings,
+                source,
+                lake_slice=lake_slice,
+                kinds=_kinds(kinds),
+                config=config,
+                policy=policy,
+                workers=workers,
+                on_total=partial(_set_total, progress, task),
+                on_progress=partial(progress.advance, task),
+            )
+        _print_report(report)
+
+
+def _set_total(progress: Progress, task: TaskID, total: int) -> None:
+    progress.update(task, total=total)
+
+
+def _print_report(report) -> None:
+    split = report.split
+    console.print(
+        f"[bold]{report.source}[/]: train {split.train_start} .. {split.train_end}, "
+        f"validation .. {split.validation_end}, test .. {split.test_end}",
+        highlight=False,
+    )
+    if report.forecast is not None:
+        overall = report.forecast.overall
+        table = Table(
+            title=f"{report.source} forecasts on the test window (1..{report.forecast.bundle.config.horizon_hours} h ahead)"
+        )
+        table.add_column("method")
+        for metric in ("MAE", "RMSE", "MAPE %"):
+            table.add_column(metric, justify="right")
+        for method in ("prophet", "seasonal_naive", "persistence"):
+            table.add_row(
+                method,
+                *[
+                    f"{overall.get(f'{m}_{method}', float('nan')):.3f}"
+                    for m in ("mae", "rmse", "mape")
+                ],
+            )
+        console.print(table)
+        console.print(
+            f"series trained {len(report.forecast.bundle.series())}, skipped {len(report.forecast.skipped)}; "
+            f"relative MAE (Prophet / seasonal naive) {report.forecast.score:.3f}; "
+            f"interval coverage {overall.get('coverage', float('nan')):.2f}",
+            highlight=False,
+        )
+    if report.anomaly is not None:
+        m = report.anomaly.metrics
+        console.print(
+            f"anomalies (injected test set): precision {m['precision']:.3f} recall {m['recall']:.3f} "
+            f"F1 {m['f1']:.3f} (threshold from validation {report.anomaly.model.threshold:.4f})",
+            highlight=False,
+        )
+    for kind, info in report.registered.items():
+        console.print(
+            f"[green]✔[/] {info.name} version {info.version}: {report.decisions[kind]}",
+            highlight=False,
+        )
+
+
+Until = Annotated[
+    datetime | None,
+    typer.Option(help="Train only on observations before this date (UTC), e.g. 2013-03-01."),
+]
+Workers = Annotated[
+    int | None, typer.Option(min=1, help="Ray workers (default: PERISCOPE_TRAIN_WORKERS).")
+]
+TestDays = Annotated[
+    float, typer.Option(min=0.5, help="Days at the end held back as the test window.")
+]
+ValidationDays = Annotated[
+    float, typer.Option(min=0.5, help="Days before the test window for validation.")
+]
+MaxTrainDays = Annotated[
+    float, typer.Option(min=3, help="At most this many days of training history.")
+]
+
+train_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@train_app.callback()
+def train(
+    source: Sources = None,
+    stations: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stations", "--station", help="Station ids to train (repeatable); default: all."
+        ),
+    ] = None,
+    until: Until = None,
+    kind: Kinds = None,
+    promote: Annotated[
+        bool, typer.Option(help="Make the new version champion when there is none yet.")
+    ] = True,
+    workers: Workers = None,
+    test_days: TestDays = 2.0,
+    validation_days: ValidationDays = 2.0,
+    max_train_days: MaxTrainDays = 120.0,
+) -> None:
+    """Train Prophet forecasts and an IsolationForest per source on silver data, on Ray.
+
+    Registers every model in MLflow with its metrics beside the seasonal-naive and
+    persistence baselines; the first version of a model becomes `champion`.
+    """
+    _train(
+        source,
+        stations,
+        until,
+        kind,
+        "if-none" if promote else "never",
+        workers,
+        test_days,
+        validation_days,
+        max_train_days,
+    )
+
+
+retrain_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@retrain_app.callback()
+def retrain(
+    source: Sources = None,
+    kind: Kinds = None,
+    workers: Workers = None,
+    test_days: TestDays = 2.0,
+    validation_days: ValidationDays = 2.0,
+    max_train_days: MaxTrainDays = 120.0,
+) -> None:
+    """Train a challenger on the latest lake data; promote it only if it beats the champion.
+
+    Both are scored on the challenger's test window (forecasts: relative MAE; anomalies: F1).
+    """
+    _train(
+        source, None, None, kind, "if-better", workers, test_days, validation_days, max_train_days
+    )
+
+
+# --- models --------------------------------------------------------------------------------
+models_app = typer.Typer(
+    help="Registered models: list, inspect, promote, roll back.", no_args_is_help=True
+)
+
+Source = Annotated[str, typer.Argument(help="weather or air_quality.")]
+Kind = Annotated[str, typer.Argument(help="forecast or anomaly.")]
+
+
+def _registry():
+    from ml.registry import Registry
+
+    return Registry(get_settings())
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered version, its key metrics and which one is champion."""
+    registry = _registry()
+    table = Table(title=f"Registered models ({registry.uri})")
+    for column in ("model", "version", "champion", "created", "data until", "key metric", "code"):
+        table.add_column(column)
+    for name in registry.model_names():
+        for info in registry.versions(name):
+            if name.endswith("_forecast"):
+                metric = f"rel. MAE {info.metrics.get('relative_mae', float('nan')):.3f}"
+            else:
+                metric = f"F1 {info.metrics.get('f1', float('nan')):.3f}"
+            table.add_row(
+                name,
+                str(info.version),
+                "★" if info.is_champion else "",
+                f"{info.created:%Y-%m-%d %H:%M}",
+                info.tags.get("data_until", ""),
+                metric,
+                info.tags.get("code_version", ""),
+            )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    source: Source,
+    kind: Kind,
+    version: Annotated[str, typer.Argument(help="A version number or alias.")] = "champion",
+) -> None:
+    """Parameters, metrics and tags of one version (default: the champion)."""
+    from periscope.errors import PeriscopeError
+
+    info = _registry().resolve(get_contract(source).name, kind, version)
+    if info is None:
+        raise PeriscopeError(f"{source}_{kind} has no {version} yet: run `periscope train`")
+    console.print(
+        f"[bold]{info.name}[/] version {info.version} (run {info.run_id}) aliases: {', '.join(info.aliases) or '-'}"
+    )
+    for title, values in (("metrics", info.metrics), ("tags", info.tags), ("params", info.params)):
+        table = Table(title=title)
+        table.add_column("name")
+        table.add_column("value")
+        for key in sorted(values):
+            value = values[key]
+            table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    source: Source,
+    kind: Kind,
+    version: Annotated[int, typer.Argument(help="The version to promote.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the comparison with the champion.")
+    ] = False,
+) -> None:
+    """Promote a version to champion if it beats the champion on its own test window."""
+    from ml.training import promote_version
+
+    console.print(
+        promote_version(get_settings(), get_contract(source).name, kind, version, force=force)
+    )
+
+
+@models_app.command("rollback")
+def models_rollback(source: Source, kind: Kind) -> None:
+    """Move `champion` back to the version that held it before."""
+    before, after = _registry().rollback(get_contract(source).name, kind)
+    console.print(f"{source}_{kind}: champion moved back from version {before} to {after}")
+
+
+# --- scheduler -----------------------------------------------------------------------------
+scheduler_app = typer.Typer(help="The daily retrain schedule (APScheduler).", no_args_is_help=True)
+
+
+@scheduler_app.command("show")
+def scheduler_show() -> None:
+    """The scheduled jobs and when each runs next."""
+    from datetime import UTC
+
+    from ml.schedule import build_scheduler
+
+    settings = get_settings()
+    scheduler = build_scheduler(settings, background=True)
+    for job in scheduler.get_jobs():
+        next_run = job.trigger.get_next_fire_time(None, datetime.now(UTC))
+        console.print(
+            f"{job.id}: {job.name}; cron '{settings.retrain_cron}' (UTC); next run {next_run}"
+        )
+
+
+@scheduler_app.command("run")
+def scheduler_run(
+    source: Sources = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Run the retrain job once now, then keep the schedule.")
+    ] = False,
+) -> None:
+    """Run the scheduler in the foreground (Ctrl-C stops it)."""
+    from ml.schedule import build_scheduler
+
+    scheduler = build_scheduler(
+        get_settings(), sources=_sources(source) if source else None, run_now=now
+    )
+    console.print(
+        f"scheduler running; retrain cron '{get_settings().retrain_cron}' (UTC). Ctrl-C stops it."
+    )
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        console.print("scheduler stopped")

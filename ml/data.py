@@ -1,0 +1,136 @@
+"""Training data from the lake: hourly series from silver observations, silver feature windows.
+
+DuckDB reads the Delta tables in place (no Spark needed to train). The frames are tz-naive UTC,
+which is what Prophet and the pure `ml.forecast` / `ml.anomaly` functions expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from periscope import duckdb_lake
+from periscope.contracts import SourceContract
+from periscope.errors import PeriscopeError
+from periscope.settings import Settings
+
+__all__ = [
+    "FORECAST_TARGETS",
+    "LakeSlice",
+    "feature_windows",
+    "hourly_observations",
+    "observations_between",
+    "series_frames",
+]
+
+# The measures forecast per station: what operators watch and the seeds' dashboards show.
+FORECAST_TARGETS: dict[str, tuple[str, ...]] = {
+    "weather": ("temperature", "humidity", "pressure"),
+    "air_quality": ("co_gt", "no2_gt"),
+}
+
+
+@dataclass(frozen=True)
+class LakeSlice:
+    """Which part of the lake to read: some stations (None = all), event times before `until`."""
+
+    stations: tuple[str, ...] | None = None
+    until: datetime | None = None
+    since: datetime | None = None
+
+    def where(self, key: str, time_column: str) -> tuple[str, list[object]]:
+        clauses: list[str] = ["true"]
+        params: list[object] = []
+        if self.stations:
+            clauses.append(f"{key} in ({', '.join('?' for _ in self.stations)})")
+            params += list(self.stations)
+        if self.since is not None:
+            clauses.append(f"{time_column} >= ?")
+            params.append(_naive_utc(self.since))
+        if self.until is not None:
+            clauses.append(f"{time_column} < ?")
+            params.append(_naive_utc(self.until))
+        return " and ".join(clauses), params
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    stamp = pd.Timestamp(moment)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.to_pydatetime()
+
+
+def _read(
+    settings: Settings, contract: SourceContract, entity: str, sql: str, params: list
+) -> pd.DataFrame:
+    path = settings.lake_path(contract.table("silver", entity))
+    con = duckdb_lake.connect()
+    con.sql("set timezone = 'UTC'")
+    try:
+        frame = con.execute(sql.replace("{table}", f"delta_scan('{path}')"), params).df()
+    except Exception as exc:  # duckdb raises IOException/InvalidInputException for a missing table
+        if "delta" in str(exc).lower() or "no such file" in str(exc).lower():
+            raise PeriscopeError(
+                f"no readable silver table at {path} ({exc.__class__.__name__}): replay history and "
+                f"run `periscope silver run --source {contract.name} --available-now` first"
+            ) from exc
+        raise
+    finally:
+        con.close()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def hourly_observations(
+    settings: Settings, contract: SourceContract, lake_slice: LakeSlice | None = None
+) -> pd.DataFrame:
+    """Silver observations averaged per (station, hour): columns station_id, ds, <measures>."""
+    key = contract.key_field
+    where, params = (lake_slice or LakeSlice()).where(key, "event_time")
+    measures = ", ".join(f"avg({m}) as {m}" for m in contract.measure_names)
+    sql = f"""
+        select {key} as station_id, date_trunc('hour', event_time) as ds, {measures}
+        from {{table}} where {where}
+        group by all order by station_id, ds
+    """
+    return _read(settings, contract, "observations", sql, params)
+
+
+def feature_windows(
+    settings: Settings, contract: SourceContract, lake_slice: LakeSlice | None = None
+) -> pd.DataFrame:
+    """Silver feature windows (as Spark wrote them), ordered by station and window start."""
+    key = contract.key_field
+    where, params = (lake_slice or LakeSlice()).where(key, "window_start")
+    sql = f"select * from {{table}} where {where} order by {key}, window_start"
+    return _read(settings, contract, "features", sql, params)
+
+
+def series_frames(
+    hourly: pd.DataFrame, measures: tuple[str, ...]
+) -> dict[tuple[str, str], pd.DataFrame]:
+    """One `ds`/`y` frame per (station, measure) on a complete hourly grid (gaps are NaN).
+
+    A complete grid keeps "the same hour yesterday" 24 rows back and shows Prophet the gaps.
+    """
+    frames: dict[tuple[str, str], pd.DataFrame] = {}
+    for station, rows in hourly.groupby("station_id", sort=True):
+        grid = pd.date_range(rows["ds"].min(), rows["ds"].max(), freq="h")
+        indexed = rows.set_index("ds").reindex(grid)
+        for measure in measures:
+            y = indexed[measure].astype(float)
+            if y.notna().any():
+                frames[(str(station), measure)] = pd.DataFrame({"ds": grid, "y": y.to_numpy()})
+    return frames
+
+
+def observations_between(
+    hourly: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp
+) -> pd.DataFrame:
+    """Hourly observations in [start, end), as `event_time` rows for the window builders."""
+    part = hourly[(hourly["ds"] >= start) & (hourly["ds"] < end)]
+    return part.rename(columns={"ds": "event_time"}).reset_index(drop=True)
