@@ -173,8 +173,8 @@ def train(
         bool, typer.Option(help="Make the new version champion when there is none yet.")
     ] = True,
     workers: Workers = None,
-    test_days: TestDays = 2.0,
-    validation_days: ValidationDays = 2.0,
+    test_days: TestDays = 7.0,
+    validation_days: ValidationDays = 7.0,
     max_train_days: MaxTrainDays = 120.0,
 ) -> None:
     """Train Prophet forecasts and an IsolationForest per source on silver data, on Ray.
@@ -203,8 +203,8 @@ def retrain(
     source: Sources = None,
     kind: Kinds = None,
     workers: Workers = None,
-    test_days: TestDays = 2.0,
-    validation_days: ValidationDays = 2.0,
+    test_days: TestDays = 7.0,
+    validation_days: ValidationDays = 7.0,
     max_train_days: MaxTrainDays = 120.0,
 ) -> None:
     """Train a challenger on the latest lake data; promote it only if it beats the champion.

@@ -16,7 +16,7 @@ from periscope.settings import Settings, get_settings
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
-    from ml.training import TrainReport
+    from ml.training import TrainConfig, TrainReport
 
 __all__ = ["RETRAIN_JOB_ID", "build_scheduler", "retrain_all"]
 
@@ -25,18 +25,25 @@ log = logging.getLogger(__name__)
 
 
 def retrain_all(
-    sources: list[str] | None = None, settings: Settings | None = None
+    sources: list[str] | None = None,
+    settings: Settings | None = None,
+    config: TrainConfig | None = None,
 ) -> list[TrainReport]:
     """The scheduled job: a challenger per source on the latest lake data, promoted only if better.
 
     One source failing (no data yet, say) is logged and does not stop the others.
     """
-    from ml.training import run_training
+    from ml.training import TrainConfig, run_training
 
     reports = []
     for source in sources or list(CONTRACTS):
         try:
-            report = run_training(settings or get_settings(), source, policy="if-better")
+            report = run_training(
+                settings or get_settings(),
+                source,
+                policy="if-better",
+                config=config or TrainConfig(),
+            )
         except Exception:
             log.exception("scheduled retrain of %s failed", source)
             continue
@@ -52,6 +59,7 @@ def build_scheduler(
     sources: list[str] | None = None,
     background: bool = False,
     run_now: bool = False,
+    config: TrainConfig | None = None,
 ) -> BaseScheduler:
     """The scheduler with the retrain job on `settings.retrain_cron` (UTC); not started.
 
@@ -69,7 +77,7 @@ def build_scheduler(
         CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
         id=RETRAIN_JOB_ID,
         name="retrain every source",
-        kwargs={"sources": sources, "settings": settings},
+        kwargs={"sources": sources, "settings": settings, "config": config},
         max_instances=1,  # a slow retrain is never run twice at once
         coalesce=True,  # missed runs (machine asleep) collapse into one
         misfire_grace_time=6 * 3600,

@@ -73,8 +73,8 @@ Progress = Callable[[int], None]
 class TrainConfig:
     """How much data, which split, and the model settings of one training run."""
 
-    test_days: float = 2.0
-    validation_days: float = 2.0
+    test_days: float = 7.0
+    validation_days: float = 7.0
     max_train_days: float | None = 120.0
     series_per_task: int = 4
     anomaly_rate: float = 0.02

@@ -189,7 +189,9 @@ def test_the_scheduled_retrain_job_runs_once(ml_settings, first_training):
 
     registry = Registry(ml_settings)
     before = len(registry.versions("weather_anomaly"))
-    scheduler = build_scheduler(ml_settings, sources=["weather"], background=True, run_now=True)
+    scheduler = build_scheduler(
+        ml_settings, sources=["weather"], background=True, run_now=True, config=CONFIG
+    )
     job = scheduler.get_job(RETRAIN_JOB_ID)
     assert str(job.trigger) == "cron[month='*', day='*', day_of_week='*', hour='3', minute='0']"
     finished = threading.Event()
@@ -215,7 +217,7 @@ def test_the_scheduled_retrain_job_runs_once(ml_settings, first_training):
 
 
 def test_models_cli_lists_and_shows_the_champion(ml_settings, first_training):
-    env = {**os.environ, "PERISCOPE_LOCAL_DIR": str(ml_settings.local_dir)}
+    env = {**os.environ, "PERISCOPE_LOCAL_DIR": str(ml_settings.local_dir), "COLUMNS": "200"}
     listed = subprocess.run(
         [PERISCOPE, "models", "list"], env=env, capture_output=True, text=True, check=True
     ).stdout
