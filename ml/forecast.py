@@ -93,6 +93,9 @@ class ForecastConfig:
     seasonality_mode: Literal["additive", "multiplicative"] = "additive"
     # Candidates for the residual decay phi, searched on the validation part.
     decay_grid: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
+    # Candidates for the weight of "same hour yesterday" blended into the corrected forecast,
+    # searched on validation together with phi (0 = Prophet + residual correction only).
+    naive_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 
     def __post_init__(self) -> None:
         if self.horizon_hours < 1 or self.origin_every_hours < 1:
@@ -101,13 +104,27 @@ class ForecastConfig:
             raise ValueError(f"interval_width must be in (0, 1), got {self.interval_width}")
         if not self.decay_grid or any(not 0 <= phi <= 1 for phi in self.decay_grid):
             raise ValueError(f"decay_grid must be values in [0, 1], got {self.decay_grid}")
+        if not self.naive_weight_grid or any(not 0 <= w < 1 for w in self.naive_weight_grid):
+            raise ValueError(
+                f"naive_weight_grid must be values in [0, 1), got {self.naive_weight_grid}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "decay_grid": list(self.decay_grid)}
+        return {
+            **asdict(self),
+            "decay_grid": list(self.decay_grid),
+            "naive_weight_grid": list(self.naive_weight_grid),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForecastConfig:
-        return cls(**{**data, "decay_grid": tuple(data.get("decay_grid", cls.decay_grid))})
+        return cls(
+            **{
+                **data,
+                "decay_grid": tuple(data.get("decay_grid", cls.decay_grid)),
+                "naive_weight_grid": tuple(data.get("naive_weight_grid", cls.naive_weight_grid)),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +215,9 @@ class SeriesModel:
     """One fitted series: Prophet on the train part, plus the residual decay phi.
 
     A forecast from an origin is prophet(ds) + r * phi**k, where r is the latest residual
-    (observation minus Prophet at or before the origin) and k the hours since that observation.
+    (observation minus Prophet at or before the origin) and k the hours since that observation;
+    then blended with the same hour yesterday: (1 - w) * that + w * y(ds - 24h), w chosen on
+    validation (where yesterday's value is missing, the corrected forecast stands alone).
     """
 
     station_id: str
@@ -206,6 +225,7 @@ class SeriesModel:
     prophet: Prophet
     residual_decay: float
     train_points: int
+    naive_weight: float = 0.0
 
     def _prophet_frame(self, hours: pd.DatetimeIndex) -> pd.DataFrame:
         """Prophet's yhat, yhat_lower, yhat_upper at the given hours, indexed by ds."""
@@ -230,6 +250,7 @@ class SeriesModel:
             origin,
             horizon_hours,
             self.residual_decay,
+            self.naive_weight,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -241,6 +262,7 @@ class SeriesModel:
             "prophet": model_to_json(self.prophet),
             "residual_decay": self.residual_decay,
             "train_points": self.train_points,
+            "naive_weight": self.naive_weight,
         }
 
     @classmethod
@@ -254,11 +276,23 @@ class SeriesModel:
             prophet=model_from_json(data["prophet"]),
             residual_decay=float(data["residual_decay"]),
             train_points=int(data["train_points"]),
+            naive_weight=float(data.get("naive_weight", 0.0)),
         )
 
 
+def _same_hour_before(ds: pd.DatetimeIndex, horizon: np.ndarray) -> pd.DatetimeIndex:
+    """ds - 24h (ds - 48h for h in 25..48, ...): the latest same hour at or before the origin."""
+    days_back = np.ceil(horizon / DAY_HOURS).astype(int)
+    return ds - pd.to_timedelta(days_back * DAY_HOURS, unit="h")
+
+
 def _forecast_from(
-    base: pd.DataFrame, observed: pd.Series, origin: pd.Timestamp, horizon_hours: int, decay: float
+    base: pd.DataFrame,
+    observed: pd.Series,
+    origin: pd.Timestamp,
+    horizon_hours: int,
+    decay: float,
+    naive_weight: float = 0.0,
 ) -> pd.DataFrame:
     """Correct Prophet's `base` (indexed by ds) with the latest residual at or before origin."""
     future = pd.date_range(origin + HOUR, periods=horizon_hours, freq="h")
@@ -269,7 +303,15 @@ def _forecast_from(
         residual = recent.iloc[-1] - base.at[seen_at, "yhat"]
         hours_since_seen = ((future - seen_at) / HOUR).to_numpy()
         correction = residual * decay**hours_since_seen
-    forecast = pd.DataFrame({"ds": future, "horizon_h": np.arange(1, horizon_hours + 1)})
+    horizon = np.arange(1, horizon_hours + 1)
+    if naive_weight > 0:
+        corrected = base.loc[future, "yhat"].to_numpy() + correction
+        naive = observed.reindex(_same_hour_before(future, horizon)).to_numpy()
+        blended = np.where(
+            np.isnan(naive), corrected, (1 - naive_weight) * corrected + naive_weight * naive
+        )
+        correction = correction + (blended - corrected)  # intervals move with yhat
+    forecast = pd.DataFrame({"ds": future, "horizon_h": horizon})
     for column in ("yhat", "yhat_lower", "yhat_upper"):
         forecast[column] = base.loc[future, column].to_numpy() + correction
     if not np.isfinite(forecast[["yhat", "yhat_lower", "yhat_upper"]].to_numpy()).all():
@@ -290,8 +332,7 @@ def baseline_forecasts(
     observed = _observed(series)
     horizon = np.arange(1, horizon_hours + 1)
     ds = origin + pd.to_timedelta(horizon, unit="h")
-    days_back = np.ceil(horizon / DAY_HOURS).astype(int)
-    same_hour_before = ds - pd.to_timedelta(days_back * DAY_HOURS, unit="h")
+    same_hour_before = _same_hour_before(ds, horizon)
     up_to_origin = observed.loc[:origin].dropna()
     last_value = up_to_origin.iloc[-1] if not up_to_origin.empty else np.nan
     return pd.DataFrame(
@@ -319,6 +360,7 @@ def _rolling_forecasts(
     origins: pd.DatetimeIndex,
     horizon_hours: int,
     decay: float,
+    naive_weight: float = 0.0,
 ) -> list[pd.DataFrame]:
     """Corrected forecasts from each origin, seeing y only up to that origin."""
     # One Prophet call for the whole window: Prophet's part never depends on y.
@@ -327,9 +369,9 @@ def _rolling_forecasts(
     )
     base = model._prophet_frame(hours)
     return [
-        _forecast_from(base, observed.loc[:origin], origin, horizon_hours, decay).assign(
-            origin=origin
-        )
+        _forecast_from(
+            base, observed.loc[:origin], origin, horizon_hours, decay, naive_weight
+        ).assign(origin=origin)
         for origin in origins
     ]
 
@@ -353,7 +395,7 @@ def evaluate(
         return pd.DataFrame(columns=ERROR_COLUMNS)
     observed = _observed(series)
     forecasts = _rolling_forecasts(
-        model, observed, origins, config.horizon_hours, model.residual_decay
+        model, observed, origins, config.horizon_hours, model.residual_decay, model.naive_weight
     )
     frames = []
     for origin, forecast in zip(origins, forecasts, strict=True):
@@ -371,32 +413,44 @@ def evaluate(
     return errors[ERROR_COLUMNS].reset_index(drop=True)
 
 
-def _choose_decay(
+def _choose_corrections(
     model: SeriesModel, series: pd.DataFrame, split: Split, config: ForecastConfig
-) -> float:
-    """The phi of the grid with the lowest validation MAE; 0 (plain Prophet) without evidence."""
+) -> tuple[float, float]:
+    """The (phi, naive weight) of the grids with the lowest validation MAE.
+
+    (0, 0), plain Prophet, without validation evidence; ties keep the smaller values.
+    """
     origins = _origins(split.train_end, split.validation_end, config)
     if origins.empty:
-        return 0.0
+        return 0.0, 0.0
     observed = _observed(series)
-    best_decay, best_mae = 0.0, math.inf
+    best, best_mae = (0.0, 0.0), math.inf
     for decay in config.decay_grid:
         forecasts = pd.concat(
             _rolling_forecasts(model, observed, origins, config.horizon_hours, decay)
         )
-        errors = forecasts["yhat"].to_numpy() - observed.reindex(forecasts["ds"]).to_numpy()
-        if np.isnan(errors).all():  # no validation actuals: nothing to choose on
-            return 0.0
-        mae = float(np.nanmean(np.abs(errors)))
-        if mae < best_mae:  # ties keep the earlier, smaller phi
-            best_decay, best_mae = decay, mae
-    return best_decay
+        actual = observed.reindex(forecasts["ds"]).to_numpy()
+        if np.isnan(actual).all():  # no validation actuals: nothing to choose on
+            return 0.0, 0.0
+        corrected = forecasts["yhat"].to_numpy()
+        # Yesterday's hours are at or before each origin: no look-ahead.
+        naive = observed.reindex(
+            _same_hour_before(pd.DatetimeIndex(forecasts["ds"]), forecasts["horizon_h"].to_numpy())
+        ).to_numpy()
+        for weight in config.naive_weight_grid:
+            blended = np.where(
+                np.isnan(naive), corrected, (1 - weight) * corrected + weight * naive
+            )
+            mae = float(np.nanmean(np.abs(blended - actual)))
+            if mae < best_mae:
+                best, best_mae = (decay, weight), mae
+    return best
 
 
 def fit_series(
     station_id: str, measure: str, series: pd.DataFrame, split: Split, config: ForecastConfig
 ) -> SeriesModel:
-    """Fit Prophet on the train part of `series` and the residual decay on its validation part.
+    """Fit Prophet on the train part of `series`, the residual decay and naive weight on validation.
 
     Raises NotEnoughData when train has fewer than config.min_train_points observations.
     """
@@ -420,7 +474,7 @@ def fit_series(
     )
     prophet.fit(train)
     model = SeriesModel(station_id, measure, prophet, residual_decay=0.0, train_points=len(train))
-    model.residual_decay = _choose_decay(model, series, split, config)
+    model.residual_decay, model.naive_weight = _choose_corrections(model, series, split, config)
     return model
 
 

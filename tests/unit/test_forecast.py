@@ -218,7 +218,7 @@ def test_predict_returns_the_horizon(model: SeriesModel, temperature, split) -> 
 def test_predict_adds_the_decaying_latest_residual(model: SeriesModel, temperature, split) -> None:
     origin = split.validation_end - HOUR
     history = temperature[temperature["ds"] <= origin]
-    decaying = replace(model, residual_decay=0.9)
+    decaying = replace(model, residual_decay=0.9, naive_weight=0.0)
     future = pd.date_range(origin + HOUR, periods=6, freq="h")
     residual = history["y"].iloc[-1] - _prophet_only(model, pd.DatetimeIndex([origin]))[0]
 
@@ -250,10 +250,12 @@ def test_real_temperature_scores(trained: SeriesResult, split: Split) -> None:
     assert metrics["mae_prophet"] < 6.0
 
 
-def test_decay_is_the_best_on_validation(model: SeriesModel, temperature, split) -> None:
-    def validation_mae(decay: float) -> float:
+def test_decay_and_naive_weight_are_the_best_on_validation(
+    model: SeriesModel, temperature, split
+) -> None:
+    def validation_mae(decay: float, weight: float) -> float:
         errors = evaluate(
-            replace(model, residual_decay=decay),
+            replace(model, residual_decay=decay, naive_weight=weight),
             temperature,
             split.train_end,
             split.validation_end,
@@ -261,9 +263,28 @@ def test_decay_is_the_best_on_validation(model: SeriesModel, temperature, split)
         )
         return float(error_metrics(errors)["mae_prophet"].iloc[0])
 
-    chosen = validation_mae(model.residual_decay)
+    chosen = validation_mae(model.residual_decay, model.naive_weight)
     assert model.residual_decay in CONFIG.decay_grid
-    assert all(chosen <= validation_mae(decay) + 1e-12 for decay in CONFIG.decay_grid)
+    assert model.naive_weight in CONFIG.naive_weight_grid
+    assert all(
+        chosen <= validation_mae(decay, weight) + 1e-9
+        for decay in CONFIG.decay_grid
+        for weight in CONFIG.naive_weight_grid
+    )
+
+
+def test_naive_weight_blends_in_the_same_hour_yesterday(
+    model: SeriesModel, temperature, split
+) -> None:
+    origin = split.validation_end - HOUR
+    history = temperature[temperature["ds"] <= origin]
+    plain = replace(model, residual_decay=0.0, naive_weight=0.0).predict(history, origin, 6)
+    blended = replace(model, residual_decay=0.0, naive_weight=0.5).predict(history, origin, 6)
+    yesterday = history.set_index("ds")["y"].reindex(plain["ds"] - 24 * HOUR).to_numpy()
+    assert not np.isnan(yesterday).any()
+    np.testing.assert_allclose(blended["yhat"], 0.5 * plain["yhat"] + 0.5 * yesterday, rtol=1e-9)
+    width = blended["yhat_upper"] - blended["yhat_lower"]
+    np.testing.assert_allclose(width, plain["yhat_upper"] - plain["yhat_lower"], rtol=1e-9)
 
 
 def test_evaluation_never_sees_after_the_origin(model: SeriesModel, temperature, split) -> None:
