@@ -118,6 +118,22 @@ def _print_report(report) -> None:
                 ],
             )
         console.print(table)
+        from ml.forecast import error_metrics
+
+        by_measure = error_metrics(report.forecast.errors, by=["measure"])
+        table = Table(title="MAE per measure (test window)")
+        for column in ("measure", "prophet", "seasonal naive", "persistence", "coverage"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        for row in by_measure.itertuples():
+            table.add_row(
+                str(row.measure),
+                *[
+                    f"{getattr(row, f'mae_{m}'):.3f}"
+                    for m in ("prophet", "seasonal_naive", "persistence")
+                ],
+                f"{row.coverage:.2f}",
+            )
+        console.print(table)
         console.print(
             f"series trained {len(report.forecast.bundle.series())}, skipped {len(report.forecast.skipped)}; "
             f"relative MAE (Prophet / seasonal naive) {report.forecast.score:.3f}; "
