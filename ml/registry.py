@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,6 +92,8 @@ class Registry:
 
         for noisy in ("mlflow", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Periscope shows its own progress; MLflow's per-download bars would clutter the CLI.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.settings = settings
         self.uri = settings.mlflow_uri
         if self.uri.startswith("sqlite:///"):
