@@ -9,12 +9,14 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings, get_settings
@@ -247,6 +249,93 @@ def lake_audit(
         err_console.print(f"[red]✘[/] {problem}")
     if problems:
         raise typer.Exit(1)
+
+
+# --- sql -----------------------------------------------------------------------------------
+@app.command("sql")
+def sql_query(
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="SQL over the views <layer>.<table>, e.g. silver.weather_features.",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        Literal["table", "csv", "json", "parquet"],
+        typer.Option("--format", "-f", help="table, csv, json (one array) or parquet."),
+    ] = "table",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write to this file, not stdout; needed for parquet."),
+    ] = None,
+    as_of_version: Annotated[
+        int | None,
+        typer.Option("--as-of-version", min=0, help="Read one table as of this Delta version."),
+    ] = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="The table --as-of-version applies to; default: the one lake table the query names.",
+        ),
+    ] = None,
+    limit_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--limit-rows", min=1, help="At most this many rows; default 100 for the table format."
+        ),
+    ] = None,
+    list_tables: Annotated[
+        bool, typer.Option("--tables", help="List the lake's tables and their versions.")
+    ] = False,
+) -> None:
+    """Query the lake's Delta tables with DuckDB, also while streams write to them.
+
+    Every table is a view <layer>.<table>:
+    periscope sql "select count(*) from silver.weather_features".
+    """
+    from periscope import lake, sql
+
+    settings = _settings()
+    if list_tables:
+        listing = Table(title=f"Lake tables under {settings.lake_root}")
+        for column in ("view", "version", "path"):
+            listing.add_column(column)
+        for t in lake.tables(settings):
+            listing.add_row(t.name, str(t.version), t.path)
+        console.print(listing)
+        return
+    if query is None:
+        raise typer.BadParameter("give a query, or --tables to list the tables")
+    if fmt == "table" and output is not None:
+        raise typer.BadParameter("--output needs --format csv, json or parquet")
+    if fmt == "parquet" and output is None:
+        raise typer.BadParameter("--format parquet needs --output FILE")
+    if table is not None and as_of_version is None:
+        raise typer.BadParameter("--table only says which table --as-of-version applies to")
+    if as_of_version is not None and table is None:
+        table = sql.table_for_version(query, lake.tables(settings))
+
+    con = lake.connect(settings, as_of_version=as_of_version, table=table)
+    result = sql.run(con, query)
+    if result is None:  # a statement without rows, e.g. SET
+        return
+    if fmt != "table":
+        sql.write(result.limit(limit_rows) if limit_rows else result, fmt, output)
+        return
+    shown = sql.preview(result, limit_rows or 100)
+    grid = Table(caption=f"{len(shown.rows)} row(s)")
+    for column in shown.columns:
+        grid.add_column(Text(column))  # Text, not str: data must not be read as rich markup
+    for row in shown.rows:
+        grid.add_row(*[Text("NULL", style="dim") if v is None else Text(str(v)) for v in row])
+    console.print(grid)
+    if shown.truncated:
+        err_console.print(
+            f"[yellow]showing the first {len(shown.rows)} rows:[/] "
+            "raise --limit-rows, or write them all with --format csv|json|parquet"
+        )
 
 
 # --- settings ------------------------------------------------------------------------------

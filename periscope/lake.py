@@ -1,11 +1,38 @@
-"""Read lake tables without Spark (delta-rs): row counts and small reads for audits and tests."""
+"""Read lake tables without Spark: delta-rs for counts and small reads, DuckDB for SQL.
+
+`connect()` gives a DuckDB connection with every lake table as a view `<layer>.<table>`:
+
+    con = connect()
+    con.sql("select count(*) from silver.weather_features").fetchall()
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import pyarrow
 from deltalake import DeltaTable
 
-__all__ = ["delta_row_count", "read_delta", "row_count_or_zero"]
+from periscope.errors import PeriscopeError
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from periscope.settings import Settings
+
+__all__ = [
+    "LAYERS",
+    "LakeTable",
+    "connect",
+    "delta_row_count",
+    "read_delta",
+    "row_count_or_zero",
+    "tables",
+]
+
+LAYERS = ("bronze", "silver", "gold")
+LIST_TABLES_HINT = "list the lake's tables with `periscope sql --tables`"
 
 
 def delta_row_count(path: str) -> int:
@@ -31,3 +58,98 @@ def read_delta(path: str, columns: list[str] | None = None) -> pyarrow.Table:
     the process at exit (delta-io/delta-rs#2184), which would fail a CLI or a test run.
     """
     return DeltaTable(path).to_pyarrow_dataset().to_table(columns=columns, use_threads=False)
+
+
+class LakeTable(NamedTuple):
+    """A Delta table of the lake, seen in DuckDB as the view `<layer>.<table>`."""
+
+    layer: str
+    table: str
+    path: str
+    version: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layer}.{self.table}"
+
+
+def tables(settings: Settings | None = None) -> list[LakeTable]:
+    """Every Delta table under `<lake_root>/{bronze,silver,gold}/`, with its current version.
+
+    A folder is a table once its `_delta_log/` holds a commit; other entries are ignored.
+    """
+    from deltalake.exceptions import TableNotFoundError
+
+    root = _local_lake_root(settings)
+    found = []
+    for layer in LAYERS:
+        layer_dir = root / layer
+        if not layer_dir.is_dir():
+            continue
+        for table_dir in sorted(layer_dir.iterdir()):
+            if not (table_dir / "_delta_log").is_dir():
+                continue
+            try:
+                version = DeltaTable(str(table_dir)).version()
+            except TableNotFoundError:  # a stream has created the folder but not committed yet
+                continue
+            found.append(LakeTable(layer, table_dir.name, str(table_dir), version))
+    return found
+
+
+def connect(
+    settings: Settings | None = None,
+    *,
+    as_of_version: int | None = None,
+    table: str | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with one view per lake table, e.g. `silver.weather_features`.
+
+    Each query reads the latest committed version, so it works while streams write.
+    `as_of_version=N, table="silver.weather_features"` makes that one view read version N
+    (time travel); the other views stay current. Timestamps show in UTC.
+    """
+    if (as_of_version is None) != (table is None):
+        raise PeriscopeError("time travel needs both a version and the table it applies to")
+    lake_tables = tables(settings)
+    if table is not None and table.lower() not in {t.name for t in lake_tables}:
+        raise PeriscopeError(f"no lake table {table}; {LIST_TABLES_HINT}")
+
+    from periscope.duckdb_lake import connect as duckdb_connect
+
+    con = duckdb_connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for layer in LAYERS:
+        con.execute(f"CREATE SCHEMA {layer}")
+    for t in lake_tables:
+        version = as_of_version if t.name == (table or "").lower() else None
+        _create_view(con, t, version)
+    return con
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, t: LakeTable, version: int | None) -> None:
+    import duckdb
+
+    path = t.path.replace("'", "''")
+    scan = (
+        f"delta_scan('{path}')"
+        if version is None
+        else f"delta_scan('{path}', version => {version:d})"
+    )
+    try:
+        con.execute(f'CREATE VIEW {t.layer}."{t.table}" AS SELECT * FROM {scan}')
+    except duckdb.Error as exc:
+        if version is not None:
+            raise PeriscopeError(
+                f"{t.name} has no version {version} to read (its current version is {t.version})"
+            ) from None
+        raise PeriscopeError(f"cannot read {t.name} at {t.path}: {exc}") from None
+
+
+def _local_lake_root(settings: Settings | None) -> Path:
+    from periscope.settings import get_settings
+
+    root = (settings or get_settings()).lake_root
+    if "://" in root:
+        raise PeriscopeError(f"SQL reads a local lake only; lake_root is {root}")
+    return Path(root).resolve()
