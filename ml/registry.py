@@ -24,7 +24,15 @@ from periscope.settings import PROJECT_DIR, Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["CHAMPION", "MODEL_KINDS", "ModelInfo", "Registry", "code_version", "model_name"]
+__all__ = [
+    "CHAMPION",
+    "MODEL_KINDS",
+    "ModelInfo",
+    "ModelKind",
+    "Registry",
+    "code_version",
+    "model_name",
+]
 
 ModelKind = Literal["forecast", "anomaly"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("forecast", "anomaly")

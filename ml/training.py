@@ -40,7 +40,7 @@ from ml.data import (
     observations_between,
     series_frames,
 )
-from ml.registry import ModelInfo, Registry
+from ml.registry import ModelInfo, ModelKind, Registry
 from ml.windows import window_features
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
@@ -344,39 +344,45 @@ def run_training(
     frames = series_frames(
         training_hourly[training_hourly["ds"] < split.test_end], FORECAST_TARGETS[source]
     )
-    lake_frames = series_frames(lake_hourly, FORECAST_TARGETS[source])
     if on_total:
         on_total(len(frames) * ("forecast" in kinds) + ("anomaly" in kinds))
     with ray_session(settings, workers):
         if "forecast" in kinds:
             outcome = train_forecasts(frames, split, config, source=source, on_progress=on_progress)
             report.forecast = outcome
-            with tempfile.TemporaryDirectory() as tmp:
-                outcome.bundle.save(Path(tmp))
-                info = registry.log_model(
-                    source=source,
-                    kind="forecast",
-                    directory=Path(tmp),
-                    params={
-                        **config.params(),
-                        **split.to_dict(),
-                        "series": len(outcome.bundle.series()),
-                    },
-                    metrics={
-                        **outcome.overall,
-                        "relative_mae": outcome.score,
-                        "seconds": outcome.seconds,
-                        "series_skipped": len(outcome.skipped),
-                    },
-                    tags=data_range,
-                    extra_files={
-                        "metrics_per_series.csv": outcome.per_series.to_csv(index=False),
-                        "skipped.json": json.dumps(outcome.skipped, indent=2),
-                    },
-                )
+            info = _register(
+                registry,
+                source,
+                "forecast",
+                outcome.bundle.save,
+                params={
+                    **config.params(),
+                    **split.to_dict(),
+                    "series": len(outcome.bundle.series()),
+                },
+                metrics={
+                    **outcome.overall,
+                    "relative_mae": outcome.score,
+                    "seconds": outcome.seconds,
+                    "series_skipped": len(outcome.skipped),
+                },
+                tags=data_range,
+                extra_files={
+                    "metrics_per_series.csv": outcome.per_series.to_csv(index=False),
+                    "skipped.json": json.dumps(outcome.skipped, indent=2),
+                },
+            )
             report.registered["forecast"] = info
-            report.decisions["forecast"] = _decide_forecast(
-                registry, source, info, outcome, lake_frames, policy
+            report.decisions["forecast"] = _decide(
+                registry,
+                source,
+                "forecast",
+                info,
+                outcome.bundle,
+                lake_hourly,
+                split,
+                config,
+                policy,
             )
         if "anomaly" in kinds:
             if hourly is None:
@@ -400,32 +406,52 @@ def run_training(
                 )
             a_outcome = train_anomaly(train_features, training_hourly, split, contract, config)
             report.anomaly = a_outcome
-            with tempfile.TemporaryDirectory() as tmp:
-                a_outcome.model.save(Path(tmp))
-                info = registry.log_model(
-                    source=source,
-                    kind="anomaly",
-                    directory=Path(tmp),
-                    params={
-                        **config.params(),
-                        **split.to_dict(),
-                        "train_windows": len(train_features),
-                    },
-                    metrics={
-                        **a_outcome.metrics,
-                        "threshold": a_outcome.model.threshold,
-                        "seconds": a_outcome.seconds,
-                    },
-                    tags=data_range,
-                    extra_files={"recall_by_kind.csv": a_outcome.by_kind.to_csv()},
-                )
+            info = _register(
+                registry,
+                source,
+                "anomaly",
+                a_outcome.model.save,
+                params={
+                    **config.params(),
+                    **split.to_dict(),
+                    "train_windows": len(train_features),
+                },
+                metrics={
+                    **a_outcome.metrics,
+                    "threshold": a_outcome.model.threshold,
+                    "seconds": a_outcome.seconds,
+                },
+                tags=data_range,
+                extra_files={"recall_by_kind.csv": a_outcome.by_kind.to_csv()},
+            )
             report.registered["anomaly"] = info
-            report.decisions["anomaly"] = _decide_anomaly(
-                registry, source, info, a_outcome, lake_hourly, split, contract, config, policy
+            report.decisions["anomaly"] = _decide(
+                registry,
+                source,
+                "anomaly",
+                info,
+                a_outcome.model,
+                lake_hourly,
+                split,
+                config,
+                policy,
             )
         if on_progress and "anomaly" in kinds:
             on_progress(1)
     return report
+
+
+def _register(
+    registry: Registry,
+    source: str,
+    kind: ModelKind,
+    save: Callable[[Path], None],
+    **log_args,
+) -> ModelInfo:
+    """Save a model into a temporary directory and log it as a new registered version."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save(Path(tmp))
+        return registry.log_model(source=source, kind=kind, directory=Path(tmp), **log_args)
 
 
 def _no_champion_decision(
@@ -444,45 +470,81 @@ def _no_champion_decision(
     return None
 
 
-def _decide_forecast(registry, source, info, outcome, lake_frames, policy) -> str:
-    decided = _no_champion_decision(registry, source, "forecast", info, policy)
+def _decide(
+    registry: Registry,
+    source: str,
+    kind: ModelKind,
+    info: ModelInfo,
+    challenger: forecast.ForecastBundle | anomaly.AnomalyModel,
+    lake_hourly: pd.DataFrame,
+    split: forecast.Split,
+    config: TrainConfig,
+    policy: PromotionPolicy,
+) -> str:
+    decided = _no_champion_decision(registry, source, kind, info, policy)
     if decided:
         return decided
-    champion_info = registry.resolve(source, "forecast")
-    champion = forecast.ForecastBundle.load(registry.download(champion_info))
-    ours, theirs = compare_forecast(outcome.bundle, champion, lake_frames)
-    return promote_if_better(
+    champion_info = registry.resolve(source, kind)
+    assert champion_info is not None  # _no_champion_decision handled "no champion"
+    return _compare_and_decide(
         registry,
         source,
-        "forecast",
+        kind,
         info,
+        challenger,
         champion_info,
-        ours,
-        theirs,
-        "relative MAE",
-        lower_is_better=True,
+        lake_hourly,
+        split,
+        anomaly_rate=config.anomaly_rate,
+        anomaly_seed=config.anomaly_seed,
     )
 
 
-def _decide_anomaly(
-    registry, source, info, outcome, lake_hourly, split, contract, config, policy
+def _compare_and_decide(
+    registry: Registry,
+    source: str,
+    kind: ModelKind,
+    info: ModelInfo,
+    challenger: forecast.ForecastBundle | anomaly.AnomalyModel,
+    champion_info: ModelInfo,
+    lake_hourly: pd.DataFrame,
+    split: forecast.Split,
+    *,
+    anomaly_rate: float,
+    anomaly_seed: int,
 ) -> str:
-    decided = _no_champion_decision(registry, source, "anomaly", info, policy)
-    if decided:
-        return decided
-    champion_info = registry.resolve(source, "anomaly")
-    champion = anomaly.AnomalyModel.load(registry.download(champion_info))
+    """Score challenger and champion on the challenger's test window; promote if better."""
+    champion_dir = registry.download(champion_info)
+    if isinstance(challenger, forecast.ForecastBundle):
+        ours, theirs = compare_forecast(
+            challenger,
+            forecast.ForecastBundle.load(champion_dir),
+            series_frames(lake_hourly, FORECAST_TARGETS[source]),
+        )
+        return promote_if_better(
+            registry,
+            source,
+            kind,
+            info,
+            champion_info,
+            ours,
+            theirs,
+            "relative MAE",
+            lower_is_better=True,
+        )
     features, truth, _ = anomaly_test_set(
         lake_hourly,
-        contract,
+        get_contract(source),
         split.validation_end,
         split.test_end,
-        rate=config.anomaly_rate,
-        seed=config.anomaly_seed + 1,
+        rate=anomaly_rate,
+        seed=anomaly_seed + 1,
     )
-    ours, theirs = compare_anomaly(outcome.model, champion, features, truth)
+    ours, theirs = compare_anomaly(
+        challenger, anomaly.AnomalyModel.load(champion_dir), features, truth
+    )
     return promote_if_better(
-        registry, source, "anomaly", info, champion_info, ours, theirs, "F1", lower_is_better=False
+        registry, source, kind, info, champion_info, ours, theirs, "F1", lower_is_better=False
     )
 
 
@@ -532,42 +594,30 @@ def promote_version(
         return f"promoted version {version}" + (
             " (forced, no comparison)" if force and champion_info else ""
         )
-    contract = get_contract(source)
     split = forecast.Split.from_dict(
         {k: info.params[k] for k in ("train_start", "train_end", "validation_end", "test_end")}
     )
     stations = tuple(s for s in info.tags.get("stations", "").split(",") if s) or None
     lake_hourly = hourly_observations(
-        settings, contract, LakeSlice(stations=stations, until=split.test_end.to_pydatetime())
+        settings,
+        get_contract(source),
+        LakeSlice(stations=stations, until=split.test_end.to_pydatetime()),
     )
-    if kind == "forecast":
-        challenger = forecast.ForecastBundle.load(registry.download(info))
-        champion = forecast.ForecastBundle.load(registry.download(champion_info))
-        ours, theirs = compare_forecast(
-            challenger, champion, series_frames(lake_hourly, FORECAST_TARGETS[source])
-        )
-        return promote_if_better(
-            registry,
-            source,
-            kind,
-            info,
-            champion_info,
-            ours,
-            theirs,
-            "relative MAE",
-            lower_is_better=True,
-        )
-    challenger_model = anomaly.AnomalyModel.load(registry.download(info))
-    champion_model = anomaly.AnomalyModel.load(registry.download(champion_info))
-    features, truth, _ = anomaly_test_set(
+    model_dir = registry.download(info)
+    challenger: forecast.ForecastBundle | anomaly.AnomalyModel = (
+        forecast.ForecastBundle.load(model_dir)
+        if kind == "forecast"
+        else anomaly.AnomalyModel.load(model_dir)
+    )
+    return _compare_and_decide(
+        registry,
+        source,
+        kind,
+        info,
+        challenger,
+        champion_info,
         lake_hourly,
-        contract,
-        split.validation_end,
-        split.test_end,
-        rate=float(info.params["anomaly_rate"]),
-        seed=int(info.params["anomaly_seed"]) + 1,
-    )
-    ours, theirs = compare_anomaly(challenger_model, champion_model, features, truth)
-    return promote_if_better(
-        registry, source, kind, info, champion_info, ours, theirs, "F1", lower_is_better=False
+        split,
+        anomaly_rate=float(info.params["anomaly_rate"]),
+        anomaly_seed=int(info.params["anomaly_seed"]),
     )
