@@ -1,0 +1,460 @@
+"""The pure core of `periscope score`: silver feature windows in, gold prediction rows out.
+
+Each window gets the anomaly model's score and flag, and the forecast bundle's forecasts of
+every series it knows for the window's station, made from the window's `forecast_origin`
+(the last full hour before window_end). No Ray, Delta or MLflow here: the actors and the
+lake I/O call `score_windows` and `to_arrow`.
+
+Forecasts are batched: Prophet's point forecast is computed per series in four-week blocks of
+hours, kept for later batches, and the residual correction and "same hour yesterday" blend of
+`SeriesModel.predict` are applied per origin with numpy. Prophet's intervals around yhat are
+drawn once per series, from a seeded call shaped like `predict`'s own (24 hours of history
+plus the horizon), so a window's row depends only on the window, its history and the models,
+never on which other windows share the batch: re-scoring a window gives the same row.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ml.anomaly import AnomalyModel
+from ml.forecast import MAX_RESIDUAL_AGE, ForecastBundle, SeriesModel
+from ml.registry import model_name
+
+if TYPE_CHECKING:
+    from prophet import Prophet
+
+__all__ = [
+    "GOLD_COLUMNS",
+    "HISTORY_HOURS",
+    "LoadedModels",
+    "gold_schema",
+    "history_window",
+    "score_windows",
+    "to_arrow",
+]
+
+KEY = "station_id"
+# The correction looks at most this far back for the latest residual, and the blend's
+# "same hour yesterday" (or the day before, past 24 h) always lies in the same hours.
+HISTORY_HOURS = int(MAX_RESIDUAL_AGE / pd.Timedelta(hours=1))
+_HOUR_US = 3_600_000_000
+# Prophet's yhat is computed and kept per series in epoch-aligned blocks of four weeks.
+BLOCK_HOURS = 28 * 24
+MAX_BLOCKS = 4
+_UTC_US = "datetime64[us, UTC]"
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+FORECAST_TYPE = pa.list_(
+    pa.struct(
+        [
+            pa.field("measure", pa.string(), nullable=False),
+            pa.field("horizon_h", pa.int32(), nullable=False),
+            pa.field("target_time", _TIMESTAMP, nullable=False),
+            pa.field("yhat", pa.float64(), nullable=False),
+            pa.field("yhat_lower", pa.float64(), nullable=False),
+            pa.field("yhat_upper", pa.float64(), nullable=False),
+        ]
+    )
+)
+_GOLD_FIELDS = [
+    pa.field("station_id", pa.string(), nullable=False),
+    pa.field("window_start", _TIMESTAMP, nullable=False),
+    pa.field("window_end", _TIMESTAMP, nullable=False),
+    pa.field("anomaly_score", pa.float64()),  # null: no anomaly model
+    pa.field("is_anomaly", pa.bool_()),
+    pa.field("forecast_origin", _TIMESTAMP, nullable=False),
+    pa.field("forecasts", FORECAST_TYPE, nullable=False),  # empty: nothing to forecast
+    pa.field("forecast_model", pa.string()),
+    pa.field("forecast_version", pa.int64()),
+    pa.field("anomaly_model", pa.string()),
+    pa.field("anomaly_version", pa.int64()),
+    pa.field("scored_at", _TIMESTAMP, nullable=False),
+]
+GOLD_COLUMNS = [f.name for f in _GOLD_FIELDS]
+
+
+def gold_schema() -> pa.Schema:
+    """The schema of gold/<source>_predictions; one row per (station_id, window_start)."""
+    return pa.schema(_GOLD_FIELDS)
+
+
+@dataclass(frozen=True)
+class LoadedModels:
+    """The champion models of one source as an actor holds them: loaded once, used per batch.
+
+    Either model may be missing (no champion yet); its version is given exactly when it is.
+    """
+
+    source: str
+    forecast: ForecastBundle | None
+    forecast_version: int | None
+    anomaly: AnomalyModel | None
+    anomaly_version: int | None
+    # Per-series state that depends only on the models (see _SeriesScorer): built on first use.
+    _series: dict[tuple[str, str], _SeriesScorer] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        for kind, model, version in (
+            ("forecast", self.forecast, self.forecast_version),
+            ("anomaly", self.anomaly, self.anomaly_version),
+        ):
+            if (model is None) != (version is None):
+                raise ValueError(f"{kind} model and version must be given together")
+            if model is not None and model.source != self.source:
+                raise ValueError(f"a {model.source} {kind} model cannot score {self.source}")
+
+    @property
+    def forecast_model(self) -> str | None:
+        return None if self.forecast is None else model_name(self.source, "forecast")
+
+    @property
+    def anomaly_model(self) -> str | None:
+        return None if self.anomaly is None else model_name(self.source, "anomaly")
+
+    def _scorer(self, station_id: str, measure: str) -> _SeriesScorer:
+        key = (station_id, measure)
+        if key not in self._series:
+            assert self.forecast is not None
+            self._series[key] = _SeriesScorer.of(
+                self.forecast.models[key], self.forecast.config.horizon_hours
+            )
+        return self._series[key]
+
+
+@dataclass(frozen=True)
+class _SeriesScorer:
+    """One series' Prophet without interval sampling, its interval offsets per horizon, and
+    its yhat for recently used blocks of hours."""
+
+    model: SeriesModel
+    point: Prophet
+    lower: np.ndarray  # yhat_lower - yhat for horizons 1..H
+    upper: np.ndarray
+    blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, model: SeriesModel, horizon: int) -> _SeriesScorer:
+        # Prophet draws the same random numbers for every frame of predict's shape lying after
+        # its training data, so interval minus yhat depends on the horizon only: for additive
+        # models these offsets give predict's intervals exactly. Frames reaching back into the
+        # training hours (or multiplicative seasonality) differ from predict by sampling noise.
+        hour = pd.Timedelta(hours=1)
+        trained = model.prophet.history
+        assert trained is not None, "a fitted Prophet keeps its training frame"
+        origin = trained["ds"].max() + MAX_RESIDUAL_AGE
+        hours = pd.date_range(origin - MAX_RESIDUAL_AGE + hour, origin + horizon * hour, freq="h")
+        future = model._prophet_frame(hours).iloc[-horizon:]
+        point = copy.copy(model.prophet)
+        point.uncertainty_samples = 0  # yhat only: the samples are half of predict's cost
+        return cls(
+            model,
+            point,
+            (future["yhat_lower"] - future["yhat"]).to_numpy(),
+            (future["yhat_upper"] - future["yhat"]).to_numpy(),
+        )
+
+    def yhat(self, hours: np.ndarray) -> np.ndarray:
+        """Prophet's yhat at the given hours (an array of hours since the epoch)."""
+        block = hours // BLOCK_HOURS
+        values = np.empty(hours.shape)
+        for b in np.unique(block):
+            inside = block == b
+            values[inside] = self._block(int(b))[hours[inside] - b * BLOCK_HOURS]
+        return values
+
+    def _block(self, b: int) -> np.ndarray:
+        # A Prophet call costs ~10 ms whatever its length, and yhat depends only on the hour:
+        # computing fixed blocks once serves every later batch (a stream scores the same
+        # block for weeks), and an hour's value never depends on what else was scored.
+        if b not in self.blocks:
+            if len(self.blocks) >= MAX_BLOCKS:
+                del self.blocks[next(iter(self.blocks))]  # the oldest
+            hours = np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
+            ds = pd.to_datetime(hours * _HOUR_US, unit="us")
+            self.blocks[b] = self.point.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
+        return self.blocks[b]
+
+    def forecast(
+        self, origins: np.ndarray, grid_start: int, observed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """yhat, yhat_lower, yhat_upper (origins x horizon), as SeriesModel.predict makes them.
+
+        `origins` are unique hours since the epoch; `observed` is y on the hours from
+        grid_start (at most min(origins) - 23) to max(origins), NaN where missing.
+        """
+        horizon = len(self.lower)
+        ahead = np.arange(1, horizon + 1)
+        future = origins[:, None] + ahead
+        base_future = self.yhat(future)
+
+        # The latest observation in the 24 hours up to each origin, as predict looks for it.
+        at = origins - grid_start
+        positions = np.arange(len(observed))
+        last_seen = np.maximum.accumulate(np.where(np.isnan(observed), -1, positions))[at]
+        fresh = last_seen > at - HISTORY_HOURS
+        correction = np.zeros(future.shape)
+        decay = self.model.residual_decay
+        if decay > 0 and fresh.any():
+            seen = last_seen[fresh]
+            seen_hour = seen + grid_start
+            residual = observed[seen] - self.yhat(seen_hour)
+            since = (future[fresh] - seen_hour[:, None]).astype("float64")
+            correction[fresh] = residual[:, None] * decay**since
+        weight = self.model.naive_weight
+        if weight > 0:
+            corrected = base_future + correction
+            days_back = np.ceil(ahead / 24).astype(int) * 24
+            naive = observed[future - days_back - grid_start]
+            blended = np.where(
+                np.isnan(naive), corrected, (1 - weight) * corrected + weight * naive
+            )
+            correction = correction + (blended - corrected)  # intervals move with yhat
+        return (
+            base_future + correction,
+            base_future + self.lower + correction,
+            base_future + self.upper + correction,
+        )
+
+
+def _utc(times: Any) -> pd.Series:
+    """Times (naive = UTC, or tz-aware) as tz-aware UTC microseconds."""
+    times = pd.to_datetime(pd.Series(times))
+    if times.dt.tz is None:
+        times = times.dt.tz_localize("UTC")
+    return times.dt.tz_convert("UTC").astype(_UTC_US)
+
+
+def _hours(times: pd.Series) -> np.ndarray:
+    """Whole hours since the epoch, rounded down."""
+    micros = _utc(times).dt.tz_localize(None).to_numpy().view("int64")
+    return np.floor_divide(micros, _HOUR_US)
+
+
+def _windows(features: pd.DataFrame) -> pd.DataFrame:
+    """One row per (station_id, window_start), the last given; sorted; times UTC."""
+    frame = features.assign(
+        **{KEY: features[KEY].astype(str)},
+        window_start=_utc(features["window_start"]).array,
+        window_end=_utc(features["window_end"]).array,
+    )
+    frame = frame.drop_duplicates([KEY, "window_start"], keep="last")
+    return frame.sort_values([KEY, "window_start"], kind="stable", ignore_index=True)
+
+
+def _origins(windows: pd.DataFrame) -> np.ndarray:
+    """forecast_origin in hours since the epoch: the last hour that ends by window_end."""
+    return _hours(windows["window_end"]) - 1
+
+
+def history_window(features: pd.DataFrame) -> pd.DataFrame:
+    """The hourly history `score_windows` needs: per station, hours in [since, until).
+
+    One row per station of `features`: station_id, since, until (naive UTC, as
+    `ml.data.LakeSlice` takes them); from 23 hours before its first forecast origin to the
+    hour after its last. Anything outside is ignored by `score_windows`.
+    """
+    if len(features) == 0:
+        return pd.DataFrame({KEY: pd.Series(dtype=str), "since": [], "until": []})
+    origins = pd.DataFrame(
+        {KEY: features[KEY].astype(str).to_numpy(), "origin": _origins(features)}
+    )
+    spans = origins.groupby(KEY, sort=True)["origin"].agg(["min", "max"])
+    return pd.DataFrame(
+        {
+            KEY: spans.index.to_numpy(),
+            "since": _naive_hours(spans["min"].to_numpy() + 1 - HISTORY_HOURS),
+            "until": _naive_hours(spans["max"].to_numpy() + 1),
+        }
+    )
+
+
+def _naive_hours(hours: np.ndarray) -> np.ndarray:
+    """Hours since the epoch as naive UTC datetimes."""
+    return (hours * _HOUR_US).astype("datetime64[us]")
+
+
+def score_windows(
+    features: pd.DataFrame,
+    hourly: pd.DataFrame,
+    models: LoadedModels,
+    *,
+    scored_at: datetime,
+) -> pd.DataFrame:
+    """Gold prediction rows (GOLD_COLUMNS) for silver feature windows.
+
+    `features`: silver feature rows (station_id, window_start, window_end, the feature columns;
+    times naive UTC or tz-aware). `hourly`: observations averaged per (station_id, ds) hour,
+    the contract's measures as columns, ds naive UTC or tz-aware; only the hours
+    `history_window` names are used, so a window's row never sees observations after its
+    origin. Returns one row per (station_id, window_start), the last one given, sorted by
+    both; times are UTC and `forecasts` is an Arrow list column (`to_arrow` writes it as is).
+
+    - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
+      window nobody checked never reads as normal.
+    - forecasts: for each (station, measure) the bundle knows, horizons 1..horizon_hours
+      from forecast_origin, measure by measure; empty for a station it does not know, or
+      without a forecast model.
+    The same inputs and scored_at always give the same rows.
+    """
+    windows = _windows(features)
+    n = len(windows)
+    if models.anomaly is not None and n:
+        score = models.anomaly.score(windows)
+        anomaly_score = pd.Series(score, dtype="float64")
+        is_anomaly = pd.Series(score >= models.anomaly.threshold, dtype="boolean")
+    else:
+        anomaly_score = pd.Series(np.full(n, np.nan))
+        is_anomaly = pd.Series(pd.NA, index=range(n), dtype="boolean")
+    origins = _origins(windows)
+    return pd.DataFrame(
+        {
+            KEY: windows[KEY].astype(object),
+            "window_start": windows["window_start"],
+            "window_end": windows["window_end"],
+            "anomaly_score": anomaly_score,
+            "is_anomaly": is_anomaly,
+            "forecast_origin": _utc(_naive_hours(origins)),
+            "forecasts": pd.Series(
+                pd.arrays.ArrowExtensionArray(
+                    _forecasts(windows[KEY].to_numpy(), origins, hourly, models)
+                )
+            ),
+            "forecast_model": pd.Series([models.forecast_model] * n, dtype=object),
+            "forecast_version": pd.Series([models.forecast_version] * n, dtype="Int64"),
+            "anomaly_model": pd.Series([models.anomaly_model] * n, dtype=object),
+            "anomaly_version": pd.Series([models.anomaly_version] * n, dtype="Int64"),
+            "scored_at": pd.Series([_utc([scored_at]).iloc[0]] * n, dtype=_UTC_US),
+        },
+        columns=GOLD_COLUMNS,
+    )
+
+
+def _forecasts(
+    stations: np.ndarray, origins: np.ndarray, hourly: pd.DataFrame, models: LoadedModels
+) -> pa.ListArray:
+    """The forecasts column: rows are grouped by station, as score_windows sorts them."""
+    bundle = models.forecast
+    by_station: dict[str, list[str]] = {}
+    for station_id, measure in bundle.series() if bundle is not None else []:
+        by_station.setdefault(station_id, []).append(measure)
+    names = sorted({m for measures in by_station.values() for m in measures})
+    counts = np.zeros(len(stations), dtype="int64")
+    parts: list[dict[str, np.ndarray]] = []
+    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names)
+    new_station = np.ones(len(stations), dtype=bool)
+    new_station[1:] = stations[1:] != stations[:-1]
+    starts = np.flatnonzero(new_station)
+    bounds = np.r_[starts, len(stations)]
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        station = str(stations[first])
+        measures = by_station.get(station)
+        if not measures:
+            continue
+        unique, row_origin = np.unique(origins[first:last], return_inverse=True)
+        grid_start = int(unique[0]) + 1 - HISTORY_HOURS
+        grid = np.arange(grid_start, unique[-1] + 1)
+        observed = history.get(station, pd.DataFrame()).reindex(grid)
+        columns: tuple[list[np.ndarray], ...] = ([], [], [])
+        for measure in measures:
+            y = (
+                observed[measure].to_numpy(float)
+                if measure in observed
+                else np.full(len(grid), np.nan)
+            )
+            for column, values in zip(
+                columns,
+                models._scorer(station, measure).forecast(unique, grid_start, y),
+                strict=True,
+            ):
+                column.append(values[row_origin])
+        # (rows, measures, horizon), flattened row by row: a row's list is measure by measure.
+        yhat, lower, upper = (np.stack(c, axis=1) for c in columns)
+        shape = yhat.shape
+        ahead = np.arange(1, shape[2] + 1)
+        parts.append(
+            {
+                "measure": np.broadcast_to(
+                    np.array([names.index(m) for m in measures])[None, :, None], shape
+                ).ravel(),
+                "horizon_h": np.broadcast_to(ahead, shape).ravel(),
+                "target_time": np.broadcast_to(
+                    (origins[first:last, None, None] + ahead) * _HOUR_US, shape
+                ).ravel(),
+                "yhat": yhat.ravel(),
+                "yhat_lower": lower.ravel(),
+                "yhat_upper": upper.ravel(),
+            }
+        )
+        counts[first:last] = shape[1] * shape[2]
+    flat = {
+        key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, dtype)
+        for key, dtype in (
+            ("measure", "int32"),
+            ("horizon_h", "int32"),
+            ("target_time", "int64"),
+            ("yhat", "float64"),
+            ("yhat_lower", "float64"),
+            ("yhat_upper", "float64"),
+        )
+    }
+    struct_type = FORECAST_TYPE.value_type
+    values = pa.StructArray.from_arrays(
+        [
+            pa.DictionaryArray.from_arrays(
+                pa.array(flat["measure"], pa.int32()), pa.array(names, pa.string())
+            ).cast(pa.string()),
+            pa.array(flat["horizon_h"], pa.int32()),
+            pa.array(flat["target_time"], pa.int64()).cast(_TIMESTAMP),
+            pa.array(flat["yhat"]),
+            pa.array(flat["yhat_lower"]),
+            pa.array(flat["yhat_upper"]),
+        ],
+        fields=list(struct_type),
+    )
+    offsets = pa.array(np.r_[0, np.cumsum(counts)], pa.int32())
+    return pa.ListArray.from_arrays(offsets, values, type=FORECAST_TYPE)
+
+
+def _hourly(
+    hourly: pd.DataFrame, stations: list[str], measures: list[str]
+) -> dict[str, pd.DataFrame]:
+    """Per station, the measures' hourly means indexed by hour since the epoch."""
+    if not stations or len(hourly) == 0:
+        return {}
+    part = hourly[hourly[KEY].astype(str).isin(stations)]
+    present = [m for m in measures if m in part.columns]
+    frame = pd.DataFrame(
+        {
+            KEY: part[KEY].astype(str).to_numpy(),
+            "hour": _hours(part["ds"]),
+            # inf is no observation a forecast could start from
+            **{
+                m: pd.to_numeric(part[m], errors="coerce")
+                .astype("float64")
+                .replace([np.inf, -np.inf], np.nan)
+                .to_numpy()
+                for m in present
+            },
+        }
+    )
+    # Averaging again is a no-op on hourly rows and tolerates duplicate or finer rows.
+    means = frame.groupby([KEY, "hour"], sort=True)[present].mean()
+    return {str(s): rows.droplevel(0) for s, rows in means.groupby(level=0)}
+
+
+def to_arrow(predictions: pd.DataFrame) -> pa.Table:
+    """`score_windows` rows as a table of exactly gold_schema(), for write_deltalake / MERGE."""
+    schema = gold_schema()
+    return pa.Table.from_pandas(
+        predictions[GOLD_COLUMNS], schema=schema, preserve_index=False
+    ).replace_schema_metadata(None)

@@ -1,0 +1,308 @@
+"""ml.scoring on real Denver and Boston weather: gold rows, batched forecasts equal predict's."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from pandas.testing import assert_frame_equal
+
+from ingest.datasets import read_weather
+from ml.anomaly import AnomalyModel, fit_anomaly_model
+from ml.forecast import ForecastBundle, ForecastConfig, temporal_split, train_series
+from ml.scoring import (
+    GOLD_COLUMNS,
+    LoadedModels,
+    gold_schema,
+    history_window,
+    score_windows,
+    to_arrow,
+)
+from ml.windows import window_features
+from periscope.contracts import get_contract
+from periscope.settings import Settings, get_settings
+
+WEATHER = get_contract("weather")  # 3 h windows sliding by 1 h
+HOUR = pd.Timedelta(hours=1)
+CONFIG = ForecastConfig(uncertainty_samples=50)
+TRAIN = ("2013-03-01", "2013-04-05")
+SCORE = ("2013-04-06", "2013-04-09")
+# Denver's temperature and humidity are missing here: some origins lack a fresh residual or
+# a yesterday to blend.
+GAP = (pd.Timestamp("2013-04-07 00:00"), pd.Timestamp("2013-04-08 06:00"))
+SCORED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+# Every branch of the correction: residual and blend (Denver's gap), blend only, residual only.
+CORRECTIONS = {
+    ("denver", "temperature"): (0.9, 0.25),
+    ("denver", "humidity"): (0.0, 0.5),
+    ("boston", "temperature"): (0.8, 0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def observations() -> pd.DataFrame:
+    with pytest.MonkeyPatch.context() as env:
+        # Module-scoped, so the unit conftest's function-scoped settings do not apply yet.
+        env.setitem(Settings.model_config, "env_file", None)
+        env.setenv("PERISCOPE_POSTGRES_OWNER_PASSWORD", "unit")
+        env.setenv("PERISCOPE_POSTGRES_BI_PASSWORD", "unit")
+        get_settings.cache_clear()
+        weather = read_weather(get_settings().data_dir, stations=["denver", "boston"])
+        get_settings.cache_clear()
+    frame = weather.rename({"timestamp": "event_time"}).to_pandas()
+    frame["event_time"] = frame["event_time"].dt.tz_localize(None).astype("datetime64[ns]")
+    return frame[frame["event_time"].between("2013-03-01", "2013-04-10", inclusive="left")]
+
+
+@pytest.fixture(scope="module")
+def hourly(observations: pd.DataFrame) -> pd.DataFrame:
+    """What the I/O layer passes: hourly means per (station_id, ds), with Denver's gap."""
+    frame = observations.rename(columns={"event_time": "ds"}).reset_index(drop=True)
+    in_gap = (frame["station_id"] == "denver") & frame["ds"].between(*GAP)
+    frame.loc[in_gap, ["temperature", "humidity"]] = np.nan
+    return frame
+
+
+def _series(hourly: pd.DataFrame, station: str, measure: str) -> pd.DataFrame:
+    rows = hourly[hourly["station_id"] == station].set_index("ds")[measure]
+    grid = pd.date_range(TRAIN[0], "2013-04-10", freq="h", inclusive="left")
+    return pd.DataFrame({"ds": grid, "y": rows.reindex(grid).to_numpy()})
+
+
+@pytest.fixture(scope="module")
+def bundle(hourly: pd.DataFrame) -> ForecastBundle:
+    """Three small Prophet fits, with fixed corrections."""
+    split = temporal_split(pd.Timestamp(TRAIN[0]), pd.Timestamp(TRAIN[1]) - HOUR)
+    models = {}
+    for (station, measure), (decay, weight) in CORRECTIONS.items():
+        series = _series(hourly, station, measure)
+        result = train_series(station, measure, series[series["ds"] < TRAIN[1]], split, CONFIG)
+        assert result.model_json is not None, result.skipped
+        fitted = ForecastBundle.from_results([result], CONFIG, split, "weather")
+        models[(station, measure)] = replace(
+            fitted.models[(station, measure)], residual_decay=decay, naive_weight=weight
+        )
+    return ForecastBundle(models, CONFIG, split, "weather")
+
+
+@pytest.fixture(scope="module")
+def anomaly(observations: pd.DataFrame) -> AnomalyModel:
+    train = observations[observations["event_time"] < TRAIN[1]]
+    return fit_anomaly_model(window_features(train, WEATHER), WEATHER, n_estimators=50)
+
+
+@pytest.fixture(scope="module")
+def features(observations: pd.DataFrame) -> pd.DataFrame:
+    """Three days of silver windows of both stations, plus a station no model has seen."""
+    scoring = observations[observations["event_time"].between(*SCORE, inclusive="left")]
+    windows = window_features(scoring, WEATHER)
+    nowhere = windows[windows["station_id"] == "denver"].head(5).assign(station_id="nowhere")
+    return pd.concat([windows, nowhere], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def models(bundle: ForecastBundle, anomaly: AnomalyModel) -> LoadedModels:
+    return LoadedModels("weather", bundle, 3, anomaly, 7)
+
+
+@pytest.fixture(scope="module")
+def scored(features, hourly, models) -> pd.DataFrame:
+    return score_windows(features, hourly, models, scored_at=SCORED_AT)
+
+
+def _entries(row: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(list(row["forecasts"]), columns=[f.name for f in _forecast_fields()])
+
+
+def _forecast_fields() -> list[pa.Field]:
+    return list(gold_schema().field("forecasts").type.value_type)
+
+
+def test_gold_schema() -> None:
+    schema = gold_schema()
+
+    assert schema.names == GOLD_COLUMNS
+    assert schema.field("window_start").type == pa.timestamp("us", tz="UTC")
+    assert [(f.name, f.type) for f in _forecast_fields()] == [
+        ("measure", pa.string()),
+        ("horizon_h", pa.int32()),
+        ("target_time", pa.timestamp("us", tz="UTC")),
+        ("yhat", pa.float64()),
+        ("yhat_lower", pa.float64()),
+        ("yhat_upper", pa.float64()),
+    ]
+
+
+def test_every_window_gets_a_scored_row_with_its_forecasts(features, scored, anomaly) -> None:
+    assert list(scored.columns) == GOLD_COLUMNS
+    assert len(scored) == len(features)
+    assert scored["anomaly_score"].notna().all()
+    np.testing.assert_array_equal(
+        scored["is_anomaly"].to_numpy(bool), scored["anomaly_score"] >= anomaly.threshold
+    )
+    assert (scored["forecast_origin"] == scored["window_end"] - HOUR).all()
+    assert scored["window_start"].dt.tz is not None
+    assert (scored["scored_at"] == pd.Timestamp(SCORED_AT)).all()
+    assert set(scored["forecast_model"]) == {"weather_forecast"}
+    assert set(scored["anomaly_version"]) == {7}
+
+    for _, row in scored[scored["station_id"] == "denver"].iloc[::17].iterrows():
+        entries = _entries(row)
+        assert entries["measure"].tolist() == ["humidity"] * 24 + ["temperature"] * 24
+        assert entries["horizon_h"].tolist() == list(range(1, 25)) * 2
+        expected = row["forecast_origin"] + pd.to_timedelta(entries["horizon_h"], unit="h")
+        assert (entries["target_time"] == expected).all()
+        values = entries[["yhat", "yhat_lower", "yhat_upper"]].to_numpy()
+        assert np.isfinite(values).all()
+        assert (entries["yhat_lower"] <= entries["yhat"]).all()
+        assert (entries["yhat"] <= entries["yhat_upper"]).all()
+    # Boston has only a temperature model; Prophet is not a constant.
+    boston = _entries(scored[scored["station_id"] == "boston"].iloc[0])
+    assert set(boston["measure"]) == {"temperature"} and len(boston) == 24
+    assert boston["yhat"].std() > 0.1
+
+
+def test_batched_forecasts_equal_predict(scored, hourly, bundle) -> None:
+    denver = scored[scored["station_id"] == "denver"]
+    boston = scored[scored["station_id"] == "boston"]
+    gap_start, gap_end = (pd.Timestamp(t, tz="UTC") for t in GAP)
+    origins = [
+        gap_start + 22 * HOUR,  # the latest observation 23 h back: still corrects
+        gap_start + 23 * HOUR,  # 24 h back: too old
+        gap_end + 3 * HOUR,  # fresh residual, some of yesterday missing
+    ]
+    rows = [
+        denver.iloc[0],
+        *(denver[denver["forecast_origin"] == origin].iloc[0] for origin in origins),
+        denver.iloc[-1],
+        boston.iloc[len(boston) // 2],
+    ]
+    for row in rows:
+        origin = row["forecast_origin"].tz_localize(None)
+        entries = _entries(row)
+        station = row["station_id"]
+        for measure, rows_of_measure in entries.groupby("measure", sort=False):
+            series = _series(hourly, station, str(measure))
+            expected = bundle.predict(station, measure, series[series["ds"] <= origin], origin)
+            for column in ("yhat", "yhat_lower", "yhat_upper"):
+                np.testing.assert_allclose(
+                    rows_of_measure[column], expected[column], rtol=1e-9, err_msg=column
+                )
+
+
+def test_stations_and_models_without_forecasts(features, hourly, bundle, anomaly) -> None:
+    scored = score_windows(
+        features, hourly, LoadedModels("weather", bundle, 3, anomaly, 7), scored_at=SCORED_AT
+    )
+    nowhere = scored[scored["station_id"] == "nowhere"]
+    assert len(nowhere) == 5
+    assert (nowhere["forecasts"].map(len) == 0).all()
+    assert nowhere["anomaly_score"].notna().all()  # scored against the global statistics
+
+    bare = score_windows(
+        features, hourly, LoadedModels("weather", None, None, None, None), scored_at=SCORED_AT
+    )
+    assert len(bare) == len(features)
+    assert (bare["forecasts"].map(len) == 0).all()
+    assert bare["anomaly_score"].isna().all() and bare["is_anomaly"].isna().all()
+    assert bare[["forecast_model", "forecast_version", "anomaly_model"]].isna().all().all()
+
+
+def test_loaded_models_reject_mismatches(bundle, anomaly) -> None:
+    with pytest.raises(ValueError, match="together"):
+        LoadedModels("weather", bundle, None, anomaly, 1)
+    with pytest.raises(ValueError, match="cannot score air_quality"):
+        LoadedModels("air_quality", None, None, anomaly, 1)
+
+
+def test_rescoring_gives_the_same_rows_whatever_the_batch(
+    features, hourly, models, scored, bundle, anomaly
+) -> None:
+    again = score_windows(features, hourly, models, scored_at=SCORED_AT)
+    assert_frame_equal(again, scored)
+
+    # A few windows alone, shuffled, tz-aware, one given twice: the same rows as in the batch.
+    part = features.sample(n=20, random_state=1)
+    part = part.assign(
+        window_start=part["window_start"].dt.tz_localize("UTC"),
+        window_end=part["window_end"].dt.tz_localize("UTC"),
+    )
+    altered = part.iloc[[3]].assign(temperature_mean=part.iloc[3]["temperature_mean"] + 40)
+    batch = pd.concat([part, altered])
+    # Fresh models, nothing cached yet.
+    fresh = LoadedModels("weather", bundle, 3, anomaly, 7)
+    rescored = score_windows(batch, hourly, fresh, scored_at=SCORED_AT)
+
+    assert len(rescored) == 20
+    key = ["station_id", "window_start"]
+    expected = scored.merge(rescored[key], on=key).set_index(key)
+    actual = rescored.set_index(key)
+    twice = (part.iloc[3]["station_id"], part.iloc[3]["window_start"])
+    others = actual.index != twice
+    assert_frame_equal(actual[others], expected[others])
+    # The later copy of the duplicated window won.
+    assert actual.loc[twice, "anomaly_score"] != expected.loc[twice, "anomaly_score"]
+    assert actual.loc[twice, "forecasts"] == expected.loc[twice, "forecasts"]
+
+
+def test_history_window_is_all_the_history_needed(features, hourly, models, scored) -> None:
+    window = history_window(features)
+
+    assert window["station_id"].tolist() == ["boston", "denver", "nowhere"]
+    denver = window.set_index("station_id").loc["denver"]
+    first_origin = features.loc[features["station_id"] == "denver", "window_end"].min() - HOUR
+    assert denver["since"] == first_origin - 23 * HOUR
+    assert denver["until"] == features["window_end"].max()
+
+    bounds = hourly.merge(window, on="station_id")
+    trimmed = bounds[(bounds["ds"] >= bounds["since"]) & (bounds["ds"] < bounds["until"])]
+    assert len(trimmed) < len(hourly)
+    assert_frame_equal(score_windows(features, trimmed, models, scored_at=SCORED_AT), scored)
+
+
+def test_to_arrow_is_exactly_the_gold_schema(features, hourly, scored, bundle) -> None:
+    table = to_arrow(scored)
+    assert table.schema.equals(gold_schema(), check_metadata=True)
+    assert table.num_rows == len(scored)
+    assert table.column("forecasts").to_pylist()[0] == list(scored["forecasts"].iloc[0])
+
+    bare = score_windows(
+        features.head(3),
+        hourly,
+        LoadedModels("weather", bundle, 1, None, None),
+        scored_at=SCORED_AT,
+    )
+    nulls = to_arrow(bare)
+    assert nulls.schema.equals(gold_schema())
+    assert nulls.column("anomaly_score").null_count == 3
+    assert nulls.column("is_anomaly").null_count == 3
+    assert to_arrow(
+        score_windows(
+            features.head(0),
+            hourly,
+            LoadedModels("weather", bundle, 1, None, None),
+            scored_at=SCORED_AT,
+        )
+    ).schema.equals(gold_schema())
+
+
+def test_blocks_of_prophet_hours_are_reused_and_evicted(
+    features, hourly, bundle, scored, monkeypatch
+) -> None:
+    # Blocks of 5 hours, at most 2 kept: a batch of three days computes and drops many.
+    monkeypatch.setattr("ml.scoring.BLOCK_HOURS", 5)
+    monkeypatch.setattr("ml.scoring.MAX_BLOCKS", 2)
+    models = LoadedModels("weather", bundle, 3, None, None)
+    small = score_windows(features, hourly, models, scored_at=SCORED_AT)
+
+    assert {len(series.blocks) for series in models._series.values()} == {2}
+
+    for ours, theirs in zip(small["forecasts"], scored["forecasts"], strict=True):
+        assert len(ours) == len(theirs)
+        np.testing.assert_allclose(
+            [e["yhat"] for e in ours], [e["yhat"] for e in theirs], rtol=1e-12
+        )
