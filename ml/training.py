@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -95,15 +96,15 @@ class ForecastOutcome:
     skipped: dict[str, str]
     seconds: float
 
-    @property
+    @cached_property  # read by the CLI and the registry: compute once
     def overall(self) -> dict[str, float]:
         return _metrics_dict(forecast.error_metrics(self.errors))
 
-    @property
+    @cached_property
     def per_series(self) -> pd.DataFrame:
         return forecast.error_metrics(self.errors, by=["station_id", "measure"])
 
-    @property
+    @cached_property
     def score(self) -> float:
         return forecast.relative_mae(self.errors)
 
@@ -454,22 +455,6 @@ def _register(
         return registry.log_model(source=source, kind=kind, directory=Path(tmp), **log_args)
 
 
-def _no_champion_decision(
-    registry: Registry, source: str, kind, info: ModelInfo, policy
-) -> str | None:
-    if policy == "never":
-        return f"registered version {info.version}; champion unchanged (--no-promote)"
-    if registry.resolve(source, kind) is None:
-        registry.set_champion(source, kind, info.version)
-        return f"version {info.version} is the first {kind} model: promoted to champion"
-    if policy == "if-none":
-        return (
-            f"registered version {info.version}; a champion exists, so it stays "
-            "(use `periscope retrain` or `periscope models promote` to compare)"
-        )
-    return None
-
-
 def _decide(
     registry: Registry,
     source: str,
@@ -481,11 +466,18 @@ def _decide(
     config: TrainConfig,
     policy: PromotionPolicy,
 ) -> str:
-    decided = _no_champion_decision(registry, source, kind, info, policy)
-    if decided:
-        return decided
+    """Apply the promotion policy to a freshly registered version; say what happened."""
+    if policy == "never":
+        return f"registered version {info.version}; champion unchanged (--no-promote)"
     champion_info = registry.resolve(source, kind)
-    assert champion_info is not None  # _no_champion_decision handled "no champion"
+    if champion_info is None:
+        registry.set_champion(source, kind, info.version)
+        return f"version {info.version} is the first {kind} model: promoted to champion"
+    if policy == "if-none":
+        return (
+            f"registered version {info.version}; a champion exists, so it stays "
+            "(use `periscope retrain` or `periscope models promote` to compare)"
+        )
     return _compare_and_decide(
         registry,
         source,
