@@ -8,6 +8,7 @@ say) is reused and left running.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -17,13 +18,19 @@ import pytest
 from periscope.services import KafkaBroker, PostgresServer
 from periscope.settings import PROJECT_DIR, Settings, get_settings
 
+# A second test run beside the first (PERISCOPE_TEST_INSTANCE=1, 2, ...) gets its own state
+# folder and ports, so two checkouts or two developers' runs never stop each other's services.
+_INSTANCE = int(os.environ.get("PERISCOPE_TEST_INSTANCE", "0"))
+_SUFFIX = str(_INSTANCE) if _INSTANCE else ""
+_PORT_SHIFT = 1000 * _INSTANCE
+
 TEST_ENV = {
-    "PERISCOPE_LOCAL_DIR": str(PROJECT_DIR / ".local" / "test"),
+    "PERISCOPE_LOCAL_DIR": str(PROJECT_DIR / ".local" / f"test{_SUFFIX}"),
     "PERISCOPE_JARS_DIR": str(PROJECT_DIR / ".local" / "jars"),
     "PERISCOPE_KAFKA_BOOTSTRAP_SERVERS": "",
-    "PERISCOPE_KAFKA_PORT": "19092",
-    "PERISCOPE_KAFKA_CONTROLLER_PORT": "19093",
-    "PERISCOPE_POSTGRES_PORT": "15433",
+    "PERISCOPE_KAFKA_PORT": str(19092 + _PORT_SHIFT),
+    "PERISCOPE_KAFKA_CONTROLLER_PORT": str(19093 + _PORT_SHIFT),
+    "PERISCOPE_POSTGRES_PORT": str(15433 + _PORT_SHIFT),
     "PERISCOPE_SPARK_UI_ENABLED": "false",
     "PERISCOPE_SPARK_SHUFFLE_PARTITIONS": "2",
     "PERISCOPE_SPARK_MASTER": "local[2]",
