@@ -21,7 +21,7 @@ from rich.table import Table
 from periscope import get_settings
 from periscope.contracts import CONTRACTS, get_contract
 
-__all__ = ["models_app", "retrain_app", "scheduler_app", "train_app"]
+__all__ = ["models_app", "retrain_app", "scheduler_app", "score_app", "train_app"]
 
 console = Console()
 
@@ -361,3 +361,109 @@ def scheduler_run(
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         console.print("scheduler stopped")
+
+
+# --- score -----------------------------------------------------------------------------------
+score_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@score_app.callback()
+def score(
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Source to score (repeatable); default: every source."),
+    ] = None,
+    available_now: Annotated[
+        bool,
+        typer.Option(
+            "--available-now", help="Score every unscored window, then exit (default: keep going)."
+        ),
+    ] = False,
+    actors: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray actors in the pool (default: PERISCOPE_SCORE_ACTORS, 2)."),
+    ] = None,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            "--rescore", help="Score every window again (e.g. after promoting a model by hand)."
+        ),
+    ] = False,
+    publish: Annotated[
+        bool, typer.Option(help="Also send each prediction to <source>-predictions.")
+    ] = True,
+) -> None:
+    """Score new silver feature windows with the champion models into gold/<source>_predictions.
+
+    A pool of Ray actors loads the champions once and reloads them when `champion` moves.
+    Each window gets an anomaly score and flag and forecasts for the coming hours; re-scoring
+    a window replaces its row. Runs until stopped (Ctrl-C), or with --available-now until
+    every window silver has written is scored.
+    """
+    import signal
+    import threading
+
+    from ml.data import feature_batches
+    from ml.gold import RoundReport, pending_after, run_scoring
+
+    settings = get_settings()
+    sources = _sources(source)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def describe(report: RoundReport) -> str:
+        return (
+            f"{report.source}: {report.windows:,} windows (silver batches "
+            f"{report.silver_after + 1}..{report.silver_through}) with forecast "
+            f"v{report.forecast_version or '-'}, anomaly v{report.anomaly_version or '-'} "
+            f"-> gold version {report.gold_version} in {report.seconds:.1f} s"
+        )
+
+    if not available_now:
+        console.print(f"scoring {', '.join(sources)} as silver writes; Ctrl-C stops")
+        try:
+            run_scoring(
+                settings,
+                sources,
+                available_now=False,
+                actors=actors,
+                publish=publish,
+                stop=stop,
+                rescore=rescore,
+                on_round=lambda r: console.print(describe(r)),
+            )
+        except KeyboardInterrupt:
+            console.print("scoring stopped")
+        return
+
+    pending = 0
+    for name in sources:
+        after = -1 if rescore else pending_after(settings, get_contract(name))
+        try:
+            pending += int(feature_batches(settings, get_contract(name), after)["windows"].sum())
+        except Exception:  # no features table yet: run_scoring says so per source
+            continue
+    with Progress(
+        TextColumn("[bold]scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("windows", total=pending)
+
+        def advance(report: RoundReport) -> None:
+            progress.advance(task, report.windows)
+            progress.console.print(describe(report))
+
+        reports = run_scoring(
+            settings,
+            sources,
+            available_now=True,
+            actors=actors,
+            publish=publish,
+            rescore=rescore,
+            on_round=advance,
+        )
+    scored = sum(r.windows for r in reports)
+    console.print(f"scored {scored:,} windows in {len(reports)} round(s); gold is up to date")

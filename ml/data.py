@@ -19,8 +19,11 @@ from periscope.settings import Settings
 __all__ = [
     "FORECAST_TARGETS",
     "LakeSlice",
+    "feature_batches",
     "feature_windows",
+    "feature_windows_of_batches",
     "hourly_observations",
+    "latest_feature_batch",
     "observations_between",
     "series_frames",
 ]
@@ -108,6 +111,41 @@ def feature_windows(
     where, params = (lake_slice or LakeSlice()).where(key, "window_start")
     sql = f"select * from {{table}} where {where} order by {key}, window_start"
     return _read(settings, contract, "features", sql, params)
+
+
+def feature_batches(settings: Settings, contract: SourceContract, after: int) -> pd.DataFrame:
+    """Feature windows per silver batch id above `after`: columns silver_batch_id, windows.
+
+    Each silver batch writes its windows in one commit, stamping them with its batch id (a late
+    reading rewrites a window under a newer id), so these are the windows not scored yet.
+    Empty when the table holds nothing newer; `latest_feature_batch` tells a rebuilt table.
+    """
+    sql = """
+        select silver_batch_id, count(*) as windows from {table}
+        where silver_batch_id > ? group by all order by silver_batch_id
+    """
+    return _read(settings, contract, "features", sql, [after])
+
+
+def latest_feature_batch(settings: Settings, contract: SourceContract) -> int | None:
+    """The newest silver batch id in the features table (None when it is empty)."""
+    frame = _read(
+        settings, contract, "features", "select max(silver_batch_id) as b from {table}", []
+    )
+    value = frame["b"].iloc[0]
+    return None if pd.isna(value) else int(value)
+
+
+def feature_windows_of_batches(
+    settings: Settings, contract: SourceContract, after: int, through: int
+) -> pd.DataFrame:
+    """The feature windows last written by silver batches in (after, through]."""
+    key = contract.key_field
+    sql = f"""
+        select * from {{table}} where silver_batch_id > ? and silver_batch_id <= ?
+        order by {key}, window_start
+    """
+    return _read(settings, contract, "features", sql, [after, through])
 
 
 def series_frames(

@@ -205,6 +205,16 @@ class Registry:
             return None
         return self._info(name, int(mv.version))
 
+    def champion_version(self, source: str, kind: ModelKind) -> int | None:
+        """The champion's version number only: one cheap lookup, polled by running scorers."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(model_name(source, kind), CHAMPION)
+        except MlflowException:
+            return None
+        return int(mv.version)
+
     def download(self, info: ModelInfo, destination: Path | None = None) -> Path:
         """The model directory of a version, fetched from the artifact store."""
         import mlflow

@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     retrain_cron: str = Field(
         default="0 3 * * *", description="When the scheduler runs `retrain` (cron, UTC)."
     )
+    score_actors: int = Field(
+        default=2, ge=1, description="Ray actors in the `periscope score` pool (models loaded once each)."
+    )
+    score_round_rows: int = Field(
+        default=20_000,
+        ge=1,
+        description="At most about this many feature windows per scoring round (one gold commit).",
+    )
+    score_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a running `periscope score` looks for new windows."
+    )
 
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)

@@ -1,0 +1,495 @@
+"""Gold: `periscope score` -- a pool of Ray actors scores new silver feature windows.
+
+Which windows are new: every silver feature row carries the `silver_batch_id` that last wrote
+it (a late reading rewrites its windows under a newer id), so the windows of batches above the
+last one scored are exactly those not scored yet, or changed since. The scorer keeps that mark
+in gold itself, as a Delta app transaction (`periscope-score`, version = the last silver batch
+scored) committed by the same MERGE as the rows: rows and mark move together, and a round that
+fails commits neither, so the next round scores its windows again. Reading the Delta table
+rather than the `<source>-features` topic means a scorer started late (a backfill, `make demo`)
+still finds every window, whatever the topic's retention, and needs no Change Data Feed on
+tables Spark writes.
+
+A round: read the windows of the next few silver batches (about `score_round_rows`), the
+hourly observations their forecasts start from, split them by station across the actors,
+MERGE the rows into `gold/<source>_predictions` on (station_id, window_start) (re-scoring a
+window replaces its row), then publish them to `<source>-predictions` (at least once).
+Before each round the driver looks up the champions; actors that hold another version load
+the new one, and keep the one they have when that fails (the failure is logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ml.data import (
+    LakeSlice,
+    feature_batches,
+    feature_windows_of_batches,
+    hourly_observations,
+    latest_feature_batch,
+)
+from ml.registry import MODEL_KINDS, Registry, model_name
+from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
+from periscope.contracts import SourceContract, get_contract
+from periscope.errors import PeriscopeError
+from periscope.settings import Settings
+
+__all__ = [
+    "SCORE_APP_ID",
+    "RoundReport",
+    "ScorerPool",
+    "plan_round",
+    "run_scoring",
+    "score_round",
+    "scored_through",
+    "split_by_station",
+    "write_predictions",
+]
+
+log = logging.getLogger(__name__)
+
+# The Delta app id under which gold records the last silver batch it scored.
+SCORE_APP_ID = "periscope-score"
+KEY = "station_id"
+
+
+# --- pure planning ---------------------------------------------------------------------------
+def plan_round(batches: pd.DataFrame, max_rows: int) -> int | None:
+    """The last silver batch id of the next round: as many whole batches as fit in `max_rows`
+    windows, and always at least one (a batch is never split: its rows commit together)."""
+    if len(batches) == 0:
+        return None
+    within = batches["windows"].cumsum() <= max_rows
+    last = int(within.to_numpy().nonzero()[0].max()) if within.any() else 0
+    return int(batches["silver_batch_id"].iloc[last])
+
+
+def split_by_station(features: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
+    """At most `parts` non-empty frames, each holding whole stations, of similar row counts.
+
+    Whole stations keep a station's forecast cache on one actor and its history in one piece.
+    """
+    if len(features) == 0:
+        return []
+    sizes = features.groupby(KEY, sort=True).size().sort_values(ascending=False, kind="stable")
+    loads = [0] * min(parts, len(sizes))
+    owner: dict[str, int] = {}
+    for station, rows in sizes.items():  # largest first onto the lightest part
+        part = loads.index(min(loads))
+        owner[str(station)] = part
+        loads[part] += int(rows)
+    assigned = features[KEY].astype(str).map(owner)
+    return [features[assigned == p] for p in range(len(loads))]
+
+
+# --- the gold table --------------------------------------------------------------------------
+def predictions_path(settings: Settings, contract: SourceContract) -> str:
+    return settings.lake_path(contract.table("gold", "predictions"))
+
+
+def scored_through(path: str) -> int | None:
+    """The last silver batch id whose windows are in gold (None: nothing scored yet)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(path).transaction_version(SCORE_APP_ID)
+    except TableNotFoundError:
+        return None
+
+
+def write_predictions(path: str, rows: pa.Table, through: int) -> int:
+    """MERGE rows into gold on (station_id, window_start) and record `through`, in one commit.
+
+    Returns the gold table's new version. The literal lower bound on window_start lets
+    delta-rs skip files no row of this round can match (live rounds touch recent windows).
+    """
+    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    rows = rows.select(GOLD_COLUMNS).cast(gold_schema())
+    commit = CommitProperties(
+        app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
+        custom_metadata={"periscope.operation": "score", "periscope.silver_through": str(through)},
+    )
+    try:
+        table = DeltaTable(path)
+    except TableNotFoundError:
+        write_deltalake(path, rows, mode="append", commit_properties=commit)
+        return DeltaTable(path).version()
+    if rows.num_rows:
+        lowest = pa.compute.min(rows["window_start"]).as_py()
+        table.merge(
+            rows,
+            predicate=(
+                f"t.window_start >= '{lowest.isoformat()}' "
+                "AND t.station_id = s.station_id AND t.window_start = s.window_start"
+            ),
+            source_alias="s",
+            target_alias="t",
+            commit_properties=commit,
+        ).when_matched_update_all().when_not_matched_insert_all().execute()
+    else:  # nothing to write, but the mark still moves past the batches read
+        write_deltalake(path, rows, mode="append", commit_properties=commit)
+    return DeltaTable(path).version()
+
+
+def prediction_messages(rows: pa.Table) -> list[tuple[bytes, bytes]]:
+    """(station_id, JSON row) pairs for `<source>-predictions`; DuckDB writes the JSON."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.sql("set timezone = 'UTC'")
+        con.register("gold_rows", rows)
+        encoded = con.sql("select station_id, to_json(g)::varchar from gold_rows g").fetchall()
+    finally:
+        con.close()
+    return [(station.encode(), value.encode()) for station, value in encoded]
+
+
+def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
+    from ingest.producer import build_producer, send_all
+
+    producer = build_producer(settings, client_id="periscope-score")
+    try:
+        return send_all(producer, contract.topic("predictions"), prediction_messages(rows)).sent
+    finally:
+        producer.close()
+
+
+# --- the actors ------------------------------------------------------------------------------
+def load_model(settings: Settings, source: str, kind: str, version: int) -> Any:
+    """One registered model version, loaded into memory."""
+    from ml.anomaly import AnomalyModel
+    from ml.forecast import ForecastBundle
+
+    registry = Registry(settings)
+    info = registry.resolve(source, kind, str(version))  # type: ignore[arg-type]
+    assert info is not None
+    directory = registry.download(info)
+    return ForecastBundle.load(directory) if kind == "forecast" else AnomalyModel.load(directory)
+
+
+class ScoringActor:
+    """Holds each source's models (loaded once, reloaded when the champion moves) and scores."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, LoadedModels] = {}
+
+    def use(self, source: str, wanted: dict[str, int | None]) -> dict[str, str]:
+        """Hold the `wanted` version of each kind; returns {kind: error} for loads that failed
+        (the version held before stays in use). None means no champion: score without it."""
+        held = self.models.get(source) or LoadedModels(source, None, None, None, None)
+        loaded = {
+            "forecast": (held.forecast, held.forecast_version),
+            "anomaly": (held.anomaly, held.anomaly_version),
+        }
+        errors: dict[str, str] = {}
+        changed = source not in self.models
+        for kind, version in wanted.items():
+            if loaded[kind][1] == version:
+                continue
+            try:
+                loaded[kind] = (
+                    (None, None)
+                    if version is None
+                    else (load_model(self.settings, source, kind, version), version)
+                )
+                changed = True
+            except Exception as exc:  # keep scoring with the model we have
+                errors[kind] = f"{exc.__class__.__name__}: {exc}"
+        if changed:
+            self.models[source] = LoadedModels(source, *loaded["forecast"], *loaded["anomaly"])
+        return errors
+
+    def versions(self, source: str) -> dict[str, int | None]:
+        held = self.models.get(source)
+        if held is None:
+            return {kind: None for kind in MODEL_KINDS}
+        return {"forecast": held.forecast_version, "anomaly": held.anomaly_version}
+
+    def score(
+        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        from ml.scoring import to_arrow
+
+        return to_arrow(score_windows(features, hourly, self.models[source], scored_at=scored_at))
+
+    def ping(self) -> bool:
+        return True
+
+
+class ScoringError(PeriscopeError):
+    """A round could not be scored; its windows stay unscored and the next round retries."""
+
+
+@dataclass
+class ScorerPool:
+    """`size` Ray actors; a dead actor is replaced, and the models it should hold reloaded."""
+
+    settings: Settings
+    size: int
+    actors: list[Any] = field(default_factory=list)
+    wanted: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    # (source, kind, version) loads that failed: logged once, not retried every round.
+    failed_loads: set[tuple[str, str, int | None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.actors = [self._new_actor() for _ in range(self.size)]
+
+    def _new_actor(self) -> Any:
+        import ray
+
+        return ray.remote(ScoringActor).options(max_concurrency=1).remote(self.settings)
+
+    def sync_models(self, source: str, registry: Registry) -> dict[str, int | None]:
+        """Point every actor at the current champions of `source`; returns the versions held."""
+        import ray
+
+        wanted = {kind: registry.champion_version(source, kind) for kind in MODEL_KINDS}
+        wanted = {
+            kind: version
+            for kind, version in wanted.items()
+            if (source, kind, version) not in self.failed_loads
+        }
+        self.wanted.setdefault(source, {}).update(wanted)
+        errors = ray.get([a.use.remote(source, self.wanted[source]) for a in self.actors])
+        for kind, error in {k: e for found in errors for k, e in found.items()}.items():
+            version = self.wanted[source][kind]
+            self.failed_loads.add((source, kind, version))
+            log.warning(
+                "%s version %s could not be loaded (%s); actors keep scoring with the version "
+                "they hold",
+                model_name(source, kind),
+                version,
+                error,
+            )
+        held = ray.get(self.actors[0].versions.remote(source))
+        self.wanted[source] = held
+        return held
+
+    def score(
+        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        """Gold rows for `features`, stations spread over the actors; raises ScoringError."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        parts = split_by_station(features, len(self.actors))
+        calls = []
+        for actor, part in zip(self.actors, parts, strict=False):
+            stations = part[KEY].astype(str).unique()
+            history = hourly[hourly[KEY].astype(str).isin(stations)]
+            calls.append(actor.score.remote(source, part, history, scored_at))
+        try:
+            tables = ray.get(calls)
+        except RayActorError as exc:
+            self._replace_dead_actors()
+            raise ScoringError(f"a scoring actor died ({exc.__class__.__name__})") from exc
+        except RayTaskError as exc:
+            raise ScoringError(f"scoring failed: {exc.cause!r}") from exc
+        if not tables:
+            return gold_schema().empty_table()
+        return pa.concat_tables(tables)
+
+    def _replace_dead_actors(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        for i, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.ping.remote(), timeout=30)
+            except RayActorError:
+                log.warning("scoring actor %d died; starting a replacement", i)
+                self.actors[i] = self._new_actor()
+                for source, versions in self.wanted.items():
+                    ray.get(self.actors[i].use.remote(source, versions))
+
+    def kill(self, index: int) -> None:
+        """Stop one actor abruptly (what a crashed worker looks like); for failure drills."""
+        import ray
+
+        ray.kill(self.actors[index], no_restart=True)
+
+
+# --- rounds ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoundReport:
+    source: str
+    windows: int
+    silver_after: int
+    silver_through: int
+    forecast_version: int | None
+    anomaly_version: int | None
+    gold_version: int
+    published: int
+    seconds: float
+    scoring_seconds: float
+
+
+def _history(settings: Settings, contract: SourceContract, features: pd.DataFrame) -> pd.DataFrame:
+    spans = history_window(features)
+    if len(spans) == 0:
+        return pd.DataFrame({KEY: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
+    lake_slice = LakeSlice(
+        stations=tuple(spans[KEY]),
+        since=pd.Timestamp(spans["since"].min()).to_pydatetime(),
+        until=pd.Timestamp(spans["until"].max()).to_pydatetime(),
+    )
+    return hourly_observations(settings, contract, lake_slice)
+
+
+def _has_features(settings: Settings, contract: SourceContract) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(settings.lake_path(contract.table("silver", "features")))
+
+
+def pending_after(settings: Settings, contract: SourceContract) -> int:
+    """The silver batch id after which windows are unscored (-1: all of them).
+
+    A silver table rebuilt from scratch restarts its batch ids below gold's mark: then
+    everything in it is new to gold and is scored again (MERGE replaces the old rows).
+    """
+    mark = scored_through(predictions_path(settings, contract))
+    if mark is None:
+        return -1
+    latest = latest_feature_batch(settings, contract)
+    if latest is not None and latest < mark:
+        log.warning(
+            "%s: silver features restart at batch %s below gold's mark %s (rebuilt?); rescoring all",
+            contract.name,
+            latest,
+            mark,
+        )
+        return -1
+    return mark
+
+
+def score_round(
+    pool: ScorerPool,
+    registry: Registry,
+    settings: Settings,
+    contract: SourceContract,
+    *,
+    after: int,
+    publish: bool = True,
+) -> RoundReport | None:
+    """Score the next round of unscored windows of one source; None when there are none."""
+    started = time.perf_counter()
+    through = plan_round(feature_batches(settings, contract, after), settings.score_round_rows)
+    if through is None:
+        return None
+    features = feature_windows_of_batches(settings, contract, after, through)
+    hourly = _history(settings, contract, features)
+    versions = pool.sync_models(contract.name, registry)
+    scoring_started = time.perf_counter()
+    rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
+    scoring_seconds = time.perf_counter() - scoring_started
+    # Published before the commit: a crash in between republishes (at least once), never skips.
+    published = publish_predictions(settings, contract, rows) if publish and rows.num_rows else 0
+    gold_version = write_predictions(predictions_path(settings, contract), rows, through)
+    return RoundReport(
+        source=contract.name,
+        windows=rows.num_rows,
+        silver_after=after,
+        silver_through=through,
+        forecast_version=versions["forecast"],
+        anomaly_version=versions["anomaly"],
+        gold_version=gold_version,
+        published=published,
+        seconds=time.perf_counter() - started,
+        scoring_seconds=scoring_seconds,
+    )
+
+
+@contextmanager
+def scoring_pool(settings: Settings, actors: int | None = None) -> Iterator[ScorerPool]:
+    """A Ray runtime (the configured cluster or a local one) and a pool of scoring actors."""
+    from ml.training import ray_session
+
+    size = actors or settings.score_actors
+    with ray_session(settings, workers=size):
+        yield ScorerPool(settings, size)
+
+
+def run_scoring(
+    settings: Settings,
+    sources: list[str],
+    *,
+    available_now: bool,
+    actors: int | None = None,
+    publish: bool = True,
+    stop: threading.Event | None = None,
+    on_round: Callable[[RoundReport], None] | None = None,
+    rescore: bool = False,
+) -> list[RoundReport]:
+    """Score rounds until every source is caught up (`available_now`) or `stop` is set.
+
+    A failed round is logged and retried (its windows stay unscored); with `available_now`,
+    the same round failing three times in a row ends the run with ScoringError.
+    """
+    stop = stop or threading.Event()
+    contracts = [get_contract(s) for s in sources]
+    registry = Registry(settings)
+    reports: list[RoundReport] = []
+    failures = 0
+    after: dict[str, int] = {}
+    missing: set[str] = set()  # sources whose silver has no features table yet (said once)
+    with scoring_pool(settings, actors) as pool:
+        while not stop.is_set():
+            idle = True
+            for contract in contracts:
+                if not _has_features(settings, contract):
+                    if contract.name not in missing:
+                        log.warning(
+                            "%s: no silver features table yet; run `periscope silver run` first",
+                            contract.name,
+                        )
+                        missing.add(contract.name)
+                    continue
+                try:
+                    if contract.name not in after:
+                        after[contract.name] = -1 if rescore else pending_after(settings, contract)
+                    report = score_round(
+                        pool,
+                        registry,
+                        settings,
+                        contract,
+                        after=after[contract.name],
+                        publish=publish,
+                    )
+                except Exception as exc:  # Kafka, Delta or a model: the round is retried
+                    failures += 1
+                    log.error("%s: round failed, will retry: %s", contract.name, exc)
+                    if available_now and failures >= 3:
+                        raise
+                    idle = False
+                    stop.wait(min(30.0, settings.score_poll_interval_s * 2**failures))
+                    continue
+                failures = 0
+                if report is None:
+                    continue
+                idle = False
+                after[contract.name] = report.silver_through
+                reports.append(report)
+                if on_round is not None:
+                    on_round(report)
+            if idle:
+                if available_now:
+                    break
+                stop.wait(settings.score_poll_interval_s)
+    return reports
