@@ -66,8 +66,17 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 	@$(PY) scripts/write_env.py .env.example .env
 
 DEMO_RECORDS ?= 5000
+DEMO_FORECASTS_SQL := with latest as (select * from gold.weather_predictions \
+  qualify row_number() over (partition by station_id order by window_start desc) = 1), \
+  f as (select station_id, unnest(forecasts, recursive := true) from latest) \
+  select station_id, horizon_h, target_time, round(yhat, 1) as yhat, \
+  round(yhat_lower, 1) as lower_80, round(yhat_upper, 1) as upper_80 from f \
+  where measure = 'temperature' and horizon_h in (1, 6, 24) order by station_id, horizon_h
+DEMO_ANOMALIES_SQL := select station_id, window_start, round(anomaly_score, 3) as score, \
+  anomaly_model, anomaly_version from gold.weather_predictions where is_anomaly \
+  order by anomaly_score desc limit 5
 
-demo: setup ## Services, topics, replay both sources with some chaos, bronze + silver until caught up, audit
+demo: setup ## Services, topics, replay both sources with some chaos, bronze + silver, audit, train if needed, score, show gold
 	@$(PERISCOPE) services up
 	@$(PERISCOPE) topics create
 	@$(PERISCOPE) services status
@@ -79,6 +88,12 @@ demo: setup ## Services, topics, replay both sources with some chaos, bronze + s
 	@$(PERISCOPE) bronze status
 	@$(PERISCOPE) silver run --available-now
 	@$(PERISCOPE) lake audit --require-caught-up
+	@$(PERISCOPE) train --missing-only --test-days 3 --validation-days 3 --max-train-days 30
+	@$(PERISCOPE) score --available-now
+	@echo "latest temperature forecasts per station (gold.weather_predictions):"
+	@$(PERISCOPE) sql "$(DEMO_FORECASTS_SQL)"
+	@echo "top anomalies (gold.weather_predictions):"
+	@$(PERISCOPE) sql "$(DEMO_ANOMALIES_SQL)"
 
 test: setup ## Run every test tier (starts the test services it needs, stops what it started)
 	@$(PY) -m pytest tests/unit -q

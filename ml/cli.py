@@ -55,9 +55,19 @@ def _kinds(kinds: list[str] | None) -> tuple[str, ...]:
 
 
 def _train(
-    sources, stations, until, kinds, policy, workers, test_days, validation_days, max_train_days
+    sources,
+    stations,
+    until,
+    kinds,
+    policy,
+    workers,
+    test_days,
+    validation_days,
+    max_train_days,
+    missing_only=False,
 ) -> None:
     from ml.data import LakeSlice
+    from ml.registry import Registry
     from ml.training import TrainConfig, run_training
 
     settings = get_settings()
@@ -66,6 +76,13 @@ def _train(
     )
     lake_slice = LakeSlice(stations=tuple(stations) if stations else None, until=until)
     for source in _sources(sources):
+        chosen = _kinds(kinds)
+        if missing_only:
+            registry = Registry(settings)
+            chosen = tuple(k for k in chosen if registry.champion_version(source, k) is None)
+            if not chosen:
+                console.print(f"[bold]{source}[/]: champions exist; nothing to train")
+                continue
         with Progress(
             TextColumn(f"[bold]{source}[/] training"),
             BarColumn(),
@@ -80,7 +97,7 @@ def _train(
                 settings,
                 source,
                 lake_slice=lake_slice,
-                kinds=_kinds(kinds),
+                kinds=chosen,
                 config=config,
                 policy=policy,
                 workers=workers,
@@ -192,6 +209,12 @@ def train(
     test_days: TestDays = 7.0,
     validation_days: ValidationDays = 7.0,
     max_train_days: MaxTrainDays = 120.0,
+    missing_only: Annotated[
+        bool,
+        typer.Option(
+            "--missing-only", help="Train only the models that have no champion yet (make demo)."
+        ),
+    ] = False,
 ) -> None:
     """Train Prophet forecasts and an IsolationForest per source on silver data, on Ray.
 
@@ -208,6 +231,7 @@ def train(
         test_days,
         validation_days,
         max_train_days,
+        missing_only,
     )
 
 

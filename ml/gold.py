@@ -257,7 +257,6 @@ class ScorerPool:
 
     def sync_models(self, source: str, registry: Registry) -> dict[str, int | None]:
         """Point every actor at the current champions of `source`; returns the versions held."""
-        import ray
 
         wanted = {kind: registry.champion_version(source, kind) for kind in MODEL_KINDS}
         wanted = {
@@ -266,7 +265,7 @@ class ScorerPool:
             if (source, kind, version) not in self.failed_loads
         }
         self.wanted.setdefault(source, {}).update(wanted)
-        errors = ray.get([a.use.remote(source, self.wanted[source]) for a in self.actors])
+        errors = self._get([a.use.remote(source, self.wanted[source]) for a in self.actors])
         for kind, error in {k: e for found in errors for k, e in found.items()}.items():
             version = self.wanted[source][kind]
             self.failed_loads.add((source, kind, version))
@@ -277,7 +276,7 @@ class ScorerPool:
                 version,
                 error,
             )
-        held = ray.get(self.actors[0].versions.remote(source))
+        held = self._get([self.actors[0].versions.remote(source)])[0]
         self.wanted[source] = held
         return held
 
@@ -285,8 +284,6 @@ class ScorerPool:
         self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
     ) -> pa.Table:
         """Gold rows for `features`, stations spread over the actors; raises ScoringError."""
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
 
         parts = split_by_station(features, len(self.actors))
         calls = []
@@ -294,16 +291,23 @@ class ScorerPool:
             stations = part[KEY].astype(str).unique()
             history = hourly[hourly[KEY].astype(str).isin(stations)]
             calls.append(actor.score.remote(source, part, history, scored_at))
+        tables = self._get(calls)
+        if not tables:
+            return gold_schema().empty_table()
+        return pa.concat_tables(tables)
+
+    def _get(self, calls: list[Any]) -> list[Any]:
+        """ray.get, with a dead actor replaced and any failure raised as ScoringError."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
         try:
-            tables = ray.get(calls)
+            return ray.get(calls)
         except RayActorError as exc:
             self._replace_dead_actors()
             raise ScoringError(f"a scoring actor died ({exc.__class__.__name__})") from exc
         except RayTaskError as exc:
             raise ScoringError(f"scoring failed: {exc.cause!r}") from exc
-        if not tables:
-            return gold_schema().empty_table()
-        return pa.concat_tables(tables)
 
     def _replace_dead_actors(self) -> None:
         import ray
@@ -428,7 +432,7 @@ def scoring_pool(settings: Settings, actors: int | None = None) -> Iterator[Scor
 
 def run_scoring(
     settings: Settings,
-    sources: list[str],
+    sources: list[str] | list[SourceContract],
     *,
     available_now: bool,
     actors: int | None = None,
@@ -443,7 +447,7 @@ def run_scoring(
     the same round failing three times in a row ends the run with ScoringError.
     """
     stop = stop or threading.Event()
-    contracts = [get_contract(s) for s in sources]
+    contracts = [s if isinstance(s, SourceContract) else get_contract(s) for s in sources]
     registry = Registry(settings)
     reports: list[RoundReport] = []
     failures = 0

@@ -1,0 +1,247 @@
+"""Gold scoring: rows scored per second with 1 and 2 Ray actors, and end-to-end latency.
+
+Throughput (default): the source's champion models score the silver feature windows of the
+lake's last `--days` days through the actor pool (`ml.gold.ScorerPool`, what `periscope
+score` runs), `--repeats` times after one warm-up pass (the warm-up fills the per-series
+Prophet caches, as a running scorer has them). Ray start-up and model loading are excluded.
+Needs history in the lake and champions (see the README: replay, bronze, silver, train).
+
+    python bench/score.py --source weather --actors 1 2
+
+End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
+event time = now) through bronze, silver and the scorer, all running at once, in a temporary
+lake with its own topics and MLflow store. Its stations are scored with the weather
+champions (station i uses the forecast series of real station i mod 8), so every window pays
+for a real anomaly score and 72 real forecasts. A record's latency is the commit time of the
+gold MERGE that covered its silver batch minus its Kafka timestamp; the first `--warmup`
+seconds are excluded (Prophet's caches fill there). Needs `periscope services up`.
+
+    python bench/score.py --latency --rate 1000 --stations 1000 --duration 90
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ml.data import LakeSlice, feature_windows, latest_feature_batch
+from ml.gold import _history, predictions_path, run_scoring, scoring_pool
+from ml.registry import Registry
+from periscope import get_settings
+from periscope.contracts import WEATHER, WindowSpec, get_contract
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def throughput(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    contract = get_contract(args.source)
+    registry = Registry(settings)
+    if latest_feature_batch(settings, contract) is None:
+        raise SystemExit(f"no {args.source} feature windows in the lake: run silver first")
+    newest = feature_windows(settings, contract)["window_start"].max()
+    features = feature_windows(
+        settings, contract, LakeSlice(since=newest - timedelta(days=args.days))
+    )
+    hourly = _history(settings, contract, features)
+    print(
+        f"{args.source}: {len(features):,} windows ({features['station_id'].nunique()} stations, "
+        f"{features['window_start'].min()} .. {newest})"
+    )
+    figures = {}
+    for actors in args.actors:
+        with scoring_pool(settings, actors) as pool:
+            versions = pool.sync_models(contract.name, registry)
+            if versions["forecast"] is None:
+                raise SystemExit(f"no {args.source} forecast champion: run `periscope train`")
+            pool.score(contract.name, features, hourly, datetime.now(UTC))  # warm-up
+            started = time.perf_counter()
+            for _ in range(args.repeats):
+                rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
+            seconds = time.perf_counter() - started
+        rate = rows.num_rows * args.repeats / seconds
+        figures[f"rows_per_s_{actors}_actors"] = round(rate)
+        print(
+            f"actors={actors}: {rows.num_rows * args.repeats:,} rows in {seconds:.1f} s "
+            f"= {rate:,.0f} rows/s"
+        )
+    print(json.dumps(figures, indent=2))
+
+
+def _bench_models(settings, bench, stations: int) -> None:
+    """Register the weather champions under the bench source, one real series per station."""
+    from ml.anomaly import AnomalyModel
+    from ml.forecast import ForecastBundle
+
+    dev = Registry(get_settings())
+    forecast_info = dev.resolve("weather", "forecast")
+    anomaly_info = dev.resolve("weather", "anomaly")
+    if forecast_info is None or anomaly_info is None:
+        raise SystemExit("no weather champions: run `periscope train --source weather` first")
+    base = ForecastBundle.load(dev.download(forecast_info))
+    real = sorted({station for station, _ in base.series()})
+    models = {
+        (f"station_{i:04d}", measure): base.models[(real[i % len(real)], measure)]
+        for i in range(stations)
+        for measure in sorted({m for _, m in base.series()})
+        if (real[i % len(real)], measure) in base.models
+    }
+    bundle = ForecastBundle(models, base.config, base.split, source=bench.name)
+    anomaly = dataclasses.replace(AnomalyModel.load(dev.download(anomaly_info)), source=bench.name)
+    registry = Registry(settings)
+    for kind, model in (("forecast", bundle), ("anomaly", anomaly)):
+        directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        model.save(directory)
+        info = registry.log_model(
+            source=bench.name, kind=kind, directory=directory, params={}, metrics={}, tags={}
+        )
+        registry.set_champion(bench.name, kind, info.version)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def latency(args: argparse.Namespace) -> None:
+    from deltalake import DeltaTable
+
+    # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
+    from silver_latency import _produce
+
+    from periscope.lake import read_delta
+    from periscope.topics import create_topics, topic_specs
+    from spark_streaming.bronze import BronzeTarget, start_bronze
+    from spark_streaming.session import build_spark_session
+    from spark_streaming.silver import SilverTables, start_silver
+
+    work = Path(tempfile.mkdtemp(prefix="periscope-score-latency-"))
+    settings = get_settings().model_copy(
+        update={
+            "lake_root": str(work / "lake"),
+            "local_dir": work,
+            "mlflow_tracking_uri": "",
+            "stream_trigger_interval": args.trigger,
+            "score_poll_interval_s": 0.2,
+        }
+    )
+    bench = dataclasses.replace(WEATHER, name=f"bench{uuid.uuid4().hex[:6]}", window=WindowSpec())
+    _bench_models(settings, bench, args.stations)
+    create_topics(settings, topic_specs(settings, [bench]))
+    spark = build_spark_session(
+        "bench-score-latency", settings=settings, conf={"spark.ui.enabled": "false"}
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    tables = SilverTables.for_contract(settings, bench)
+    stop = threading.Event()
+    try:
+        bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, bench))
+        silver = start_silver(spark, settings, bench, tables)
+        scorer = threading.Thread(
+            target=run_scoring,
+            args=(settings, [bench]),
+            kwargs={"available_now": False, "publish": True, "stop": stop},
+        )
+        scorer.start()
+        sent: list[int] = []
+        started = time.time()
+        _produce(settings, bench.topic("raw"), args.rate, args.stations, args.duration, sent)
+        # Let gold catch up with every silver batch (or give up after a while).
+        gold_path = predictions_path(settings, bench)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            processed = sum(
+                read_delta(tables.batches, ["bronze_rows"]).column("bronze_rows").to_pylist()
+            )
+            latest = latest_feature_batch(settings, bench)
+            done = DeltaTable.is_deltatable(gold_path) and (
+                DeltaTable(gold_path).transaction_version("periscope-score") or -1
+            ) >= (latest if latest is not None else 0)
+            if processed >= sent[0] and done:
+                break
+            time.sleep(1)
+        finished = time.time()
+        stop.set()
+        scorer.join(timeout=120)
+        bronze.stop()
+        silver.stop()
+
+        commits = sorted(
+            (int(c["periscope.silver_through"]), c["timestamp"] / 1000)
+            for c in DeltaTable(gold_path).history()
+            if "periscope.silver_through" in c
+        )
+
+        def gold_time(batch: int) -> float | None:
+            times = [t for through, t in commits if through >= batch]
+            return min(times) if times else None
+
+        observations = read_delta(
+            tables.observations, ["kafka_timestamp", "silver_batch_id"]
+        ).to_pylist()
+        cutoff = started + args.warmup
+        latencies = []
+        unscored = 0
+        for o in observations:
+            sent_at = o["kafka_timestamp"].timestamp()
+            if sent_at < cutoff:
+                continue
+            scored = gold_time(o["silver_batch_id"])
+            if scored is None:
+                unscored += 1
+            else:
+                latencies.append(scored - sent_at)
+        gold_rows = len(read_delta(gold_path, ["station_id"]))
+        figures = {
+            "rate_target_per_s": args.rate,
+            "stations": args.stations,
+            "records_sent": sent[0],
+            "records_processed_by_silver": processed,
+            "sustained_rate_per_s": round(processed / (finished - started)),
+            "gold_rounds": len(commits),
+            "gold_rows": gold_rows,
+            "measured_records": len(latencies),
+            "records_not_scored_in_time": unscored,
+            "latency_p50_s": round(_percentile(latencies, 0.50), 2) if latencies else None,
+            "latency_p95_s": round(_percentile(latencies, 0.95), 2) if latencies else None,
+            "latency_max_s": round(max(latencies), 2) if latencies else None,
+        }
+        print(json.dumps(figures, indent=2))
+    finally:
+        stop.set()
+        spark.stop()
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        admin.delete_topics(list(bench.topics.values()))
+        admin.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", default="weather")
+    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--days", type=float, default=7.0, help="windows of the last N days")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency", action="store_true", help="measure end-to-end latency")
+    parser.add_argument("--rate", type=int, default=1000, help="records per second")
+    parser.add_argument("--stations", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=90.0, help="seconds of steady input")
+    parser.add_argument("--warmup", type=float, default=30.0, help="seconds excluded")
+    parser.add_argument("--trigger", default="0 seconds", help="micro-batch interval")
+    args = parser.parse_args()
+    latency(args) if args.latency else throughput(args)
+
+
+if __name__ == "__main__":
+    main()
