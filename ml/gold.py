@@ -43,6 +43,7 @@ from ml.registry import MODEL_KINDS, Registry, model_name
 from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
+from periscope.lake import GOLD_SCORE_APP_ID
 from periscope.settings import Settings
 
 __all__ = [
@@ -60,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The Delta app id under which gold records the last silver batch it scored.
-SCORE_APP_ID = "periscope-score"
+SCORE_APP_ID = GOLD_SCORE_APP_ID
 KEY = "station_id"
 
 

@@ -211,7 +211,7 @@ def lake_audit(
         typer.Option("--require-caught-up", help="Also fail when records are still in flight."),
     ] = False,
 ) -> None:
-    """Kafka records, bronze rows, silver observations, quarantined, duplicates and late, per source.
+    """Kafka records, bronze rows, silver observations, quarantined, duplicates, late, gold, per source.
 
     Exits 1 when they do not add up.
     """
@@ -237,9 +237,11 @@ def lake_audit(
         "  + dropped as duplicates": [a.tables["duplicates"] for a in audits],
         "too late for features": [a.tables["late"] for a in audits],
         "in flight": [a.not_landed + a.not_processed for a in audits],
+        "silver feature windows": [a.windows for a in audits],
+        "  scored in gold": [a.gold for a in audits],
     }
     for label, values in rows.items():
-        table.add_row(label, *[f"{v:,}" for v in values])
+        table.add_row(label, *["-" if v is None else f"{v:,}" for v in values])
     table.add_row(
         "verdict", *["[green]adds up[/]" if not a.problems else "[red]MISMATCH[/]" for a in audits]
     )

@@ -35,6 +35,10 @@ LAYERS = ("bronze", "silver", "gold")
 LIST_TABLES_HINT = "list the lake's tables with `periscope sql --tables`"
 
 
+# The Delta app id under which `periscope score` records, in gold, the last silver batch scored.
+GOLD_SCORE_APP_ID = "periscope-score"
+
+
 def delta_row_count(path: str) -> int:
     """Rows in the current version of a Delta table, from the log's file statistics."""
     actions = DeltaTable(path).get_add_actions(flatten=True)

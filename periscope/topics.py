@@ -178,8 +178,15 @@ def _int_or_none(value: str | None) -> int | None:
 def records_written(settings: Settings, topic: str) -> int:
     """Records ever written to a topic: the sum of its partitions' end offsets (0 if it is absent)."""
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","))
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        raise ServiceError(
+            f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({exc.__class__.__name__}); "
+            "start it with `periscope services up`"
+        ) from None
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return sum(consumer.end_offsets(partitions).values()) if partitions else 0

@@ -4,7 +4,8 @@ The server binaries come from the Debian `postgresql` package (`make setup` inst
 when missing). The cluster lives in `<local_dir>/postgres/` and listens on 127.0.0.1 at
 `postgres_port` (5433 by default, so it does not fight a system server on 5432).
 `start` also makes sure the `periscope` database, the owner role that loads data and
-the read-only `bi_reader` role for BI tools exist, with the passwords from settings.
+the read-only `bi_reader` role for BI tools exist, with the passwords from settings, and
+that `bi_reader` can read the `marts` schema (dbt's star schema) and nothing else.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from periscope.settings import Settings
 log = logging.getLogger(__name__)
 
 _SUPERUSER = "postgres"
+# The loader's schema (owner only) and dbt's star schema (the one schema BI reads).
+LAKE_SCHEMA = "lake"
+MARTS_SCHEMA = "marts"
 # PostgreSQL refuses to run as root; as root we run it as this system user instead.
 _ROOT_RUNS_AS = "postgres"
 _SERVER_PROGRAMS = ("initdb", "pg_ctl", "postgres")
@@ -169,7 +173,11 @@ class PostgresServer:
         )
 
     def bootstrap(self) -> None:
-        """Create or update the database and roles; safe to repeat (passwords follow settings)."""
+        """Create or update the database, roles, schemas and grants; safe to repeat.
+
+        Passwords follow settings; `bi_reader` ends up with SELECT on `marts` only, also in a
+        database an earlier version set up with wider grants.
+        """
         from psycopg2 import sql
 
         s = self.settings
@@ -204,19 +212,42 @@ class PostgresServer:
                 "db": sql.Identifier(db),
                 "owner": sql.Identifier(owner),
                 "bi": sql.Identifier(bi),
+                "lake": sql.Identifier(LAKE_SCHEMA),
+                "marts": sql.Identifier(MARTS_SCHEMA),
             }
             for statement in (
                 "revoke all on database {db} from public",
                 "grant connect, temporary on database {db} to {owner}",
                 "grant connect on database {db} to {bi}",
-                "revoke create on schema public from public",
+                "revoke all on schema public from public",
                 "grant usage, create on schema public to {owner}",
-                "grant usage on schema public to {bi}",
-                "grant select on all tables in schema public to {bi}",
-                # Tables and schemas the owner (loader, dbt) makes later are readable by BI.
-                "alter default privileges for role {owner} grant usage on schemas to {bi}",
-                "alter default privileges for role {owner} grant select on tables to {bi}",
-                "alter default privileges for role {owner} grant select on sequences to {bi}",
+                # Earlier versions let BI read everything the owner created: take that back.
+                "alter default privileges for role {owner} revoke usage on schemas from {bi}",
+                "alter default privileges for role {owner} revoke select on tables from {bi}",
+                "alter default privileges for role {owner} revoke select on sequences from {bi}",
+                "create schema if not exists {lake} authorization {owner}",
+                "create schema if not exists {marts} authorization {owner}",
+            ):
+                cur.execute(sql.SQL(statement).format(**ident))
+            # BI reads the marts and nothing else, also in a database made by an earlier version.
+            cur.execute(
+                "select nspname from pg_namespace where nspname not in (%s, 'information_schema') "
+                "and nspname not like 'pg\\_%%'",
+                (MARTS_SCHEMA,),
+            )
+            for (schema,) in cur.fetchall():
+                for statement in (
+                    "revoke all on schema {schema} from {bi}",
+                    "revoke all on all tables in schema {schema} from {bi}",
+                    "revoke all on all sequences in schema {schema} from {bi}",
+                ):
+                    cur.execute(sql.SQL(statement).format(schema=sql.Identifier(schema), **ident))
+            for statement in (
+                "grant usage on schema {marts} to {bi}",
+                "grant select on all tables in schema {marts} to {bi}",
+                # Tables dbt (as the owner) creates in marts later are readable by BI too.
+                "alter default privileges for role {owner} in schema {marts} "
+                "grant select on tables to {bi}",
             ):
                 cur.execute(sql.SQL(statement).format(**ident))
 

@@ -63,3 +63,36 @@ def test_window_intervals_and_feature_columns():
     columns = feature_columns(get_contract("weather"))
     assert columns[:4] == ["station_id", "window_start", "window_end", "reading_count"]
     assert "pressure_trend" in columns and len(columns) == 4 + 5 * 6
+
+
+def test_gold_is_checked_only_once_it_exists():
+    no_gold = reconcile(_audit(windows=50, latest_batch=3), require_caught_up=True)
+    assert no_gold.problems == ["not caught up: 10 not in bronze, 10 not processed"]
+
+
+@pytest.mark.parametrize(
+    ("gold", "mark", "caught_up", "problem"),
+    [
+        (50, 3, True, None),  # every window scored
+        (40, 2, False, None),  # scoring behind silver: fewer predictions are expected
+        (40, 3, True, "holds 40 predictions for 50 feature windows"),  # scored yet missing
+        (51, 3, True, "gold has 51 predictions for 50"),  # windows silver never had
+    ],
+)
+def test_gold_predictions_match_feature_windows_once_caught_up(gold, mark, caught_up, problem):
+    audit = reconcile(_audit(kafka=110, windows=50, latest_batch=3, gold=gold, gold_mark=mark))
+    assert audit.gold_caught_up is caught_up
+    if problem is None:
+        assert audit.problems == []
+    else:
+        assert len(audit.problems) == 1 and problem in audit.problems[0]
+
+
+def test_gold_behind_silver_fails_only_when_caught_up_is_required():
+    behind = _audit(kafka=110, bronze=110, processed=100, windows=50, latest_batch=3, gold=40)
+    behind.gold_mark = 2
+    assert reconcile(behind).problems == []
+    assert reconcile(behind, require_caught_up=True).problems == [
+        "not caught up: 0 not in bronze, 10 not processed",
+        "gold not caught up: scored through silver batch 2, silver is at 3",
+    ]
