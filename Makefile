@@ -87,9 +87,9 @@ demo: setup ## Services, topics, replay both sources with some chaos, bronze + s
 	@$(PERISCOPE) bronze run --available-now
 	@$(PERISCOPE) bronze status
 	@$(PERISCOPE) silver run --available-now
-	@$(PERISCOPE) lake audit --require-caught-up
 	@$(PERISCOPE) train --missing-only --test-days 3 --validation-days 3 --max-train-days 30
 	@$(PERISCOPE) score --available-now
+	@$(PERISCOPE) lake audit --require-caught-up
 	@echo "latest temperature forecasts per station (gold.weather_predictions):"
 	@$(PERISCOPE) sql "$(DEMO_FORECASTS_SQL)"
 	@echo "top anomalies (gold.weather_predictions):"
