@@ -194,7 +194,7 @@ class ScoringActor:
         """Hold the `wanted` version of each kind; returns {kind: error} for loads that failed
         (the version held before stays in use). None means no champion: score without it."""
         held = self.models.get(source) or LoadedModels(source, None, None, None, None)
-        loaded = {
+        loaded: dict[str, tuple[Any, int | None]] = {
             "forecast": (held.forecast, held.forecast_version),
             "anomaly": (held.anomaly, held.anomaly_version),
         }
@@ -259,7 +259,9 @@ class ScorerPool:
     def sync_models(self, source: str, registry: Registry) -> dict[str, int | None]:
         """Point every actor at the current champions of `source`; returns the versions held."""
 
-        wanted = {kind: registry.champion_version(source, kind) for kind in MODEL_KINDS}
+        wanted: dict[str, int | None] = {
+            kind: registry.champion_version(source, kind) for kind in MODEL_KINDS
+        }
         wanted = {
             kind: version
             for kind, version in wanted.items()

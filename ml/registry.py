@@ -205,7 +205,7 @@ class Registry:
             return None
         return self._info(name, int(mv.version))
 
-    def champion_version(self, source: str, kind: ModelKind) -> int | None:
+    def champion_version(self, source: str, kind: str) -> int | None:
         """The champion's version number only: one cheap lookup, polled by running scorers."""
         from mlflow.exceptions import MlflowException
 

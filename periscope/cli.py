@@ -228,7 +228,7 @@ def lake_audit(
     table.add_column("records")
     for a in audits:
         table.add_column(a.source, justify="right")
-    rows = {
+    rows: dict[str, list[int | None]] = {
         "in Kafka (<source>-raw)": [a.kafka for a in audits],
         "in bronze": [a.bronze for a in audits],
         "processed by silver": [a.processed for a in audits],

@@ -132,7 +132,9 @@ class Settings(BaseSettings):
         default="0 3 * * *", description="When the scheduler runs `retrain` (cron, UTC)."
     )
     score_actors: int = Field(
-        default=2, ge=1, description="Ray actors in the `periscope score` pool (models loaded once each)."
+        default=2,
+        ge=1,
+        description="Ray actors in the `periscope score` pool (models loaded once each).",
     )
     score_round_rows: int = Field(
         default=20_000,
@@ -140,7 +142,9 @@ class Settings(BaseSettings):
         description="At most about this many feature windows per scoring round (one gold commit).",
     )
     score_poll_interval_s: float = Field(
-        default=1.0, gt=0, description="How often a running `periscope score` looks for new windows."
+        default=1.0,
+        gt=0,
+        description="How often a running `periscope score` looks for new windows.",
     )
 
     # --- behaviour of `periscope services` -----------------------------------------------

@@ -1,0 +1,2 @@
+-- Every source's readings in one relation.
+{{ union_sources('observations') }}

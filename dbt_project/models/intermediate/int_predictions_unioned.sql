@@ -1,0 +1,2 @@
+-- Every source's scored windows in one relation.
+{{ union_sources('predictions') }}

@@ -1,0 +1,2 @@
+-- One row per forecast of lake.weather_forecasts.
+{{ stg_forecasts('weather') }}

@@ -1,0 +1,2 @@
+-- One row per scored window of lake.weather_predictions.
+{{ stg_predictions('weather') }}

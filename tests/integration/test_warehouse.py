@@ -1,0 +1,451 @@
+"""The warehouse on a real slice: silver built by the real Spark code, gold written as Delta,
+loaded into the real Postgres by `periscope warehouse load`, modelled by `periscope dbt build`.
+
+One module-scoped lake and database; the tests run in file order and each moves both along:
+first load, a second load that finds nothing, dbt, more silver and a re-scored gold row with a
+load that crashes half-way and is rerun, dbt again, then what bi_reader may and may not do.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import psycopg2
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from psycopg2 import errors
+
+from ingest.datasets import read_air_quality, read_weather
+from ingest.producer import encode_record
+from ml.scoring import gold_schema
+from periscope.contracts import get_contract
+from periscope.lake import delta_row_count, read_delta
+from periscope.services import PostgresServer
+from spark_streaming.silver import process_batch
+from tests.integration.silver_helpers import bronze_frame, silver_tables
+from warehouse.loader import load_tables
+from warehouse.plan import table_specs
+
+pytestmark = pytest.mark.integration
+
+PERISCOPE = str(Path(sys.executable).parent / "periscope")
+STATIONS = ["denver", "boston"]
+FIRST_DAYS = 3
+SOURCES = ("weather", "air_quality")
+FACTS = (
+    "fct_observation_hourly",
+    "fct_feature_window",
+    "fct_forecast",
+    "fct_anomaly",
+    "fct_forecast_accuracy",
+)
+
+
+# --- the test lake ---------------------------------------------------------------------------
+def _history(settings, source: str):
+    if source == "weather":
+        frame = read_weather(settings.data_dir, stations=STATIONS)
+    else:
+        frame = read_air_quality(settings.data_dir)
+    start = frame["timestamp"].min() + timedelta(days=1)
+    return frame, start
+
+
+def _messages(frame, since, until):
+    rows = frame.filter((frame["timestamp"] >= since) & (frame["timestamp"] < until))
+    return [
+        (
+            row["station_id"].encode(),
+            encode_record({**row, "timestamp": row["timestamp"].strftime("%Y-%m-%dT%H:%M:%SZ")}),
+        )
+        for row in rows.iter_rows(named=True)
+    ]
+
+
+def write_stand_in_gold(settings, source: str, *, mode: str = "overwrite") -> None:
+    """Gold rows of exactly `gold_schema()` for every silver window, one Delta file per station.
+
+    A stand-in for `periscope score` (built elsewhere): a persistence forecast of the first
+    measure (the hourly mean at forecast_origin) for horizons 1-3 with a +-1 interval, and an
+    anomaly score = how far the window's mean is from the station's mean, in its stddevs.
+    """
+    contract = get_contract(source)
+    measure = contract.measure_names[0]
+    features = read_delta(settings.lake_path(contract.table("silver", "features"))).to_pandas()
+    hourly = read_delta(settings.lake_path(contract.table("silver", "observations"))).to_pandas()
+    hourly = hourly.assign(hour=hourly["event_time"].dt.floor("h"))
+    at_hour = hourly.groupby(["station_id", "hour"])[measure].mean()
+    path = settings.lake_path(contract.table("gold", "predictions"))
+    scored_at = datetime(2025, 1, 1, tzinfo=UTC)
+    for i, (station, windows) in enumerate(sorted(features.groupby("station_id"))):
+        mean, std = windows[f"{measure}_mean"].mean(), windows[f"{measure}_mean"].std()
+        rows = []
+        for w in windows.itertuples():
+            origin = pd.Timestamp(w.window_end) - pd.Timedelta(hours=1)
+            value = at_hour.get((station, origin))
+            forecasts = (
+                []
+                if value is None or pd.isna(value)
+                else [
+                    {
+                        "measure": measure,
+                        "horizon_h": h,
+                        "target_time": origin + pd.Timedelta(hours=h),
+                        "yhat": float(value),
+                        "yhat_lower": float(value) - 1,
+                        "yhat_upper": float(value) + 1,
+                    }
+                    for h in (1, 2, 3)
+                ]
+            )
+            score = abs(getattr(w, f"{measure}_mean") - mean) / std
+            rows.append(
+                {
+                    "station_id": station,
+                    "window_start": w.window_start,
+                    "window_end": w.window_end,
+                    "anomaly_score": None if pd.isna(score) else float(score),
+                    "is_anomaly": None if pd.isna(score) else bool(score > 2),
+                    "forecast_origin": origin,
+                    "forecasts": forecasts,
+                    "forecast_model": f"{source}_forecast",
+                    "forecast_version": 1,
+                    "anomaly_model": f"{source}_anomaly",
+                    "anomaly_version": 1,
+                    "scored_at": scored_at,
+                }
+            )
+        table = pa.Table.from_pylist(rows, schema=gold_schema())
+        write_deltalake(path, table, mode=mode if i == 0 else "append")
+
+
+class Lake:
+    """Silver of two real weather stations and the UCI station, and stand-in gold."""
+
+    def __init__(self, spark, services, root: Path) -> None:
+        self.settings = services.model_copy(update={"lake_root": str(root / "lake")})
+        self.session = spark.newSession()
+        self.root = root
+        self.tables = {
+            s: silver_tables(self.session, root, services, get_contract(s)) for s in SOURCES
+        }
+        self.history = {s: _history(services, s) for s in SOURCES}
+
+    def silver_days(self, source: str, first_day: int, days: int, batch_id: int) -> int:
+        frame, start = self.history[source]
+        since = start + timedelta(days=first_day)
+        messages = _messages(frame, since, since + timedelta(days=days))
+        counts = process_batch(
+            bronze_frame(self.session, messages, first_offset=batch_id * 100_000),
+            batch_id,
+            settings=self.settings,
+            contract=get_contract(source),
+            tables=self.tables[source],
+            app_id=f"warehouse-test-{source}",
+            publish=False,
+        )
+        assert counts["observations"] == len(messages) > 0
+        return len(messages)
+
+    def delta_path(self, table: str) -> str:
+        return self.settings.lake_path(table)
+
+
+@pytest.fixture(scope="module")
+def lake(spark, services, tmp_path_factory):
+    lake = Lake(spark, services, tmp_path_factory.mktemp("warehouse"))
+    for source in SOURCES:
+        lake.silver_days(source, 0, FIRST_DAYS, batch_id=0)
+        write_stand_in_gold(lake.settings, source)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def warehouse(services):
+    """A database without the schemas of earlier runs, bootstrapped as `services up` does."""
+    with psycopg2.connect(services.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+        for schema in ("lake", "staging", "intermediate", "marts", "analytics"):
+            cur.execute(f"drop schema if exists {schema} cascade")
+    PostgresServer(services).bootstrap()
+    return services
+
+
+@pytest.fixture(scope="module")
+def dbt_env(lake, warehouse, tmp_path_factory):
+    """Environment of `periscope` subprocesses: the test lake, dbt output in a temp folder."""
+    out = tmp_path_factory.mktemp("dbt")
+    return {
+        **os.environ,
+        "COLUMNS": "200",  # rich tables at full width
+        "PERISCOPE_LAKE_ROOT": lake.settings.lake_root,
+        "DBT_TARGET_PATH": str(out / "target"),
+        "DBT_LOG_PATH": str(out / "logs"),
+    }
+
+
+def _periscope(env, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [PERISCOPE, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, (
+        f"periscope {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+def _query(settings, statement: str, params=None, role: str = "owner") -> list[tuple]:
+    with psycopg2.connect(settings.postgres_dsn(role)) as conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall()
+
+
+def _state(settings) -> dict[str, tuple[int, int, int]]:
+    rows = _query(
+        settings, "select table_name, delta_version, delta_rows, lake_rows from lake._load_state"
+    )
+    return {name: (version, delta, lake) for name, version, delta, lake in rows}
+
+
+def _forecasts_in_delta(path: str) -> int:
+    gold = read_delta(path, columns=["forecasts"])
+    return sum(len(f) for f in gold.column("forecasts").to_pylist())
+
+
+# --- the tests, in order ---------------------------------------------------------------------
+def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse):
+    results = {r.table: r for r in load_tables(lake.settings, table_specs())}
+    state = _state(warehouse)
+    for spec in table_specs():
+        path = lake.delta_path(spec.delta_table)
+        expected = delta_row_count(path)
+        result = results[spec.name]
+        assert (result.status, result.mode) == ("loaded", "full")
+        assert result.rows_loaded == result.rows_changed == expected > 0
+        assert _query(warehouse, f"select count(*) from lake.{spec.name}")[0][0] == expected
+        assert state[spec.name] == (DeltaTable(path).version(), expected, expected)
+        if spec.forecasts_table:
+            forecasts = _query(warehouse, f"select count(*) from lake.{spec.forecasts_table}")
+            assert forecasts[0][0] == results[spec.name].forecasts_loaded
+            assert forecasts[0][0] == _forecasts_in_delta(path) > 0
+
+    # Values survive the trip: one observation, compared with Delta.
+    obs = read_delta(lake.delta_path("silver/weather_observations")).to_pandas()
+    first = obs.sort_values(["station_id", "event_time"]).iloc[0]
+    [(temperature, humidity)] = _query(
+        warehouse,
+        "select temperature, humidity from lake.weather_observations "
+        "where station_id = %s and event_time = %s",
+        (first["station_id"], first["event_time"].to_pydatetime()),
+    )
+    assert (temperature, humidity) == (first["temperature"], first["humidity"])
+
+
+def test_a_second_load_finds_nothing_new(lake, warehouse, dbt_env):
+    before = _state(warehouse)
+    output = _periscope(dbt_env, "warehouse", "load").stdout
+    assert output.count("up to date") == 6, output
+    assert _state(warehouse) == before
+
+
+def test_dbt_build_passes_on_the_loaded_lake(warehouse, dbt_env):
+    output = _periscope(dbt_env, "dbt", "build").stdout
+    assert "assert_lake_and_marts_reconcile" in output
+    assert "ERROR=0" in output and "PASS=" in output
+    counts = {fact: _query(warehouse, f"select count(*) from marts.{fact}")[0][0] for fact in FACTS}
+    assert all(n > 0 for n in counts.values()), counts
+
+
+@pytest.fixture(scope="module")
+def first_marts(warehouse):
+    """The facts after the first dbt build: key -> loaded_at."""
+    return {
+        fact: dict(
+            _query(
+                warehouse,
+                f"select {'forecast_key' if fact.startswith('fct_forecast') else _key(fact)}, "
+                f"loaded_at from marts.{fact}",
+            )
+        )
+        for fact in FACTS
+    }
+
+
+def _key(fact: str) -> str:
+    return {
+        "fct_observation_hourly": "observation_hourly_key",
+        "fct_feature_window": "feature_window_key",
+        "fct_anomaly": "anomaly_key",
+    }[fact]
+
+
+def test_new_silver_and_a_rescored_window_load_exactly_once_even_after_a_crash(
+    lake, warehouse, first_marts
+):
+    versions = {s.name: DeltaTable(lake.delta_path(s.delta_table)).version() for s in table_specs()}
+    files_before = {
+        s.name: set(DeltaTable(lake.delta_path(s.delta_table)).file_uris()) for s in table_specs()
+    }
+    # One more day of weather: new observations, new windows and re-computed (MERGEd) ones.
+    lake.silver_days("weather", FIRST_DAYS, 1, batch_id=1)
+    # Re-score one gold window: a MERGE rewrites it with a new score and two horizons only.
+    gold_path = lake.delta_path("gold/weather_predictions")
+    gold = read_delta(gold_path)
+    row = gold.slice(0, 1).to_pylist()[0]
+    row.update(anomaly_score=99.0, is_anomaly=True, forecasts=row["forecasts"][:2])
+    DeltaTable(gold_path).merge(
+        pa.Table.from_pylist([row], schema=gold_schema()),
+        "t.station_id = s.station_id and t.window_start = s.window_start",
+        source_alias="s",
+        target_alias="t",
+    ).when_matched_update_all().execute()
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_features(spec):
+        if spec.name == "weather_features":
+            raise Crash
+
+    state = _state(warehouse)
+    with pytest.raises(Crash):
+        load_tables(lake.settings, table_specs(["weather"]), before_upsert=crash_at_features)
+    after_crash = _state(warehouse)
+    # The table before the crash committed; the crashed one shows its previous load, whole.
+    assert after_crash["weather_observations"][0] > state["weather_observations"][0]
+    assert after_crash["weather_features"] == state["weather_features"]
+    assert after_crash["weather_predictions"] == state["weather_predictions"]
+    assert (
+        _query(warehouse, "select count(*) from lake.weather_features")[0][0]
+        == (state["weather_features"][2])
+    )
+
+    results = {r.table: r for r in load_tables(lake.settings, table_specs(["weather"]))}
+    assert results["weather_observations"].status == "up to date"
+    for name in ("weather_features", "weather_predictions"):
+        result = results[name]
+        path = lake.delta_path(f"{'gold' if 'pred' in name else 'silver'}/{name}")
+        table = DeltaTable(path)
+        new_files = set(table.file_uris()) - files_before[name]
+        actions = table.get_add_actions(flatten=True)
+        new_rows = sum(
+            n
+            for p, n in zip(
+                actions.column("path").to_pylist(),
+                actions.column("num_records").to_pylist(),
+                strict=True,
+            )
+            if f"{path}/{p}" in new_files
+        )
+        assert (result.mode, result.from_version, result.to_version) == (
+            "incremental",
+            versions[name],
+            table.version(),
+        )
+        # Exactly the rows of the files added since the last load, and the table matches Delta.
+        # (Spark's MERGE rewrote the one small features file whole; gold has a file per station.)
+        assert result.rows_loaded == new_rows
+        assert result.lake_rows == delta_row_count(path)
+        # Of the copied rows only those whose values changed are rewritten in Postgres.
+        assert 0 < result.rows_changed <= new_rows
+        assert (
+            _query(
+                warehouse,
+                f"select count(*) from lake.{name} where _delta_version = %s",
+                (table.version(),),
+            )[0][0]
+            == result.rows_changed
+        )
+        if name == "weather_predictions":
+            assert result.rows_changed == 1 < new_rows < delta_row_count(path)
+
+    [(score, forecasts)] = _query(
+        warehouse,
+        "select p.anomaly_score, (select count(*) from lake.weather_forecasts f "
+        "  where f.station_id = p.station_id and f.window_start = p.window_start) "
+        "from lake.weather_predictions p where station_id = %s and window_start = %s",
+        (row["station_id"], row["window_start"]),
+    )
+    assert (score, forecasts) == (99.0, 2)
+    assert _query(warehouse, "select count(*) from lake.weather_forecasts")[0][0] == (
+        _forecasts_in_delta(gold_path)
+    )
+
+
+def test_a_second_dbt_build_adds_only_the_new_fact_rows(warehouse, dbt_env, first_marts):
+    _periscope(dbt_env, "dbt", "build")
+    last_run = max(max(rows.values()) for rows in first_marts.values())
+    for fact, before in first_marts.items():
+        key = "forecast_key" if fact.startswith("fct_forecast") else _key(fact)
+        after = dict(_query(warehouse, f"select {key}, loaded_at from marts.{fact}"))
+        kept = {k: v for k, v in after.items() if v <= last_run}
+        # Rows of the first build that no new load touched are the very same rows ...
+        assert kept.items() <= before.items(), fact
+        # ... and every other row came from the load after it.
+        assert all(v > last_run for k, v in after.items() if k not in kept), fact
+        changed = {k for k, v in after.items() if v > last_run}
+        if fact in ("fct_observation_hourly", "fct_feature_window"):  # a day more of silver
+            assert len(after) > len(before), fact
+        elif fact == "fct_anomaly":  # gold re-scored one window
+            assert (len(after), len(changed)) == (len(before), 1)
+        elif fact == "fct_forecast":  # ... and it kept two of its three forecasts
+            assert (len(after), len(changed)) == (len(before) - 1, 2)
+    # The re-scored window's anomaly and its two remaining forecasts.
+    [(status, forecasts)] = _query(
+        warehouse,
+        "select a.anomaly_status, (select count(*) from marts.fct_forecast f "
+        "  where f.station_key = a.station_key and f.window_start = a.window_start) "
+        "from marts.fct_anomaly a where a.anomaly_score = 99",
+    )
+    assert (status, forecasts) == ("anomaly", 2)
+    # Its dropped horizon left no stale row in the accuracy fact either.
+    assert _query(
+        warehouse,
+        "select count(*) from marts.fct_forecast_accuracy f join marts.fct_anomaly a "
+        "on f.station_key = a.station_key and f.window_start = a.window_start "
+        "where a.anomaly_score = 99 and f.horizon_h = 3",
+    ) == [(0,)]
+
+
+def test_dbt_docs_generate(dbt_env):
+    _periscope(dbt_env, "dbt", "docs")
+    assert (Path(dbt_env["DBT_TARGET_PATH"]) / "catalog.json").is_file()
+
+
+def test_bi_reader_reads_the_marts_and_nothing_else(warehouse):
+    rows = _query(warehouse, "select count(*) from marts.fct_forecast_accuracy", role="bi")
+    assert rows[0][0] > 0
+    conn = psycopg2.connect(warehouse.postgres_dsn("bi"))
+    try:
+        for statement, error in (
+            ("select count(*) from lake.weather_observations", errors.InsufficientPrivilege),
+            ("select count(*) from lake._load_state", errors.InsufficientPrivilege),
+            (
+                "select count(*) from staging.stg_weather__observations",
+                errors.InsufficientPrivilege,
+            ),
+            ("delete from marts.dim_hour", errors.ReadOnlySqlTransaction),
+            ("create table marts.bi_was_here (x int)", errors.ReadOnlySqlTransaction),
+        ):
+            with conn.cursor() as cur, pytest.raises(error):
+                cur.execute(statement)
+            conn.rollback()
+        # Without the read-only default, privileges still refuse every write.
+        with conn.cursor() as cur:
+            cur.execute("set default_transaction_read_only = off")
+            conn.commit()
+            for statement in (
+                "delete from marts.dim_hour",
+                "create table marts.bi_was_here (x int)",
+                "insert into lake.weather_observations (station_id) values ('x')",
+            ):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    cur.execute(statement)
+                conn.rollback()
+    finally:
+        conn.close()

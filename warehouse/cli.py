@@ -1,0 +1,160 @@
+"""`periscope warehouse load` and `periscope dbt build|run|test|docs|freshness` (entry points)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from periscope import get_settings
+
+__all__ = ["dbt_app", "warehouse_app"]
+
+console = Console()
+
+warehouse_app = typer.Typer(
+    help="Copy the lake (silver observations and features, gold predictions) into Postgres.",
+    no_args_is_help=True,
+)
+dbt_app = typer.Typer(
+    help=(
+        "Run dbt on dbt_project/ (lake schema -> staging -> intermediate -> marts star schema), "
+        "connected with Periscope's settings. Extra arguments go to dbt: "
+        "periscope dbt build --select fct_forecast_accuracy+"
+    ),
+    no_args_is_help=True,
+)
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@warehouse_app.command("load")
+def load(
+    source: Annotated[
+        Literal["weather", "air_quality", "all"],
+        typer.Option("--source", "-s", help="Which source's tables to load."),
+    ] = "all",
+    table: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table",
+            "-t",
+            help="observations, features and/or predictions (repeatable); default: all three.",
+            show_default=False,
+        ),
+    ] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Reload the chosen tables in full instead of incrementally."),
+    ] = False,
+) -> None:
+    """Copy new lake rows into the Postgres schema `lake`, incrementally and idempotently.
+
+    Tables: silver/<source>_observations, silver/<source>_features and gold/<source>_predictions, whose forecasts list becomes lake.<source>_forecasts (one row per station, window, measure and horizon).
+
+    Only rows of the Delta files added since the version recorded in lake._load_state are copied: COPY into a staging table, upsert by key, one transaction per table, so a crash never leaves half a batch. A second run copies nothing. Tables not in the lake yet are skipped; exits 1 when none of the chosen tables exists.
+    """
+    from warehouse.loader import load_tables
+    from warehouse.plan import TableSpec, table_specs
+
+    try:
+        specs = table_specs(None if source == "all" else [source], table)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    settings = get_settings()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        tasks: dict[str, object] = {}
+
+        def on_progress(spec: TableSpec, done: int, total: int) -> None:
+            if spec.name not in tasks:
+                tasks[spec.name] = progress.add_task(spec.name, total=total)
+            progress.update(tasks[spec.name], completed=done, total=total)  # type: ignore[arg-type]
+
+        results = load_tables(settings, specs, full=full, on_progress=on_progress)
+
+    summary = Table(title=f"Lake -> Postgres {settings.postgres_host}:{settings.postgres_port}")
+    for column, justify in (
+        ("table", "left"),
+        ("status", "left"),
+        ("Delta version", "right"),
+        ("rows copied", "right"),
+        ("rows upserted", "right"),
+        ("forecasts", "right"),
+        ("rows in Delta", "right"),
+        ("rows in Postgres", "right"),
+    ):
+        summary.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in results:
+        if r.status == "skipped":
+            summary.add_row(r.table, "[dim]skipped: not in the lake yet[/]", *[""] * 6)
+            continue
+        versions = (
+            f"{r.to_version}"
+            if r.from_version == r.to_version
+            else f"{'-' if r.from_version is None else r.from_version} -> {r.to_version}"
+        )
+        status = r.status if not r.mode else f"{r.status} ({r.mode})"
+        forecasts = f"{r.forecasts_loaded:,}" if r.table.endswith("_predictions") else ""
+        lake_rows = f"{r.lake_rows:,}" if r.status == "loaded" else ""
+        summary.add_row(
+            r.table,
+            status,
+            versions,
+            f"{r.rows_loaded:,}",
+            f"{r.rows_changed:,}",
+            forecasts,
+            f"{r.delta_rows:,}",
+            lake_rows,
+        )
+    console.print(summary)
+    if results and all(r.status == "skipped" for r in results):
+        console.print("[yellow]nothing to load:[/] none of these tables is in the lake yet")
+        raise typer.Exit(1)
+
+
+def _dbt(ctx: typer.Context, *args: str) -> None:
+    from warehouse.dbt import run_dbt
+
+    code = run_dbt(get_settings(), [*args, *ctx.args])
+    if code:
+        raise typer.Exit(code)
+
+
+@dbt_app.command("build", context_settings=_PASS_THROUGH)
+def dbt_build(ctx: typer.Context) -> None:
+    """dbt build: seeds, models, unit tests and data tests, in DAG order."""
+    _dbt(ctx, "build")
+
+
+@dbt_app.command("run", context_settings=_PASS_THROUGH)
+def dbt_run(ctx: typer.Context) -> None:
+    """dbt run: build the models (facts incrementally) without tests."""
+    _dbt(ctx, "run")
+
+
+@dbt_app.command("test", context_settings=_PASS_THROUGH)
+def dbt_test(ctx: typer.Context) -> None:
+    """dbt test: data tests (keys, relationships, the lake reconciliation) and unit tests."""
+    _dbt(ctx, "test")
+
+
+@dbt_app.command("docs", context_settings=_PASS_THROUGH)
+def dbt_docs(ctx: typer.Context) -> None:
+    """dbt docs generate: the catalog and lineage site in dbt_project/target/."""
+    _dbt(ctx, "docs", "generate")
+
+
+@dbt_app.command("freshness", context_settings=_PASS_THROUGH)
+def dbt_freshness(ctx: typer.Context) -> None:
+    """dbt source freshness: how long ago each lake table was loaded."""
+    _dbt(ctx, "source", "freshness")

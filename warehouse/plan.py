@@ -1,0 +1,199 @@
+"""What the loader copies, decided without I/O: the lake tables, their keys, and which files are new.
+
+Silver features and gold are MERGE-updated in Delta: a MERGE rewrites the data files holding the
+rows it changes (copy-on-write; the lake keeps deletion vectors off). So the rows that are new
+or changed since version `v` are exactly the rows of the files in the current version that were
+not in version `v`; upserting them on the table's key brings Postgres up to date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from periscope.contracts import CONTRACTS
+
+__all__ = [
+    "ENTITIES",
+    "FORECAST_COLUMNS",
+    "FORECAST_KEY",
+    "LoadPlan",
+    "TableSpec",
+    "flatten_forecasts",
+    "forecast_counts",
+    "loadable_columns",
+    "plan_load",
+    "table_specs",
+]
+
+Entity = Literal["observations", "features", "predictions"]
+ENTITIES: tuple[Entity, ...] = ("observations", "features", "predictions")
+
+_LAYER = {"observations": "silver", "features": "silver", "predictions": "gold"}
+_KEY = {
+    "observations": ("station_id", "event_time"),
+    "features": ("station_id", "window_start"),
+    "predictions": ("station_id", "window_start"),
+}
+# gold's nested `forecasts` list becomes its own table, one row per forecast.
+FORECAST_KEY = ("station_id", "window_start", "measure", "horizon_h")
+FORECAST_COLUMNS = (
+    "station_id",
+    "window_start",
+    "measure",
+    "horizon_h",
+    "target_time",
+    "yhat",
+    "yhat_lower",
+    "yhat_upper",
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One Delta table the loader copies into the Postgres schema `lake`."""
+
+    source: str
+    entity: Entity
+
+    @property
+    def name(self) -> str:
+        """The Postgres table (in schema `lake`) and the control row's name, e.g. `weather_features`."""
+        return f"{self.source}_{self.entity}"
+
+    @property
+    def delta_table(self) -> str:
+        """The Delta table relative to the lake root, e.g. `silver/weather_features`."""
+        return f"{_LAYER[self.entity]}/{self.name}"
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return _KEY[self.entity]
+
+    @property
+    def forecasts_table(self) -> str | None:
+        """The table gold's flattened forecasts go to, e.g. `weather_forecasts`; None elsewhere."""
+        return f"{self.source}_forecasts" if self.entity == "predictions" else None
+
+
+def table_specs(
+    sources: Iterable[str] | None = None, entities: Iterable[str] | None = None
+) -> list[TableSpec]:
+    """The tables to load, source by source (observations, features, predictions).
+
+    >>> [s.name for s in table_specs(["weather"], ["features"])]
+    ['weather_features']
+    """
+    chosen_sources = list(sources) if sources is not None else list(CONTRACTS)
+    chosen_entities = list(entities) if entities is not None else list(ENTITIES)
+    for source in chosen_sources:
+        if source not in CONTRACTS:
+            raise ValueError(f"unknown source {source!r}; known: {', '.join(CONTRACTS)}")
+    for entity in chosen_entities:
+        if entity not in ENTITIES:
+            raise ValueError(f"unknown table {entity!r}; known: {', '.join(ENTITIES)}")
+    return [
+        TableSpec(source, entity)  # type: ignore[arg-type]  # checked above
+        for source in chosen_sources
+        for entity in ENTITIES
+        if entity in chosen_entities
+    ]
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What one load of a table does.
+
+    mode: `none` (Postgres is at the current version), `incremental` (upsert the rows of
+    `files`), or `full` (replace the table with the rows of `files`, i.e. every file).
+    """
+
+    mode: Literal["none", "incremental", "full"]
+    from_version: int | None
+    to_version: int
+    files: tuple[str, ...]
+    reason: str = ""
+
+
+def plan_load(
+    *,
+    loaded_version: int | None,
+    current_version: int,
+    current_files: Iterable[str],
+    loaded_files: Iterable[str] | None,
+    full: bool = False,
+) -> LoadPlan:
+    """Decide how to bring a Postgres table from `loaded_version` to `current_version`.
+
+    `loaded_files` are the data files of the loaded version, or None when that version can
+    no longer be read (its log was cleaned up): then the table is reloaded in full.
+
+    >>> plan_load(loaded_version=3, current_version=5, current_files=["a", "c"], loaded_files=["a", "b"])
+    LoadPlan(mode='incremental', from_version=3, to_version=5, files=('c',), reason='')
+    """
+    files = tuple(sorted(set(current_files)))
+    if full:
+        return LoadPlan("full", loaded_version, current_version, files, "requested")
+    if loaded_version is None:
+        return LoadPlan("full", None, current_version, files, "first load")
+    if loaded_version == current_version:
+        return LoadPlan("none", loaded_version, current_version, ())
+    if loaded_version > current_version:
+        # The Delta table was recreated under the same path: the stored version means nothing.
+        return LoadPlan(
+            "full", loaded_version, current_version, files, "Delta version went backwards"
+        )
+    if loaded_files is None:
+        return LoadPlan(
+            "full", loaded_version, current_version, files, f"version {loaded_version} is gone"
+        )
+    new = tuple(f for f in files if f not in set(loaded_files))
+    return LoadPlan("incremental", loaded_version, current_version, new)
+
+
+def loadable_columns(schema: pa.Schema) -> list[str]:
+    """The columns Postgres gets as they are: every scalar column (lists, structs and binary
+    are left out; gold's forecasts list goes through `flatten_forecasts`)."""
+    return [
+        f.name
+        for f in schema
+        if not (
+            pa.types.is_nested(f.type)
+            or pa.types.is_binary(f.type)
+            or pa.types.is_large_binary(f.type)
+        )
+    ]
+
+
+def forecast_counts(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """How many forecasts each gold row holds (0 for an empty or null list)."""
+    return pc.fill_null(pc.list_value_length(batch.column("forecasts")), 0).cast(pa.int32())
+
+
+def flatten_forecasts(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """Gold rows -> one row per (station_id, window_start, measure, horizon_h) forecast.
+
+    >>> from datetime import datetime, UTC
+    >>> t = datetime(2024, 1, 1, tzinfo=UTC)
+    >>> gold = pa.table({"station_id": ["a"], "window_start": [t], "forecasts": [[
+    ...     {"measure": "temperature", "horizon_h": 1, "target_time": t, "yhat": 1.0,
+    ...      "yhat_lower": 0.0, "yhat_upper": 2.0}]]})
+    >>> flatten_forecasts(gold).column("measure").to_pylist()
+    ['temperature']
+    """
+    forecasts = batch.column("forecasts")
+    if isinstance(forecasts, pa.ChunkedArray):
+        forecasts = forecasts.combine_chunks()
+    parents = pc.list_parent_indices(forecasts)
+    values = pc.list_flatten(forecasts)
+    columns = {
+        "station_id": pc.take(batch.column("station_id"), parents),
+        "window_start": pc.take(batch.column("window_start"), parents),
+    }
+    for name in FORECAST_COLUMNS[2:]:
+        columns[name] = pc.struct_field(values, name)
+    return pa.table(columns)
