@@ -48,7 +48,7 @@ HISTORY_HOURS = int(MAX_RESIDUAL_AGE / pd.Timedelta(hours=1))
 _HOUR_US = 3_600_000_000
 # Prophet's yhat is computed and kept per series in epoch-aligned blocks of four weeks.
 BLOCK_HOURS = 28 * 24
-MAX_BLOCKS = 4
+MAX_BLOCKS = 16  # ~15 months of hours; 5 KB per block and series
 _UTC_US = "datetime64[us, UTC]"
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
