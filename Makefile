@@ -65,35 +65,43 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 	@echo "writing .env from .env.example with random local passwords"
 	@$(PY) scripts/write_env.py .env.example .env
 
-DEMO_RECORDS ?= 5000
-DEMO_FORECASTS_SQL := with latest as (select * from gold.weather_predictions \
-  qualify row_number() over (partition by station_id order by window_start desc) = 1), \
-  f as (select station_id, unnest(forecasts, recursive := true) from latest) \
-  select station_id, horizon_h, target_time, round(yhat, 1) as yhat, \
-  round(yhat_lower, 1) as lower_80, round(yhat_upper, 1) as upper_80 from f \
-  where measure = 'temperature' and horizon_h in (1, 6, 24) order by station_id, horizon_h
-DEMO_ANOMALIES_SQL := select station_id, window_start, round(anomaly_score, 3) as score, \
-  anomaly_model, anomaly_version from gold.weather_predictions where is_anomaly \
-  order by anomaly_score desc limit 5
+# The demo replays the first DEMO_DAYS days of real history rebased so they end now; a later run
+# sends only the history that "happened" since (ingest replay --follow-clock), so it adds new data only.
+DEMO_DAYS ?= 40
+DEMO_STATIONS ?= portland,seattle,denver,new_york,jerusalem
+DEMO_ACCURACY_SQL := select m.source, m.measure, m.unit, a.horizon_h, count(*) as forecasts, \
+  round(avg(a.abs_error)::numeric, 2) as mae, round(avg(a.in_interval::int)::numeric, 2) as coverage_80 \
+  from marts.fct_forecast_accuracy a join marts.dim_measure m using (measure_key) \
+  where a.horizon_h in (1, 6, 24) group by 1, 2, 3, 4 order by 1, 2, 4
+DEMO_ANOMALIES_SQL := select s.source, s.station_id, f.window_start, round(f.anomaly_score::numeric, 3) as score, \
+  d.model_name, d.model_version from marts.fct_anomaly f join marts.dim_station s using (station_key) \
+  join marts.dim_model d using (model_key) where f.is_anomaly order by f.anomaly_score desc limit 8
 
-demo: setup ## Services, topics, replay both sources with some chaos, bronze + silver, audit, train if needed, score, show gold
+demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -> train if needed -> score -> warehouse -> dbt
 	@$(PERISCOPE) services up
 	@$(PERISCOPE) topics create
-	@$(PERISCOPE) services status
-	@$(PERISCOPE) topics describe
-	@$(PERISCOPE) ingest replay --source weather --stations portland,seattle,denver,new_york,jerusalem \
-	  --limit $(DEMO_RECORDS) --bad-rate 0.01
-	@$(PERISCOPE) ingest replay --source air_quality --limit $(DEMO_RECORDS) --bad-rate 0.01
+	@$(PERISCOPE) ingest replay --source weather --stations $(DEMO_STATIONS) --follow-clock \
+	  --days $(DEMO_DAYS) --bad-rate 0.01
+	@$(PERISCOPE) ingest replay --source air_quality --follow-clock --days $(DEMO_DAYS) --bad-rate 0.01
 	@$(PERISCOPE) bronze run --available-now
-	@$(PERISCOPE) bronze status
 	@$(PERISCOPE) silver run --available-now
 	@$(PERISCOPE) train --missing-only --test-days 3 --validation-days 3 --max-train-days 30
 	@$(PERISCOPE) score --available-now
+	@$(PERISCOPE) warehouse load
+	@$(PERISCOPE) dbt build
 	@$(PERISCOPE) lake audit --require-caught-up
-	@echo "latest temperature forecasts per station (gold.weather_predictions):"
-	@$(PERISCOPE) sql "$(DEMO_FORECASTS_SQL)"
-	@echo "top anomalies (gold.weather_predictions):"
-	@$(PERISCOPE) sql "$(DEMO_ANOMALIES_SQL)"
+	@echo "forecast accuracy (marts.fct_forecast_accuracy, as bi_reader):"
+	@$(PERISCOPE) warehouse query "$(DEMO_ACCURACY_SQL)"
+	@echo "top anomalies (marts.fct_anomaly):"
+	@$(PERISCOPE) warehouse query "$(DEMO_ANOMALIES_SQL)"
+	@echo
+	@echo "Where to look next:"
+	@echo "  periscope sql --tables                       every lake table (DuckDB views <layer>.<table>)"
+	@echo "  periscope sql \"select * from gold.weather_predictions limit 5\""
+	@echo "  periscope models list                        registered models, champions"
+	@echo "  periscope dbt docs && open dbt_project/target/index.html   the star schema's lineage"
+	@echo "  Superset/Tableau: postgresql://bi_reader@127.0.0.1:5433/periscope, schema marts (password in .env)"
+	@echo "  make demo again: only the history that 'happened' since is replayed and loaded"
 
 test: setup ## Run every test tier (starts the test services it needs, stops what it started)
 	@$(PY) -m pytest tests/unit -q

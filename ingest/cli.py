@@ -36,7 +36,12 @@ def _stations(value: str | None) -> list[str] | None:
 def replay_command(
     source: Source = "weather",
     limit: Annotated[
-        int | None, typer.Option(min=0, help="Stop after this many good records.")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Stop after this many good records. With --follow-clock: caps the first "
+            "run's slice (cut at a whole timestamp); later runs ignore it.",
+        ),
     ] = None,
     stations: Annotated[
         str | None,
@@ -51,6 +56,23 @@ def replay_command(
     rebase_now: Annotated[
         bool, typer.Option("--rebase-now", help="Shift timestamps so the replay ends now.")
     ] = False,
+    follow_clock: Annotated[
+        bool,
+        typer.Option(
+            "--follow-clock",
+            help="Replay history as if it arrived in real time, across runs: the first run "
+            "sends the first --days D days rebased to end now and saves the offset in "
+            ".local/replay/<source>.json; each later run sends only the records due "
+            "since. Excludes --rebase-now and --speedup.",
+        ),
+    ] = False,
+    days: Annotated[
+        float | None,
+        typer.Option(
+            help="With --follow-clock: days of history the first run replays (later runs "
+            "keep the first run's slice and offset).",
+        ),
+    ] = None,
     bad_rate: Annotated[
         float,
         typer.Option(
@@ -60,6 +82,39 @@ def replay_command(
     seed: Annotated[int, typer.Option(help="Seed for where malformed records go.")] = 0,
 ) -> None:
     """Replay a real dataset from ../shared/data into `<source>-raw`."""
+    if days is not None and not days > 0:
+        raise typer.BadParameter(f"must be > 0, got {days:g}", param_hint="'--days'")
+    if follow_clock:
+        if rebase_now:
+            raise typer.BadParameter(
+                "cannot be combined with --rebase-now: it rebases already, with the "
+                "offset its first run saved",
+                param_hint="'--follow-clock'",
+            )
+        if speedup != 0.0:
+            raise typer.BadParameter(
+                "cannot be combined with --speedup: it sends what is due at once",
+                param_hint="'--follow-clock'",
+            )
+        from ingest.replay import describe_follow, replay_follow
+
+        follow = replay_follow(
+            get_settings(),
+            _check_source(source),
+            days=days,
+            limit=limit,
+            stations=_stations(stations),
+            bad_rate=bad_rate,
+            seed=seed,
+            progress=True,
+        )
+        for note in follow.notes:
+            console.print(f"note: {note}")
+        console.print(describe_follow(follow), soft_wrap=True)
+        return
+    if days is not None:
+        raise typer.BadParameter("--days only applies with --follow-clock", param_hint="'--days'")
+
     from ingest.replay import replay
 
     report = replay(

@@ -3,17 +3,29 @@
 The pure parts (`prepare_frame`, `rebase`, `build_messages`, `pacing_offsets`) turn a
 dataset into the exact messages and send times and are tested without Kafka; `replay`
 reads the data, sends through `ingest.producer` and reports what Kafka acknowledged.
+
+`replay_follow` (`--follow-clock`) replays history as if it were arriving now: its first
+run sends the first D days rebased so they end now and saves that constant offset in
+`<local_dir>/replay/<source>.json`; each later run sends only the history records whose
+rebased time has passed since (`plan_follow` is the pure part). Like the live producer it
+saves state only after Kafka acknowledged everything, so a crash in between re-sends one
+run's records; silver deduplicates on (station_id, timestamp).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -24,17 +36,30 @@ from ingest.chaos import (
 )
 from ingest.datasets import read_source
 from ingest.producer import encode_record, send_with_progress
-from periscope import Settings
+from periscope import PeriscopeError, Settings
 from periscope.contracts import SourceContract, get_contract
 
 __all__ = [
+    "FollowPlan",
+    "FollowReport",
+    "FollowState",
+    "FollowStateError",
     "Message",
     "ReplayReport",
     "build_messages",
+    "check_follow_stations",
+    "describe_follow",
+    "follow_state_path",
+    "load_follow_state",
     "pacing_offsets",
+    "plan_follow",
     "prepare_frame",
     "rebase",
+    "rebase_offset",
     "replay",
+    "replay_follow",
+    "save_follow_state",
+    "shift",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,14 +108,28 @@ def _bad_count(good: int, bad_rate: float) -> int:
     return round(good * bad_rate / (1.0 - bad_rate)) if good else 0
 
 
+def _floor_second(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def rebase_offset(frame: pl.DataFrame, now: datetime, *, column: str = "timestamp") -> timedelta:
+    """The constant that moves the last timestamp of a non-empty frame to `now` (to the second)."""
+    last = frame.get_column(column).max()
+    if not isinstance(last, datetime):
+        raise ValueError(f"cannot rebase: column {column!r} has no timestamps")
+    return _floor_second(now) - last
+
+
+def shift(frame: pl.DataFrame, offset: timedelta, *, column: str = "timestamp") -> pl.DataFrame:
+    """Every timestamp moved by `offset`; gaps, order and every other column unchanged."""
+    return frame.with_columns(pl.col(column) + offset)
+
+
 def rebase(frame: pl.DataFrame, now: datetime, *, column: str = "timestamp") -> pl.DataFrame:
     """Shift every timestamp by one constant so the last one is `now` truncated to the second."""
     if frame.is_empty():
         return frame
-    last = frame.get_column(column).max()
-    assert isinstance(last, datetime)
-    shift = now.astimezone(UTC).replace(microsecond=0) - last
-    return frame.with_columns(pl.col(column) + shift)
+    return shift(frame, rebase_offset(frame, now, column=column), column=column)
 
 
 def prepare_frame(
@@ -196,33 +235,17 @@ def _paced(
         yield message.key, message.value
 
 
-def replay(
+def _send(
     settings: Settings,
-    source: str,
+    contract: SourceContract,
+    frame: pl.DataFrame,
     *,
-    limit: int | None = None,
-    stations: list[str] | None = None,
-    speedup: float = 0.0,
-    rebase_now: bool = False,
-    bad_rate: float = 0.0,
-    seed: int = 0,
-    progress: bool = True,
+    speedup: float,
+    bad_rate: float,
+    seed: int,
+    progress: bool,
 ) -> ReplayReport:
-    """Replay a source's real history into its raw topic; raises unless Kafka acked every record.
-
-    `limit` counts good records (the first ones in event time); `speedup` N > 0 sends N times
-    faster than real time; `rebase_now` moves the replay so its last record is now;
-    `bad_rate` mixes in that share of malformed records from `ingest.chaos`.
-    """
-    contract = _contract(source)
-    _check_args(limit, speedup, bad_rate)
-    now = datetime.now(UTC) if rebase_now else None
-    frame = prepare_frame(
-        read_source(contract.name, settings.data_dir, stations=stations),
-        contract,
-        limit=limit,
-        now=now,
-    )
+    """Send a prepared frame (plus malformed records) to the raw topic; raises unless all acked."""
     total = frame.height + _bad_count(frame.height, bad_rate)
     topic = contract.topic("raw")
     tally = _Tally()
@@ -252,3 +275,370 @@ def replay(
         report.last_event,
     )
     return report
+
+
+def replay(
+    settings: Settings,
+    source: str,
+    *,
+    limit: int | None = None,
+    stations: list[str] | None = None,
+    speedup: float = 0.0,
+    rebase_now: bool = False,
+    bad_rate: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> ReplayReport:
+    """Replay a source's real history into its raw topic; raises unless Kafka acked every record.
+
+    `limit` counts good records (the first ones in event time); `speedup` N > 0 sends N times
+    faster than real time; `rebase_now` moves the replay so its last record is now;
+    `bad_rate` mixes in that share of malformed records from `ingest.chaos`.
+    """
+    contract = _contract(source)
+    _check_args(limit, speedup, bad_rate)
+    now = datetime.now(UTC) if rebase_now else None
+    frame = prepare_frame(
+        read_source(contract.name, settings.data_dir, stations=stations),
+        contract,
+        limit=limit,
+        now=now,
+    )
+    return _send(
+        settings,
+        contract,
+        frame,
+        speedup=speedup,
+        bad_rate=bad_rate,
+        seed=seed,
+        progress=progress,
+    )
+
+
+# --- follow the clock --------------------------------------------------------------------------
+
+_FOLLOW_STATE_VERSION = 1
+
+
+class FollowStateError(PeriscopeError):
+    """A follow-clock replay cannot go on from its state file (unreadable, or other stations)."""
+
+
+@dataclass(frozen=True)
+class FollowState:
+    """Where a follow-clock replay stands: saved after each run Kafka fully acknowledged.
+
+    `offset` is added to every original event time (fixed by the first run);
+    `replayed_through` is the last original event time sent; `stations` is the sorted
+    station filter (None = every station); `days` is the first run's `--days`.
+    """
+
+    source: str
+    offset: timedelta
+    replayed_through: datetime
+    stations: tuple[str, ...] | None
+    days: float
+
+
+@dataclass(frozen=True)
+class FollowPlan:
+    """One follow-clock run: the rebased rows to send and the state to save once acked.
+
+    `next_due` is the rebased time of the first history record after this run (None when
+    the history is exhausted); `since` is the rebased time of the last record sent before
+    this run (None on a first run).
+    """
+
+    frame: pl.DataFrame
+    state: FollowState
+    first_run: bool
+    since: datetime | None
+    next_due: datetime | None
+
+
+@dataclass
+class FollowReport:
+    """What one `replay_follow` run sent (`replay.sent == 0`: nothing was due) and its state."""
+
+    replay: ReplayReport
+    state_path: Path
+    state: FollowState
+    first_run: bool
+    since: datetime | None
+    next_due: datetime | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _station_key(stations: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if stations is None else tuple(sorted(set(stations)))
+
+
+def _describe_stations(stations: tuple[str, ...] | None) -> str:
+    return "all stations" if stations is None else "stations " + ",".join(stations)
+
+
+def _utc(stamp: datetime) -> str:
+    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_days(days: float) -> None:
+    if not (math.isfinite(days) and days > 0):
+        raise ValueError(f"days must be a finite number > 0, got {days}")
+
+
+def check_follow_stations(
+    state: FollowState, stations: Sequence[str] | None, state_path: Path | None = None
+) -> None:
+    """Raise FollowStateError unless `stations` is the filter the replay was started with."""
+    wanted = _station_key(stations)
+    if wanted != state.stations:
+        where = str(state_path) if state_path is not None else "its state file"
+        raise FollowStateError(
+            f"this follow-clock replay of {state.source} was started with "
+            f"{_describe_stations(state.stations)}, not {_describe_stations(wanted)}: "
+            f"run it with the same --stations, or delete {where} to start a new one "
+            "(rebased to now again)"
+        )
+
+
+def _head_whole_timestamps(frame: pl.DataFrame, limit: int, column: str) -> pl.DataFrame:
+    """At most `limit` rows of an event-time ordered frame, never splitting one timestamp.
+
+    A later run sends what comes strictly after the last time sent, so rows of that time
+    left out now would never be sent: the partial last timestamp is dropped instead.
+    """
+    if frame.height <= limit:
+        return frame
+    cut = frame.get_column(column)[limit]  # the first row that does not fit
+    kept = frame.filter(pl.col(column) < cut)
+    if kept.is_empty():
+        raise ValueError(
+            f"limit {limit} is smaller than the {frame.filter(pl.col(column) == cut).height} "
+            f"records at the first timestamp ({_utc(cut)}); raise --limit or drop it"
+        )
+    return kept
+
+
+def _first_after(ordered: pl.DataFrame, column: str, after: datetime) -> datetime | None:
+    later = ordered.get_column(column).filter(ordered.get_column(column) > after)
+    first = later.min()
+    return first if isinstance(first, datetime) else None
+
+
+def plan_follow(
+    frame: pl.DataFrame,
+    contract: SourceContract,
+    state: FollowState | None,
+    *,
+    now: datetime,
+    days: float | None = None,
+    stations: Sequence[str] | None = None,
+    limit: int | None = None,
+    state_path: Path | None = None,
+) -> FollowPlan:
+    """What a follow-clock run sends, given the history `frame`, the saved state and `now`.
+
+    First run (`state` None): the first `days` days of history in event time, at most
+    `limit` rows cut at a whole timestamp, shifted by one constant so the last is `now`
+    (to the second). Later runs: the rows whose original event time is in
+    (`replayed_through`, now - offset], shifted by the saved offset; `days` and `limit`
+    are ignored. Raises FollowStateError when `stations` differ from the saved filter.
+    """
+    ts = contract.event_time_field
+    ordered = frame.sort(ts, contract.key_field)
+    if state is None:
+        if days is None:
+            raise FollowStateError(
+                "the first follow-clock run of a source needs --days D: how many days of "
+                "history to replay, ending now"
+            )
+        _check_days(days)
+        if ordered.is_empty():
+            raise ValueError(f"no {contract.name} records to replay")
+        start = ordered.get_column(ts).min()
+        assert isinstance(start, datetime)
+        chosen = ordered.filter(pl.col(ts) < start + timedelta(days=days))
+        if limit is not None:
+            chosen = _head_whole_timestamps(chosen, limit, ts)
+        offset = rebase_offset(chosen, now, column=ts)
+        through = chosen.get_column(ts).max()
+        assert isinstance(through, datetime)
+        new_state = FollowState(contract.name, offset, through, _station_key(stations), days)
+        since = None
+    else:
+        check_follow_stations(state, stations, state_path)
+        cutoff = _floor_second(now) - state.offset
+        chosen = ordered.filter((pl.col(ts) > state.replayed_through) & (pl.col(ts) <= cutoff))
+        through = chosen.get_column(ts).max() if not chosen.is_empty() else state.replayed_through
+        assert isinstance(through, datetime)
+        new_state = FollowState(state.source, state.offset, through, state.stations, state.days)
+        since = state.replayed_through + state.offset
+    upcoming = _first_after(ordered, ts, new_state.replayed_through)
+    return FollowPlan(
+        frame=shift(chosen, new_state.offset, column=ts),
+        state=new_state,
+        first_run=state is None,
+        since=since,
+        next_due=None if upcoming is None else upcoming + new_state.offset,
+    )
+
+
+def follow_state_path(settings: Settings, source: str) -> Path:
+    """`<local_dir>/replay/<source>.json`."""
+    return settings.local_dir / "replay" / f"{source}.json"
+
+
+def load_follow_state(path: Path, source: str) -> FollowState | None:
+    """The state saved at `path`; None when there is none yet (a first run).
+
+    An unreadable file is an error, not a fresh start: starting over would rebase the
+    history to now again and send it a second time under other timestamps.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        body = json.loads(text)
+        if body.get("version") != _FOLLOW_STATE_VERSION:
+            raise ValueError(f"version {body.get('version')!r}, expected {_FOLLOW_STATE_VERSION}")
+        if body["source"] != source:
+            raise ValueError(f"it is for source {body['source']!r}, not {source!r}")
+        through = datetime.fromisoformat(body["replayed_through"])
+        if through.tzinfo is None:
+            raise ValueError(f"replayed_through {body['replayed_through']!r} has no time zone")
+        stations = body["stations"]
+        state = FollowState(
+            source=source,
+            offset=timedelta(seconds=float(body["offset_seconds"])),
+            replayed_through=through.astimezone(UTC),
+            stations=None if stations is None else _station_key([str(s) for s in stations]),
+            days=float(body["days"]),
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        problem = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise FollowStateError(
+            f"cannot read the follow-clock replay state {path}: {problem}. Fix it, or delete it "
+            "to start a new follow-clock replay (rebased to now again)."
+        ) from exc
+    return state
+
+
+def save_follow_state(path: Path, state: FollowState) -> None:
+    """Write the state atomically: a temporary file beside it, fsynced, then `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seconds = state.offset.total_seconds()
+    body: dict[str, Any] = {
+        "version": _FOLLOW_STATE_VERSION,
+        "source": state.source,
+        "offset_seconds": int(seconds) if seconds.is_integer() else seconds,
+        "replayed_through": state.replayed_through.astimezone(UTC).isoformat(),
+        "stations": None if state.stations is None else list(state.stations),
+        "days": int(state.days) if float(state.days).is_integer() else state.days,
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(body, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replay_follow(
+    settings: Settings,
+    source: str,
+    *,
+    days: float | None = None,
+    limit: int | None = None,
+    stations: list[str] | None = None,
+    bad_rate: float = 0.0,
+    seed: int = 0,
+    progress: bool = True,
+    now: datetime | None = None,
+    state_path: Path | None = None,
+) -> FollowReport:
+    """One follow-clock run (see `plan_follow`): send what is due, then save the state.
+
+    The state (default `follow_state_path`) is written only after Kafka acknowledged every
+    record; a run with nothing due sends nothing and leaves it as it was.
+    """
+    contract = _contract(source)
+    _check_args(limit, 0.0, bad_rate)
+    if days is not None:
+        _check_days(days)
+    now = datetime.now(UTC) if now is None else now
+    path = follow_state_path(settings, contract.name) if state_path is None else state_path
+    state = load_follow_state(path, contract.name)
+    if state is not None:  # before the (slow) read of the history
+        check_follow_stations(state, stations, path)
+    plan = plan_follow(
+        read_source(contract.name, settings.data_dir, stations=stations),
+        contract,
+        state,
+        now=now,
+        days=days,
+        stations=stations,
+        limit=limit,
+        state_path=path,
+    )
+    notes: list[str] = []
+    if state is not None and days is not None and days != state.days:
+        notes.append(
+            f"--days {days:g} ignored: this follow-clock replay started with --days "
+            f"{state.days:g} (delete {path} to start a new one)"
+        )
+    if plan.frame.is_empty():
+        report = ReplayReport(contract.topic("raw"), 0, 0, 0, None, None)
+    else:
+        report = _send(
+            settings,
+            contract,
+            plan.frame,
+            speedup=0.0,
+            bad_rate=bad_rate,
+            seed=seed,
+            progress=progress,
+        )
+        save_follow_state(path, plan.state)  # _send raised unless Kafka acked every record
+    return FollowReport(
+        replay=report,
+        state_path=path,
+        state=plan.state,
+        first_run=plan.first_run,
+        since=plan.since,
+        next_due=plan.next_due,
+        notes=notes,
+    )
+
+
+def describe_follow(report: FollowReport) -> str:
+    """The one-line summary of a follow-clock run: what was sent, its rebased times, the state."""
+    sent = report.replay
+    exhausted = report.next_due is None
+    if sent.sent == 0:
+        since = _utc(report.since) if report.since is not None else "the start"
+        if exhausted:
+            return (
+                f"{sent.topic}: history exhausted, nothing new since {since} and nothing more "
+                f"will follow (delete {report.state_path} to start a new follow-clock replay)"
+            )
+        assert report.next_due is not None
+        return (
+            f"{sent.topic}: nothing new since {since}; next record due at "
+            f"{_utc(report.next_due)} (state {report.state_path})"
+        )
+    assert sent.first_event is not None and sent.last_event is not None
+    run = "first run" if report.first_run else "follow-up"
+    line = (
+        f"replayed {sent.sent} records into {sent.topic} ({run}: {sent.good} good, "
+        f"{sent.bad} malformed); events {_utc(sent.first_event)} .. {_utc(sent.last_event)}; "
+        f"state {report.state_path}"
+    )
+    if exhausted:
+        line += "; history now exhausted"
+    return line

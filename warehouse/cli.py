@@ -1,4 +1,4 @@
-"""`periscope warehouse load` and `periscope dbt build|run|test|docs|freshness` (entry points)."""
+"""`periscope warehouse load|query` and `periscope dbt build|run|test|docs|freshness` (entry points)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,36 @@ def load(
     if results and all(r.status == "skipped" for r in results):
         console.print("[yellow]nothing to load:[/] none of these tables is in the lake yet")
         raise typer.Exit(1)
+
+
+@warehouse_app.command("query")
+def query(
+    sql: Annotated[str, typer.Argument(help="A SELECT over the marts, e.g. marts.fct_anomaly.")],
+    role: Annotated[
+        Literal["bi", "owner"],
+        typer.Option(help="Connect as bi_reader (what BI tools see) or as the owner."),
+    ] = "bi",
+    limit_rows: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
+) -> None:
+    """Run one SQL query on the warehouse and print the result (as bi_reader by default)."""
+    import psycopg2
+
+    settings = get_settings()
+    try:
+        with psycopg2.connect(settings.postgres_dsn(role)) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            columns = [d.name for d in cur.description or []]
+            rows = cur.fetchmany(limit_rows)
+            total = cur.rowcount
+    except psycopg2.Error as exc:
+        console.print(f"[bold red]error:[/] {str(exc).strip()}")
+        raise typer.Exit(1) from None
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+    shown = f"{len(rows)} of {total}" if total > len(rows) else f"{len(rows)}"
+    console.print(f"{shown} row(s)")
 
 
 def _dbt(ctx: typer.Context, *args: str) -> None:
