@@ -312,3 +312,39 @@ def test_periscope_sql_joins_bronze_silver_and_gold_and_travels_in_time(lake):
     )
     assert first.split() == ["n", str(lake.rows_per_batch[0])]
     assert not math.isclose(lake.rows_per_batch[0], readings)
+
+
+def test_warehouse_load_and_dbt_build_on_the_scored_lake(lake, services, tmp_path):
+    """The real pipeline's output (Spark silver, Ray-scored gold) through the warehouse: dbt
+    build passes, marts reconcile with the lake, and every gold prediction is in fct_anomaly."""
+    import psycopg2
+
+    from periscope.services import PostgresServer
+
+    settings = lake.settings
+    with psycopg2.connect(settings.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+        for schema in ("lake", "staging", "intermediate", "marts"):
+            cur.execute(f"drop schema if exists {schema} cascade")
+    PostgresServer(services).bootstrap()  # the lake's settings keep MLflow elsewhere
+    env = {
+        **os.environ,
+        "COLUMNS": "200",
+        "PERISCOPE_LAKE_ROOT": settings.lake_root,
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+    }
+    for command in (("warehouse", "load"), ("dbt", "build")):
+        done = subprocess.run([PERISCOPE, *command], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}:\n{done.stdout}\n{done.stderr}"
+    assert "assert_lake_and_marts_reconcile" in done.stdout and "ERROR=0" in done.stdout
+
+    (gold,) = lake.sql("select count(*) from {gold}")[0]
+    with psycopg2.connect(settings.postgres_dsn("bi")) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from marts.fct_anomaly where source = 'weather'")
+        assert cur.fetchone() == (gold,)
+        cur.execute(
+            "select count(*), count(distinct horizon_h), bool_and(abs_error >= 0) "
+            "from marts.fct_forecast_accuracy"
+        )
+        accuracy_rows, horizons, errors_valid = cur.fetchone()
+    assert accuracy_rows > 1000 and horizons == 24 and errors_valid
