@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +31,7 @@ from ingest.open_meteo import (
     OpenMeteoError,
 )
 from ingest.producer import build_producer, encode_record, send_all
+from ingest.state import write_json_atomically
 from periscope import PeriscopeError, Settings
 from periscope.contracts import get_contract
 
@@ -180,17 +179,7 @@ def save_state(path: Path, state: Mapping[str, datetime]) -> None:
             for station, stamp in sorted(state.items())
         },
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(body, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomically(path, body)
 
 
 def _parse_utc(text: str) -> datetime:

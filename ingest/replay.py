@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from ingest.chaos import (
 )
 from ingest.datasets import read_source
 from ingest.producer import encode_record, send_with_progress
+from ingest.state import write_json_atomically
 from periscope import PeriscopeError, Settings
 from periscope.contracts import SourceContract, get_contract
 
@@ -536,17 +535,7 @@ def save_follow_state(path: Path, state: FollowState) -> None:
         "stations": None if state.stations is None else list(state.stations),
         "days": int(state.days) if float(state.days).is_integer() else state.days,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(body, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomically(path, body)
 
 
 def replay_follow(
