@@ -173,14 +173,8 @@ def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.T
 # --- the actors ------------------------------------------------------------------------------
 def load_model(settings: Settings, source: str, kind: str, version: int) -> Any:
     """One registered model version, loaded into memory."""
-    from ml.anomaly import AnomalyModel
-    from ml.forecast import ForecastBundle
-
     registry = Registry(settings)
-    info = registry.resolve(source, kind, str(version))  # type: ignore[arg-type]
-    assert info is not None
-    directory = registry.download(info)
-    return ForecastBundle.load(directory) if kind == "forecast" else AnomalyModel.load(directory)
+    return registry.load(registry.resolve(source, kind, str(version)))  # type: ignore[arg-type]
 
 
 class ScoringActor:

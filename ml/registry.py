@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from periscope.errors import PeriscopeError
 from periscope.settings import PROJECT_DIR, Settings
@@ -224,6 +224,16 @@ class Registry:
             dst_path=None if destination is None else str(destination),
         )
         return Path(path)
+
+    def load(self, info: ModelInfo) -> Any:
+        """A version's model in memory: a ForecastBundle or an AnomalyModel."""
+        from ml.anomaly import AnomalyModel
+        from ml.forecast import ForecastBundle
+
+        directory = self.download(info)
+        if info.name.endswith("_forecast"):
+            return ForecastBundle.load(directory)
+        return AnomalyModel.load(directory)
 
     # --- the champion alias ----------------------------------------------------------------
     def history(self, name: str) -> list[int]:

@@ -595,12 +595,7 @@ def promote_version(
         get_contract(source),
         LakeSlice(stations=stations, until=split.test_end.to_pydatetime()),
     )
-    model_dir = registry.download(info)
-    challenger: forecast.ForecastBundle | anomaly.AnomalyModel = (
-        forecast.ForecastBundle.load(model_dir)
-        if kind == "forecast"
-        else anomaly.AnomalyModel.load(model_dir)
-    )
+    challenger: forecast.ForecastBundle | anomaly.AnomalyModel = registry.load(info)
     return _compare_and_decide(
         registry,
         source,
