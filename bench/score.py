@@ -33,15 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ml.data import LakeSlice, feature_windows, latest_feature_batch
-from ml.gold import _history, predictions_path, run_scoring, scoring_pool
+from ml.gold import history_for, predictions_path, run_scoring, scoring_pool
 from ml.registry import Registry
 from periscope import get_settings
 from periscope.contracts import WEATHER, WindowSpec, get_contract
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -54,7 +49,7 @@ def throughput(args: argparse.Namespace) -> None:
     features = feature_windows(
         settings, contract, LakeSlice(since=newest - timedelta(days=args.days))
     )
-    hourly = _history(settings, contract, features)
+    hourly = history_for(settings, contract, features)
     print(
         f"{args.source}: {len(features):,} windows ({features['station_id'].nunique()} stations, "
         f"{features['window_start'].min()} .. {newest})"
@@ -114,7 +109,7 @@ def latency(args: argparse.Namespace) -> None:
     from deltalake import DeltaTable
 
     # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
-    from silver_latency import _produce
+    from silver_latency import _produce, delete_topics, latency_summary
 
     from periscope.lake import read_delta
     from periscope.topics import create_topics, topic_specs
@@ -209,19 +204,13 @@ def latency(args: argparse.Namespace) -> None:
             "gold_rows": gold_rows,
             "measured_records": len(latencies),
             "records_not_scored_in_time": unscored,
-            "latency_p50_s": round(_percentile(latencies, 0.50), 2) if latencies else None,
-            "latency_p95_s": round(_percentile(latencies, 0.95), 2) if latencies else None,
-            "latency_max_s": round(max(latencies), 2) if latencies else None,
+            **latency_summary(latencies),
         }
         print(json.dumps(figures, indent=2))
     finally:
         stop.set()
         spark.stop()
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-        admin.delete_topics(list(bench.topics.values()))
-        admin.close()
+        delete_topics(settings, bench)
         shutil.rmtree(work, ignore_errors=True)
 
 

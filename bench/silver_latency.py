@@ -67,6 +67,26 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def latency_summary(latencies: list[float]) -> dict[str, float | None]:
+    """p50 / p95 / max in seconds (None when nothing was measured); shared by the benches."""
+    if not latencies:
+        return dict.fromkeys(("latency_p50_s", "latency_p95_s", "latency_max_s"))
+    return {
+        "latency_p50_s": round(_percentile(latencies, 0.50), 2),
+        "latency_p95_s": round(_percentile(latencies, 0.95), 2),
+        "latency_max_s": round(max(latencies), 2),
+    }
+
+
+def delete_topics(settings, contract) -> None:
+    """Remove a bench contract's topics."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin.delete_topics(list(contract.topics.values()))
+    admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,18 +164,12 @@ def main() -> None:
             "sustained_rate_per_s": round(processed / (finished - started)),
             "batches": len(ledger),
             "measured_records": len(latencies),
-            "latency_p50_s": round(_percentile(latencies, 0.50), 2) if latencies else None,
-            "latency_p95_s": round(_percentile(latencies, 0.95), 2) if latencies else None,
-            "latency_max_s": round(max(latencies), 2) if latencies else None,
+            **latency_summary(latencies),
         }
         print(json.dumps(figures, indent=2))
     finally:
         spark.stop()
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-        admin.delete_topics(list(contract.topics.values()))
-        admin.close()
+        delete_topics(settings, contract)
         shutil.rmtree(lake, ignore_errors=True)
 
 

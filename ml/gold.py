@@ -50,6 +50,7 @@ __all__ = [
     "SCORE_APP_ID",
     "RoundReport",
     "ScorerPool",
+    "history_for",
     "plan_round",
     "run_scoring",
     "score_round",
@@ -341,7 +342,10 @@ class RoundReport:
     scoring_seconds: float
 
 
-def _history(settings: Settings, contract: SourceContract, features: pd.DataFrame) -> pd.DataFrame:
+def history_for(
+    settings: Settings, contract: SourceContract, features: pd.DataFrame
+) -> pd.DataFrame:
+    """The hourly observations the forecasts of these feature windows start from."""
     spans = history_window(features)
     if len(spans) == 0:
         return pd.DataFrame({KEY: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
@@ -395,7 +399,7 @@ def score_round(
     if through is None:
         return None
     features = feature_windows_of_batches(settings, contract, after, through)
-    hourly = _history(settings, contract, features)
+    hourly = history_for(settings, contract, features)
     versions = pool.sync_models(contract.name, registry)
     scoring_started = time.perf_counter()
     rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
