@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -100,7 +101,13 @@ def main() -> None:
     parser.add_argument(
         "--trigger", default="0 seconds", help="micro-batch interval of both queries"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="log every silver batch with its phase timings"
+    )
     args = parser.parse_args()
+    if args.verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+        logging.getLogger("spark_streaming.silver").setLevel(logging.INFO)
 
     lake = tempfile.mkdtemp(prefix="periscope-latency-")
     settings = get_settings().model_copy(

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow
 from deltalake import DeltaTable
@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LAYERS",
     "LakeTable",
+    "append_once",
+    "committed_through",
     "connect",
     "delta_row_count",
+    "merge_once",
     "read_delta",
     "row_count_or_zero",
     "tables",
@@ -37,6 +40,98 @@ LIST_TABLES_HINT = "list the lake's tables with `periscope sql --tables`"
 
 # The Delta app id under which `periscope score` records, in gold, the last silver batch scored.
 GOLD_SCORE_APP_ID = "periscope-score"
+
+
+def committed_through(path: str, app_id: str) -> int | None:
+    """The last version `app_id` recorded in a Delta table's log (None: never wrote)."""
+    return DeltaTable(path).transaction_version(app_id)
+
+
+def _commit(app_id: str, version: int, metadata: dict[str, str] | None) -> Any:
+    from deltalake import CommitProperties, Transaction
+
+    return CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=version)],
+        custom_metadata=metadata,
+    )
+
+
+def _conform(table: DeltaTable, rows: pyarrow.Table) -> pyarrow.Table:
+    """Rows in the table's column order and types (Spark hands over large strings, for one)."""
+    schema = pyarrow.schema(table.schema().to_arrow())
+    return rows.select(schema.names).cast(schema)
+
+
+def append_once(
+    path: str,
+    rows: pyarrow.Table,
+    *,
+    app_id: str,
+    version: int,
+    metadata: dict[str, str] | None = None,
+) -> bool:
+    """Append rows unless `app_id` already committed `version` (or later) to the table.
+
+    Rows and the (app_id, version) mark go in one commit, so a writer that replays a
+    version after a crash adds nothing twice. Returns whether anything was written.
+    """
+    from deltalake import write_deltalake
+
+    table = DeltaTable(path)
+    done = table.transaction_version(app_id)
+    if rows.num_rows == 0 or (done is not None and done >= version):
+        return False
+    write_deltalake(
+        table,
+        _conform(table, rows),
+        mode="append",
+        commit_properties=_commit(app_id, version, metadata),
+    )
+    return True
+
+
+def merge_once(
+    path: str,
+    rows: pyarrow.Table,
+    *,
+    keys: list[str],
+    app_id: str,
+    version: int,
+    lower_bound: tuple[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int | None:
+    """Upsert rows on `keys` unless `app_id` already committed `version` (or later).
+
+    `lower_bound` (column, value) adds `target.column >= value` to the match condition so
+    delta-rs skips files that cannot hold a matching row. Returns the rows inserted or
+    updated, or None when the version was already committed.
+    """
+    table = DeltaTable(path)
+    done = table.transaction_version(app_id)
+    if done is not None and done >= version:
+        return None
+    if rows.num_rows == 0:
+        return 0
+    predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    if lower_bound is not None:
+        column, value = lower_bound
+        literal = value.isoformat() if hasattr(value, "isoformat") else value
+        predicate = f"t.{column} >= '{literal}' AND {predicate}"
+    metrics = (
+        table.merge(
+            _conform(table, rows),
+            predicate=predicate,
+            source_alias="s",
+            target_alias="t",
+            commit_properties=_commit(app_id, version, metadata),
+        )
+        .when_matched_update_all()
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return int(metrics.get("num_target_rows_inserted", 0)) + int(
+        metrics.get("num_target_rows_updated", 0)
+    )
 
 
 def delta_row_count(path: str) -> int:

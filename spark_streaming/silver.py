@@ -12,22 +12,31 @@ One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch
    publishes it to `<source>-features`;
 5. appends a ledger row to `silver/<source>_batches` (the audit's and the watermark's source).
 
-Every Delta write is idempotent per micro-batch (txnAppId/txnVersion), and every decision
-depends only on the batch and on earlier batches, so a batch replayed after a crash writes
-exactly what it would have written. Kafka publishing (DLQ, features) is at least once.
+Spark computes every step; the driver commits the (small) results with delta-rs, each commit
+carrying the Delta app transaction (query id, batch id), so every write is idempotent per
+micro-batch. Every decision depends only on the batch and on earlier batches, so a batch
+replayed after a crash writes exactly what it would have written. Kafka publishing (DLQ,
+features) is at least once.
 The same function runs over a whole bronze table as a batch (`backfill`).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from periscope import Settings
 from periscope.contracts import SourceContract
+from periscope.lake import append_once, merge_once, read_delta
+from periscope.messages import json_messages
 from spark_streaming.features import (
     assign_windows,
     feature_columns,
@@ -194,34 +203,28 @@ def ensure_silver_tables(
 
 
 # --- one micro-batch -------------------------------------------------------------------------
-def _append(df: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Append once per (app_id, batch_id): a replayed batch is skipped by Delta itself."""
-    df.write.format("delta").mode("append").option("txnAppId", app_id).option(
-        "txnVersion", batch_id
-    ).save(path)
+# Batch outcomes of a bronze row, in the `_outcome` column of the classified batch.
+QUARANTINED, DUPLICATE, LATE, OBSERVATION = "quarantined", "duplicate", "late", "observation"
 
 
-def _publish(
-    df: DataFrame, settings: Settings, topic: str, key_col: str, *, key_in_value: bool = True
-) -> None:
-    """Each row as JSON to a Kafka topic, keyed by `key_col` (at least once)."""
-    from pyspark.sql import functions as F
-
-    value_columns = [c for c in df.columns if key_in_value or c != key_col]
-    (
-        df.select(
-            F.col(key_col).cast("binary").alias("key"),
-            F.to_json(F.struct(*value_columns)).alias("value"),
-        )
-        .write.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-        .option("topic", topic)
-        .save()
+def _stamped(rows: pa.Table, columns: list[str], batch_id: int, now: datetime) -> pa.Table:
+    """The named columns plus the batch stamp every silver row carries."""
+    n = rows.num_rows
+    return (
+        rows.select(columns)
+        .append_column("silver_batch_id", pa.array([batch_id] * n, pa.int64()))
+        .append_column("processed_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
     )
 
 
 class BatchProcessor:
     """The `foreachBatch` function of one source's silver query.
+
+    Spark does the work (parse, validate, deduplicate, window); the driver commits what
+    Spark computed with delta-rs: a micro-batch's outputs are small, and a delta-rs commit
+    takes tens of milliseconds where a Spark Delta write or MERGE takes one to three
+    seconds on a laptop. Every commit carries the Delta app transaction (app id, batch id),
+    so a batch replayed after a crash skips what it already wrote.
 
     It remembers two facts between batches so it need not re-read them every time: the
     latest event time seen (for the watermark) and whether any row was ever too late.
@@ -244,201 +247,217 @@ class BatchProcessor:
         self._app_id = app_id
         self.publish = publish
         self._delay = timedelta(seconds=interval_seconds(contract.window.watermark))
+        self._size = timedelta(seconds=interval_seconds(contract.window.size))
         self._max_event_time: datetime | None = None
         self._any_late = False
         self._known_through: int | None = None  # the facts above cover batches < this id
+        self._producer: Any = None
+        self.phase_seconds: dict[str, float] = {}  # where the last batch spent its time
+        self._phase_started = 0.0
 
     @property
     def app_id(self) -> str:
         return self._app_id if isinstance(self._app_id, str) else self._app_id()
 
+    def _phase(self, name: str) -> None:
+        """Close the current phase of the batch under `name` (for the batch's log line)."""
+        now = time.perf_counter()
+        self.phase_seconds[name] = now - self._phase_started
+        self._phase_started = now
+
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        started = time.perf_counter()
         counts = self.process(batch, batch_id)
         if counts.get("bronze_rows"):
-            log.info("silver %s batch %d: %s", self.contract.name, batch_id, counts)
+            log.info(
+                "silver %s batch %d: %s in %.1f s (%s)",
+                self.contract.name,
+                batch_id,
+                counts,
+                time.perf_counter() - started,
+                ", ".join(f"{k} {v:.1f}" for k, v in self.phase_seconds.items()),
+            )
 
-    def _load_ledger_facts(self, spark: SparkSession, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
+    def _load_ledger_facts(self, batch_id: int) -> None:
         if self._known_through == batch_id:
             return
-        row = (
-            spark.read.format("delta")
-            .load(self.tables.batches)
-            .where(F.col("batch_id") < batch_id)
-            .agg(F.max("max_event_time").alias("max_event"), F.sum("late").alias("late"))
-            .first()
-        )
-        assert row is not None  # an aggregate always has one row
-        self._max_event_time = row.max_event
-        self._any_late = bool(row.late)
+        ledger = read_delta(self.tables.batches, ["batch_id", "max_event_time", "late"])
+        earlier = ledger.filter(pc.less(ledger["batch_id"], batch_id))
+        self._max_event_time = pc.max(earlier["max_event_time"]).as_py()
+        self._any_late = bool(pc.sum(earlier["late"]).as_py())
         self._known_through = batch_id
 
     def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
         """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
-        from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        spark = batch.sparkSession
-        contract, tables, app_id = self.contract, self.tables, self.app_id
+        contract, tables = self.contract, self.tables
         key = contract.key_field
-        now = F.current_timestamp()
-        stamp = [F.lit(batch_id).cast("long").alias("silver_batch_id"), now.alias("processed_at")]
         coords = ["topic", "partition", "offset", "kafka_timestamp"]
+        self.phase_seconds, self._phase_started = {}, time.perf_counter()
 
         validated = validate(batch, contract).persist()
-        cached = [validated]
         try:
-            # One pass for the batch's totals and the event-time range of its good rows.
+            # One pass for the batch's size and the event-time range of its good rows.
             totals = validated.agg(
                 F.count(F.lit(1)).alias("rows"),
-                F.count("reason").alias("bad"),
                 F.min(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("lo"),
                 F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("hi"),
             ).first()
             assert totals is not None  # an aggregate always has one row
             if totals.rows == 0:
                 return {"bronze_rows": 0}
-            self._load_ledger_facts(spark, batch_id)
+            self._load_ledger_facts(batch_id)
             watermark = self._max_event_time - self._delay if self._max_event_time else None
+            self._phase("validate")
 
-            bad = validated.where(F.col("reason").isNotNull())
-            good = validated.where(F.col("reason").isNull())
-            # Deduplicate: the first bronze offset of a (station, event time) wins, in this batch and
-            # against earlier batches (rows this batch wrote before a crash do not count as earlier).
-            ranked = good.withColumn(
-                "_rank",
-                F.row_number().over(
-                    Window.partitionBy(key, "event_time").orderBy("partition", "offset")
-                ),
-            )
-            firsts = ranked.where(F.col("_rank") == 1).drop("_rank")
-            earlier = (
-                spark.read.format("delta")
-                .load(tables.observations)
-                .where(
-                    (F.col("silver_batch_id") != batch_id)
-                    & F.col("event_time").between(totals.lo, totals.hi)
-                )
-                .select(key, "event_time")
-            )
-            is_late = (
-                F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
-            )
-            new = (
-                firsts.join(earlier, [key, "event_time"], "left_anti")
-                .withColumn("_late", is_late)
-                .persist()
-            )
-            cached.append(new)
-            summary = new.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count_if("_late").alias("late"),
-                F.max("event_time").alias("max_event"),
-            ).first()
-            assert summary is not None  # an aggregate always has one row
+            rows = self._classify(validated, batch_id, totals.lo, totals.hi, watermark)
+            self._phase("classify")
+            outcome = rows["_outcome"]
+
+            def having(*outcomes: str) -> pa.Table:
+                return rows.filter(pc.is_in(outcome, pa.array(outcomes)))
+
+            bad, duplicates = having(QUARANTINED), having(DUPLICATE)
+            observations, late = having(OBSERVATION, LATE), having(LATE)
             counts = {
-                "bronze_rows": totals.rows,
-                "observations": summary.rows,
-                "quarantined": totals.bad,
-                "duplicates": totals.rows - totals.bad - summary.rows,
-                "late": summary.late,
+                "bronze_rows": rows.num_rows,
+                "observations": observations.num_rows,
+                "quarantined": bad.num_rows,
+                "duplicates": duplicates.num_rows,
+                "late": late.num_rows,
             }
-            # Empty writes are skipped: a Delta commit costs about half a second here.
-            if counts["quarantined"]:
-                _append(
-                    bad.select(
-                        *coords,
-                        "key",
-                        "value",
-                        "reason",
-                        "reason_detail",
-                        key,
-                        "event_time",
-                        *stamp,
-                    ),
+            now = datetime.now(UTC)
+            app_id = self.app_id
+            writes = [
+                (
                     tables.quarantine,
-                    app_id,
-                    batch_id,
-                )
-            if counts["duplicates"]:
-                duplicates = (
-                    ranked.where(F.col("_rank") > 1)
-                    .drop("_rank")
-                    .unionByName(firsts.join(earlier, [key, "event_time"], "left_semi"))
-                )
-                _append(
-                    duplicates.select(*coords, key, "event_time", *stamp),
-                    tables.duplicates,
-                    app_id,
-                    batch_id,
-                )
-            if counts["observations"]:
-                _append(
-                    new.select(*observation_columns(contract), *stamp),
-                    tables.observations,
-                    app_id,
-                    batch_id,
-                )
-            if counts["late"]:
-                _append(
-                    new.where("_late").select(
-                        *coords, key, "event_time", F.lit(watermark).alias("watermark"), *stamp
-                    ),
+                    bad,
+                    [*coords, "key", "value", "reason", "reason_detail", key, "event_time"],
+                ),
+                (tables.duplicates, duplicates, [*coords, key, "event_time"]),
+                (tables.observations, observations, observation_columns(contract)),
+                (
                     tables.late,
-                    app_id,
-                    batch_id,
+                    late.append_column(
+                        "watermark",
+                        pa.array([watermark] * late.num_rows, pa.timestamp("us", "UTC")),
+                    ),
+                    [*coords, key, "event_time", "watermark"],
+                ),
+            ]
+            for path, part, columns in writes:
+                append_once(
+                    path, _stamped(part, columns, batch_id, now), app_id=app_id, version=batch_id
                 )
+            self._phase("append")
+
             any_late = self._any_late or bool(counts["late"])
-            on_time = new.where(~F.col("_late"))
+            on_time = having(OBSERVATION)
             counts["windows_updated"] = (
-                self._update_features(spark, on_time, batch_id, any_late=any_late)
-                if counts["observations"] > counts["late"]
+                self._update_features(batch.sparkSession, on_time, batch_id, any_late=any_late)
+                if on_time.num_rows
                 else 0
             )
-            if self.publish and counts["quarantined"]:
+            if self.publish and bad.num_rows:
                 self._publish_dead_letters(bad)
+                self._phase("dlq")
 
-            ledger = spark.createDataFrame(
-                [(batch_id, *counts.values(), summary.max_event, watermark)],
-                "batch_id long, bronze_rows long, observations long, quarantined long, duplicates long, "
-                "late long, windows_updated long, max_event_time timestamp, watermark timestamp",
-            ).withColumn("processed_at", now)
-            _append(ledger, tables.batches, app_id, batch_id)
+            max_event = pc.max(observations["event_time"]).as_py()
+            ledger = pa.table(
+                {
+                    "batch_id": [batch_id],
+                    **{name: [value] for name, value in counts.items()},
+                    "max_event_time": pa.array([max_event], pa.timestamp("us", "UTC")),
+                    "watermark": pa.array([watermark], pa.timestamp("us", "UTC")),
+                    "processed_at": pa.array([now], pa.timestamp("us", "UTC")),
+                }
+            )
+            append_once(tables.batches, ledger, app_id=app_id, version=batch_id)
+            self._phase("ledger")
 
             # What the next batch would read from the ledger.
-            if summary.max_event is not None and (
-                self._max_event_time is None or summary.max_event > self._max_event_time
+            if max_event is not None and (
+                self._max_event_time is None or max_event > self._max_event_time
             ):
-                self._max_event_time = summary.max_event
+                self._max_event_time = max_event
             self._any_late = any_late
             self._known_through = batch_id + 1
             return counts
         finally:
-            for frame in cached:
-                frame.unpersist(blocking=False)
+            validated.unpersist(blocking=False)
+
+    def _classify(
+        self,
+        validated: DataFrame,
+        batch_id: int,
+        lo: datetime | None,
+        hi: datetime | None,
+        watermark: datetime | None,
+    ) -> pa.Table:
+        """Every bronze row of the batch with its `_outcome`, computed by Spark in one job.
+
+        Deduplication: the first bronze offset of a (station, event time) wins, in this batch
+        and against earlier batches (rows this batch wrote before a crash do not count as
+        earlier). A new observation older than the watermark is marked too late for features.
+        Raw key and value bytes are kept only for quarantined rows (the rest do not need them).
+        """
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        spark, key = validated.sparkSession, self.contract.key_field
+        good = F.col("reason").isNull()
+        ranked = validated.withColumn(
+            "_rank",
+            F.row_number().over(
+                Window.partitionBy(key, "event_time", good).orderBy("partition", "offset")
+            ),
+        )
+        earlier = (
+            spark.read.format("delta")
+            .load(self.tables.observations)
+            .where((F.col("silver_batch_id") != batch_id) & F.col("event_time").between(lo, hi))
+            .select(key, "event_time", F.lit(True).alias("_seen"))
+        )
+        is_late = F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
+        outcome = (
+            F.when(~good, QUARANTINED)
+            .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), DUPLICATE)
+            .when(is_late, LATE)
+            .otherwise(OBSERVATION)
+        )
+        extra = ["reason", "reason_detail"]
+        columns = [c for c in observation_columns(self.contract) if c not in extra]
+        return (
+            ranked.join(earlier, [key, "event_time"], "left")
+            .select(
+                *columns,
+                *extra,
+                F.when(~good, F.col("key")).alias("key"),
+                F.when(~good, F.col("value")).alias("value"),
+                outcome.alias("_outcome"),
+            )
+            .toArrow()
+        )
 
     def _update_features(
-        self, spark: SparkSession, on_time: DataFrame, batch_id: int, *, any_late: bool
+        self, spark: SparkSession, on_time: pa.Table, batch_id: int, *, any_late: bool
     ) -> int:
         """Recompute the windows on-time rows touch, from every on-time observation in them."""
-        from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
         contract, tables, key = self.contract, self.tables, self.contract.key_field
-        touched = assign_windows(on_time.select(key, "event_time"), contract.window).select(
-            key, "window_start"
-        )
-        span = touched.agg(
-            F.min("window_start").alias("lo"), F.max("window_start").alias("hi")
-        ).first()
-        assert span is not None  # an aggregate always has one row
-        hi = span.hi + timedelta(seconds=interval_seconds(contract.window.size))
+        times = on_time["event_time"]
+        # Every window holding a reading at t starts after t - size: bounds for file skipping.
+        lo = pc.min(times).as_py() - self._size
+        hi = pc.max(times).as_py() + self._size
+        readings_at = spark.createDataFrame(on_time.select([key, "event_time"]))
+        touched = assign_windows(readings_at, contract.window).select(key, "window_start")
         readings = (
             spark.read.format("delta")
             .load(tables.observations)
-            .where((F.col("event_time") >= span.lo) & (F.col("event_time") < hi))
-            .join(on_time.select(key).distinct(), key, "left_semi")
+            .where((F.col("event_time") > lo) & (F.col("event_time") < hi))
+            .join(readings_at.select(key).distinct(), key, "left_semi")
         )
         if any_late:  # rows marked too late never count in a window
             late = (
@@ -448,60 +467,52 @@ class BatchProcessor:
         windowed = assign_windows(readings, contract.window).join(
             touched.distinct(), [key, "window_start"], "left_semi"
         )
-        features = window_features(windowed, contract).select(
-            *feature_columns(contract),
-            F.lit(batch_id).cast("long").alias("silver_batch_id"),
-            F.current_timestamp().alias("processed_at"),
+        features = window_features(windowed, contract).toArrow()
+        self._phase("windows")
+        written = merge_once(
+            tables.features,
+            _stamped(features, feature_columns(contract), batch_id, datetime.now(UTC)),
+            keys=[key, "window_start"],
+            app_id=self.app_id,
+            version=batch_id,
+            lower_bound=("window_start", lo),
         )
-        if self.publish:
-            features = features.persist()  # written to Delta and to Kafka: compute once
-        try:
-            # MERGE takes its idempotency token from the session, not from writer options. The
-            # literal bound on window_start lets Delta skip files of windows no batch can touch.
-            spark.conf.set("spark.databricks.delta.write.txnAppId", self.app_id)
-            spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
-            try:
-                metrics = (
-                    DeltaTable.forPath(spark, tables.features)
-                    .alias("t")
-                    .merge(
-                        features.alias("s"),
-                        f"t.window_start >= timestamp'{span.lo.isoformat(sep=' ')}' "
-                        f"AND t.{key} = s.{key} AND t.window_start = s.window_start",
-                    )
-                    .whenMatchedUpdateAll()
-                    .whenNotMatchedInsertAll()
-                    .execute()
-                    .first()
-                )
-            finally:
-                spark.conf.unset("spark.databricks.delta.write.txnAppId")
-                spark.conf.unset("spark.databricks.delta.write.txnVersion")
-            if self.publish:
-                _publish(
-                    features.drop("silver_batch_id"), self.settings, tables.features_topic, key
-                )
-            # A replayed batch's MERGE is skipped by Delta and reports nothing.
-            return int(metrics["num_affected_rows"]) if metrics is not None else 0
-        finally:
-            if self.publish:
-                features.unpersist(blocking=False)
+        self._phase("merge")
+        if self.publish and written is not None:
+            self._send(tables.features_topic, json_messages(features, key))
+            self._phase("publish")
+        # A replayed batch's MERGE is skipped and reports nothing.
+        return written or 0
 
-    def _publish_dead_letters(self, bad: DataFrame) -> None:
-        from pyspark.sql import functions as F
-
-        letters = bad.select(
-            F.col("key"),
-            F.lit(self.contract.name).alias("source"),
-            "reason",
-            "reason_detail",
-            "topic",
-            "partition",
-            "offset",
-            "kafka_timestamp",
-            F.base64("value").alias("value_base64"),
+    def _publish_dead_letters(self, bad: pa.Table) -> None:
+        n = bad.num_rows
+        letters = (
+            bad.select(["key", "reason", "reason_detail", "topic", "partition", "offset"])
+            .add_column(1, "source", pa.array([self.contract.name] * n))
+            .append_column("kafka_timestamp", bad["kafka_timestamp"])
+            .append_column(
+                "value_base64",
+                pa.array(
+                    [
+                        None if v is None else base64.b64encode(v).decode()
+                        for v in bad["value"].to_pylist()
+                    ],
+                    pa.string(),
+                ),
+            )
         )
-        _publish(letters, self.settings, self.tables.dlq_topic, "key", key_in_value=False)
+        value_columns = [c for c in letters.column_names if c != "key"]
+        self._send(
+            self.tables.dlq_topic, json_messages(letters, "key", value_columns=value_columns)
+        )
+
+    def _send(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        """At least once: the batch fails (and is replayed) unless Kafka acknowledged all."""
+        from ingest.producer import build_producer, send_all
+
+        if self._producer is None:  # one producer for the query's life: metadata fetched once
+            self._producer = build_producer(self.settings, client_id="periscope-silver")
+        send_all(self._producer, topic, messages)
 
 
 def process_batch(
