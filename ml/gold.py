@@ -44,6 +44,7 @@ from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, 
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
 from periscope.lake import GOLD_SCORE_APP_ID
+from periscope.messages import json_messages
 from periscope.settings import Settings
 
 __all__ = [
@@ -147,18 +148,9 @@ def write_predictions(path: str, rows: pa.Table, through: int) -> int:
     return DeltaTable(path).version()
 
 
-def prediction_messages(rows: pa.Table) -> list[tuple[bytes, bytes]]:
-    """(station_id, JSON row) pairs for `<source>-predictions`; DuckDB writes the JSON."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.sql("set timezone = 'UTC'")
-        con.register("gold_rows", rows)
-        encoded = con.sql("select station_id, to_json(g)::varchar from gold_rows g").fetchall()
-    finally:
-        con.close()
-    return [(station.encode(), value.encode()) for station, value in encoded]
+def prediction_messages(rows: pa.Table) -> list[tuple[bytes | None, bytes]]:
+    """(station_id, JSON row) pairs for `<source>-predictions`."""
+    return json_messages(rows, "station_id")
 
 
 def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:

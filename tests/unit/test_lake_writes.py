@@ -1,0 +1,101 @@
+"""Idempotent delta-rs writes (periscope.lake) and JSON messages (periscope.messages)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from periscope.lake import append_once, committed_through, merge_once, read_delta
+from periscope.messages import json_messages
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _rows(stations: list[str], minutes: list[int], value: float) -> pa.Table:
+    return pa.table(
+        {
+            "station_id": pa.array(stations, pa.large_string()),  # as Spark hands strings over
+            "window_start": pa.array(
+                [T0 + timedelta(minutes=m) for m in minutes], pa.timestamp("us", "UTC")
+            ),
+            "value": pa.array([value] * len(stations)),
+        }
+    )
+
+
+def _table(tmp_path, rows: pa.Table) -> str:
+    path = str(tmp_path / "t")
+    write_deltalake(
+        path,
+        rows.cast(
+            pa.schema(
+                [
+                    pa.field(f.name, pa.string()) if f.name == "station_id" else f
+                    for f in rows.schema
+                ]
+            )
+        ),
+    )
+    return path
+
+
+def test_append_once_writes_a_version_once_and_records_it(tmp_path):
+    path = _table(tmp_path, _rows(["a"], [0], 1.0))
+    assert committed_through(path, "app") is None
+    assert append_once(path, _rows(["b", "c"], [1, 1], 2.0), app_id="app", version=3)
+    assert not append_once(path, _rows(["b", "c"], [1, 1], 2.0), app_id="app", version=3)
+    assert not append_once(path, _rows(["d"], [1], 2.0), app_id="app", version=2)  # older
+    assert committed_through(path, "app") == 3
+    assert read_delta(path).num_rows == 3
+    # Another writer's mark is its own.
+    assert append_once(path, _rows(["e"], [1], 2.0), app_id="other", version=3)
+    assert read_delta(path).num_rows == 4
+
+
+def test_an_empty_append_commits_nothing(tmp_path):
+    path = _table(tmp_path, _rows(["a"], [0], 1.0))
+    assert not append_once(path, _rows([], [], 1.0), app_id="app", version=1)
+    assert committed_through(path, "app") is None
+
+
+def test_merge_once_replaces_rows_by_key_inserts_new_ones_and_skips_a_replay(tmp_path):
+    path = _table(tmp_path, _rows(["a", "a", "b"], [0, 1, 0], 1.0))
+    changed = merge_once(
+        path,
+        _rows(["a", "c"], [1, 1], 5.0),
+        keys=["station_id", "window_start"],
+        app_id="app",
+        version=7,
+        lower_bound=("window_start", T0 + timedelta(minutes=1)),
+    )
+    assert changed == 2  # one updated, one inserted
+    rows = sorted(read_delta(path).to_pylist(), key=lambda r: (r["station_id"], r["window_start"]))
+    assert [(r["station_id"], r["window_start"].minute, r["value"]) for r in rows] == [
+        ("a", 0, 1.0),
+        ("a", 1, 5.0),
+        ("b", 0, 1.0),
+        ("c", 1, 5.0),
+    ]
+    again = merge_once(
+        path, _rows(["a"], [1], 9.0), keys=["station_id", "window_start"], app_id="app", version=7
+    )
+    assert again is None
+    assert {r["value"] for r in read_delta(path).to_pylist()} == {1.0, 5.0}
+
+
+def test_json_messages_key_rows_and_keep_binary_keys_as_they_are():
+    rows = pa.table(
+        {
+            "key": pa.array([b"\xff\x00", None], pa.binary()),
+            "reason": ["bad_json", "missing_field"],
+            "at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
+        }
+    )
+    messages = json_messages(rows, "key", value_columns=["reason", "at"])
+    assert [key for key, _ in messages] == [b"\xff\x00", None]
+    first = json.loads(messages[0][1])
+    assert first["reason"] == "bad_json" and "key" not in first
+    assert datetime.fromisoformat(first["at"]) == T0
