@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,22 +79,20 @@ def plan_round(batches: pd.DataFrame, max_rows: int) -> int | None:
     return int(batches["silver_batch_id"].iloc[last])
 
 
-def split_by_station(features: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
-    """At most `parts` non-empty frames, each holding whole stations, of similar row counts.
+def station_owner(station_id: str, parts: int) -> int:
+    """Which of `parts` actors scores a station: always the same one (a stable hash), so a
+    station's forecast caches are built once, on one actor.
 
-    Whole stations keep a station's forecast cache on one actor and its history in one piece.
+    >>> station_owner("denver", 2) == station_owner("denver", 2)
+    True
     """
-    if len(features) == 0:
-        return []
-    sizes = features.groupby(KEY, sort=True).size().sort_values(ascending=False, kind="stable")
-    loads = [0] * min(parts, len(sizes))
-    owner: dict[str, int] = {}
-    for station, rows in sizes.items():  # largest first onto the lightest part
-        part = loads.index(min(loads))
-        owner[str(station)] = part
-        loads[part] += int(rows)
-    assigned = features[KEY].astype(str).map(owner)
-    return [features[assigned == p] for p in range(len(loads))]
+    return zlib.crc32(station_id.encode()) % parts
+
+
+def split_by_station(features: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
+    """`parts` frames (some may be empty): frame i holds the stations actor i owns."""
+    owner = features[KEY].astype(str).map(lambda station: station_owner(station, parts))
+    return [features[owner == p] for p in range(parts)]
 
 
 # --- the gold table --------------------------------------------------------------------------
@@ -177,9 +176,15 @@ class ScoringActor:
         self.settings = settings
         self.models: dict[str, LoadedModels] = {}
 
-    def use(self, source: str, wanted: dict[str, int | None]) -> dict[str, str]:
+    def use(
+        self, source: str, wanted: dict[str, int | None], share: tuple[int, int] = (0, 1)
+    ) -> dict[str, str]:
         """Hold the `wanted` version of each kind; returns {kind: error} for loads that failed
-        (the version held before stays in use). None means no champion: score without it."""
+        (the version held before stays in use). None means no champion: score without it.
+
+        A newly loaded forecast model is warmed for the stations this actor owns (`share` =
+        its index and the pool's size), so its first rounds are as fast as the later ones.
+        """
         held = self.models.get(source) or LoadedModels(source, None, None, None, None)
         loaded: dict[str, tuple[Any, int | None]] = {
             "forecast": (held.forecast, held.forecast_version),
@@ -200,7 +205,18 @@ class ScoringActor:
             except Exception as exc:  # keep scoring with the model we have
                 errors[kind] = f"{exc.__class__.__name__}: {exc}"
         if changed:
-            self.models[source] = LoadedModels(source, *loaded["forecast"], *loaded["anomaly"])
+            models = LoadedModels(source, *loaded["forecast"], *loaded["anomaly"])
+            index, parts = share
+            started = time.perf_counter()
+            warmed = models.warm(lambda s: station_owner(s, parts) == index, datetime.now(UTC))
+            if warmed:
+                log.info(
+                    "%s: warmed %d forecast series in %.1f s",
+                    source,
+                    warmed,
+                    time.perf_counter() - started,
+                )
+            self.models[source] = models
         return errors
 
     def versions(self, source: str) -> dict[str, int | None]:
@@ -255,7 +271,12 @@ class ScorerPool:
             if (source, kind, version) not in self.failed_loads
         }
         self.wanted.setdefault(source, {}).update(wanted)
-        errors = self._get([a.use.remote(source, self.wanted[source]) for a in self.actors])
+        errors = self._get(
+            [
+                actor.use.remote(source, self.wanted[source], (i, len(self.actors)))
+                for i, actor in enumerate(self.actors)
+            ]
+        )
         for kind, error in {k: e for found in errors for k, e in found.items()}.items():
             version = self.wanted[source][kind]
             self.failed_loads.add((source, kind, version))
@@ -277,7 +298,9 @@ class ScorerPool:
 
         parts = split_by_station(features, len(self.actors))
         calls = []
-        for actor, part in zip(self.actors, parts, strict=False):
+        for actor, part in zip(self.actors, parts, strict=True):
+            if part.empty:
+                continue
             stations = part[KEY].astype(str).unique()
             history = hourly[hourly[KEY].astype(str).isin(stations)]
             calls.append(actor.score.remote(source, part, history, scored_at))
@@ -310,7 +333,7 @@ class ScorerPool:
                 log.warning("scoring actor %d died; starting a replacement", i)
                 self.actors[i] = self._new_actor()
                 for source, versions in self.wanted.items():
-                    ray.get(self.actors[i].use.remote(source, versions))
+                    ray.get(self.actors[i].use.remote(source, versions, (i, len(self.actors))))
 
     def kill(self, index: int) -> None:
         """Stop one actor abruptly (what a crashed worker looks like); for failure drills."""

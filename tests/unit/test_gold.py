@@ -15,6 +15,7 @@ from ml.gold import (
     prediction_messages,
     scored_through,
     split_by_station,
+    station_owner,
     write_predictions,
 )
 from ml.scoring import GOLD_COLUMNS, gold_schema
@@ -44,18 +45,18 @@ def test_plan_round_without_batches_is_none():
     assert plan_round(_batches(), 100) is None
 
 
-def test_split_by_station_keeps_stations_whole_and_balances_rows():
-    features = pd.DataFrame(
-        {"station_id": ["a"] * 6 + ["b"] * 3 + ["c"] * 3 + ["d"] * 1, "x": range(13)}
-    )
+def test_split_by_station_keeps_each_station_on_its_own_actor_round_after_round():
+    features = pd.DataFrame({"station_id": [f"s{i % 40}" for i in range(400)], "x": range(400)})
     parts = split_by_station(features, 2)
-    assert len(parts) == 2
-    assert sorted(len(p) for p in parts) == [6, 7]
+    assert len(parts) == 2 and all(len(p) > 0 for p in parts)
     stations = [set(p["station_id"]) for p in parts]
     assert stations[0].isdisjoint(stations[1])
-    assert pd.concat(parts).sort_values("x")["x"].tolist() == list(range(13))
-    assert len(split_by_station(features.head(6), 4)) == 1  # one station: one part
-    assert split_by_station(features.head(0), 2) == []
+    assert pd.concat(parts).sort_values("x")["x"].tolist() == list(range(400))
+    # A later round with other rows of the same stations sends each one to the same actor.
+    later = split_by_station(features.iloc[::7], 2)
+    assert all(set(p["station_id"]) <= stations[i] for i, p in enumerate(later))
+    assert [station_owner(s, 2) for s in sorted(stations[1])] == [1] * len(stations[1])
+    assert [len(p) for p in split_by_station(features.head(0), 3)] == [0, 0, 0]
 
 
 def _rows(stations: list[str], starts: list[datetime], version: int = 1) -> pa.Table:

@@ -306,3 +306,18 @@ def test_blocks_of_prophet_hours_are_reused_and_evicted(
         np.testing.assert_allclose(
             [e["yhat"] for e in ours], [e["yhat"] for e in theirs], rtol=1e-12
         )
+
+
+def test_warming_builds_the_owned_series_and_changes_no_forecast(
+    features, hourly, scored, bundle, anomaly
+) -> None:
+    stations = sorted({station for station, _ in bundle.models})
+    owned = set(stations[:1])
+    warm = LoadedModels("weather", bundle, 3, anomaly, 7)
+    warmed = warm.warm(lambda s: s in owned, SCORED_AT)
+    assert warmed == sum(1 for station, _ in bundle.models if station in owned) > 0
+    assert {station for station, _ in warm._series} == owned
+    assert all(scorer.blocks for scorer in warm._series.values())
+    assert LoadedModels("weather", None, None, anomaly, 7).warm(lambda s: True, SCORED_AT) == 0
+    # Warm or cold, the same rows.
+    assert_frame_equal(score_windows(features, hourly, warm, scored_at=SCORED_AT), scored)
