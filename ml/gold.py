@@ -44,7 +44,7 @@ from ml.registry import MODEL_KINDS, Registry, model_name
 from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
-from periscope.lake import GOLD_SCORE_APP_ID
+from periscope.lake import GOLD_SCORE_APP_ID, merge_rows
 from periscope.messages import json_messages
 from periscope.settings import Settings
 
@@ -116,33 +116,28 @@ def write_predictions(path: str, rows: pa.Table, through: int) -> int:
 
     Returns the gold table's new version. The literal lower bound on window_start lets
     delta-rs skip files no row of this round can match (live rounds touch recent windows).
+    No skip on an already recorded mark: `--rescore` rewrites windows below it on purpose.
     """
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-    from deltalake.exceptions import TableNotFoundError
 
     rows = rows.select(GOLD_COLUMNS).cast(gold_schema())
-    commit = CommitProperties(
-        app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
-        custom_metadata={"periscope.operation": "score", "periscope.silver_through": str(through)},
-    )
-    try:
-        table = DeltaTable(path)
-    except TableNotFoundError:
-        write_deltalake(path, rows, mode="append", commit_properties=commit)
-        return DeltaTable(path).version()
-    if rows.num_rows:
+    metadata = {"periscope.operation": "score", "periscope.silver_through": str(through)}
+    if DeltaTable.is_deltatable(path) and rows.num_rows:
         lowest = pa.compute.min(rows["window_start"]).as_py()
-        table.merge(
+        merge_rows(
+            path,
             rows,
-            predicate=(
-                f"t.window_start >= '{lowest.isoformat()}' "
-                "AND t.station_id = s.station_id AND t.window_start = s.window_start"
-            ),
-            source_alias="s",
-            target_alias="t",
-            commit_properties=commit,
-        ).when_matched_update_all().when_not_matched_insert_all().execute()
-    else:  # nothing to write, but the mark still moves past the batches read
+            keys=[KEY, "window_start"],
+            app_id=SCORE_APP_ID,
+            version=through,
+            lower_bound=("window_start", lowest),
+            metadata=metadata,
+        )
+    else:  # a new table, or nothing to write but the mark still moves past the batches read
+        commit = CommitProperties(
+            app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
+            custom_metadata=metadata,
+        )
         write_deltalake(path, rows, mode="append", commit_properties=commit)
     return DeltaTable(path).version()
 

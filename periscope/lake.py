@@ -29,6 +29,7 @@ __all__ = [
     "connect",
     "delta_row_count",
     "merge_once",
+    "merge_rows",
     "read_delta",
     "row_count_or_zero",
     "tables",
@@ -90,7 +91,7 @@ def append_once(
     return True
 
 
-def merge_once(
+def merge_rows(
     path: str,
     rows: pyarrow.Table,
     *,
@@ -99,19 +100,14 @@ def merge_once(
     version: int,
     lower_bound: tuple[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
-) -> int | None:
-    """Upsert rows on `keys` unless `app_id` already committed `version` (or later).
+) -> int:
+    """Upsert rows on `keys` and record (app_id, version) in the same commit.
 
     `lower_bound` (column, value) adds `target.column >= value` to the match condition so
     delta-rs skips files that cannot hold a matching row. Returns the rows inserted or
-    updated, or None when the version was already committed.
+    updated.
     """
     table = DeltaTable(path)
-    done = table.transaction_version(app_id)
-    if done is not None and done >= version:
-        return None
-    if rows.num_rows == 0:
-        return 0
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     if lower_bound is not None:
         column, value = lower_bound
@@ -131,6 +127,36 @@ def merge_once(
     )
     return int(metrics.get("num_target_rows_inserted", 0)) + int(
         metrics.get("num_target_rows_updated", 0)
+    )
+
+
+def merge_once(
+    path: str,
+    rows: pyarrow.Table,
+    *,
+    keys: list[str],
+    app_id: str,
+    version: int,
+    lower_bound: tuple[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int | None:
+    """`merge_rows`, unless `app_id` already committed `version` (or later) to the table.
+
+    Returns the rows inserted or updated, or None when the version was already committed.
+    """
+    done = committed_through(path, app_id)
+    if done is not None and done >= version:
+        return None
+    if rows.num_rows == 0:
+        return 0
+    return merge_rows(
+        path,
+        rows,
+        keys=keys,
+        app_id=app_id,
+        version=version,
+        lower_bound=lower_bound,
+        metadata=metadata,
     )
 
 

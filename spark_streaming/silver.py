@@ -355,7 +355,9 @@ class BatchProcessor:
             any_late = self._any_late or bool(counts["late"])
             on_time = having(OBSERVATION)
             counts["windows_updated"] = (
-                self._update_features(batch.sparkSession, on_time, batch_id, any_late=any_late)
+                self._update_features(
+                    batch.sparkSession, on_time, batch_id, now=now, any_late=any_late
+                )
                 if on_time.num_rows
                 else 0
             )
@@ -441,7 +443,13 @@ class BatchProcessor:
         )
 
     def _update_features(
-        self, spark: SparkSession, on_time: pa.Table, batch_id: int, *, any_late: bool
+        self,
+        spark: SparkSession,
+        on_time: pa.Table,
+        batch_id: int,
+        *,
+        now: datetime,
+        any_late: bool,
     ) -> int:
         """Recompute the windows on-time rows touch, from every on-time observation in them."""
         from pyspark.sql import functions as F
@@ -471,7 +479,7 @@ class BatchProcessor:
         self._phase("windows")
         written = merge_once(
             tables.features,
-            _stamped(features, feature_columns(contract), batch_id, datetime.now(UTC)),
+            _stamped(features, feature_columns(contract), batch_id, now),
             keys=[key, "window_start"],
             app_id=self.app_id,
             version=batch_id,
