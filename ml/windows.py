@@ -1,6 +1,6 @@
 """Silver's sliding-window features computed with DuckDB over a pandas frame, without Spark.
 
-The same windows as `spark_streaming.features.window_features`: epoch-aligned windows of the
+The same windows as silver's (spark_streaming.window_state): epoch-aligned windows of the
 contract's size every slide, one row per (station, window) holding at least one reading.
 Anomaly evaluation uses this to build features for observations it has altered itself.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow
+import pyarrow.compute
 from deltalake import DeltaTable
 
 from periscope.errors import PeriscopeError
@@ -176,13 +177,19 @@ def row_count_or_zero(path: str) -> int:
         return 0
 
 
-def read_delta(path: str, columns: list[str] | None = None) -> pyarrow.Table:
-    """The current version of a Delta table as an Arrow table.
+def read_delta(
+    path: str, columns: list[str] | None = None, where: pyarrow.compute.Expression | None = None
+) -> pyarrow.Table:
+    """The current version of a Delta table as an Arrow table (the rows matching `where`).
 
     Scans single-threaded: Arrow's scanner threads can outlive the interpreter and abort
     the process at exit (delta-io/delta-rs#2184), which would fail a CLI or a test run.
     """
-    return DeltaTable(path).to_pyarrow_dataset().to_table(columns=columns, use_threads=False)
+    return (
+        DeltaTable(path)
+        .to_pyarrow_dataset()
+        .to_table(columns=columns, filter=where, use_threads=False)
+    )
 
 
 class LakeTable(NamedTuple):

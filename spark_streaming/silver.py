@@ -7,14 +7,16 @@ One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch
    later copies go to `silver/<source>_duplicates`; the rest land in `silver/<source>_observations`;
 3. marks observations older than the watermark (max event time of earlier batches minus
    the contract's watermark) as too late for features, in `silver/<source>_late`;
-4. recomputes every window the on-time observations touch from the observations table
-   and upserts it into `silver/<source>_features` on (station_id, window_start), and
-   publishes it to `<source>-features`;
+4. merges the on-time observations into the statistics of the open windows
+   (spark_streaming.window_state: count, mean, M2, min, max, first/last, slope co-moments)
+   and upserts every window they touch into `silver/<source>_features` on
+   (station_id, window_start), and publishes it to `<source>-features`;
 5. appends a ledger row to `silver/<source>_batches` (the audit's and the watermark's source).
 
-Spark computes every step; the driver commits the (small) results with delta-rs, each commit
-carrying the Delta app transaction (query id, batch id), so every write is idempotent per
-micro-batch. Every decision depends only on the batch and on earlier batches, so a batch
+Spark parses, validates and deduplicates; the driver keeps the open windows' statistics
+(rebuilt from the observations table after a restart) and commits the (small) results with
+delta-rs, each commit carrying the Delta app transaction (query id, batch id), so every write
+is idempotent per micro-batch. Every decision depends only on the batch and on earlier batches, so a batch
 replayed after a crash writes exactly what it would have written. Kafka publishing (DLQ,
 features) is at least once.
 The same function runs over a whole bronze table as a batch (`backfill`).
@@ -37,13 +39,9 @@ from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.lake import append_once, merge_once, read_delta
 from periscope.messages import json_messages
-from spark_streaming.features import (
-    assign_windows,
-    feature_columns,
-    interval_seconds,
-    window_features,
-)
+from spark_streaming.features import feature_columns, interval_seconds
 from spark_streaming.validation import observation_columns, validate
+from spark_streaming.window_state import WindowState
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -207,6 +205,13 @@ def ensure_silver_tables(
 QUARANTINED, DUPLICATE, LATE, OBSERVATION = "quarantined", "duplicate", "late", "observation"
 
 
+def _micros(t: datetime) -> int:
+    """Microseconds since the epoch (Delta's timestamp resolution); naive times are UTC."""
+    return (t.replace(tzinfo=t.tzinfo or UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+
+
 def _stamped(rows: pa.Table, columns: list[str], batch_id: int, now: datetime) -> pa.Table:
     """The named columns plus the batch stamp every silver row carries."""
     n = rows.num_rows
@@ -220,16 +225,18 @@ def _stamped(rows: pa.Table, columns: list[str], batch_id: int, now: datetime) -
 class BatchProcessor:
     """The `foreachBatch` function of one source's silver query.
 
-    Spark does the work (parse, validate, deduplicate, window); the driver commits what
-    Spark computed with delta-rs: a micro-batch's outputs are small, and a delta-rs commit
-    takes tens of milliseconds where a Spark Delta write or MERGE takes one to three
-    seconds on a laptop. Every commit carries the Delta app transaction (app id, batch id),
-    so a batch replayed after a crash skips what it already wrote.
+    Spark parses, validates and deduplicates; the driver merges the batch's on-time readings
+    into the open windows' statistics and commits with delta-rs: a micro-batch's outputs
+    are small, and a delta-rs commit takes tens of milliseconds where a Spark Delta write or
+    MERGE takes one to three seconds on a laptop. Every commit carries the Delta app
+    transaction (app id, batch id), so a batch replayed after a crash skips what it already
+    wrote.
 
-    It remembers two facts between batches so it need not re-read them every time: the
-    latest event time seen (for the watermark) and whether any row was ever too late.
-    Both are first read from the batch ledger, counting only batches before the current
-    one, so a batch replayed after a restart sees exactly what it saw the first time.
+    It remembers three things between batches so it need not re-read them every time: the
+    latest event time seen (for the watermark), whether any row was ever too late, and the
+    open windows' statistics. The first two are read from the batch ledger, the windows
+    rebuilt from the observations table, counting only batches before the current one, so a
+    batch replayed after a restart sees exactly what it saw the first time.
     """
 
     def __init__(
@@ -251,6 +258,7 @@ class BatchProcessor:
         self._max_event_time: datetime | None = None
         self._any_late = False
         self._known_through: int | None = None  # the facts above cover batches < this id
+        self._windows: WindowState | None = None
         self._producer: Any = None
         self.phase_seconds: dict[str, float] = {}  # where the last batch spent its time
         self._phase_started = 0.0
@@ -267,7 +275,11 @@ class BatchProcessor:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started = time.perf_counter()
-        counts = self.process(batch, batch_id)
+        try:
+            counts = self.process(batch, batch_id)
+        except BaseException:
+            self._windows = None  # may hold this batch's readings: rebuild from the tables
+            raise
         if counts.get("bronze_rows"):
             log.info(
                 "silver %s batch %d: %s in %.1f s (%s)",
@@ -352,15 +364,8 @@ class BatchProcessor:
                 )
             self._phase("append")
 
-            any_late = self._any_late or bool(counts["late"])
             on_time = having(OBSERVATION)
-            counts["windows_updated"] = (
-                self._update_features(
-                    batch.sparkSession, on_time, batch_id, now=now, any_late=any_late
-                )
-                if on_time.num_rows
-                else 0
-            )
+            counts["windows_updated"] = self._update_features(on_time, batch_id, watermark, now=now)
             if self.publish and bad.num_rows:
                 self._publish_dead_letters(bad)
                 self._phase("dlq")
@@ -383,8 +388,10 @@ class BatchProcessor:
                 self._max_event_time is None or max_event > self._max_event_time
             ):
                 self._max_event_time = max_event
-            self._any_late = any_late
+            self._any_late = self._any_late or bool(counts["late"])
             self._known_through = batch_id + 1
+            if self._windows is not None and self._max_event_time is not None:
+                self._windows.forget_closed(_micros(self._max_event_time - self._delay))
             return counts
         finally:
             validated.unpersist(blocking=False)
@@ -418,7 +425,10 @@ class BatchProcessor:
         earlier = (
             spark.read.format("delta")
             .load(self.tables.observations)
-            .where((F.col("silver_batch_id") != batch_id) & F.col("event_time").between(lo, hi))
+            .where(
+                (F.col("silver_batch_id") != batch_id)
+                & F.col("event_time").between(F.lit(lo), F.lit(hi))
+            )
             .select(key, "event_time", F.lit(True).alias("_seen"))
         )
         is_late = F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
@@ -443,40 +453,19 @@ class BatchProcessor:
         )
 
     def _update_features(
-        self,
-        spark: SparkSession,
-        on_time: pa.Table,
-        batch_id: int,
-        *,
-        now: datetime,
-        any_late: bool,
+        self, on_time: pa.Table, batch_id: int, watermark: datetime | None, *, now: datetime
     ) -> int:
-        """Recompute the windows on-time rows touch, from every on-time observation in them."""
-        from pyspark.sql import functions as F
-
+        """Merge on-time rows into their windows; upsert and publish every window they touch."""
         contract, tables, key = self.contract, self.tables, self.contract.key_field
-        times = on_time["event_time"]
-        # Every window holding a reading at t starts after t - size: bounds for file skipping.
-        lo = pc.min(times).as_py() - self._size
-        hi = pc.max(times).as_py() + self._size
-        readings_at = spark.createDataFrame(on_time.select([key, "event_time"]))
-        touched = assign_windows(readings_at, contract.window).select(key, "window_start")
-        readings = (
-            spark.read.format("delta")
-            .load(tables.observations)
-            .where((F.col("event_time") > lo) & (F.col("event_time") < hi))
-            .join(readings_at.select(key).distinct(), key, "left_semi")
-        )
-        if any_late:  # rows marked too late never count in a window
-            late = (
-                spark.read.format("delta").load(tables.late).select("topic", "partition", "offset")
-            )
-            readings = readings.join(late, ["topic", "partition", "offset"], "left_anti")
-        windowed = assign_windows(readings, contract.window).join(
-            touched.distinct(), [key, "window_start"], "left_semi"
-        )
-        features = window_features(windowed, contract).toArrow()
+        if not on_time.num_rows:
+            if self._windows is not None and self._windows.through == batch_id:
+                self._windows.through += 1  # nothing to add: still complete through this batch
+            return 0
+        windows = self._open_windows(batch_id, watermark)
+        features = windows.add(on_time.select([key, "event_time", *contract.measure_names]))
         self._phase("windows")
+        # Every window holding a reading at t starts after t - size: bounds for file skipping.
+        lo = pc.min(on_time["event_time"]).as_py() - self._size
         written = merge_once(
             tables.features,
             _stamped(features, feature_columns(contract), batch_id, now),
@@ -491,6 +480,48 @@ class BatchProcessor:
             self._phase("publish")
         # A replayed batch's MERGE is skipped and reports nothing.
         return written or 0
+
+    def _open_windows(self, batch_id: int, watermark: datetime | None) -> WindowState:
+        """The statistics of the windows still open before `batch_id`, kept or rebuilt.
+
+        Rebuilt (first batch, after a restart or a failed batch) from the on-time
+        observations of earlier batches that lie in a window ending after the watermark.
+        """
+        if self._windows is not None and self._windows.through == batch_id:
+            return self._windows
+        contract, tables, key = self.contract, self.tables, self.contract.key_field
+        where = pc.field("silver_batch_id") < batch_id
+        if watermark is not None:
+            where &= pc.field("event_time") > pa.scalar(
+                watermark - self._size, pa.timestamp("us", "UTC")
+            )
+        coords = ["topic", "partition", "offset"]
+        readings = read_delta(
+            tables.observations,
+            [key, "event_time", *contract.measure_names, "silver_batch_id", *coords],
+            where,
+        )
+        if self._any_late:  # rows marked too late never count in a window
+            late = read_delta(tables.late, coords, pc.field("silver_batch_id") < batch_id)
+            readings = readings.join(late, coords, join_type="left anti")
+        spec = contract.window
+        self._windows = WindowState.rebuild(
+            readings.drop_columns(coords),
+            key,
+            list(contract.measure_names),
+            interval_seconds(spec.size) * 1_000_000,
+            interval_seconds(spec.slide) * 1_000_000,
+            through=batch_id,
+        )
+        if watermark is not None:
+            self._windows.forget_closed(_micros(watermark))
+        log.info(
+            "silver %s: %d open windows rebuilt from %d observations",
+            contract.name,
+            self._windows.windows.num_rows,
+            readings.num_rows,
+        )
+        return self._windows
 
     def _publish_dead_letters(self, bad: pa.Table) -> None:
         n = bad.num_rows
