@@ -3,8 +3,8 @@
 Produces a steady stream (default 1,000 records/s across 1,000 stations, event time = now),
 runs bronze and silver continuously in one Spark application, and prints p50/p95/max
 latency and the sustained rate. A record's latency is the commit time of the silver batch
-that upserted its windows (the batch ledger's `processed_at`, written after the MERGE)
-minus its Kafka timestamp. Uses its own topics (a copy of the weather contract with 5-minute
+that upserted its windows (the features table's MERGE commit for that batch, from the Delta
+log) minus its Kafka timestamp. Uses its own topics (a copy of the weather contract with 5-minute
 windows sliding by 1 minute and a 10-minute watermark) and a temporary lake.
 Needs the local services: `periscope services up`.
 
@@ -23,6 +23,8 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+
+from deltalake import DeltaTable
 
 from ingest.producer import build_producer, encode_record
 from periscope import get_settings
@@ -150,18 +152,21 @@ def main() -> None:
         bronze.stop()
         silver.stop()
 
-        ledger = {
-            r["batch_id"]: r["processed_at"].timestamp()
-            for r in read_delta(tables.batches, ["batch_id", "processed_at"]).to_pylist()
+        ledger = read_delta(tables.batches, ["batch_id"])["batch_id"].to_pylist()
+        # When each batch's windows became visible: its features commit (MERGE) in the Delta log.
+        visible = {
+            int(commit["txnVersion"]): commit["timestamp"] / 1000
+            for commit in DeltaTable(tables.features).history()
+            if commit.get("operation") == "MERGE" and "txnVersion" in commit
         }
         observations = read_delta(
             tables.observations, ["kafka_timestamp", "silver_batch_id"]
         ).to_pylist()
         cutoff = started + args.warmup
         latencies = [
-            ledger[o["silver_batch_id"]] - o["kafka_timestamp"].timestamp()
+            visible[o["silver_batch_id"]] - o["kafka_timestamp"].timestamp()
             for o in observations
-            if o["kafka_timestamp"].timestamp() >= cutoff
+            if o["kafka_timestamp"].timestamp() >= cutoff and o["silver_batch_id"] in visible
         ]
         figures = {
             "rate_target_per_s": args.rate,

@@ -13,11 +13,14 @@ One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch
    (station_id, window_start), and publishes it to `<source>-features`;
 5. appends a ledger row to `silver/<source>_batches` (the audit's and the watermark's source).
 
-Spark parses, validates and deduplicates; the driver keeps the open windows' statistics
-(rebuilt from the observations table after a restart) and commits the (small) results with
-delta-rs, each commit carrying the Delta app transaction (query id, batch id), so every write
-is idempotent per micro-batch. Every decision depends only on the batch and on earlier batches, so a batch
-replayed after a crash writes exactly what it would have written. Kafka publishing (DLQ,
+Spark streams bronze and parses and validates each micro-batch in one job, collected to the
+driver as Arrow (a micro-batch is small; `maxFilesPerTrigger` bounds it). The driver
+deduplicates (DuckDB, against earlier observations read with delta-rs), keeps the open
+windows' statistics (rebuilt from the observations table after a restart) and commits the
+results with delta-rs, each commit carrying the Delta app transaction (query id, batch id),
+so every write is idempotent per micro-batch. Every decision depends only on the batch and
+on earlier batches, so a batch replayed after a crash writes exactly what it would have
+written. Kafka publishing (DLQ,
 features) is at least once.
 The same function runs over a whole bronze table as a batch (`backfill`).
 """
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -225,10 +229,10 @@ def _stamped(rows: pa.Table, columns: list[str], batch_id: int, now: datetime) -
 class BatchProcessor:
     """The `foreachBatch` function of one source's silver query.
 
-    Spark parses, validates and deduplicates; the driver merges the batch's on-time readings
-    into the open windows' statistics and commits with delta-rs: a micro-batch's outputs
-    are small, and a delta-rs commit takes tens of milliseconds where a Spark Delta write or
-    MERGE takes one to three seconds on a laptop. Every commit carries the Delta app
+    Spark parses and validates (one job per batch); the driver deduplicates, merges the
+    batch's on-time readings into the open windows' statistics and commits with delta-rs:
+    a delta-rs commit takes tens of milliseconds where a Spark Delta write or MERGE takes one
+    to three seconds on a laptop, and every further Spark job costs about a second here. Every commit carries the Delta app
     transaction (app id, batch id), so a batch replayed after a crash skips what it already
     wrote.
 
@@ -308,149 +312,154 @@ class BatchProcessor:
         coords = ["topic", "partition", "offset", "kafka_timestamp"]
         self.phase_seconds, self._phase_started = {}, time.perf_counter()
 
-        validated = validate(batch, contract).persist()
-        try:
-            # One pass for the batch's size and the event-time range of its good rows.
-            totals = validated.agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.min(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("lo"),
-                F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("hi"),
-            ).first()
-            assert totals is not None  # an aggregate always has one row
-            if totals.rows == 0:
-                return {"bronze_rows": 0}
-            self._load_ledger_facts(batch_id)
-            watermark = self._max_event_time - self._delay if self._max_event_time else None
-            self._phase("validate")
-
-            rows = self._classify(validated, batch_id, totals.lo, totals.hi, watermark)
-            self._phase("classify")
-            outcome = rows["_outcome"]
-
-            def having(*outcomes: str) -> pa.Table:
-                return rows.filter(pc.is_in(outcome, pa.array(outcomes)))
-
-            bad, duplicates = having(QUARANTINED), having(DUPLICATE)
-            observations, late = having(OBSERVATION, LATE), having(LATE)
-            counts = {
-                "bronze_rows": rows.num_rows,
-                "observations": observations.num_rows,
-                "quarantined": bad.num_rows,
-                "duplicates": duplicates.num_rows,
-                "late": late.num_rows,
-            }
-            now = datetime.now(UTC)
-            app_id = self.app_id
-            writes = [
-                (
-                    tables.quarantine,
-                    bad,
-                    [*coords, "key", "value", "reason", "reason_detail", key, "event_time"],
-                ),
-                (tables.duplicates, duplicates, [*coords, key, "event_time"]),
-                (tables.observations, observations, observation_columns(contract)),
-                (
-                    tables.late,
-                    late.append_column(
-                        "watermark",
-                        pa.array([watermark] * late.num_rows, pa.timestamp("us", "UTC")),
-                    ),
-                    [*coords, key, "event_time", "watermark"],
-                ),
-            ]
-            for path, part, columns in writes:
-                append_once(
-                    path, _stamped(part, columns, batch_id, now), app_id=app_id, version=batch_id
-                )
-            self._phase("append")
-
-            on_time = having(OBSERVATION)
-            counts["windows_updated"] = self._update_features(on_time, batch_id, watermark, now=now)
-            if self.publish and bad.num_rows:
-                self._publish_dead_letters(bad)
-                self._phase("dlq")
-
-            max_event = pc.max(observations["event_time"]).as_py()
-            ledger = pa.table(
-                {
-                    "batch_id": [batch_id],
-                    **{name: [value] for name, value in counts.items()},
-                    "max_event_time": pa.array([max_event], pa.timestamp("us", "UTC")),
-                    "watermark": pa.array([watermark], pa.timestamp("us", "UTC")),
-                    "processed_at": pa.array([now], pa.timestamp("us", "UTC")),
-                }
+        # The one Spark job: parse and validate every bronze row, collected as Arrow. Raw key
+        # and value bytes are kept only for quarantined rows (the rest do not need them).
+        extra = ["reason", "reason_detail"]
+        parsed = [c for c in observation_columns(contract) if c not in extra]
+        good = F.col("reason").isNull()
+        validated = (
+            validate(batch, contract)
+            .select(
+                *parsed,
+                *extra,
+                F.when(~good, F.col("key")).alias("key"),
+                F.when(~good, F.col("value")).alias("value"),
             )
-            append_once(tables.batches, ledger, app_id=app_id, version=batch_id)
-            self._phase("ledger")
+            .toArrow()
+        )
+        if validated.num_rows == 0:
+            return {"bronze_rows": 0}
+        self._load_ledger_facts(batch_id)
+        watermark = self._max_event_time - self._delay if self._max_event_time else None
+        self._phase("validate")
 
-            # What the next batch would read from the ledger.
-            if max_event is not None and (
-                self._max_event_time is None or max_event > self._max_event_time
-            ):
-                self._max_event_time = max_event
-            self._any_late = self._any_late or bool(counts["late"])
-            self._known_through = batch_id + 1
-            if self._windows is not None and self._max_event_time is not None:
-                self._windows.forget_closed(_micros(self._max_event_time - self._delay))
-            return counts
-        finally:
-            validated.unpersist(blocking=False)
+        outcome = self._classify(validated, batch_id, watermark)
+        rows = validated.append_column("_outcome", outcome)
+        self._phase("classify")
 
-    def _classify(
-        self,
-        validated: DataFrame,
-        batch_id: int,
-        lo: datetime | None,
-        hi: datetime | None,
-        watermark: datetime | None,
-    ) -> pa.Table:
-        """Every bronze row of the batch with its `_outcome`, computed by Spark in one job.
+        def having(*outcomes: str) -> pa.Table:
+            return rows.filter(pc.is_in(outcome, pa.array(outcomes)))
+
+        bad, duplicates = having(QUARANTINED), having(DUPLICATE)
+        observations, late = having(OBSERVATION, LATE), having(LATE)
+        counts = {
+            "bronze_rows": rows.num_rows,
+            "observations": observations.num_rows,
+            "quarantined": bad.num_rows,
+            "duplicates": duplicates.num_rows,
+            "late": late.num_rows,
+        }
+        now = datetime.now(UTC)
+        app_id = self.app_id
+        writes = [
+            (
+                tables.quarantine,
+                bad,
+                [*coords, "key", "value", "reason", "reason_detail", key, "event_time"],
+            ),
+            (tables.duplicates, duplicates, [*coords, key, "event_time"]),
+            (tables.observations, observations, observation_columns(contract)),
+            (
+                tables.late,
+                late.append_column(
+                    "watermark",
+                    pa.array([watermark] * late.num_rows, pa.timestamp("us", "UTC")),
+                ),
+                [*coords, key, "event_time", "watermark"],
+            ),
+        ]
+        for path, part, columns in writes:
+            append_once(
+                path, _stamped(part, columns, batch_id, now), app_id=app_id, version=batch_id
+            )
+        self._phase("append")
+
+        on_time = having(OBSERVATION)
+        counts["windows_updated"] = self._update_features(on_time, batch_id, watermark, now=now)
+        if self.publish and bad.num_rows:
+            self._publish_dead_letters(bad)
+            self._phase("dlq")
+
+        max_event = pc.max(observations["event_time"]).as_py()
+        ledger = pa.table(
+            {
+                "batch_id": [batch_id],
+                **{name: [value] for name, value in counts.items()},
+                "max_event_time": pa.array([max_event], pa.timestamp("us", "UTC")),
+                "watermark": pa.array([watermark], pa.timestamp("us", "UTC")),
+                "processed_at": pa.array([now], pa.timestamp("us", "UTC")),
+            }
+        )
+        append_once(tables.batches, ledger, app_id=app_id, version=batch_id)
+        self._phase("ledger")
+
+        # What the next batch would read from the ledger.
+        if max_event is not None and (
+            self._max_event_time is None or max_event > self._max_event_time
+        ):
+            self._max_event_time = max_event
+        self._any_late = self._any_late or bool(counts["late"])
+        self._known_through = batch_id + 1
+        if self._windows is not None and self._max_event_time is not None:
+            self._windows.forget_closed(_micros(self._max_event_time - self._delay))
+        return counts
+
+    def _classify(self, validated: pa.Table, batch_id: int, watermark: datetime | None) -> pa.Array:
+        """The `_outcome` of every validated bronze row, in order.
 
         Deduplication: the first bronze offset of a (station, event time) wins, in this batch
         and against earlier batches (rows this batch wrote before a crash do not count as
         earlier). A new observation older than the watermark is marked too late for features.
-        Raw key and value bytes are kept only for quarantined rows (the rest do not need them).
         """
-        from pyspark.sql import Window
-        from pyspark.sql import functions as F
-
-        spark, key = validated.sparkSession, self.contract.key_field
-        good = F.col("reason").isNull()
-        ranked = validated.withColumn(
-            "_rank",
-            F.row_number().over(
-                Window.partitionBy(key, "event_time", good).orderBy("partition", "offset")
-            ),
-        )
-        earlier = (
-            spark.read.format("delta")
-            .load(self.tables.observations)
-            .where(
-                (F.col("silver_batch_id") != batch_id)
-                & F.col("event_time").between(F.lit(lo), F.lit(hi))
+        key = self.contract.key_field
+        good = pc.is_null(validated["reason"])
+        times = pc.filter(validated["event_time"], good)
+        if len(times):
+            span = (
+                pa.scalar(pc.min(times).as_py(), pa.timestamp("us", "UTC")),
+                pa.scalar(pc.max(times).as_py(), pa.timestamp("us", "UTC")),
             )
-            .select(key, "event_time", F.lit(True).alias("_seen"))
-        )
-        is_late = F.col("event_time") < F.lit(watermark) if watermark is not None else F.lit(False)
-        outcome = (
-            F.when(~good, QUARANTINED)
-            .when((F.col("_rank") > 1) | F.col("_seen").isNotNull(), DUPLICATE)
-            .when(is_late, LATE)
-            .otherwise(OBSERVATION)
-        )
-        extra = ["reason", "reason_detail"]
-        columns = [c for c in observation_columns(self.contract) if c not in extra]
-        return (
-            ranked.join(earlier, [key, "event_time"], "left")
-            .select(
-                *columns,
-                *extra,
-                F.when(~good, F.col("key")).alias("key"),
-                F.when(~good, F.col("value")).alias("value"),
-                outcome.alias("_outcome"),
+            earlier = read_delta(
+                self.tables.observations,
+                [key, "event_time"],
+                (pc.field("silver_batch_id") != batch_id)
+                & (pc.field("event_time") >= span[0])
+                & (pc.field("event_time") <= span[1]),
             )
-            .toArrow()
-        )
+        else:
+            earlier = pa.table(
+                {key: pa.array([], pa.string()), "event_time": pa.array([], times.type)}
+            )
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            rows = validated.select([key, "event_time", "reason", "partition", "offset"])
+            con.register("batch", rows.append_column("_row", pa.array(range(rows.num_rows))))
+            con.register("earlier", earlier)
+            late = "event_time < $watermark" if watermark is not None else "false"
+            result = con.execute(
+                f"""
+                with ranked as (
+                    select *, row_number() over (
+                        partition by "{key}", event_time, reason is null
+                        order by "partition", "offset"
+                    ) as _rank
+                    from batch
+                ),
+                seen as (select distinct "{key}", event_time, true as _seen from earlier)
+                select case
+                    when reason is not null then '{QUARANTINED}'
+                    when _rank > 1 or _seen then '{DUPLICATE}'
+                    when {late} then '{LATE}'
+                    else '{OBSERVATION}'
+                end as outcome
+                from ranked left join seen using ("{key}", event_time)
+                order by _row
+                """,
+                {"watermark": watermark} if watermark is not None else {},
+            ).to_arrow_table()
+        finally:
+            con.close()
+        return result["outcome"].combine_chunks()
 
     def _update_features(
         self, on_time: pa.Table, batch_id: int, watermark: datetime | None, *, now: datetime
