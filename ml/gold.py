@@ -45,7 +45,7 @@ from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, 
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
 from periscope.lake import GOLD_SCORE_APP_ID, merge_rows
-from periscope.messages import json_messages
+from periscope.messages import Publisher, json_messages
 from periscope.settings import Settings
 
 __all__ = [
@@ -148,13 +148,11 @@ def prediction_messages(rows: pa.Table) -> list[tuple[bytes | None, bytes]]:
 
 
 def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
-    from ingest.producer import build_producer, send_all
-
-    producer = build_producer(settings, client_id="periscope-score")
+    publisher = Publisher(settings, client_id="periscope-score")
     try:
-        return send_all(producer, contract.topic("predictions"), prediction_messages(rows)).sent
+        return publisher.publish(contract.topic("predictions"), prediction_messages(rows))
     finally:
-        producer.close()
+        publisher.close()
 
 
 # --- the actors ------------------------------------------------------------------------------

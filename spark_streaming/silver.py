@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.lake import append_once, merge_once, read_delta
-from periscope.messages import json_messages
+from periscope.messages import Publisher, json_messages
 from spark_streaming.features import feature_columns, interval_seconds
 from spark_streaming.validation import observation_columns, validate
 from spark_streaming.window_state import WindowState
@@ -263,7 +263,7 @@ class BatchProcessor:
         self._any_late = False
         self._known_through: int | None = None  # the facts above cover batches < this id
         self._windows: WindowState | None = None
-        self._producer: Any = None
+        self._publisher: Publisher | None = None
         self.phase_seconds: dict[str, float] = {}  # where the last batch spent its time
         self._phase_started = 0.0
 
@@ -556,11 +556,9 @@ class BatchProcessor:
 
     def _send(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
         """At least once: the batch fails (and is replayed) unless Kafka acknowledged all."""
-        from ingest.producer import build_producer, send_all
-
-        if self._producer is None:  # one producer for the query's life: metadata fetched once
-            self._producer = build_producer(self.settings, client_id="periscope-silver")
-        send_all(self._producer, topic, messages)
+        if self._publisher is None:  # one producer for the query's life: metadata fetched once
+            self._publisher = Publisher(self.settings, client_id="periscope-silver")
+        self._publisher.publish(topic, messages)
 
 
 def process_batch(

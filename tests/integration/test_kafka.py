@@ -12,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
 from periscope.contracts import CONTRACTS
+from periscope.messages import Publisher, PublishError
 from periscope.topics import TopicSpec, create_topics, describe_topics, list_topics
 
 pytestmark = pytest.mark.integration
@@ -109,3 +110,30 @@ def test_services_cli_is_idempotent_and_reports_status(services):
     assert str(services.postgres_port) in status.stdout
     logs = _cli("services", "logs", "kafka", "-n", "5")
     assert logs.returncode == 0 and "kafka.log" in logs.stdout
+
+
+def test_publisher_delivers_every_message_partitioned_like_the_java_client(services):
+    from kafka.partitioner.default import murmur2
+
+    topic = _unique_topic(services, partitions=3)
+    sent = [(f"station-{i}".encode(), f'{{"reading": {i}}}'.encode()) for i in range(500)]
+    publisher = Publisher(services, client_id="test")
+    assert publisher.publish(topic, sent) == 500
+    publisher.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=services.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    got = [(m.key, m.value, m.partition) for m in consumer]
+    consumer.close()
+    assert sorted((k, v) for k, v, _ in got) == sorted(sent)
+    assert all(p == (murmur2(k) & 0x7FFFFFFF) % 3 for k, _, p in got)
+
+
+def test_publisher_raises_when_kafka_does_not_acknowledge(services):
+    publisher = Publisher(services, client_id="test", timeout_s=2)
+    with pytest.raises(PublishError, match="0 of 3 messages acknowledged"):
+        publisher.publish(f"missing-{uuid.uuid4().hex[:8]}", [(b"k", b"v")] * 3)
