@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import threading
@@ -256,7 +257,14 @@ def main() -> None:
         help="seconds of input scored before the measured stream (model load and warm-up)",
     )
     parser.add_argument("--trigger", default="0 seconds", help="micro-batch interval")
+    parser.add_argument(
+        "--verbose", action="store_true", help="log silver batches and gold rounds with phases"
+    )
     args = parser.parse_args()
+    if args.verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+        for name in ("ml.gold", "spark_streaming.silver"):
+            logging.getLogger(name).setLevel(logging.INFO)
     latency(args) if args.latency else throughput(args)
 
 

@@ -348,6 +348,10 @@ class RoundReport:
     published: int
     seconds: float
     scoring_seconds: float
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where the round's time went
+
+    def phases(self) -> str:
+        return ", ".join(f"{name} {s:.1f}" for name, s in self.phase_seconds.items())
 
 
 def history_for(
@@ -403,18 +407,31 @@ def score_round(
 ) -> RoundReport | None:
     """Score the next round of unscored windows of one source; None when there are none."""
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+    mark = started
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name], mark = now - mark, now
+
     through = plan_round(feature_batches(settings, contract, after), settings.score_round_rows)
     if through is None:
         return None
+    phase("plan")
     features = feature_windows_of_batches(settings, contract, after, through)
+    phase("features")
     hourly = history_for(settings, contract, features)
+    phase("history")
     versions = pool.sync_models(contract.name, registry)
-    scoring_started = time.perf_counter()
+    phase("models")
     rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
-    scoring_seconds = time.perf_counter() - scoring_started
+    phase("score")
     # Published before the commit: a crash in between republishes (at least once), never skips.
     published = publish_predictions(settings, contract, rows) if publish and rows.num_rows else 0
+    phase("publish")
     gold_version = write_predictions(predictions_path(settings, contract), rows, through)
+    phase("write")
     return RoundReport(
         source=contract.name,
         windows=rows.num_rows,
@@ -425,7 +442,8 @@ def score_round(
         gold_version=gold_version,
         published=published,
         seconds=time.perf_counter() - started,
-        scoring_seconds=scoring_seconds,
+        scoring_seconds=phases["score"],
+        phase_seconds=phases,
     )
 
 
@@ -498,6 +516,15 @@ def run_scoring(
                     continue
                 idle = False
                 after[contract.name] = report.silver_through
+                log.info(
+                    "gold %s: %d windows (silver batches %d..%d) in %.1f s (%s)",
+                    contract.name,
+                    report.windows,
+                    report.silver_after + 1,
+                    report.silver_through,
+                    report.seconds,
+                    report.phases(),
+                )
                 reports.append(report)
                 if on_round is not None:
                     on_round(report)
