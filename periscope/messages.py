@@ -98,7 +98,9 @@ class Publisher:
         return len(messages)
 
     def close(self) -> None:
-        self._producer.flush(self._timeout_s + 5)
+        """Release the producer (`publish` already waited for every acknowledgement)."""
+        self._producer.flush(5)
+        del self._producer  # librdkafka stops its threads when the handle is freed
 
 
 class PublishError(PeriscopeError):

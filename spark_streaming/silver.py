@@ -554,6 +554,12 @@ class BatchProcessor:
             self.tables.dlq_topic, json_messages(letters, "key", value_columns=value_columns)
         )
 
+    def close(self) -> None:
+        """Release the Kafka producer (a later batch would open a new one)."""
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
     def _send(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
         """At least once: the batch fails (and is replayed) unless Kafka acknowledged all."""
         if self._publisher is None:  # one producer for the query's life: metadata fetched once
@@ -575,7 +581,10 @@ def process_batch(
     processor = BatchProcessor(
         settings=settings, contract=contract, tables=tables, app_id=app_id, publish=publish
     )
-    return processor.process(batch, batch_id)
+    try:
+        return processor.process(batch, batch_id)
+    finally:
+        processor.close()
 
 
 # --- the streaming query ---------------------------------------------------------------------
