@@ -20,8 +20,7 @@ windows' statistics (rebuilt from the observations table after a restart) and co
 results with delta-rs, each commit carrying the Delta app transaction (query id, batch id),
 so every write is idempotent per micro-batch. Every decision depends only on the batch and
 on earlier batches, so a batch replayed after a crash writes exactly what it would have
-written. Kafka publishing (DLQ,
-features) is at least once.
+written. Kafka publishing (DLQ, features) is at least once.
 The same function runs over a whole bronze table as a batch (`backfill`).
 """
 
@@ -209,11 +208,12 @@ def ensure_silver_tables(
 QUARANTINED, DUPLICATE, LATE, OBSERVATION = "quarantined", "duplicate", "late", "observation"
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _micros(t: datetime) -> int:
     """Microseconds since the epoch (Delta's timestamp resolution); naive times are UTC."""
-    return (t.replace(tzinfo=t.tzinfo or UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
-        microseconds=1
-    )
+    return (t.replace(tzinfo=t.tzinfo or UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // _MICROSECOND
 
 
 def _stamped(rows: pa.Table, columns: list[str], batch_id: int, now: datetime) -> pa.Table:
@@ -232,9 +232,9 @@ class BatchProcessor:
     Spark parses and validates (one job per batch); the driver deduplicates, merges the
     batch's on-time readings into the open windows' statistics and commits with delta-rs:
     a delta-rs commit takes tens of milliseconds where a Spark Delta write or MERGE takes one
-    to three seconds on a laptop, and every further Spark job costs about a second here. Every commit carries the Delta app
-    transaction (app id, batch id), so a batch replayed after a crash skips what it already
-    wrote.
+    to three seconds on a laptop, and every further Spark job costs about a second here.
+    Every commit carries the Delta app transaction (app id, batch id), so a batch replayed
+    after a crash skips what it already wrote.
 
     It remembers three things between batches so it need not re-read them every time: the
     latest event time seen (for the watermark), whether any row was ever too late, and the
@@ -513,13 +513,12 @@ class BatchProcessor:
         if self._any_late:  # rows marked too late never count in a window
             late = read_delta(tables.late, coords, pc.field("silver_batch_id") < batch_id)
             readings = readings.join(late, coords, join_type="left anti")
-        spec = contract.window
         self._windows = WindowState.rebuild(
             readings.drop_columns(coords),
             key,
             list(contract.measure_names),
-            interval_seconds(spec.size) * 1_000_000,
-            interval_seconds(spec.slide) * 1_000_000,
+            self._size // _MICROSECOND,
+            interval_seconds(contract.window.slide) * 1_000_000,
             through=batch_id,
         )
         if watermark is not None:
