@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Ray actors in the `periscope score` pool (models loaded once each).",
     )
+    score_actor_niceness: int = Field(
+        default=0,
+        ge=-20,
+        le=19,
+        description="Scheduling niceness of the scoring actors. Ray starts its workers at 15 (below "
+        "everything else), which starves scoring when Spark and Kafka share the machine.",
+    )
     score_round_rows: int = Field(
         default=20_000,
         ge=1,

@@ -126,11 +126,67 @@ def test_write_predictions_moves_the_mark_even_without_rows(tmp_path):
     assert len(_gold(path)) == 1
 
 
-def test_prediction_messages_are_json_rows_keyed_by_station():
-    messages = prediction_messages(_rows(["a", "b"], [T0, T0 + timedelta(minutes=1)]))
-    assert [key for key, _ in messages] == [b"a", b"b"]
-    first = json.loads(messages[0][1])
-    assert set(first) == set(GOLD_COLUMNS)
-    assert first["forecasts"][0]["measure"] == "temperature"
-    assert first["forecasts"][0]["yhat"] == 1.5
-    assert first["window_start"].startswith("2013-03-01 12:00:00")
+def _forecast_rows(stations: list[str], measures: list[str], horizon: int) -> pa.Table:
+    """Gold rows whose forecasts are listed measure by measure, horizons 1..horizon, with
+    values that tell where they belong: yhat = row * 1000 + measure * 100 + horizon."""
+    rows = _rows(stations, [T0 + timedelta(minutes=i) for i in range(len(stations))])
+    forecasts = [
+        [
+            {
+                "measure": measure,
+                "horizon_h": h,
+                "target_time": T0 + timedelta(hours=h),
+                "yhat": r * 1000 + m * 100 + h + 0.25,
+                "yhat_lower": r * 1000 + m * 100 + h,
+                "yhat_upper": r * 1000 + m * 100 + h + 0.5,
+            }
+            for m, measure in enumerate(measures)
+            for h in range(1, horizon + 1)
+        ]
+        for r in range(len(stations))
+    ]
+    index = rows.schema.get_field_index("forecasts")
+    return rows.set_column(index, "forecasts", pa.array(forecasts, rows.schema.field(index).type))
+
+
+def test_prediction_messages_are_gold_rows_with_forecasts_by_measure():
+    rows = _forecast_rows(["a", "b", "c"], ["temperature", "humidity"], horizon=24)
+    rows = rows.set_column(
+        rows.schema.get_field_index("anomaly_score"),
+        "anomaly_score",
+        pa.array([0.5, float("nan"), None], pa.float64()),
+    )
+    messages = prediction_messages(rows)
+    assert [key for key, _ in messages] == [b"a", b"b", b"c"]
+    decoded = [json.loads(value) for _, value in messages]
+    assert all(set(m) == set(GOLD_COLUMNS) for m in decoded)
+    assert [m["anomaly_score"] for m in decoded] == [0.5, None, None]  # NaN is not JSON
+    assert decoded[1]["window_start"] == "2013-03-01T12:01:00.000000Z"
+    assert decoded[0]["forecast_version"] == 1 and decoded[0]["is_anomaly"] is False
+    for r, message in enumerate(decoded):
+        assert list(message["forecasts"]) == ["temperature", "humidity"]
+        for m, measure in enumerate(["temperature", "humidity"]):
+            base = r * 1000 + m * 100
+            assert message["forecasts"][measure] == {
+                "yhat": [base + h + 0.25 for h in range(1, 25)],
+                "yhat_lower": [float(base + h) for h in range(1, 25)],
+                "yhat_upper": [base + h + 0.5 for h in range(1, 25)],
+            }
+
+
+def test_prediction_messages_put_forecasts_in_horizon_order_and_refuse_gaps():
+    rows = _forecast_rows(["a", "b"], ["temperature"], horizon=3)
+    shuffled = [list(reversed(f)) for f in rows.column("forecasts").to_pylist()]
+    index = rows.schema.get_field_index("forecasts")
+    reordered = rows.set_column(
+        index, "forecasts", pa.array(shuffled, rows.schema.field(index).type)
+    )
+    assert prediction_messages(reordered) == prediction_messages(rows)
+    # A row's slice (what a Table.slice hands over) encodes as the row alone.
+    assert prediction_messages(rows.slice(1)) == prediction_messages(rows)[1:]
+    gap = [[f for f in forecasts if f["horizon_h"] != 2] for forecasts in shuffled]
+    with pytest.raises(ValueError, match="horizons"):
+        prediction_messages(
+            rows.set_column(index, "forecasts", pa.array(gap, rows.schema.field(index).type))
+        )
+    assert prediction_messages(rows.slice(0, 0)) == []
