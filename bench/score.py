@@ -35,7 +35,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ml.data import LakeSlice, feature_windows, latest_feature_batch
+from ml.data import LakeSlice, SilverFeed, feature_windows, latest_feature_batch
 from ml.gold import history_for, predictions_path, run_scoring, scoring_pool
 from ml.registry import Registry
 from periscope import get_settings
@@ -52,7 +52,7 @@ def throughput(args: argparse.Namespace) -> None:
     features = feature_windows(
         settings, contract, LakeSlice(since=newest - timedelta(days=args.days))
     )
-    hourly = history_for(settings, contract, features)
+    hourly = history_for(SilverFeed(settings, contract), features)
     print(
         f"{args.source}: {len(features):,} windows ({features['station_id'].nunique()} stations, "
         f"{features['window_start'].min()} .. {newest})"

@@ -427,7 +427,7 @@ def score(
     import signal
     import threading
 
-    from ml.data import feature_batches
+    from ml.data import SilverFeed
     from ml.gold import RoundReport, pending_after, run_scoring
 
     settings = get_settings()
@@ -462,11 +462,11 @@ def score(
 
     pending = 0
     for name in sources:
-        after = -1 if rescore else pending_after(settings, get_contract(name))
-        try:
-            pending += int(feature_batches(settings, get_contract(name), after)["windows"].sum())
-        except Exception:  # no features table yet: run_scoring says so per source
+        feed = SilverFeed(settings, get_contract(name))
+        if not feed.exists():  # run_scoring says so per source
             continue
+        after = -1 if rescore else pending_after(feed)
+        pending += int(feed.batches(after)["windows"].sum())
     with Progress(
         TextColumn("[bold]scoring"),
         BarColumn(),

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from periscope import duckdb_lake
 from periscope.contracts import SourceContract
@@ -19,6 +23,7 @@ from periscope.settings import Settings
 __all__ = [
     "FORECAST_TARGETS",
     "LakeSlice",
+    "SilverFeed",
     "feature_batches",
     "feature_windows",
     "feature_windows_of_batches",
@@ -146,6 +151,104 @@ def feature_windows_of_batches(
         order by {key}, window_start
     """
     return _read(settings, contract, "features", sql, [after, through])
+
+
+class SilverFeed:
+    """Silver's features and observations of one source, as a scorer reads them every round.
+
+    The Delta tables stay open between rounds and catch up with only the commits made since
+    (`update_incremental`), and delta-rs reads them with filters its file statistics use, so a
+    round reads the files of its silver batches and hours, not the whole log and table again
+    (DuckDB's delta_scan replays the log and loads its extension on every query). Frames are
+    the same as the DuckDB readers above give: tz-naive UTC, the key column `station_id`.
+    """
+
+    def __init__(self, settings: Settings, contract: SourceContract) -> None:
+        self.settings = settings
+        self.contract = contract
+        self._tables: dict[str, DeltaTable] = {}
+
+    def exists(self) -> bool:
+        """Whether silver has written the features table yet."""
+        return DeltaTable.is_deltatable(self._path("features"))
+
+    def batches(self, after: int) -> pd.DataFrame:
+        """As `feature_batches`: windows per silver batch id above `after`."""
+        ids = self._scan("features", ["silver_batch_id"], pc.field("silver_batch_id") > after)
+        counts = ids.group_by("silver_batch_id").aggregate([("silver_batch_id", "count")])
+        frame = counts.rename_columns(["silver_batch_id", "windows"]).to_pandas()
+        return frame.sort_values("silver_batch_id", ignore_index=True)
+
+    def latest_batch(self) -> int | None:
+        """As `latest_feature_batch`: the newest silver batch id (None when empty)."""
+        ids = self._scan("features", ["silver_batch_id"], None).column("silver_batch_id")
+        return pc.max(ids).as_py()
+
+    def windows(self, after: int, through: int) -> pd.DataFrame:
+        """As `feature_windows_of_batches`: the windows last written by batches in (after, through]."""
+        batch = pc.field("silver_batch_id")
+        rows = self._scan("features", None, (batch > after) & (batch <= through))
+        rows = rows.sort_by([(self.contract.key_field, "ascending"), ("window_start", "ascending")])
+        return _naive(rows.to_pandas())
+
+    def hourly(self, lake_slice: LakeSlice) -> pd.DataFrame:
+        """As `hourly_observations`: the slice's observations averaged per (station, hour)."""
+        key, measures = self.contract.key_field, list(self.contract.measure_names)
+        where = pc.scalar(True)
+        if lake_slice.stations:
+            where = where & pc.field(key).isin(list(lake_slice.stations))
+        for bound, compare in ((lake_slice.since, pc.greater_equal), (lake_slice.until, pc.less)):
+            if bound is not None:
+                stamp = pa.scalar(_naive_utc(bound), pa.timestamp("us")).cast(_UTC)
+                where = where & compare(pc.field("event_time"), stamp)
+        rows = self._scan("observations", [key, "event_time", *measures], where)
+        hours = pc.floor_temporal(rows.column("event_time"), 1, "hour")
+        readings = pa.table(
+            {
+                "station_id": rows.column(key),
+                "ds": hours,
+                **{m: rows.column(m).cast(pa.float64()) for m in measures},
+            }
+        )
+        means = readings.group_by(["station_id", "ds"]).aggregate([(m, "mean") for m in measures])
+        means = means.select(["station_id", "ds", *(f"{m}_mean" for m in measures)])
+        means = means.rename_columns(["station_id", "ds", *measures])
+        means = means.sort_by([("station_id", "ascending"), ("ds", "ascending")])
+        return _naive(means.to_pandas())
+
+    def _path(self, entity: str) -> str:
+        return self.settings.lake_path(self.contract.table("silver", entity))
+
+    def _scan(
+        self, entity: str, columns: list[str] | None, where: pc.Expression | None
+    ) -> pa.Table:
+        table = self._tables.get(entity)
+        try:
+            if table is None:
+                table = self._tables[entity] = DeltaTable(self._path(entity))
+            else:
+                table.update_incremental()
+        except TableNotFoundError as exc:
+            raise PeriscopeError(
+                f"no readable silver table at {self._path(entity)}: run `periscope silver run "
+                f"--source {self.contract.name}` first"
+            ) from exc
+        except Exception:  # a table rebuilt under the same path: open it afresh
+            table = self._tables[entity] = DeltaTable(self._path(entity))
+        # Single-threaded like periscope.lake.read_delta (Arrow's scanner threads can abort
+        # the interpreter at exit, delta-io/delta-rs#2184).
+        return table.to_pyarrow_dataset().to_table(columns=columns, filter=where, use_threads=False)
+
+
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+def _naive(frame: pd.DataFrame) -> pd.DataFrame:
+    """tz-aware columns as naive UTC, as the DuckDB readers return them."""
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
+            frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
 
 
 def series_frames(

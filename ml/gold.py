@@ -34,13 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ml.data import (
-    LakeSlice,
-    feature_batches,
-    feature_windows_of_batches,
-    hourly_observations,
-    latest_feature_batch,
-)
+from ml.data import LakeSlice, SilverFeed
 from ml.registry import MODEL_KINDS, Registry, model_name
 from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from periscope.contracts import SourceContract, get_contract
@@ -434,9 +428,7 @@ class RoundReport:
         return ", ".join(f"{name} {s:.1f}" for name, s in self.phase_seconds.items())
 
 
-def history_for(
-    settings: Settings, contract: SourceContract, features: pd.DataFrame
-) -> pd.DataFrame:
+def history_for(feed: SilverFeed, features: pd.DataFrame) -> pd.DataFrame:
     """The hourly observations the forecasts of these feature windows start from."""
     spans = history_window(features)
     if len(spans) == 0:
@@ -446,29 +438,23 @@ def history_for(
         since=pd.Timestamp(spans["since"].min()).to_pydatetime(),
         until=pd.Timestamp(spans["until"].max()).to_pydatetime(),
     )
-    return hourly_observations(settings, contract, lake_slice)
+    return feed.hourly(lake_slice)
 
 
-def _has_features(settings: Settings, contract: SourceContract) -> bool:
-    from deltalake import DeltaTable
-
-    return DeltaTable.is_deltatable(settings.lake_path(contract.table("silver", "features")))
-
-
-def pending_after(settings: Settings, contract: SourceContract) -> int:
+def pending_after(feed: SilverFeed) -> int:
     """The silver batch id after which windows are unscored (-1: all of them).
 
     A silver table rebuilt from scratch restarts its batch ids below gold's mark: then
     everything in it is new to gold and is scored again (MERGE replaces the old rows).
     """
-    mark = scored_through(predictions_path(settings, contract))
+    mark = scored_through(predictions_path(feed.settings, feed.contract))
     if mark is None:
         return -1
-    latest = latest_feature_batch(settings, contract)
+    latest = feed.latest_batch()
     if latest is not None and latest < mark:
         log.warning(
             "%s: silver features restart at batch %s below gold's mark %s (rebuilt?); rescoring all",
-            contract.name,
+            feed.contract.name,
             latest,
             mark,
         )
@@ -479,13 +465,13 @@ def pending_after(settings: Settings, contract: SourceContract) -> int:
 def score_round(
     pool: ScorerPool,
     registry: Registry,
-    settings: Settings,
-    contract: SourceContract,
+    feed: SilverFeed,
     *,
     after: int,
     publish: bool = True,
 ) -> RoundReport | None:
     """Score the next round of unscored windows of one source; None when there are none."""
+    settings, contract = feed.settings, feed.contract
     started = time.perf_counter()
     phases: dict[str, float] = {}
     mark = started
@@ -495,13 +481,13 @@ def score_round(
         now = time.perf_counter()
         phases[name], mark = now - mark, now
 
-    through = plan_round(feature_batches(settings, contract, after), settings.score_round_rows)
+    through = plan_round(feed.batches(after), settings.score_round_rows)
     if through is None:
         return None
     phase("plan")
-    features = feature_windows_of_batches(settings, contract, after, through)
+    features = feed.windows(after, through)
     phase("features")
-    hourly = history_for(settings, contract, features)
+    hourly = history_for(feed, features)
     phase("history")
     versions = pool.sync_models(contract.name, registry)
     phase("models")
@@ -555,6 +541,7 @@ def run_scoring(
     """
     stop = stop or threading.Event()
     contracts = [s if isinstance(s, SourceContract) else get_contract(s) for s in sources]
+    feeds = {contract.name: SilverFeed(settings, contract) for contract in contracts}
     registry = Registry(settings)
     reports: list[RoundReport] = []
     failures = 0
@@ -564,7 +551,8 @@ def run_scoring(
         while not stop.is_set():
             idle = True
             for contract in contracts:
-                if not _has_features(settings, contract):
+                feed = feeds[contract.name]
+                if not feed.exists():
                     if contract.name not in missing:
                         log.warning(
                             "%s: no silver features table yet; run `periscope silver run` first",
@@ -574,12 +562,11 @@ def run_scoring(
                     continue
                 try:
                     if contract.name not in after:
-                        after[contract.name] = -1 if rescore else pending_after(settings, contract)
+                        after[contract.name] = -1 if rescore else pending_after(feed)
                     report = score_round(
                         pool,
                         registry,
-                        settings,
-                        contract,
+                        feed,
                         after=after[contract.name],
                         publish=publish,
                     )

@@ -22,6 +22,7 @@ import pytest
 
 from ingest.datasets import read_weather
 from ingest.producer import encode_record
+from ml.data import SilverFeed
 from ml.gold import (
     ScoringError,
     pending_after,
@@ -261,15 +262,16 @@ def test_a_dead_actor_loses_no_round(lake):
     settings = lake.settings
     (windows,) = lake.sql("select count(*) from {gold}")[0]
     registry = Registry(settings)
-    after = pending_after(settings, CONTRACT)
+    feed = SilverFeed(settings, CONTRACT)
+    after = pending_after(feed)
     with scoring_pool(settings, actors=2) as pool:
         # Everything again from the start: the first round fails when an actor dies ...
         pool.kill(0)
         with pytest.raises(ScoringError, match="died"):
-            score_round(pool, registry, settings, CONTRACT, after=-1, publish=False)
+            score_round(pool, registry, feed, after=-1, publish=False)
         assert _through(lake) == after  # nothing committed
         # ... and the same round succeeds on the replacement.
-        report = score_round(pool, registry, settings, CONTRACT, after=-1, publish=False)
+        report = score_round(pool, registry, feed, after=-1, publish=False)
     assert report is not None and (report.windows, report.silver_through) == (windows, after)
     assert lake.sql("select count(*), count(distinct (station_id, window_start)) from {gold}")[
         0
