@@ -10,7 +10,8 @@ Needs history in the lake and champions (see the README: replay, bronze, silver,
 
 End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
 event time = now) through bronze, silver and the scorer, all running at once, in a temporary
-lake with its own topics and MLflow store. Its stations are scored with the weather
+lake with its own topics and MLflow store. As deployed, the load generator (`periscope
+ingest`'s place), the Spark stages and the scorer (`periscope score`) are separate processes. Its stations are scored with the weather
 champions (station i uses the forecast series of real station i mod 8), so every window pays
 for a real anomaly score and 72 real forecasts. A record's latency is the commit time of the
 gold MERGE that covered its silver batch minus its Kafka timestamp. Before the measured
@@ -27,9 +28,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import multiprocessing
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -108,11 +109,24 @@ def _bench_models(settings, bench, stations: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _score(settings, contract, stop, verbose: bool) -> None:
+    """The scorer in a process of its own, as `periscope score` runs beside silver."""
+    if verbose:
+        _log_phases()
+    run_scoring(settings, [contract], available_now=False, publish=True, stop=stop)
+
+
+def _log_phases() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    for name in ("ml.gold", "spark_streaming.silver"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def latency(args: argparse.Namespace) -> None:
     from deltalake import DeltaTable
 
     # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
-    from silver_latency import _produce, delete_topics, latency_summary
+    from silver_latency import delete_topics, latency_summary, produce
 
     from periscope.lake import read_delta
     from periscope.topics import create_topics, topic_specs
@@ -138,15 +152,13 @@ def latency(args: argparse.Namespace) -> None:
     )
     spark.sparkContext.setLogLevel("ERROR")
     tables = SilverTables.for_contract(settings, bench)
-    stop = threading.Event()
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    scorer = None
     try:
         bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, bench))
         silver = start_silver(spark, settings, bench, tables)
-        scorer = threading.Thread(
-            target=run_scoring,
-            args=(settings, [bench]),
-            kwargs={"available_now": False, "publish": True, "stop": stop},
-        )
+        scorer = context.Process(target=_score, args=(settings, bench, stop, args.verbose))
         scorer.start()
         gold_path = predictions_path(settings, bench)
 
@@ -172,15 +184,13 @@ def latency(args: argparse.Namespace) -> None:
 
         # Start-up: a few seconds of every station, scored once, so the scorer has loaded
         # and warmed its models (one-off, reported apart) before the measured stream.
-        primed: list[int] = []
         priming_started = time.time()
-        _produce(settings, bench.topic("raw"), args.rate, args.stations, args.prime, primed)
-        wait_for_gold(primed[0], timeout=900)
+        primed = produce(settings, bench.topic("raw"), args.rate, args.stations, args.prime)
+        wait_for_gold(primed, timeout=900)
         start_up = time.time() - priming_started
-        sent: list[int] = []
         started = time.time()
-        _produce(settings, bench.topic("raw"), args.rate, args.stations, args.duration, sent)
-        wait_for_gold(primed[0] + sent[0], timeout=300)
+        sent = produce(settings, bench.topic("raw"), args.rate, args.stations, args.duration)
+        wait_for_gold(primed + sent, timeout=300)
         finished = time.time()
         stop.set()
         scorer.join(timeout=120)
@@ -219,10 +229,10 @@ def latency(args: argparse.Namespace) -> None:
         figures = {
             "rate_target_per_s": args.rate,
             "stations": args.stations,
-            "records_sent": sent[0],
+            "records_sent": sent,
             "start_up_s": round(start_up, 1),
-            "records_processed_by_silver": processed - primed[0],
-            "sustained_rate_per_s": round((processed - primed[0]) / (finished - started)),
+            "records_processed_by_silver": processed - primed,
+            "sustained_rate_per_s": round((processed - primed) / (finished - started)),
             "gold_rounds": len(commits),
             "gold_rows": gold_rows,
             "measured_records": len(latencies),
@@ -232,6 +242,8 @@ def latency(args: argparse.Namespace) -> None:
         print(json.dumps(figures, indent=2))
     finally:
         stop.set()
+        if scorer is not None and scorer.is_alive():
+            scorer.terminate()
         spark.stop()
         delete_topics(settings, bench)
         shutil.rmtree(work, ignore_errors=True)
@@ -262,9 +274,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.verbose:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-        for name in ("ml.gold", "spark_streaming.silver"):
-            logging.getLogger(name).setLevel(logging.INFO)
+        _log_phases()
     latency(args) if args.latency else throughput(args)
 
 

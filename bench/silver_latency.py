@@ -1,7 +1,7 @@
 """Silver latency: Kafka timestamp -> the record's windows visible in `silver/<source>_features`.
 
-Produces a steady stream (default 1,000 records/s across 1,000 stations, event time = now),
-runs bronze and silver continuously in one Spark application, and prints p50/p95/max
+Produces a steady stream (default 1,000 records/s across 1,000 stations, event time = now)
+from a process of its own, runs bronze and silver continuously in one Spark application, and prints p50/p95/max
 latency and the sustained rate. A record's latency is the commit time of the silver batch
 that upserted its windows (the features table's MERGE commit for that batch, from the Delta
 log) minus its Kafka timestamp. Uses its own topics (a copy of the weather contract with 5-minute
@@ -17,19 +17,21 @@ import argparse
 import dataclasses
 import json
 import logging
+import multiprocessing
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
 
 from deltalake import DeltaTable
 
-from ingest.producer import build_producer, encode_record
+from ingest.producer import encode_record
 from periscope import get_settings
 from periscope.contracts import WEATHER, WindowSpec
 from periscope.lake import read_delta
+from periscope.messages import Publisher
 from periscope.topics import create_topics, topic_specs
 from spark_streaming.bronze import BronzeTarget, start_bronze
 from spark_streaming.session import build_spark_session
@@ -37,15 +39,16 @@ from spark_streaming.silver import SilverTables, start_silver
 
 
 def _produce(
-    settings, topic: str, rate: int, stations: int, duration: float, sent: list[int]
+    settings, topic: str, rate: int, stations: int, duration: float, sent: Synchronized
 ) -> None:
     """Send `rate` records per second in 10 ticks a second, event time = now."""
-    producer = build_producer(settings, linger_ms=5)
+    publisher = Publisher(settings, client_id="bench-load", timeout_s=30)
     tick, per_tick = 0.1, max(1, rate // 10)
     started = time.monotonic()
     n = 0
     while time.monotonic() - started < duration:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        messages = []
         for _ in range(per_tick):
             station = f"station_{n % stations:04d}"
             record = {
@@ -57,12 +60,32 @@ def _produce(
                 "wind_speed": (n % 17) / 2,
                 "wind_direction": float(n % 360),
             }
-            producer.send(topic, key=station.encode(), value=encode_record(record))
+            messages.append((station.encode(), encode_record(record)))
             n += 1
-        producer.flush()
+        publisher.publish(topic, messages)
         time.sleep(max(0.0, started + (n / per_tick) * tick - time.monotonic()))
-    producer.close()
-    sent.append(n)
+    publisher.close()
+    sent.value = n
+
+
+def produce(settings, topic: str, rate: int, stations: int, duration: float) -> int:
+    """Run the load for `duration` seconds in a process of its own, as ingest runs beside the
+    stages (sensors would not share the stages' interpreter); returns the records sent.
+
+    The load generator is not what is measured (latency starts at the Kafka timestamp), so it
+    publishes through librdkafka: a kafka-python producer in the measured process took a
+    third of a core and the GIL from the stages' drivers.
+    """
+    context = multiprocessing.get_context("spawn")
+    sent = context.Value("q", 0)
+    process = context.Process(
+        target=_produce, args=(settings, topic, rate, stations, duration, sent), daemon=True
+    )
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise SystemExit(f"the load generator failed (exit code {process.exitcode})")
+    return int(sent.value)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -127,14 +150,8 @@ def main() -> None:
     try:
         bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
         silver = start_silver(spark, settings, contract, tables)
-        sent: list[int] = []
-        producer = threading.Thread(
-            target=_produce,
-            args=(settings, contract.topic("raw"), args.rate, args.stations, args.duration, sent),
-        )
         started = time.time()
-        producer.start()
-        producer.join()
+        sent = produce(settings, contract.topic("raw"), args.rate, args.stations, args.duration)
         # Let silver catch up with everything produced (or give up after a while).
         deadline = time.monotonic() + 300
         processed = 0
@@ -145,7 +162,7 @@ def main() -> None:
                 )
             except Exception:  # noqa: BLE001 - the ledger may not exist yet
                 processed = 0
-            if processed >= sent[0]:
+            if processed >= sent:
                 break
             time.sleep(1)
         finished = time.time()
@@ -171,7 +188,7 @@ def main() -> None:
         figures = {
             "rate_target_per_s": args.rate,
             "stations": args.stations,
-            "records_sent": sent[0],
+            "records_sent": sent,
             "records_processed": processed,
             "sustained_rate_per_s": round(processed / (finished - started)),
             "batches": len(ledger),

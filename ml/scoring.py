@@ -381,15 +381,10 @@ def _forecasts(
             continue
         unique, row_origin = np.unique(origins[first:last], return_inverse=True)
         grid_start = int(unique[0]) + 1 - HISTORY_HOURS
-        grid = np.arange(grid_start, unique[-1] + 1)
-        observed = history.get(station, pd.DataFrame()).reindex(grid)
+        observed = _on_grid(history.get(station), grid_start, int(unique[-1]) + 1, len(names))
         columns: tuple[list[np.ndarray], ...] = ([], [], [])
         for measure in measures:
-            y = (
-                observed[measure].to_numpy(float)
-                if measure in observed
-                else np.full(len(grid), np.nan)
-            )
+            y = observed[:, names.index(measure)]
             for column, values in zip(
                 columns,
                 models._scorer(station, measure).forecast(unique, grid_start, y),
@@ -446,29 +441,57 @@ def _forecasts(
 
 def _hourly(
     hourly: pd.DataFrame, stations: list[str], measures: list[str]
-) -> dict[str, pd.DataFrame]:
-    """Per station, the measures' hourly means indexed by hour since the epoch."""
+) -> dict[str, tuple[int, np.ndarray]]:
+    """Per station: its first hour (since the epoch) and the hourly means of `measures` from
+    that hour on, an (hours x measures) array with NaN where nothing was observed.
+
+    Averaging again is a no-op on hourly rows and tolerates duplicate or finer rows; inf is
+    no observation a forecast could start from.
+    """
     if not stations or len(hourly) == 0:
         return {}
     part = hourly[hourly[KEY].astype(str).isin(stations)]
-    present = [m for m in measures if m in part.columns]
-    frame = pd.DataFrame(
-        {
-            KEY: part[KEY].astype(str).to_numpy(),
-            "hour": _hours(part["ds"]),
-            # inf is no observation a forecast could start from
-            **{
-                m: pd.to_numeric(part[m], errors="coerce")
-                .astype("float64")
-                .replace([np.inf, -np.inf], np.nan)
-                .to_numpy()
-                for m in present
-            },
-        }
+    if len(part) == 0:
+        return {}
+    codes, names = pd.factorize(part[KEY].astype(str).to_numpy())
+    hours = _hours(part["ds"])
+    values = np.column_stack(
+        [
+            pd.to_numeric(part[m], errors="coerce").to_numpy("float64", na_value=np.nan)
+            if m in part.columns
+            else np.full(len(part), np.nan)
+            for m in measures
+        ]
     )
-    # Averaging again is a no-op on hourly rows and tolerates duplicate or finer rows.
-    means = frame.groupby([KEY, "hour"], sort=True)[present].mean()
-    return {str(s): rows.droplevel(0) for s, rows in means.groupby(level=0)}
+    values[np.isinf(values)] = np.nan
+    order = np.lexsort((hours, codes))
+    codes, hours, values = codes[order], hours[order], values[order]
+    firsts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    history: dict[str, tuple[int, np.ndarray]] = {}
+    for a, b in zip(firsts, np.r_[firsts[1:], len(codes)], strict=True):
+        start = int(hours[a])
+        at = hours[a:b] - start
+        seen = ~np.isnan(values[a:b])
+        sums = np.zeros((int(at[-1]) + 1, len(measures)))
+        counts = np.zeros_like(sums)
+        np.add.at(sums, at, np.where(seen, values[a:b], 0.0))
+        np.add.at(counts, at, seen)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            history[str(names[codes[a]])] = (start, sums / counts)  # 0/0: NaN
+    return history
+
+
+def _on_grid(
+    history: tuple[int, np.ndarray] | None, start: int, end: int, measures: int
+) -> np.ndarray:
+    """A station's hourly means on the hours [start, end), NaN outside what it observed."""
+    grid = np.full((end - start, measures), np.nan)
+    if history is not None:
+        first, means = history
+        lo, hi = max(start, first), min(end, first + len(means))
+        if lo < hi:
+            grid[lo - start : hi - start] = means[lo - first : hi - first]
+    return grid
 
 
 def to_arrow(predictions: pd.DataFrame) -> pa.Table:

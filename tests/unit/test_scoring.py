@@ -321,3 +321,28 @@ def test_warming_builds_the_owned_series_and_changes_no_forecast(
     assert LoadedModels("weather", None, None, anomaly, 7).warm(lambda s: True, SCORED_AT) == 0
     # Warm or cold, the same rows.
     assert_frame_equal(score_windows(features, hourly, warm, scored_at=SCORED_AT), scored)
+
+
+def test_history_rows_finer_than_hours_and_infinities_change_nothing(
+    features, hourly, models, scored
+) -> None:
+    # Each hourly row as two half-hour rows around its mean, plus a row of +inf (no reading).
+    finer = hourly.assign(ds=hourly["ds"] + pd.Timedelta(minutes=10))
+    spread = {m: finer[m] + 1.5 for m in ("temperature", "humidity", "pressure")}
+    later = finer.assign(ds=finer["ds"] + pd.Timedelta(minutes=30), **spread)
+    earlier = finer.assign(**{m: finer[m] - 1.5 for m in spread})
+    broken = finer.head(200).assign(temperature=np.inf, humidity=-np.inf, pressure=np.inf)
+    split = pd.concat([later, broken, earlier], ignore_index=True).sample(frac=1, random_state=3)
+
+    again = score_windows(features, split, models, scored_at=SCORED_AT)
+
+    assert again["forecasts"].map(len).tolist() == scored["forecasts"].map(len).tolist()
+    for ours, theirs in zip(again["forecasts"], scored["forecasts"], strict=True):
+        for name in ("yhat", "yhat_lower", "yhat_upper"):
+            np.testing.assert_allclose(
+                [f[name] for f in ours], [f[name] for f in theirs], rtol=0, atol=1e-9
+            )
+    # Without a measure's column its forecasts start from no observations: they differ.
+    without = score_windows(features, hourly.drop(columns="humidity"), models, scored_at=SCORED_AT)
+    assert without["forecasts"].map(len).tolist() == scored["forecasts"].map(len).tolist()
+    assert not without["forecasts"].equals(scored["forecasts"])
