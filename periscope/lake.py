@@ -110,6 +110,7 @@ def merge_rows(
     updated.
     """
     table = DeltaTable(path)
+    _keep_files_small(table)
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     if lower_bound is not None:
         column, value = lower_bound
@@ -130,6 +131,22 @@ def merge_rows(
     return int(metrics.get("num_target_rows_inserted", 0)) + int(
         metrics.get("num_target_rows_updated", 0)
     )
+
+
+# A MERGE rewrites every file holding a row it updates, and the rows it leaves alone go into
+# the new files with the rest. Upserted tables take the newest windows round after round: with
+# one large file, the rows of long-closed windows were rewritten every time and a round grew
+# linearly with the table (gold: 0.36 s -> 1.3 s per 5,000-window MERGE after one hour of
+# 1,000 stations). Files of about 1 MiB leave closed windows in files the lower bound on
+# window_start skips, so a MERGE costs about its own rows however large the table grows.
+MERGE_TARGET_FILE_BYTES = 1 << 20
+
+
+def _keep_files_small(table: DeltaTable) -> None:
+    """Set the table's target file size for delta-rs writers (once; a metadata-only commit)."""
+    wanted = str(MERGE_TARGET_FILE_BYTES)
+    if table.metadata().configuration.get("delta.targetFileSize") != wanted:
+        table.alter.set_table_properties({"delta.targetFileSize": wanted})
 
 
 def merge_once(

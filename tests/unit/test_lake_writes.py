@@ -99,3 +99,48 @@ def test_json_messages_key_rows_and_keep_binary_keys_as_they_are():
     first = json.loads(messages[0][1])
     assert first["reason"] == "bad_json" and "key" not in first
     assert datetime.fromisoformat(first["at"]) == T0
+
+
+def _advancing_merges(tmp_path, monkeypatch, file_bytes: int) -> list[int]:
+    """30 upserts of 5 open windows x 300 stations, a minute later each time; returns the
+    rows each MERGE copied unchanged into its new files."""
+    import numpy as np
+    from deltalake import DeltaTable
+
+    import periscope.lake
+
+    monkeypatch.setattr(periscope.lake, "MERGE_TARGET_FILE_BYTES", file_bytes)
+    rng = np.random.default_rng(0)
+    stations = [f"s{i:03d}" for i in range(300)]
+
+    def windows(first: int) -> pa.Table:
+        rows = _rows(stations * 5, [first + k for k in range(5) for _ in stations], 0.0)
+        for i in range(8):  # incompressible payload, so files fill up
+            rows = rows.append_column(f"x{i}", pa.array(rng.random(rows.num_rows)))
+        return rows
+
+    path = _table(tmp_path, windows(0))
+    copied = []
+    for minute in range(1, 31):
+        merge_once(
+            path,
+            windows(minute),
+            keys=["station_id", "window_start"],
+            app_id="app",
+            version=minute,
+            lower_bound=("window_start", T0 + timedelta(minutes=minute)),
+        )
+        metrics = DeltaTable(path).history(1)[0]["operationMetrics"]
+        copied.append(int(metrics["num_target_rows_copied"]))
+    assert read_delta(path, ["station_id"]).num_rows == 300 * 35
+    return copied
+
+
+def test_merges_of_the_newest_windows_stay_as_small_as_the_files(tmp_path, monkeypatch):
+    small = _advancing_merges(tmp_path / "small", monkeypatch, 32 * 1024)
+    # Files of ~360 rows: closed windows settle in files the lower bound skips.
+    assert max(small) < 2 * 1_500  # at most about twice the rows of a round
+    # One big file (what the default would give here): every closed window is copied again,
+    # so each MERGE costs more than the one before.
+    large = _advancing_merges(tmp_path / "large", monkeypatch, 1 << 30)
+    assert large[-1] == 300 * 30

@@ -49,7 +49,7 @@ def _append_batch(settings: Settings, batch: int, rng: np.random.Generator) -> N
         pa.table(observations),
         mode="append",
     )
-    starts = [T0 + timedelta(minutes=batch + w) for w in range(3)]
+    starts = [T0 + timedelta(minutes=3 * batch + w) for w in range(3)]  # keys are unique
     features = pa.table(
         {
             "station_id": [s for s in STATIONS for _ in starts],
