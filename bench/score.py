@@ -6,7 +6,7 @@ score` runs), `--repeats` times after one warm-up pass (the warm-up fills the pe
 Prophet caches, as a running scorer has them). Ray start-up and model loading are excluded.
 Needs history in the lake and champions (see the README: replay, bronze, silver, train).
 
-    python bench/score.py --source weather --actors 1 2
+    python bench/score.py --source weather --actors 1 2 --days 90
 
 End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
 event time = now) through bronze, silver and the scorer, all running at once, in a temporary
@@ -255,7 +255,7 @@ def main() -> None:
     )
     parser.add_argument("--source", default="weather")
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--days", type=float, default=7.0, help="windows of the last N days")
+    parser.add_argument("--days", type=float, default=90.0, help="windows of the last N days")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency", action="store_true", help="measure end-to-end latency")
     parser.add_argument("--rate", type=int, default=1000, help="records per second")
