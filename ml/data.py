@@ -87,10 +87,7 @@ def _read(
         raise
     finally:
         con.close()
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
-            frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
-    return frame
+    return _naive(frame)
 
 
 def hourly_observations(
@@ -244,7 +241,7 @@ _UTC = pa.timestamp("us", tz="UTC")
 
 
 def _naive(frame: pd.DataFrame) -> pd.DataFrame:
-    """tz-aware columns as naive UTC, as the DuckDB readers return them."""
+    """tz-aware columns as naive UTC (what Prophet and the pure ML functions expect)."""
     for column in frame.columns:
         if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
             frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
