@@ -14,7 +14,8 @@ import argparse
 import time
 
 from ml.data import FORECAST_TARGETS, hourly_observations, series_frames
-from ml.training import TrainConfig, make_split, ray_session, train_forecasts
+from ml.ray_session import ray_session
+from ml.training import TrainConfig, make_split, train_forecasts
 from periscope import get_settings
 from periscope.contracts import get_contract
 

@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ml.data import LakeSlice, SilverFeed
+from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
 from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from periscope.contracts import SourceContract, get_contract
@@ -318,12 +319,10 @@ class ScorerPool:
     def _new_actor(self) -> Any:
         import ray
 
-        # Ray runs its workers at niceness 15 by default; scoring is latency-bound work that
-        # shares the machine with Spark and Kafka, so it runs at the configured niceness.
-        niceness = str(self.settings.score_actor_niceness)
+        runtime_env = worker_runtime_env(niceness=self.settings.score_actor_niceness)
         return (
             ray.remote(ScoringActor)
-            .options(max_concurrency=1, runtime_env={"env_vars": {"RAY_worker_niceness": niceness}})
+            .options(max_concurrency=1, runtime_env=runtime_env)
             .remote(self.settings)
         )
 
@@ -517,8 +516,6 @@ def score_round(
 @contextmanager
 def scoring_pool(settings: Settings, actors: int | None = None) -> Iterator[ScorerPool]:
     """A Ray runtime (the configured cluster or a local one) and a pool of scoring actors."""
-    from ml.training import ray_session
-
     size = actors or settings.score_actors
     with ray_session(settings, workers=size):
         yield ScorerPool(settings, size)

@@ -22,8 +22,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +40,7 @@ from ml.data import (
     observations_between,
     series_frames,
 )
+from ml.ray_session import ray_session
 from ml.registry import ModelInfo, ModelKind, Registry
 from ml.windows import window_features
 from periscope.contracts import SourceContract, get_contract
@@ -58,7 +58,6 @@ __all__ = [
     "compare_forecast",
     "promote_if_better",
     "promote_version",
-    "ray_session",
     "run_training",
     "train_anomaly",
     "train_forecasts",
@@ -132,30 +131,6 @@ class TrainReport:
 def _metrics_dict(frame: pd.DataFrame) -> dict[str, float]:
     row = frame.iloc[0]
     return {k: float(v) for k, v in row.items() if isinstance(v, int | float | np.number)}
-
-
-# --- Ray -----------------------------------------------------------------------------------
-@contextmanager
-def ray_session(settings: Settings, workers: int | None = None) -> Iterator[None]:
-    """A Ray runtime for the duration: the configured cluster, or a local one with `workers` CPUs."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=workers or settings.train_workers,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def _chunks(items: list, size: int) -> list[list]:

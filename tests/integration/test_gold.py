@@ -32,8 +32,9 @@ from ml.gold import (
     scored_through,
     scoring_pool,
 )
+from ml.ray_session import ray_session
 from ml.registry import Registry
-from ml.training import TrainConfig, ray_session, run_training
+from ml.training import TrainConfig, run_training
 from periscope import duckdb_lake
 from periscope.contracts import get_contract
 from periscope.topics import create_topics, records_written
