@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from ml.gold import write_predictions
-from ml.scoring import FORECAST_TYPE, gold_schema
+from ml.gold import FORECAST_TYPE, gold_schema, write_predictions
 
 MEASURES = ("temperature", "humidity", "pressure")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

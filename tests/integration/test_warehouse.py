@@ -23,7 +23,7 @@ from psycopg2 import errors
 
 from ingest.datasets import read_air_quality, read_weather
 from ingest.producer import encode_record
-from ml.scoring import gold_schema
+from ml.gold import gold_schema
 from periscope.contracts import get_contract
 from periscope.lake import delta_row_count, read_delta
 from periscope.services import PostgresServer

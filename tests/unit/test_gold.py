@@ -11,6 +11,8 @@ import pytest
 from deltalake import DeltaTable
 
 from ml.gold import (
+    GOLD_COLUMNS,
+    gold_schema,
     plan_round,
     prediction_messages,
     scored_through,
@@ -18,7 +20,6 @@ from ml.gold import (
     station_owner,
     write_predictions,
 )
-from ml.scoring import GOLD_COLUMNS, gold_schema
 from periscope import duckdb_lake
 
 T0 = datetime(2013, 3, 1, 12, tzinfo=UTC)

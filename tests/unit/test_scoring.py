@@ -1,4 +1,4 @@
-"""ml.scoring on real Denver and Boston weather: gold rows, batched forecasts equal predict's."""
+"""ml.gold.scoring on real Denver and Boston weather: gold rows, batched forecasts equal predict's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pandas.testing import assert_frame_equal
 from ingest.datasets import read_weather
 from ml.anomaly import AnomalyModel, fit_anomaly_model
 from ml.forecast import ForecastBundle, ForecastConfig, temporal_split, train_series
-from ml.scoring import (
+from ml.gold.scoring import (
     GOLD_COLUMNS,
     LoadedModels,
     gold_schema,
@@ -294,8 +294,8 @@ def test_blocks_of_prophet_hours_are_reused_and_evicted(
     features, hourly, bundle, scored, monkeypatch
 ) -> None:
     # Blocks of 5 hours, at most 2 kept: a batch of three days computes and drops many.
-    monkeypatch.setattr("ml.scoring.BLOCK_HOURS", 5)
-    monkeypatch.setattr("ml.scoring.MAX_BLOCKS", 2)
+    monkeypatch.setattr("ml.gold.scoring.BLOCK_HOURS", 5)
+    monkeypatch.setattr("ml.gold.scoring.MAX_BLOCKS", 2)
     models = LoadedModels("weather", bundle, 3, None, None)
     small = score_windows(features, hourly, models, scored_at=SCORED_AT)
 

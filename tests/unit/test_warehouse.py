@@ -110,7 +110,7 @@ def test_full_reload_when_the_old_version_cannot_be_used(
 
 # --- gold rows -----------------------------------------------------------------------------
 def _gold() -> pa.Table:
-    from ml.scoring import gold_schema
+    from ml.gold import gold_schema
 
     def forecasts(n: int) -> list[dict]:
         return [
@@ -158,7 +158,7 @@ def test_flatten_forecasts_gives_one_row_per_forecast_with_its_window():
 
 
 def test_flatten_forecasts_of_no_rows_keeps_the_types():
-    from ml.scoring import gold_schema
+    from ml.gold import gold_schema
 
     flat = flatten_forecasts(gold_schema().empty_table())
     assert flat.num_rows == 0
@@ -167,7 +167,7 @@ def test_flatten_forecasts_of_no_rows_keeps_the_types():
 
 
 def test_loadable_columns_leave_out_lists_and_binary():
-    from ml.scoring import GOLD_COLUMNS, gold_schema
+    from ml.gold import GOLD_COLUMNS, gold_schema
 
     assert loadable_columns(gold_schema()) == [c for c in GOLD_COLUMNS if c != "forecasts"]
     schema = pa.schema(

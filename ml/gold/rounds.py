@@ -35,9 +35,9 @@ import pandas as pd
 import pyarrow as pa
 
 from ml.data import LakeSlice, SilverFeed
+from ml.gold.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
-from ml.scoring import GOLD_COLUMNS, LoadedModels, gold_schema, history_window, score_windows
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
 from periscope.lake import GOLD_SCORE_APP_ID, merge_rows
@@ -290,7 +290,7 @@ class ScoringActor:
     def score(
         self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
     ) -> pa.Table:
-        from ml.scoring import to_arrow
+        from ml.gold.scoring import to_arrow
 
         return to_arrow(score_windows(features, hourly, self.models[source], scored_at=scored_at))
 
