@@ -17,7 +17,15 @@ from typing import Any
 
 from ingest.producer import encode_record, send_with_progress
 from periscope import Settings
-from periscope.contracts import SourceContract, get_contract
+from periscope.contracts import (
+    Category,
+    Count,
+    Field,
+    Flag,
+    Measure,
+    SourceContract,
+    get_contract,
+)
 
 __all__ = [
     "MALFORMED_KINDS",
@@ -94,7 +102,9 @@ def malformed_record(
         body = encode_record(record)
         return key, body[: rng.randrange(1, len(body) - 1)]  # no proper prefix of {...} parses
     if kind == "wrong_type":
-        record[rng.choice(contract.measure_names)] = rng.choice(_NOT_NUMBERS)
+        record[rng.choice([f.name for f in contract.value_fields if f.numeric])] = rng.choice(
+            _NOT_NUMBERS
+        )
     elif kind == "missing_field":
         del record[rng.choice((contract.key_field, contract.event_time_field))]
     elif kind == "out_of_range":
@@ -121,16 +131,28 @@ def malformed_record(
 
 
 def _synthetic_record(
-    contract: SourceContract, rng: random.Random, station_id: str, timestamp: datetime
+    contract: SourceContract, rng: random.Random, entity_id: str, timestamp: datetime
 ) -> dict[str, Any]:
-    """A valid record: in-range readings for one station at one time."""
+    """A valid record of any contract: in-range values of every field for one entity."""
     record: dict[str, Any] = {
-        contract.key_field: station_id,
+        contract.key_field: entity_id,
         contract.event_time_field: timestamp.strftime(WIRE_TIMESTAMP_FORMAT),
     }
-    for m in contract.measures:
-        record[m.name] = round(rng.uniform(m.valid_min, m.valid_max), 2)
+    for f in contract.value_fields:
+        record[f.name] = _valid_value(f, rng)
     return record
+
+
+def _valid_value(f: Field, rng: random.Random) -> Any:
+    if isinstance(f, Measure):
+        return round(rng.uniform(f.valid_min, f.valid_max), 2)
+    if isinstance(f, Count):
+        return rng.randint(0, f.valid_max if f.valid_max is not None else 10)
+    if isinstance(f, Category):
+        return rng.choice(f.levels)
+    if isinstance(f, Flag):
+        return rng.random() < 0.5
+    return f"{f.name}-{rng.getrandbits(48):012x}"  # a text field: unique enough for an event id
 
 
 def malformed_records(
@@ -158,14 +180,11 @@ def malformed_records(
     return out
 
 
-def _station_ids(settings: Settings, contract: SourceContract) -> list[str]:
-    from ingest.datasets import UCI_STATION_ID, load_stations
-
-    if contract.name == "weather":
-        return [s.station_id for s in load_stations(settings.data_dir)]
-    if contract.name == "air_quality":
-        return [UCI_STATION_ID]
-    return ["chaos"]
+def _entity_ids(settings: Settings, contract: SourceContract) -> list[str]:
+    """The source's real entity ids when its contract names a reader, else `chaos`."""
+    if contract.reader is None:
+        return ["chaos"]
+    return contract.dataset_reader().entities(settings.data_dir)
 
 
 def produce_chaos(
@@ -180,7 +199,7 @@ def produce_chaos(
         raise ValueError(f"count must be >= 1, got {count}")
     rng = random.Random(seed)
     now = datetime.now(UTC).replace(microsecond=0)
-    bases = [_synthetic_record(contract, rng, s, now) for s in _station_ids(settings, contract)]
+    bases = [_synthetic_record(contract, rng, s, now) for s in _entity_ids(settings, contract)]
     records = malformed_records(contract, count, seed=seed, base_records=bases)
     topic = contract.topic("raw")
     delivery = send_with_progress(

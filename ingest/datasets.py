@@ -9,16 +9,18 @@ place; see `data/PROVENANCE.md` there for what each file is.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from periscope.contracts import AIR_QUALITY, WEATHER, SourceContract, get_contract
+from periscope.contracts import AIR_QUALITY, WEATHER, ContractError, SourceContract, get_contract
 
 __all__ = [
+    "AIR_QUALITY_READER",
     "UCI_STATION_ID",
+    "WEATHER_READER",
     "Station",
     "load_stations",
     "read_air_quality",
@@ -161,18 +163,45 @@ def read_air_quality(data_dir: Path) -> pl.DataFrame:
     return _drop_empty_and_sort(parsed, AIR_QUALITY)
 
 
+@dataclass(frozen=True)
+class _WeatherReader:
+    """The weather contract's replay reader (`periscope.contracts.WEATHER.reader`)."""
+
+    def read(self, data_dir: Path, *, entities: Sequence[str] | None = None) -> pl.DataFrame:
+        return read_weather(data_dir, stations=None if entities is None else list(entities))
+
+    def entities(self, data_dir: Path) -> list[str]:
+        return [s.station_id for s in load_stations(data_dir)]
+
+
+@dataclass(frozen=True)
+class _AirQualityReader:
+    """The air-quality contract's replay reader: one station."""
+
+    def read(self, data_dir: Path, *, entities: Sequence[str] | None = None) -> pl.DataFrame:
+        if entities is not None and set(entities) != {UCI_STATION_ID}:
+            raise ValueError(f"air_quality has one station: {UCI_STATION_ID}")
+        return read_air_quality(data_dir)
+
+    def entities(self, data_dir: Path) -> list[str]:
+        return [UCI_STATION_ID]
+
+
+WEATHER_READER = _WeatherReader()
+AIR_QUALITY_READER = _AirQualityReader()
+
+
 def read_source(
-    source_name: str, data_dir: Path, *, stations: list[str] | None = None
+    source_name: str, data_dir: Path, *, stations: Sequence[str] | None = None
 ) -> pl.DataFrame:
-    """The history of one source by contract name; `stations` narrows weather only."""
+    """The history of one source by contract name, through the reader its contract names;
+    `stations` (entity ids) narrows it where the reader can."""
     try:
         contract = get_contract(source_name)
     except KeyError as exc:
         raise ValueError(exc.args[0]) from None
-    if contract is WEATHER:
-        return read_weather(data_dir, stations=stations)
-    if contract is AIR_QUALITY:
-        if stations is not None and set(stations) != {UCI_STATION_ID}:
-            raise ValueError(f"air_quality has one station: {UCI_STATION_ID}")
-        return read_air_quality(data_dir)
-    raise ValueError(f"no dataset reader for source {source_name!r}")
+    try:
+        reader = contract.dataset_reader()
+    except ContractError as exc:
+        raise ValueError(str(exc)) from None
+    return reader.read(data_dir, entities=stations)

@@ -156,7 +156,7 @@ def build_messages(
     Deterministic in `seed`; lazy, so a whole dataset never sits in memory as bytes.
     """
     _check_args(None, 0.0, bad_rate)
-    fields, key_field, ts = contract.fields, contract.key_field, contract.event_time_field
+    fields, key_field, ts = contract.wire_fields, contract.key_field, contract.event_time_field
     rng = random.Random(seed)
     total = frame.height + _bad_count(frame.height, bad_rate)
     bad_at = set(rng.sample(range(total), total - frame.height))  # positions in what is sent

@@ -1,73 +1,262 @@
-"""Source contracts: each stream described once, declaratively.
+"""Source contracts: each stream described once, declaratively, whatever its shape.
 
-A contract names a stream's Kafka topics, its key and event-time field, and its measures
-with unit, valid range and sentinels; every stage reads the contract instead of
-hard-coding columns. The wire format on `<source>-raw` is one JSON object per record:
-`{"station_id": ..., "timestamp": "<ISO-8601 UTC>", <measure>: <number or null>, ...}`.
+A contract names a stream's Kafka topics, its entity key (a station, a taxi zone, a customer),
+its event-time field, an optional event id, and its typed fields: numeric measures (unit, valid
+range, sentinels), integer counts, categories (with their levels), strings and booleans. Its
+window spec names the aggregations per field (the measure statistics, counts, sums, distinct
+counts, category counts); it names the series the forecasters predict and the fields the
+anomaly model watches, and where the replay reader lives. Every stage reads the contract
+instead of naming columns. The wire format on `<source>-raw` is one JSON object per record:
+`{<key_field>: ..., <event_time_field>: "<ISO-8601 UTC>", <field>: <value or null>, ...}`.
+
+An inconsistent contract fails when it is built, naming the contract and the field:
+
+>>> SourceContract("toy", "a toy", fields=(Measure("x", "m", 0, 1),), key_field="device")
+Traceback (most recent call last):
+...
+periscope.contracts.ContractError: contract 'toy': key field 'device' is not one of its fields (x)
 """
 
 from __future__ import annotations
 
+import importlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
+    "AGGREGATIONS",
     "CONTRACTS",
     "TOPIC_ROLES",
+    "Aggregation",
+    "Category",
+    "ContractError",
+    "Count",
+    "DatasetReader",
+    "Field",
+    "Flag",
+    "ForecastTarget",
     "Measure",
     "SourceContract",
+    "Text",
     "TopicRole",
     "WindowSpec",
     "get_contract",
+    "register",
 ]
 
 TopicRole = Literal["raw", "dlq", "features", "predictions"]
 TOPIC_ROLES: tuple[TopicRole, ...] = ("raw", "dlq", "features", "predictions")
 
+# The statistics `stats` gives each measure per window (see periscope.windows).
+MEASURE_STATS = ("mean", "stddev", "min", "max", "rate_per_min", "trend")
 
+
+class ContractError(ValueError):
+    """A contract contradicts itself (a key that is no field, a sum over a string...)."""
+
+
+# --- fields ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Measure:
-    """One numeric reading: its wire name, unit, valid range and sentinels.
-
-    `source` is the column in the original dataset; `sentinels` are values the source
-    uses for "missing" (UCI's -200), which become nulls, never readings.
-    """
+class Field:
+    """A field of a record on the wire. `source` is its column in the original dataset."""
 
     name: str
-    unit: str
-    valid_min: float
-    valid_max: float
     description: str = ""
     source: str | None = None
-    required: bool = True
+    required: bool = False
+
+    kind: Literal["measure", "count", "category", "text", "flag"] = field(
+        default="text", init=False, repr=False
+    )
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("measure", "count")
+
+
+@dataclass(frozen=True)
+class Measure(Field):
+    """One numeric reading: unit, valid range and sentinels.
+
+    `sentinels` are values the source uses for "missing" (UCI's -200), which become nulls,
+    never readings. A required measure out of range quarantines the record; an optional one
+    is dropped to null and counted.
+    """
+
+    # Positional order kept from the first contracts: Measure(name, unit, lo, hi, description).
+    unit: str = ""
+    valid_min: float = float("-inf")
+    valid_max: float = float("inf")
     sentinels: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        valid_min: float,
+        valid_max: float,
+        description: str = "",
+        *,
+        source: str | None = None,
+        required: bool = True,
+        sentinels: tuple[float, ...] = (),
+    ) -> None:
+        for attribute, value in (
+            ("name", name),
+            ("unit", unit),
+            ("valid_min", float(valid_min)),
+            ("valid_max", float(valid_max)),
+            ("description", description),
+            ("source", source),
+            ("required", required),
+            ("sentinels", tuple(sentinels)),
+            ("kind", "measure"),
+        ):
+            object.__setattr__(self, attribute, value)
 
     def in_range(self, value: float) -> bool:
         return self.valid_min <= value <= self.valid_max
 
 
 @dataclass(frozen=True)
+class Count(Field):
+    """A whole number >= 0 (passengers, items); above `valid_max` it is out of range."""
+
+    valid_max: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", "count")
+
+
+@dataclass(frozen=True)
+class Category(Field):
+    """A string from a known set of `levels`; any other value is out of range."""
+
+    levels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", "category")
+
+
+@dataclass(frozen=True)
+class Text(Field):
+    """A free string: an id, a name."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", "text")
+
+
+@dataclass(frozen=True)
+class Flag(Field):
+    """A JSON boolean."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", "flag")
+
+
+# --- windows -----------------------------------------------------------------------------------
+AggregationKind = Literal["stats", "count", "sum", "distinct_count", "category_counts"]
+AGGREGATIONS: dict[str, tuple[str, ...]] = {
+    # aggregation -> the field kinds it applies to
+    "stats": ("measure",),
+    "count": ("measure", "count", "category", "text", "flag"),
+    "sum": ("measure", "count", "flag"),
+    "distinct_count": ("text", "category", "count"),
+    "category_counts": ("category",),
+}
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """What a window keeps of one field: `stats` (mean, stddev, min, max, rate, trend of a
+    measure), `count` (non-null values), `sum`, `distinct_count`, or `category_counts` (one
+    count per level)."""
+
+    field: str
+    how: AggregationKind = "stats"
+
+
+@dataclass(frozen=True)
 class WindowSpec:
-    """Sliding event-time windows: size, slide and watermark as Spark interval strings."""
+    """Sliding event-time windows (Spark interval strings) and what they aggregate.
+
+    `aggregations` None means `stats` of every measure, the sensor default. Every window also
+    counts its events (`reading_count`).
+    """
 
     size: str = "5 minutes"
     slide: str = "1 minute"
     watermark: str = "10 minutes"
+    aggregations: tuple[Aggregation, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ForecastTarget:
+    """An hourly series the forecasters predict per entity: the hourly `mean` (or `sum`) of a
+    field, or the hourly `count` of events (`field` None) or of a field's values."""
+
+    field: str | None
+    aggregate: Literal["mean", "sum", "count"] = "mean"
+
+    @property
+    def name(self) -> str:
+        """The series' name: the measure itself for a mean (`temperature`), else
+        `<field>_<aggregate>`, `event_count` for events."""
+        if self.field is None:
+            return "event_count"
+        return self.field if self.aggregate == "mean" else f"{self.field}_{self.aggregate}"
+
+
+@runtime_checkable
+class DatasetReader(Protocol):
+    """Reads a source's recorded history for replay (implemented in ingest/)."""
+
+    def read(self, data_dir: Path, *, entities: Sequence[str] | None = None) -> pl.DataFrame:
+        """One row per record: the contract's key, event time (UTC) and fields, in time order."""
+        ...
+
+    def entities(self, data_dir: Path) -> list[str]:
+        """The entity ids the history holds (chaos stamps its damaged records with them)."""
+        ...
+
+
+# --- the contract ------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 @dataclass(frozen=True)
 class SourceContract:
-    """What a stream is: name, key, event time, measures and windowing."""
+    """What a stream is: name, key, event time, optional event id, typed fields, windowing,
+    forecast targets, anomaly fields and where its history is read from."""
 
     name: str
     description: str
-    measures: tuple[Measure, ...]
+    fields: tuple[Field, ...]
     key_field: str = "station_id"
     event_time_field: str = "timestamp"
+    event_id_field: str | None = None
+    # What one entity is called where people read it ("station", "zone", "customer").
+    entity_label: str = "station"
     window: WindowSpec = field(default_factory=WindowSpec)
+    forecast_targets: tuple[ForecastTarget, ...] = ()
+    # Fields whose window statistics the anomaly model reads; None = every measure with stats.
+    anomaly_fields: tuple[str, ...] | None = None
+    # "module:attribute" of a DatasetReader (resolved when a replay needs it), or the reader.
+    reader: str | DatasetReader | None = None
     # A record larger than this is quarantined as oversize (Kafka itself accepts up to 1 MiB).
     max_record_bytes: int = 16 * 1024
 
+    def __post_init__(self) -> None:
+        _check(self)
+
+    # --- topics and tables ---
     def topic(self, role: TopicRole) -> str:
         """The Kafka topic for one role, e.g. `weather-raw`."""
         return f"{self.name}-{role}"
@@ -75,6 +264,30 @@ class SourceContract:
     @property
     def topics(self) -> dict[TopicRole, str]:
         return {role: self.topic(role) for role in TOPIC_ROLES}
+
+    def table(self, layer: Literal["bronze", "silver", "gold"], entity: str) -> str:
+        """A lake table name relative to the lake root, e.g. `silver/weather_features`."""
+        return f"{layer}/{self.name}_{entity}"
+
+    # --- fields ---
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.name} has no field {name!r}; it has {', '.join(self.field_names)}")
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    @property
+    def value_fields(self) -> tuple[Field, ...]:
+        """Every field but the key: what an observation carries besides key and time."""
+        return tuple(f for f in self.fields if f.name != self.key_field)
+
+    @property
+    def measures(self) -> tuple[Measure, ...]:
+        return tuple(f for f in self.fields if isinstance(f, Measure))
 
     @property
     def measure_names(self) -> tuple[str, ...]:
@@ -89,13 +302,125 @@ class SourceContract:
         )
 
     @property
-    def fields(self) -> tuple[str, ...]:
-        """Every field of a record on the wire, in order."""
-        return (self.key_field, self.event_time_field, *self.measure_names)
+    def wire_fields(self) -> tuple[str, ...]:
+        """Every field of a record on the wire, in order (key, event time, the rest)."""
+        return (self.key_field, self.event_time_field, *(f.name for f in self.value_fields))
 
-    def table(self, layer: Literal["bronze", "silver", "gold"], entity: str) -> str:
-        """A lake table name relative to the lake root, e.g. `silver/weather_features`."""
-        return f"{layer}/{self.name}_{entity}"
+    # --- windows ---
+    @property
+    def aggregations(self) -> tuple[Aggregation, ...]:
+        if self.window.aggregations is not None:
+            return self.window.aggregations
+        return tuple(Aggregation(m, "stats") for m in self.measure_names)
+
+    def feature_columns(self) -> list[tuple[str, Literal["double", "long"]]]:
+        """(column, type) of a window's features after key, window_start, window_end,
+        reading_count, in order."""
+        columns: list[tuple[str, Literal["double", "long"]]] = []
+        for agg in self.aggregations:
+            if agg.how == "stats":
+                columns += [(f"{agg.field}_{stat}", "double") for stat in MEASURE_STATS]
+            elif agg.how == "sum":
+                columns.append((f"{agg.field}_sum", "double"))
+            elif agg.how == "category_counts":
+                f = self.field(agg.field)
+                assert isinstance(f, Category)
+                columns += [(f"{agg.field}_{_slug(level)}_count", "long") for level in f.levels]
+            else:  # count, distinct_count
+                columns.append((f"{agg.field}_{agg.how}", "long"))
+        return columns
+
+    @property
+    def stats_measures(self) -> tuple[str, ...]:
+        """The measures whose windows keep the full statistics."""
+        return tuple(a.field for a in self.aggregations if a.how == "stats")
+
+    @property
+    def forecast_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.forecast_targets)
+
+    @property
+    def anomaly_measures(self) -> tuple[str, ...]:
+        return self.stats_measures if self.anomaly_fields is None else self.anomaly_fields
+
+    def dataset_reader(self) -> DatasetReader:
+        """The replay reader, imported on first use (contracts import no stage)."""
+        if self.reader is None:
+            raise ContractError(f"contract {self.name!r} names no dataset reader: it cannot replay")
+        if not isinstance(self.reader, str):
+            return self.reader
+        module, _, attribute = self.reader.partition(":")
+        return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+
+
+def _check(contract: SourceContract) -> None:
+    """Raise ContractError naming the contract and the field for any inconsistency."""
+
+    def fail(message: str) -> None:
+        raise ContractError(f"contract {contract.name!r}: {message}")
+
+    names = [f.name for f in contract.fields]
+    listed = ", ".join(names)
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", contract.name):
+        fail("a source name is lowercase letters, digits and _ (it names topics and tables)")
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        fail(f"field(s) {', '.join(duplicated)} declared twice")
+    reserved = {contract.event_time_field, "event_time", "window_start", "window_end"}
+    for f in contract.fields:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", f.name):
+            fail(f"field {f.name!r} is not a lowercase identifier")
+        if f.name in reserved:
+            fail(f"field {f.name!r} is a reserved column name")
+        if isinstance(f, Measure) and not f.valid_min <= f.valid_max:
+            fail(f"measure {f.name!r} has valid_min > valid_max")
+        if isinstance(f, Category) and not f.levels:
+            fail(f"category {f.name!r} lists no levels")
+    if contract.key_field not in names:
+        fail(f"key field {contract.key_field!r} is not one of its fields ({listed})")
+    if contract.field(contract.key_field).kind not in ("text", "category", "count"):
+        fail(f"key field {contract.key_field!r} must be a string, category or count")
+    if contract.event_id_field is not None:
+        if contract.event_id_field not in names:
+            fail(f"event id field {contract.event_id_field!r} is not one of its fields ({listed})")
+        if contract.event_id_field == contract.key_field:
+            fail(f"event id field {contract.event_id_field!r} is also the key")
+    seen: set[tuple[str, str]] = set()
+    for agg in contract.aggregations:
+        if agg.field not in names:
+            fail(f"aggregation {agg.how!r} on {agg.field!r}, which is not one of its fields")
+        if agg.how not in AGGREGATIONS:
+            fail(
+                f"unknown aggregation {agg.how!r} on {agg.field!r}; known: {', '.join(AGGREGATIONS)}"
+            )
+        kind = contract.field(agg.field).kind
+        if kind not in AGGREGATIONS[agg.how]:
+            fail(f"aggregation {agg.how!r} cannot apply to {kind} field {agg.field!r}")
+        if agg.field == contract.key_field:
+            fail(f"aggregation {agg.how!r} on the key field {agg.field!r}")
+        if (agg.field, agg.how) in seen:
+            fail(f"aggregation {agg.how!r} on {agg.field!r} listed twice")
+        seen.add((agg.field, agg.how))
+    kept = {(a.field, a.how) for a in contract.aggregations}
+    needs = {"mean": "stats", "sum": "sum", "count": "count"}
+    for target in contract.forecast_targets:
+        if target.field is None:
+            if target.aggregate != "count":
+                fail("a forecast target without a field can only count events")
+            continue
+        if (target.field, needs[target.aggregate]) not in kept:
+            fail(
+                f"forecast target {target.name!r} needs the window aggregation "
+                f"{needs[target.aggregate]!r} of {target.field!r}, which the window does not keep"
+            )
+    for name in contract.anomaly_fields or ():
+        if (name, "stats") not in kept:
+            fail(f"anomaly field {name!r} has no `stats` aggregation in the window")
+
+
+# --- the sources -------------------------------------------------------------------------------
+def _station(description: str) -> Text:
+    return Text("station_id", description, required=True)
 
 
 # Hourly history needs hour-sized windows; live sources keep the 5m/1m/10m default.
@@ -104,7 +429,8 @@ _HOURLY = WindowSpec(size="3 hours", slide="1 hour", watermark="6 hours")
 WEATHER = SourceContract(
     name="weather",
     description="Hourly weather observations from city stations (Kaggle historical hourly weather, Open-Meteo live).",
-    measures=(
+    fields=(
+        _station("a city's slug, e.g. tel_aviv_district"),
         Measure("temperature", "°C", -90.0, 60.0, "air temperature", source="temperature"),
         Measure("humidity", "%", 0.0, 100.0, "relative humidity", source="humidity"),
         # Station-level readings (Denver, Albuquerque at ~1,600 m: ~830 hPa) are real: not errors.
@@ -121,6 +447,9 @@ WEATHER = SourceContract(
         ),
     ),
     window=_HOURLY,
+    # What operators watch and the seeds' dashboards show.
+    forecast_targets=tuple(ForecastTarget(m) for m in ("temperature", "humidity", "pressure")),
+    reader="ingest.datasets:WEATHER_READER",
 )
 
 _UCI_MISSING = (-200.0,)
@@ -133,67 +462,34 @@ def _uci(name: str, source: str, unit: str, lo: float, hi: float, description: s
 AIR_QUALITY = SourceContract(
     name="air_quality",
     description="Hourly gas-sensor readings of the UCI Air Quality station (De Vito et al., 2008).",
-    measures=(
-        _uci(
-            "co_gt",
-            "CO(GT)",
-            "mg/m³",
-            0.0,
-            50.0,
-            "true hourly CO concentration (reference analyser)",
-        ),
-        _uci(
-            "pt08_s1_co",
-            "PT08.S1(CO)",
-            "sensor response",
-            0.0,
-            3000.0,
-            "tin-oxide sensor, nominally CO",
-        ),
+    fields=(
+        _station("the one UCI station, uci_air_quality"),
+        _uci("co_gt", "CO(GT)", "mg/m³", 0.0, 50.0, "true hourly CO concentration (reference analyser)"),
+        _uci("pt08_s1_co", "PT08.S1(CO)", "sensor response", 0.0, 3000.0, "tin-oxide sensor, nominally CO"),
         _uci("nmhc_gt", "NMHC(GT)", "µg/m³", 0.0, 2000.0, "true non-methane hydrocarbons"),
         _uci("c6h6_gt", "C6H6(GT)", "µg/m³", 0.0, 100.0, "true benzene concentration"),
-        _uci(
-            "pt08_s2_nmhc",
-            "PT08.S2(NMHC)",
-            "sensor response",
-            0.0,
-            3000.0,
-            "titania sensor, nominally NMHC",
-        ),
+        _uci("pt08_s2_nmhc", "PT08.S2(NMHC)", "sensor response", 0.0, 3000.0, "titania sensor, nominally NMHC"),
         _uci("nox_gt", "NOx(GT)", "ppb", 0.0, 2000.0, "true NOx concentration"),
-        _uci(
-            "pt08_s3_nox",
-            "PT08.S3(NOx)",
-            "sensor response",
-            0.0,
-            3000.0,
-            "tungsten-oxide sensor, nominally NOx",
-        ),
+        _uci("pt08_s3_nox", "PT08.S3(NOx)", "sensor response", 0.0, 3000.0, "tungsten-oxide sensor, nominally NOx"),
         _uci("no2_gt", "NO2(GT)", "µg/m³", 0.0, 500.0, "true NO2 concentration"),
-        _uci(
-            "pt08_s4_no2",
-            "PT08.S4(NO2)",
-            "sensor response",
-            0.0,
-            3000.0,
-            "tungsten-oxide sensor, nominally NO2",
-        ),
-        _uci(
-            "pt08_s5_o3",
-            "PT08.S5(O3)",
-            "sensor response",
-            0.0,
-            3000.0,
-            "indium-oxide sensor, nominally O3",
-        ),
+        _uci("pt08_s4_no2", "PT08.S4(NO2)", "sensor response", 0.0, 3000.0, "tungsten-oxide sensor, nominally NO2"),
+        _uci("pt08_s5_o3", "PT08.S5(O3)", "sensor response", 0.0, 3000.0, "indium-oxide sensor, nominally O3"),
         _uci("temperature", "T", "°C", -30.0, 50.0, "air temperature"),
         _uci("relative_humidity", "RH", "%", 0.0, 100.0, "relative humidity"),
         _uci("absolute_humidity", "AH", "g/m³", 0.0, 5.0, "absolute humidity"),
     ),
     window=_HOURLY,
-)
+    forecast_targets=(ForecastTarget("co_gt"), ForecastTarget("no2_gt")),
+    reader="ingest.datasets:AIR_QUALITY_READER",
+)  # fmt: skip
 
 CONTRACTS: dict[str, SourceContract] = {c.name: c for c in (WEATHER, AIR_QUALITY)}
+
+
+def register(contract: SourceContract) -> SourceContract:
+    """Add a source (or replace one of the same name): every stage and CLI then knows it."""
+    CONTRACTS[contract.name] = contract
+    return contract
 
 
 def get_contract(name: str) -> SourceContract:

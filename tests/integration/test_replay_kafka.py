@@ -75,7 +75,7 @@ def test_replay_lands_every_record_and_only_the_good_ones_are_valid(services):
     assert len(valid) == report.good
     assert {r.key for r in records} == {UCI_STATION_ID.encode()}
     parsed = [json.loads(r.value) for r in valid]
-    assert all(list(p) == list(AIR_QUALITY.fields) for p in parsed)
+    assert all(list(p) == list(AIR_QUALITY.wire_fields) for p in parsed)
     assert all(p["station_id"] == UCI_STATION_ID for p in parsed)
     # The first 200 hours of the dataset, each exactly once.
     expected = read_air_quality(services.data_dir).head(200)["timestamp"]

@@ -243,7 +243,7 @@ def test_record_is_the_wire_format():
         None,
     )
     record = obs.to_record()
-    assert tuple(record) == get_contract("weather").fields
+    assert tuple(record) == get_contract("weather").wire_fields
     assert encode_record(record) == (
         b'{"station_id":"toronto","timestamp":"2026-03-06T02:00:00Z","temperature":0.5,'
         b'"humidity":80.0,"pressure":1001.5,"wind_speed":5.9,"wind_direction":null}'
