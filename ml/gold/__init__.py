@@ -1,32 +1,33 @@
-"""Gold: `periscope score`, the always-on stage that scores silver feature windows (moved here; split next)."""
+"""Gold: `periscope score`, the always-on stage that scores silver feature windows on Ray.
 
-from ml.gold.rounds import (
-    SCORE_APP_ID,
-    RoundReport,
-    ScorerPool,
-    ScoringError,
-    history_for,
-    pending_after,
-    plan_round,
-    prediction_messages,
-    predictions_path,
-    run_scoring,
-    score_round,
-    scored_through,
-    scoring_pool,
-    split_by_station,
-    station_owner,
-    write_predictions,
-)
-from ml.gold.scoring import (
+Silver feature windows in, `gold/<source>_predictions` rows and `<source>-predictions`
+messages out. One module per step:
+
+- `rounds`: the loop (`run_scoring`) and one round (`score_round`): which windows are new,
+  read, score, publish, write; the module docstring tells how gold tracks what it scored.
+- `plan`: how many silver batches a round takes, which actor scores a station.
+- `actors`: the Ray actor pool (`ScorerPool`) holding the champion models.
+- `scoring`: the pure core, `score_windows`: feature windows -> gold rows, with the
+  per-series forecast caches.
+- `table`: the gold schema, its path, the scored-through mark, the MERGE.
+- `messages`: gold rows as `<source>-predictions` JSON, and publishing them.
+
+The Ray runtime comes from `ml.ray_session`; nothing here imports `ml.training`.
+"""
+
+from ml.gold.actors import ScorerPool, ScoringError, scoring_pool
+from ml.gold.messages import prediction_messages, publish_predictions
+from ml.gold.plan import plan_round, split_by_station, station_owner
+from ml.gold.rounds import RoundReport, history_for, pending_after, run_scoring, score_round
+from ml.gold.scoring import HISTORY_HOURS, LoadedModels, history_window, score_windows, to_arrow
+from ml.gold.table import (
     FORECAST_TYPE,
     GOLD_COLUMNS,
-    HISTORY_HOURS,
-    LoadedModels,
+    SCORE_APP_ID,
     gold_schema,
-    history_window,
-    score_windows,
-    to_arrow,
+    predictions_path,
+    scored_through,
+    write_predictions,
 )
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "plan_round",
     "prediction_messages",
     "predictions_path",
+    "publish_predictions",
     "run_scoring",
     "score_round",
     "score_windows",

@@ -27,22 +27,20 @@ import pyarrow as pa
 
 from ml.anomaly import AnomalyModel
 from ml.forecast import MAX_RESIDUAL_AGE, ForecastBundle, SeriesModel
+from ml.gold.table import FORECAST_TYPE, GOLD_COLUMNS, KEY, gold_schema
 from ml.registry import model_name
 
 if TYPE_CHECKING:
     from prophet import Prophet
 
 __all__ = [
-    "GOLD_COLUMNS",
     "HISTORY_HOURS",
     "LoadedModels",
-    "gold_schema",
     "history_window",
     "score_windows",
     "to_arrow",
 ]
 
-KEY = "station_id"
 # The correction looks at most this far back for the latest residual, and the blend's
 # "same hour yesterday" (or the day before, past 24 h) always lies in the same hours.
 HISTORY_HOURS = int(MAX_RESIDUAL_AGE / pd.Timedelta(hours=1))
@@ -51,40 +49,6 @@ _HOUR_US = 3_600_000_000
 BLOCK_HOURS = 28 * 24
 MAX_BLOCKS = 16  # ~15 months of hours; 5 KB per block and series
 _UTC_US = "datetime64[us, UTC]"
-
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
-FORECAST_TYPE = pa.list_(
-    pa.struct(
-        [
-            pa.field("measure", pa.string(), nullable=False),
-            pa.field("horizon_h", pa.int32(), nullable=False),
-            pa.field("target_time", _TIMESTAMP, nullable=False),
-            pa.field("yhat", pa.float64(), nullable=False),
-            pa.field("yhat_lower", pa.float64(), nullable=False),
-            pa.field("yhat_upper", pa.float64(), nullable=False),
-        ]
-    )
-)
-_GOLD_FIELDS = [
-    pa.field("station_id", pa.string(), nullable=False),
-    pa.field("window_start", _TIMESTAMP, nullable=False),
-    pa.field("window_end", _TIMESTAMP, nullable=False),
-    pa.field("anomaly_score", pa.float64()),  # null: no anomaly model
-    pa.field("is_anomaly", pa.bool_()),
-    pa.field("forecast_origin", _TIMESTAMP, nullable=False),
-    pa.field("forecasts", FORECAST_TYPE, nullable=False),  # empty: nothing to forecast
-    pa.field("forecast_model", pa.string()),
-    pa.field("forecast_version", pa.int64()),
-    pa.field("anomaly_model", pa.string()),
-    pa.field("anomaly_version", pa.int64()),
-    pa.field("scored_at", _TIMESTAMP, nullable=False),
-]
-GOLD_COLUMNS = [f.name for f in _GOLD_FIELDS]
-
-
-def gold_schema() -> pa.Schema:
-    """The schema of gold/<source>_predictions; one row per (station_id, window_start)."""
-    return pa.schema(_GOLD_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -379,37 +343,58 @@ def _forecasts(
         measures = by_station.get(station)
         if not measures:
             continue
-        unique, row_origin = np.unique(origins[first:last], return_inverse=True)
-        grid_start = int(unique[0]) + 1 - HISTORY_HOURS
-        observed = _on_grid(history.get(station), grid_start, int(unique[-1]) + 1, len(names))
-        columns: tuple[list[np.ndarray], ...] = ([], [], [])
-        for measure in measures:
-            y = observed[:, names.index(measure)]
-            for column, values in zip(
-                columns,
-                models._scorer(station, measure).forecast(unique, grid_start, y),
-                strict=True,
-            ):
-                column.append(values[row_origin])
-        # (rows, measures, horizon), flattened row by row: a row's list is measure by measure.
-        yhat, lower, upper = (np.stack(c, axis=1) for c in columns)
-        shape = yhat.shape
-        ahead = np.arange(1, shape[2] + 1)
-        parts.append(
-            {
-                "measure": np.broadcast_to(
-                    np.array([names.index(m) for m in measures])[None, :, None], shape
-                ).ravel(),
-                "horizon_h": np.broadcast_to(ahead, shape).ravel(),
-                "target_time": np.broadcast_to(
-                    (origins[first:last, None, None] + ahead) * _HOUR_US, shape
-                ).ravel(),
-                "yhat": yhat.ravel(),
-                "yhat_lower": lower.ravel(),
-                "yhat_upper": upper.ravel(),
-            }
+        items, per_row = _station_forecasts(
+            models, station, measures, names, origins[first:last], history.get(station)
         )
-        counts[first:last] = shape[1] * shape[2]
+        parts.append(items)
+        counts[first:last] = per_row
+    return _forecast_lists(parts, counts, names)
+
+
+def _station_forecasts(
+    models: LoadedModels,
+    station: str,
+    measures: list[str],
+    names: list[str],
+    origins: np.ndarray,
+    history: tuple[int, np.ndarray] | None,
+) -> tuple[dict[str, np.ndarray], int]:
+    """One station's forecast items (row by row, measure by measure within a row) for windows
+    with these origins, and the number of items per row."""
+    unique, row_origin = np.unique(origins, return_inverse=True)
+    grid_start = int(unique[0]) + 1 - HISTORY_HOURS
+    observed = _on_grid(history, grid_start, int(unique[-1]) + 1, len(names))
+    columns: tuple[list[np.ndarray], ...] = ([], [], [])
+    for measure in measures:
+        y = observed[:, names.index(measure)]
+        for column, values in zip(
+            columns,
+            models._scorer(station, measure).forecast(unique, grid_start, y),
+            strict=True,
+        ):
+            column.append(values[row_origin])
+    # (rows, measures, horizon), flattened row by row: a row's list is measure by measure.
+    yhat, lower, upper = (np.stack(c, axis=1) for c in columns)
+    shape = yhat.shape
+    ahead = np.arange(1, shape[2] + 1)
+    items = {
+        "measure": np.broadcast_to(
+            np.array([names.index(m) for m in measures])[None, :, None], shape
+        ).ravel(),
+        "horizon_h": np.broadcast_to(ahead, shape).ravel(),
+        "target_time": np.broadcast_to((origins[:, None, None] + ahead) * _HOUR_US, shape).ravel(),
+        "yhat": yhat.ravel(),
+        "yhat_lower": lower.ravel(),
+        "yhat_upper": upper.ravel(),
+    }
+    return items, shape[1] * shape[2]
+
+
+def _forecast_lists(
+    parts: list[dict[str, np.ndarray]], counts: np.ndarray, names: list[str]
+) -> pa.ListArray:
+    """The forecasts column from per-station item arrays (`measure` as an index into `names`)
+    and the number of items of each row."""
     flat = {
         key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, dtype)
         for key, dtype in (
@@ -428,7 +413,7 @@ def _forecasts(
                 pa.array(flat["measure"], pa.int32()), pa.array(names, pa.string())
             ).cast(pa.string()),
             pa.array(flat["horizon_h"], pa.int32()),
-            pa.array(flat["target_time"], pa.int64()).cast(_TIMESTAMP),
+            pa.array(flat["target_time"], pa.int64()).cast(struct_type.field("target_time").type),
             pa.array(flat["yhat"]),
             pa.array(flat["yhat_lower"]),
             pa.array(flat["yhat_upper"]),

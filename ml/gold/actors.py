@@ -1,0 +1,216 @@
+"""The Ray actor pool that scores: each actor holds the champion models and scores its stations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ml.gold.plan import split_by_station, station_owner
+from ml.gold.scoring import LoadedModels, score_windows, to_arrow
+from ml.gold.table import KEY, gold_schema
+from ml.ray_session import ray_session, worker_runtime_env
+from ml.registry import MODEL_KINDS, Registry, model_name
+from periscope.errors import PeriscopeError
+from periscope.settings import Settings
+
+__all__ = ["ScorerPool", "ScoringActor", "ScoringError", "load_model", "scoring_pool"]
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: Settings, source: str, kind: str, version: int) -> Any:
+    """One registered model version, loaded into memory."""
+    registry = Registry(settings)
+    return registry.load(registry.resolve(source, kind, str(version)))  # type: ignore[arg-type]
+
+
+class ScoringActor:
+    """Holds each source's models (loaded once, reloaded when the champion moves) and scores."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, LoadedModels] = {}
+
+    def use(
+        self, source: str, wanted: dict[str, int | None], share: tuple[int, int] = (0, 1)
+    ) -> dict[str, str]:
+        """Hold the `wanted` version of each kind; returns {kind: error} for loads that failed
+        (the version held before stays in use). None means no champion: score without it.
+
+        A newly loaded forecast model is warmed for the stations this actor owns (`share` =
+        its index and the pool's size), so its first rounds are as fast as the later ones.
+        """
+        held = self.models.get(source) or LoadedModels(source, None, None, None, None)
+        loaded: dict[str, tuple[Any, int | None]] = {
+            "forecast": (held.forecast, held.forecast_version),
+            "anomaly": (held.anomaly, held.anomaly_version),
+        }
+        errors: dict[str, str] = {}
+        changed = source not in self.models
+        for kind, version in wanted.items():
+            if loaded[kind][1] == version:
+                continue
+            try:
+                loaded[kind] = (
+                    (None, None)
+                    if version is None
+                    else (load_model(self.settings, source, kind, version), version)
+                )
+                changed = True
+            except Exception as exc:  # keep scoring with the model we have
+                errors[kind] = f"{exc.__class__.__name__}: {exc}"
+        if changed:
+            models = LoadedModels(source, *loaded["forecast"], *loaded["anomaly"])
+            index, parts = share
+            started = time.perf_counter()
+            warmed = models.warm(lambda s: station_owner(s, parts) == index, datetime.now(UTC))
+            if warmed:
+                log.info(
+                    "%s: warmed %d forecast series in %.1f s",
+                    source,
+                    warmed,
+                    time.perf_counter() - started,
+                )
+            self.models[source] = models
+        return errors
+
+    def versions(self, source: str) -> dict[str, int | None]:
+        held = self.models.get(source)
+        if held is None:
+            return {kind: None for kind in MODEL_KINDS}
+        return {"forecast": held.forecast_version, "anomaly": held.anomaly_version}
+
+    def score(
+        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        return to_arrow(score_windows(features, hourly, self.models[source], scored_at=scored_at))
+
+    def ping(self) -> bool:
+        return True
+
+
+class ScoringError(PeriscopeError):
+    """A round could not be scored; its windows stay unscored and the next round retries."""
+
+
+@dataclass
+class ScorerPool:
+    """`size` Ray actors; a dead actor is replaced, and the models it should hold reloaded."""
+
+    settings: Settings
+    size: int
+    actors: list[Any] = field(default_factory=list)
+    wanted: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    # (source, kind, version) loads that failed: logged once, not retried every round.
+    failed_loads: set[tuple[str, str, int | None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.actors = [self._new_actor() for _ in range(self.size)]
+
+    def _new_actor(self) -> Any:
+        import ray
+
+        runtime_env = worker_runtime_env(niceness=self.settings.score_actor_niceness)
+        return (
+            ray.remote(ScoringActor)
+            .options(max_concurrency=1, runtime_env=runtime_env)
+            .remote(self.settings)
+        )
+
+    def sync_models(self, source: str, registry: Registry) -> dict[str, int | None]:
+        """Point every actor at the current champions of `source`; returns the versions held."""
+
+        wanted: dict[str, int | None] = {
+            kind: registry.champion_version(source, kind) for kind in MODEL_KINDS
+        }
+        wanted = {
+            kind: version
+            for kind, version in wanted.items()
+            if (source, kind, version) not in self.failed_loads
+        }
+        self.wanted.setdefault(source, {}).update(wanted)
+        errors = self._get(
+            [
+                actor.use.remote(source, self.wanted[source], (i, len(self.actors)))
+                for i, actor in enumerate(self.actors)
+            ]
+        )
+        for kind, error in {k: e for found in errors for k, e in found.items()}.items():
+            version = self.wanted[source][kind]
+            self.failed_loads.add((source, kind, version))
+            log.warning(
+                "%s version %s could not be loaded (%s); actors keep scoring with the version "
+                "they hold",
+                model_name(source, kind),
+                version,
+                error,
+            )
+        held = self._get([self.actors[0].versions.remote(source)])[0]
+        self.wanted[source] = held
+        return held
+
+    def score(
+        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        """Gold rows for `features`, stations spread over the actors; raises ScoringError."""
+
+        parts = split_by_station(features, len(self.actors))
+        calls = []
+        for actor, part in zip(self.actors, parts, strict=True):
+            if part.empty:
+                continue
+            stations = part[KEY].astype(str).unique()
+            history = hourly[hourly[KEY].astype(str).isin(stations)]
+            calls.append(actor.score.remote(source, part, history, scored_at))
+        tables = self._get(calls)
+        if not tables:
+            return gold_schema().empty_table()
+        return pa.concat_tables(tables)
+
+    def _get(self, calls: list[Any]) -> list[Any]:
+        """ray.get, with a dead actor replaced and any failure raised as ScoringError."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(calls)
+        except RayActorError as exc:
+            self._replace_dead_actors()
+            raise ScoringError(f"a scoring actor died ({exc.__class__.__name__})") from exc
+        except RayTaskError as exc:
+            raise ScoringError(f"scoring failed: {exc.cause!r}") from exc
+
+    def _replace_dead_actors(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        for i, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.ping.remote(), timeout=30)
+            except RayActorError:
+                log.warning("scoring actor %d died; starting a replacement", i)
+                self.actors[i] = self._new_actor()
+                for source, versions in self.wanted.items():
+                    ray.get(self.actors[i].use.remote(source, versions, (i, len(self.actors))))
+
+    def kill(self, index: int) -> None:
+        """Stop one actor abruptly (what a crashed worker looks like); for failure drills."""
+        import ray
+
+        ray.kill(self.actors[index], no_restart=True)
+
+
+@contextmanager
+def scoring_pool(settings: Settings, actors: int | None = None) -> Iterator[ScorerPool]:
+    """A Ray runtime (the configured cluster or a local one) and a pool of scoring actors."""
+    size = actors or settings.score_actors
+    with ray_session(settings, workers=size):
+        yield ScorerPool(settings, size)

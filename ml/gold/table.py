@@ -1,0 +1,110 @@
+"""The gold table, `gold/<source>_predictions`: its schema, its path, and its writes.
+
+One row per (station_id, window_start). The last silver batch scored is recorded in the table
+itself, as a Delta app transaction committed by the same MERGE as the rows (see `ml.gold.rounds`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from periscope.contracts import SourceContract
+from periscope.lake import GOLD_SCORE_APP_ID, merge_rows
+from periscope.settings import Settings
+
+__all__ = [
+    "FORECAST_TYPE",
+    "GOLD_COLUMNS",
+    "KEY",
+    "SCORE_APP_ID",
+    "gold_schema",
+    "predictions_path",
+    "scored_through",
+    "write_predictions",
+]
+
+# The Delta app id under which gold records the last silver batch it scored.
+SCORE_APP_ID = GOLD_SCORE_APP_ID
+KEY = "station_id"
+
+# --- the schema ----------------------------------------------------------------------------
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+FORECAST_TYPE = pa.list_(
+    pa.struct(
+        [
+            pa.field("measure", pa.string(), nullable=False),
+            pa.field("horizon_h", pa.int32(), nullable=False),
+            pa.field("target_time", _TIMESTAMP, nullable=False),
+            pa.field("yhat", pa.float64(), nullable=False),
+            pa.field("yhat_lower", pa.float64(), nullable=False),
+            pa.field("yhat_upper", pa.float64(), nullable=False),
+        ]
+    )
+)
+_GOLD_FIELDS = [
+    pa.field("station_id", pa.string(), nullable=False),
+    pa.field("window_start", _TIMESTAMP, nullable=False),
+    pa.field("window_end", _TIMESTAMP, nullable=False),
+    pa.field("anomaly_score", pa.float64()),  # null: no anomaly model
+    pa.field("is_anomaly", pa.bool_()),
+    pa.field("forecast_origin", _TIMESTAMP, nullable=False),
+    pa.field("forecasts", FORECAST_TYPE, nullable=False),  # empty: nothing to forecast
+    pa.field("forecast_model", pa.string()),
+    pa.field("forecast_version", pa.int64()),
+    pa.field("anomaly_model", pa.string()),
+    pa.field("anomaly_version", pa.int64()),
+    pa.field("scored_at", _TIMESTAMP, nullable=False),
+]
+GOLD_COLUMNS = [f.name for f in _GOLD_FIELDS]
+
+
+def gold_schema() -> pa.Schema:
+    """The schema of gold/<source>_predictions; one row per (station_id, window_start)."""
+    return pa.schema(_GOLD_FIELDS)
+
+
+# --- reads and writes ----------------------------------------------------------------------
+def predictions_path(settings: Settings, contract: SourceContract) -> str:
+    return settings.lake_path(contract.table("gold", "predictions"))
+
+
+def scored_through(path: str) -> int | None:
+    """The last silver batch id whose windows are in gold (None: nothing scored yet)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(path).transaction_version(SCORE_APP_ID)
+    except TableNotFoundError:
+        return None
+
+
+def write_predictions(path: str, rows: pa.Table, through: int) -> int:
+    """MERGE rows into gold on (station_id, window_start) and record `through`, in one commit.
+
+    Returns the gold table's new version. The literal lower bound on window_start lets
+    delta-rs skip files no row of this round can match (live rounds touch recent windows).
+    No skip on an already recorded mark: `--rescore` rewrites windows below it on purpose.
+    """
+    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+
+    rows = rows.select(GOLD_COLUMNS).cast(gold_schema())
+    metadata = {"periscope.operation": "score", "periscope.silver_through": str(through)}
+    if DeltaTable.is_deltatable(path) and rows.num_rows:
+        lowest = pa.compute.min(rows["window_start"]).as_py()
+        merge_rows(
+            path,
+            rows,
+            keys=[KEY, "window_start"],
+            app_id=SCORE_APP_ID,
+            version=through,
+            lower_bound=("window_start", lowest),
+            metadata=metadata,
+        )
+    else:  # a new table, or nothing to write but the mark still moves past the batches read
+        commit = CommitProperties(
+            app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
+            custom_metadata=metadata,
+        )
+        write_deltalake(path, rows, mode="append", commit_properties=commit)
+    return DeltaTable(path).version()
