@@ -354,7 +354,7 @@ def scheduler_show() -> None:
     """The scheduled jobs and when each runs next."""
     from datetime import UTC
 
-    from ml.schedule import build_scheduler
+    from ml.training.schedule import build_scheduler
 
     settings = get_settings()
     scheduler = build_scheduler(settings, background=True)
@@ -373,7 +373,7 @@ def scheduler_run(
     ] = False,
 ) -> None:
     """Run the scheduler in the foreground (Ctrl-C stops it)."""
-    from ml.schedule import build_scheduler
+    from ml.training.schedule import build_scheduler
 
     scheduler = build_scheduler(
         get_settings(), sources=_sources(source) if source else None, run_now=now

@@ -185,7 +185,7 @@ def test_a_worse_challenger_is_kept_out_then_promote_and_rollback_move_the_champ
 def test_the_scheduled_retrain_job_runs_once(ml_settings, first_training):
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 
-    from ml.schedule import RETRAIN_JOB_ID, build_scheduler
+    from ml.training.schedule import RETRAIN_JOB_ID, build_scheduler
 
     registry = Registry(ml_settings)
     before = len(registry.versions("weather_anomaly"))
