@@ -23,7 +23,8 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 
 from periscope.contracts import Measure, SourceContract
-from spark_streaming.features import FEATURE_STATS, feature_columns
+from periscope.time import naive_utc
+from periscope.windows import FEATURE_STATS, feature_columns
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -184,10 +185,10 @@ def label_windows(
     """True for each feature window holding at least one altered reading (start <= t < end)."""
     key = contract.key_field
     flags = np.zeros(len(features), dtype=bool)
-    starts = _naive_utc(features["window_start"]).to_numpy()
-    ends = _naive_utc(features["window_end"]).to_numpy()
+    starts = naive_utc(features["window_start"]).to_numpy()
+    ends = naive_utc(features["window_end"]).to_numpy()
     stations = features[key].to_numpy()
-    times = _naive_utc(labels["event_time"])
+    times = naive_utc(labels["event_time"])
     for station, station_times in times.groupby(labels[key].to_numpy()):
         at = np.sort(station_times.to_numpy())
         rows = np.flatnonzero(stations == station)
@@ -209,13 +210,6 @@ def label_windows_by_kind(
         },
         index=features.index,
     )
-
-
-def _naive_utc(times: pd.Series) -> pd.Series:
-    times = pd.to_datetime(times)
-    if times.dt.tz is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    return times.astype("datetime64[ns]")
 
 
 # --- the model -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from periscope import duckdb_lake
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
+from periscope.time import naive_utc, naive_utc_columns
 
 __all__ = [
     "FORECAST_TARGETS",
@@ -56,18 +57,11 @@ class LakeSlice:
             params += list(self.stations)
         if self.since is not None:
             clauses.append(f"{time_column} >= ?")
-            params.append(_naive_utc(self.since))
+            params.append(naive_utc(self.since))
         if self.until is not None:
             clauses.append(f"{time_column} < ?")
-            params.append(_naive_utc(self.until))
+            params.append(naive_utc(self.until))
         return " and ".join(clauses), params
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    stamp = pd.Timestamp(moment)
-    if stamp.tzinfo is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return stamp.to_pydatetime()
 
 
 def _read(
@@ -87,7 +81,7 @@ def _read(
         raise
     finally:
         con.close()
-    return _naive(frame)
+    return naive_utc_columns(frame)
 
 
 def hourly_observations(
@@ -186,7 +180,7 @@ class SilverFeed:
         batch = pc.field("silver_batch_id")
         rows = self._scan("features", None, (batch > after) & (batch <= through))
         rows = rows.sort_by([(self.contract.key_field, "ascending"), ("window_start", "ascending")])
-        return _naive(rows.to_pandas())
+        return naive_utc_columns(rows.to_pandas())
 
     def hourly(self, lake_slice: LakeSlice) -> pd.DataFrame:
         """As `hourly_observations`: the slice's observations averaged per (station, hour)."""
@@ -196,7 +190,7 @@ class SilverFeed:
             where = where & pc.field(key).isin(list(lake_slice.stations))
         for bound, compare in ((lake_slice.since, pc.greater_equal), (lake_slice.until, pc.less)):
             if bound is not None:
-                stamp = pa.scalar(_naive_utc(bound), pa.timestamp("us")).cast(_UTC)
+                stamp = pa.scalar(naive_utc(bound), pa.timestamp("us")).cast(_UTC)
                 where = where & compare(pc.field("event_time"), stamp)
         rows = self._scan("observations", [key, "event_time", *measures], where)
         hours = pc.floor_temporal(rows.column("event_time"), 1, "hour")
@@ -211,7 +205,7 @@ class SilverFeed:
         means = means.select(["station_id", "ds", *(f"{m}_mean" for m in measures)])
         means = means.rename_columns(["station_id", "ds", *measures])
         means = means.sort_by([("station_id", "ascending"), ("ds", "ascending")])
-        return _naive(means.to_pandas())
+        return naive_utc_columns(means.to_pandas())
 
     def _path(self, entity: str) -> str:
         return self.settings.lake_path(self.contract.table("silver", entity))
@@ -238,14 +232,6 @@ class SilverFeed:
 
 
 _UTC = pa.timestamp("us", tz="UTC")
-
-
-def _naive(frame: pd.DataFrame) -> pd.DataFrame:
-    """tz-aware columns as naive UTC (what Prophet and the pure ML functions expect)."""
-    for column in frame.columns:
-        if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
-            frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
-    return frame
 
 
 def series_frames(

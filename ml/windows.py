@@ -1,8 +1,10 @@
 """Silver's sliding-window features computed with DuckDB over a pandas frame, without Spark.
 
-The same windows as silver's (spark_streaming.window_state): epoch-aligned windows of the
-contract's size every slide, one row per (station, window) holding at least one reading.
-Anomaly evaluation uses this to build features for observations it has altered itself.
+The same windows as silver's (periscope.windows.state): epoch-aligned windows of the
+contract's size every slide, one row per (entity, window) holding at least one reading, with
+every aggregation the contract's window names. It is the from-scratch reference the
+incremental state is tested against; anomaly evaluation uses it to build features for
+observations it has altered itself.
 """
 
 from __future__ import annotations
@@ -11,81 +13,103 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from periscope.contracts import SourceContract
-from spark_streaming.features import feature_columns, interval_seconds
+from periscope.contracts import SourceContract, category_column
+from periscope.time import naive_utc
+from periscope.windows import (
+    WindowAggregations,
+    feature_columns,
+    feature_types,
+    interval_micros,
+)
 
 __all__ = ["window_features"]
 
-_MICROS = 1_000_000
-
 
 def window_features(observations: pd.DataFrame, contract: SourceContract) -> pd.DataFrame:
-    """One row per (station, sliding window): `feature_columns(contract)`, NaN where Spark says null.
+    """One row per (entity, sliding window): `feature_columns(contract)`, NaN where Spark says null.
 
-    `observations` has the contract's key (station_id), `event_time` (naive UTC or tz-aware)
-    and the contract's measures (NaN or None = missing). Sorted by station, window_start;
+    `observations` has the contract's key, `event_time` (naive UTC or tz-aware) and the
+    fields the windows aggregate (NaN or None = missing). Sorted by key, window_start;
     window_start and window_end are naive UTC.
     """
     key = contract.key_field
-    measures = list(contract.measure_names)
-    missing = [c for c in (key, "event_time", *measures) if c not in observations.columns]
+    plan = WindowAggregations.of(contract)
+    missing = [c for c in (key, "event_time", *plan.inputs) if c not in observations.columns]
     if missing:
         raise ValueError(f"observations lack column(s) {', '.join(missing)}")
 
+    text = {*plan.distinct, *(name for name, _ in plan.categories)}
+
+    def column(name: str) -> pd.Series:
+        if name in text:
+            return observations[name].astype("string")
+        return pd.to_numeric(observations[name], errors="coerce").astype("float64")
+
     obs = pd.DataFrame(
         {
-            "station_id": observations[key].astype(str),
-            "event_time": _naive_utc(observations["event_time"]),
-            **{
-                m: pd.to_numeric(observations[m], errors="coerce").astype("float64")
-                for m in measures
-            },
+            "entity": observations[key].astype(str),
+            "event_time": naive_utc(observations["event_time"]).astype("datetime64[us]"),
+            **{f"v_{name}": column(name) for name in plan.inputs},
         }
     )
-    size = interval_seconds(contract.window.size) * _MICROS
-    slide = interval_seconds(contract.window.slide) * _MICROS
-
     con = duckdb.connect()
     try:
         con.register("obs", obs)
-        result = con.sql(_sql(measures, size, slide)).df()
+        sql = _sql(
+            plan, interval_micros(contract.window.size), interval_micros(contract.window.slide)
+        )
+        result = con.sql(sql).df()
     finally:
         con.close()
 
-    result = result.rename(columns={"station_id": key})
-    for column in ("window_start", "window_end"):
-        result[column] = result[column].astype("datetime64[ns]")
+    result = result.rename(columns={"entity": key})
+    for name in ("window_start", "window_end"):
+        result[name] = result[name].astype("datetime64[ns]")
     features = result[feature_columns(contract)].copy()
-    floats = features.columns[4:]
+    types = feature_types(contract)
+    floats = [c for c, kind in types.items() if kind == "double"]
     # DuckDB's regr_slope says NaN where the slope is undefined; Spark says null.
     features[floats] = features[floats].astype("float64").replace([np.inf, -np.inf], np.nan)
-    features["reading_count"] = features["reading_count"].astype("int64")
+    for name in ["reading_count", *(c for c, kind in types.items() if kind == "long")]:
+        features[name] = features[name].astype("int64")
     return features.sort_values([key, "window_start"], ignore_index=True)
 
 
-def _naive_utc(times: pd.Series) -> pd.Series:
-    times = pd.to_datetime(times)
-    if times.dt.tz is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    return times.astype("datetime64[us]")
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def _sql(measures: list[str], size: int, slide: int) -> str:
-    """Windows as Spark assigns them: every start a multiple of slide with start <= t < start + size."""
-    per_measure = []
-    for m in measures:
-        col = f'"{m}"'
+def _aggregates(plan: WindowAggregations) -> list[str]:
+    """The select list of every aggregation, named as the feature columns."""
+    out = []
+    # At a tie in time the smallest value is the first, the largest the last (as silver's).
+    for m in plan.stats:
+        col = f'"v_{m}"'
         seen = f"case when {col} is not null then t end"
-        per_measure.append(
+        out.append(
             f"""
             avg({col}) as "{m}_mean",
             stddev_samp({col}) as "{m}_stddev",
             min({col}) as "{m}_min",
             max({col}) as "{m}_max",
-            (arg_max({col}, {seen}) - arg_min({col}, {seen}))
+            (first({col} order by {seen} desc nulls last, {col} desc)
+                - first({col} order by {seen} asc nulls last, {col} asc))
                 / nullif((max({seen}) - min({seen})) / 60000000.0, 0) as "{m}_rate_per_min",
             regr_slope({col}, (t - start) / 60000000.0) as "{m}_trend\""""
         )
+    out += [f'count("v_{f}") as "{f}_count"' for f in plan.counts]
+    out += [f'sum("v_{f}") as "{f}_sum"' for f in plan.sums]
+    out += [f'count(distinct "v_{f}") as "{f}_distinct_count"' for f in plan.distinct]
+    out += [
+        f'count(*) filter (where "v_{f}" = {_quoted(level)}) as "{category_column(f, level)}"'
+        for f, levels in plan.categories
+        for level in levels
+    ]
+    return out
+
+
+def _sql(plan: WindowAggregations, size: int, slide: int) -> str:
+    """Windows as Spark assigns them: every start a multiple of slide with start <= t < start + size."""
     windows_per_reading = -(-size // slide)
     return f"""
         with timed as (
@@ -96,12 +120,11 @@ def _sql(measures: list[str], size: int, slide: int) -> str:
             from timed, range(0, {windows_per_reading}) w(k)
         )
         select
-            station_id,
+            entity,
             make_timestamp(start) as window_start,
             make_timestamp(start + {size}) as window_end,
-            count(*) as reading_count,
-            {",".join(per_measure)}
+            {", ".join(["count(*) as reading_count", *_aggregates(plan)])}
         from windowed
         where t >= start and t < start + {size}
-        group by station_id, start
+        group by entity, start
     """

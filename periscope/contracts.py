@@ -46,6 +46,7 @@ __all__ = [
     "Text",
     "TopicRole",
     "WindowSpec",
+    "category_column",
     "get_contract",
     "register",
 ]
@@ -227,8 +228,14 @@ class DatasetReader(Protocol):
 
 
 # --- the contract ------------------------------------------------------------------------------
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+def category_column(field: str, level: str) -> str:
+    """The window column counting one level of a category.
+
+    >>> category_column("payment_type", "Credit card")
+    'payment_type_credit_card_count'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "_", level.lower()).strip("_")
+    return f"{field}_{slug}_count"
 
 
 @dataclass(frozen=True)
@@ -325,7 +332,7 @@ class SourceContract:
             elif agg.how == "category_counts":
                 f = self.field(agg.field)
                 assert isinstance(f, Category)
-                columns += [(f"{agg.field}_{_slug(level)}_count", "long") for level in f.levels]
+                columns += [(category_column(agg.field, level), "long") for level in f.levels]
             else:  # count, distinct_count
                 columns.append((f"{agg.field}_{agg.how}", "long"))
         return columns

@@ -8,7 +8,7 @@ One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch
 3. marks observations older than the watermark (max event time of earlier batches minus
    the contract's watermark) as too late for features, in `silver/<source>_late`;
 4. merges the on-time observations into the statistics of the open windows
-   (spark_streaming.window_state: count, mean, M2, min, max, first/last, slope co-moments)
+   (periscope.windows.state: count, mean, M2, min, max, first/last, slope co-moments)
    and upserts every window they touch into `silver/<source>_features` on
    (station_id, window_start), and publishes it to `<source>-features`;
 5. appends a ledger row to `silver/<source>_batches` (the audit's and the watermark's source).
@@ -42,9 +42,9 @@ from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.lake import append_once, merge_once, read_delta
 from periscope.messages import Publisher, json_messages
-from spark_streaming.features import feature_columns, interval_seconds
+from periscope.windows import feature_columns, interval_seconds
 from spark_streaming.validation import observation_columns, validate
-from spark_streaming.window_state import WindowState
+from periscope.windows import WindowState
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

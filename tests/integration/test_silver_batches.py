@@ -15,7 +15,7 @@ from periscope import duckdb_lake
 from periscope.contracts import get_contract
 from periscope.lake import read_delta
 from periscope.topics import create_topics
-from spark_streaming.features import feature_columns
+from periscope.windows import feature_columns
 from spark_streaming.silver import process_batch
 from spark_streaming.validation import REASON_CODES
 

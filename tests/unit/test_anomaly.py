@@ -23,7 +23,7 @@ from ml.anomaly import (
 from ml.windows import window_features
 from periscope.contracts import get_contract
 from periscope.settings import get_settings
-from spark_streaming.features import feature_columns
+from periscope.windows import feature_columns
 
 WEATHER = get_contract("weather")  # 3 h windows sliding by 1 h
 STATIONS = ["denver", "boston", "seattle"]

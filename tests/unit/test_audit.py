@@ -6,7 +6,7 @@ import pytest
 
 from periscope.audit import SourceAudit, reconcile
 from periscope.contracts import get_contract
-from spark_streaming.features import feature_columns, interval_seconds
+from periscope.windows import feature_columns, interval_seconds
 
 
 def _audit(**changes) -> SourceAudit:
