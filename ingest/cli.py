@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from periscope import get_settings
-from periscope.contracts import CONTRACTS
+from periscope.cli_options import source_option
 
 __all__ = ["app"]
 
@@ -19,13 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Source = Annotated[str, typer.Option("--source", "-s", help=f"One of: {', '.join(CONTRACTS)}.")]
-
-
-def _check_source(source: str) -> str:
-    if source not in CONTRACTS:
-        raise typer.BadParameter(f"unknown source {source!r}; choose from {', '.join(CONTRACTS)}")
-    return source
+Source = Annotated[str, source_option("The source to produce.")]
 
 
 def _stations(value: str | None) -> list[str] | None:
@@ -100,7 +94,7 @@ def replay_command(
 
         follow = replay_follow(
             get_settings(),
-            _check_source(source),
+            source,
             days=days,
             limit=limit,
             stations=_stations(stations),
@@ -119,7 +113,7 @@ def replay_command(
 
     report = replay(
         get_settings(),
-        _check_source(source),
+        source,
         limit=limit,
         stations=_stations(stations),
         speedup=speedup,
@@ -143,9 +137,7 @@ def chaos_command(
     """Send malformed records (every kind in turn) for the silver stage to quarantine."""
     from ingest.chaos import produce_chaos
 
-    report = produce_chaos(
-        get_settings(), _check_source(source), count=count, seed=seed, progress=True
-    )
+    report = produce_chaos(get_settings(), source, count=count, seed=seed, progress=True)
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.by_kind.items()))
     console.print(f"sent {report.sent} malformed records into {report.topic}: {kinds}")
 

@@ -19,15 +19,16 @@ from rich.progress import (
 from rich.table import Table
 
 from periscope import get_settings
+from periscope.cli_options import source_argument, source_option
 from periscope.contracts import CONTRACTS, get_contract
+from periscope.output import Column, FormatOption, print_rows, print_table
 
 __all__ = ["models_app", "retrain_app", "scheduler_app", "score_app", "train_app"]
 
 console = Console()
 
 Sources = Annotated[
-    list[str] | None,
-    typer.Option("--source", "-s", help="Source to train (repeatable); default: every source."),
+    list[str] | None, source_option("Source to train (repeatable); default: every source.")
 ]
 Kinds = Annotated[
     list[str] | None,
@@ -36,10 +37,8 @@ Kinds = Annotated[
 
 
 def _sources(sources: list[str] | None) -> list[str]:
-    try:
-        return [get_contract(name).name for name in (sources or list(CONTRACTS))]
-    except KeyError as exc:
-        raise typer.BadParameter(str(exc.args[0])) from None
+    # The --source option has checked the names against the contracts already.
+    return list(sources or CONTRACTS)
 
 
 def _kinds(kinds: list[str] | None) -> tuple[str, ...]:
@@ -134,7 +133,7 @@ def _print_report(report) -> None:
                     for m in ("mae", "rmse", "mape")
                 ],
             )
-        console.print(table)
+        print_table(table, console=console)
         from ml.forecast import error_metrics
 
         by_measure = error_metrics(report.forecast.errors, by=["measure"])
@@ -150,7 +149,7 @@ def _print_report(report) -> None:
                 ],
                 f"{row.coverage:.2f}",
             )
-        console.print(table)
+        print_table(table, console=console)
         console.print(
             f"series trained {len(report.forecast.bundle.series())}, skipped {len(report.forecast.skipped)}; "
             f"relative MAE (Prophet / seasonal naive) {report.forecast.score:.3f}; "
@@ -261,7 +260,7 @@ models_app = typer.Typer(
     help="Registered models: list, inspect, promote, roll back.", no_args_is_help=True
 )
 
-Source = Annotated[str, typer.Argument(help="weather or air_quality.")]
+Source = Annotated[str, source_argument("The source.")]
 Kind = Annotated[str, typer.Argument(help="forecast or anomaly.")]
 
 
@@ -271,29 +270,46 @@ def _registry():
     return Registry(get_settings())
 
 
+_MODEL_COLUMNS = (
+    Column("model"),
+    Column("version", justify="right"),
+    Column("champion", show=lambda is_champion: "★" if is_champion else ""),
+    Column("created", show=lambda created: f"{created:%Y-%m-%d %H:%M}"),
+    Column("data until"),
+    Column("key metric"),
+    Column("value", justify="right", show=lambda value: f"{value:.3f}"),
+    Column("code"),
+)
+
+
 @models_app.command("list")
-def models_list() -> None:
-    """Every registered version, its key metrics and which one is champion."""
+def models_list(fmt: FormatOption = "table") -> None:
+    """Every registered version, its key metric and which one is champion (★)."""
     registry = _registry()
-    table = Table(title=f"Registered models ({registry.uri})")
-    for column in ("model", "version", "champion", "created", "data until", "key metric", "code"):
-        table.add_column(column)
+    rows = []
     for name in registry.model_names():
+        metric = "relative_mae" if name.endswith("_forecast") else "f1"
         for info in registry.versions(name):
-            if name.endswith("_forecast"):
-                metric = f"rel. MAE {info.metrics.get('relative_mae', float('nan')):.3f}"
-            else:
-                metric = f"F1 {info.metrics.get('f1', float('nan')):.3f}"
-            table.add_row(
-                name,
-                str(info.version),
-                "★" if info.is_champion else "",
-                f"{info.created:%Y-%m-%d %H:%M}",
-                info.tags.get("data_until", ""),
-                metric,
-                info.tags.get("code_version", ""),
+            rows.append(
+                (
+                    name,
+                    info.version,
+                    info.is_champion,
+                    info.created,
+                    info.tags.get("data_until", ""),
+                    metric,
+                    info.metrics.get(metric),
+                    info.tags.get("code_version", ""),
+                )
             )
-    console.print(table)
+    print_rows(
+        _MODEL_COLUMNS,
+        rows,
+        fmt=fmt,
+        title=f"Registered models ({registry.uri})",
+        null="-",
+        console=console,
+    )
 
 
 @models_app.command("show")
@@ -318,7 +334,7 @@ def models_show(
         for key in sorted(values):
             value = values[key]
             table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
-        console.print(table)
+        print_table(table, console=console)
 
 
 @models_app.command("promote")
@@ -394,8 +410,7 @@ score_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 @score_app.callback()
 def score(
     source: Annotated[
-        list[str] | None,
-        typer.Option("--source", "-s", help="Source to score (repeatable); default: every source."),
+        list[str] | None, source_option("Source to score (repeatable); default: every source.")
     ] = None,
     available_now: Annotated[
         bool,

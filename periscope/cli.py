@@ -18,7 +18,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
+from periscope.cli_options import source_option
 from periscope.errors import PeriscopeError
+from periscope.output import Column, print_rows, print_table
 from periscope.settings import Settings, get_settings
 
 __all__ = ["app", "main"]
@@ -190,7 +192,7 @@ def topics_describe(
     for info in infos:
         retention = f"{info.retention_ms / 3_600_000:g} h" if info.retention_ms is not None else "?"
         table.add_row(info.name, str(info.partitions), str(info.replication_factor), retention)
-    console.print(table)
+    print_table(table, console=console)
 
 
 # --- lake ----------------------------------------------------------------------------------
@@ -203,8 +205,7 @@ app.add_typer(lake_app, name="lake")
 @lake_app.command("audit")
 def lake_audit(
     source: Annotated[
-        list[str] | None,
-        typer.Option("--source", "-s", help="Source to audit (repeatable); default: all."),
+        list[str] | None, source_option("Source to audit (repeatable); default: every source.")
     ] = None,
     require_caught_up: Annotated[
         bool,
@@ -219,10 +220,7 @@ def lake_audit(
     from periscope.contracts import CONTRACTS, get_contract
 
     settings = _settings()
-    try:
-        contracts = [get_contract(name) for name in (source or list(CONTRACTS))]
-    except KeyError as exc:
-        raise typer.BadParameter(str(exc.args[0])) from None
+    contracts = [get_contract(name) for name in (source or list(CONTRACTS))]
     audits = [audit_source(settings, c, require_caught_up=require_caught_up) for c in contracts]
     table = Table(title="Lake audit: every record accounted for")
     table.add_column("records")
@@ -245,7 +243,7 @@ def lake_audit(
     table.add_row(
         "verdict", *["[green]adds up[/]" if not a.problems else "[red]MISMATCH[/]" for a in audits]
     )
-    console.print(table)
+    print_table(table, console=console)
     problems = [f"{a.source}: {p}" for a in audits for p in a.problems]
     for problem in problems:
         err_console.print(f"[red]✘[/] {problem}")
@@ -289,7 +287,11 @@ def sql_query(
         ),
     ] = None,
     list_tables: Annotated[
-        bool, typer.Option("--tables", help="List the lake's tables and their versions.")
+        bool,
+        typer.Option(
+            "--tables",
+            help="List the lake's tables and their versions (--format table, csv or json).",
+        ),
     ] = False,
 ) -> None:
     """Query the lake's Delta tables with DuckDB, also while streams write to them.
@@ -301,12 +303,18 @@ def sql_query(
 
     settings = _settings()
     if list_tables:
-        listing = Table(title=f"Lake tables under {settings.lake_root}")
-        for column in ("view", "version", "path"):
-            listing.add_column(column)
-        for t in lake.tables(settings):
-            listing.add_row(t.name, str(t.version), t.path)
-        console.print(listing)
+        if fmt == "parquet":
+            raise typer.BadParameter("--tables lists as table, csv or json")
+        rows = [(t.name, t.version, t.path) for t in lake.tables(settings)]
+        columns = [Column("view"), Column("version", justify="right"), Column("path")]
+        title = f"Lake tables under {settings.lake_root}"
+        if output is not None and fmt != "table":
+            with output.open("w", encoding="utf-8", newline="") as out:
+                print_rows(columns, rows, fmt=fmt, out=out)
+        elif output is not None:
+            raise typer.BadParameter("--output needs --format csv or json")
+        else:
+            print_rows(columns, rows, fmt=fmt, title=title, console=console)
         return
     if query is None:
         raise typer.BadParameter("give a query, or --tables to list the tables")
@@ -327,12 +335,9 @@ def sql_query(
         sql.write(result.limit(limit_rows) if limit_rows else result, fmt, output)
         return
     shown = sql.preview(result, limit_rows or 100)
-    grid = Table(caption=f"{len(shown.rows)} row(s)")
-    for column in shown.columns:
-        grid.add_column(Text(column))  # Text, not str: data must not be read as rich markup
-    for row in shown.rows:
-        grid.add_row(*[Text("NULL", style="dim") if v is None else Text(str(v)) for v in row])
-    console.print(grid)
+    print_rows(
+        shown.columns, shown.rows, caption=f"{len(shown.rows)} row(s)", null="NULL", console=console
+    )
     if shown.truncated:
         err_console.print(
             f"[yellow]showing the first {len(shown.rows)} rows:[/] "
@@ -349,8 +354,8 @@ def show_config() -> None:
     table.add_column("name")
     table.add_column("value")
     for key, value in settings.model_dump().items():
-        table.add_row(key, str(value))
-    console.print(table)
+        table.add_row(key, Text(str(value)))
+    print_table(table, console=console)
 
 
 def _add_stage_commands() -> None:

@@ -8,7 +8,9 @@ import typer
 from rich.console import Console
 
 from periscope import get_settings
+from periscope.cli_options import source_option
 from periscope.contracts import CONTRACTS, SourceContract, get_contract
+from periscope.output import Column, FormatOption, print_rows
 
 __all__ = ["bronze_app"]
 
@@ -19,16 +21,13 @@ bronze_app = typer.Typer(
 )
 
 Sources = Annotated[
-    list[str] | None,
-    typer.Option("--source", "-s", help="Source to run (repeatable); default: every source."),
+    list[str] | None, source_option("Source to run (repeatable); default: every source.")
 ]
 
 
 def _contracts(sources: list[str] | None) -> list[SourceContract]:
-    try:
-        return [get_contract(name) for name in (sources or list(CONTRACTS))]
-    except KeyError as exc:
-        raise typer.BadParameter(str(exc.args[0])) from None
+    # The --source option has checked the names against the contracts already.
+    return [get_contract(name) for name in (sources or list(CONTRACTS))]
 
 
 @bronze_app.command("run")
@@ -62,8 +61,18 @@ def bronze_run(
         console.print(f"bronze {name}: {rows} records landed in this run")
 
 
+_STATUS_COLUMNS = (
+    Column("source"),
+    Column("in kafka", justify="right", show=lambda n: f"{n:,}"),
+    Column("in bronze", justify="right", show=lambda n: f"{n:,}"),
+    Column("not landed", justify="right", show=lambda n: f"{n:,}"),
+    Column("topic"),
+    Column("table"),
+)
+
+
 @bronze_app.command("status")
-def bronze_status(source: Sources = None) -> None:
+def bronze_status(source: Sources = None, fmt: FormatOption = "table") -> None:
     """Per source: records written to Kafka, rows in bronze, and how many are not landed yet.
 
     Bronze starts from the earliest offset and fails on data loss, so once caught up its
@@ -74,16 +83,15 @@ def bronze_status(source: Sources = None) -> None:
     from spark_streaming.bronze import BronzeTarget
 
     settings = get_settings()
+    rows = []
     for contract in _contracts(source):
         target = BronzeTarget.for_contract(settings, contract)
         in_kafka = records_written(settings, target.topic)
         landed = row_count_or_zero(target.table_path)
-        console.print(
-            f"{contract.name:<12} kafka {in_kafka:>9}  bronze {landed:>9}  not landed {in_kafka - landed:>9}"
-            f"  ({target.topic} -> {target.table_path})",
-            highlight=False,
-            soft_wrap=True,
+        rows.append(
+            (contract.name, in_kafka, landed, in_kafka - landed, target.topic, target.table_path)
         )
+    print_rows(_STATUS_COLUMNS, rows, fmt=fmt, title="Kafka -> bronze", console=console)
 
 
 silver_app = typer.Typer(

@@ -7,13 +7,16 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.text import Text
 
 from periscope import get_settings
+from periscope.cli_options import source_option
+from periscope.output import Column, FormatOption, print_rows
 
 __all__ = ["dbt_app", "warehouse_app"]
 
 console = Console()
+err_console = Console(stderr=True)
 
 warehouse_app = typer.Typer(
     help="Copy the lake (silver observations and features, gold predictions) into Postgres.",
@@ -31,12 +34,34 @@ dbt_app = typer.Typer(
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _status(status: str) -> str | Text:
+    return Text("skipped: not in the lake yet", style="dim") if status == "skipped" else status
+
+
+_SUMMARY_COLUMNS = (
+    Column("table"),
+    Column("status", show=_status),
+    Column("mode"),
+    Column("from version", justify="right"),
+    Column("to version", justify="right"),
+    Column("rows copied", justify="right", show=_count),
+    Column("rows upserted", justify="right", show=_count),
+    Column("forecasts", justify="right", show=_count),
+    Column("rows in Delta", justify="right", show=_count),
+    Column("rows in Postgres", justify="right", show=_count),
+)
+
+
 @warehouse_app.command("load")
 def load(
     source: Annotated[
-        Literal["weather", "air_quality", "all"],
-        typer.Option("--source", "-s", help="Which source's tables to load."),
-    ] = "all",
+        list[str] | None,
+        source_option("Source whose tables to load (repeatable); default: every source."),
+    ] = None,
     table: Annotated[
         list[str] | None,
         typer.Option(
@@ -50,6 +75,7 @@ def load(
         bool,
         typer.Option("--full", help="Reload the chosen tables in full instead of incrementally."),
     ] = False,
+    fmt: FormatOption = "table",
 ) -> None:
     """Copy new lake rows into the Postgres schema `lake`, incrementally and idempotently.
 
@@ -61,7 +87,7 @@ def load(
     from warehouse.plan import TableSpec, table_specs
 
     try:
-        specs = table_specs(None if source == "all" else [source], table)
+        specs = table_specs(source, table)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     settings = get_settings()
@@ -71,7 +97,8 @@ def load(
         MofNCompleteColumn(),
         TextColumn("rows"),
         TimeElapsedColumn(),
-        console=console,
+        # CSV and JSON own stdout: the bar goes to stderr then.
+        console=console if fmt == "table" else err_console,
     ) as progress:
         tasks: dict[str, object] = {}
 
@@ -82,43 +109,36 @@ def load(
 
         results = load_tables(settings, specs, full=full, on_progress=on_progress)
 
-    summary = Table(title=f"Lake -> Postgres {settings.postgres_host}:{settings.postgres_port}")
-    for column, justify in (
-        ("table", "left"),
-        ("status", "left"),
-        ("Delta version", "right"),
-        ("rows copied", "right"),
-        ("rows upserted", "right"),
-        ("forecasts", "right"),
-        ("rows in Delta", "right"),
-        ("rows in Postgres", "right"),
-    ):
-        summary.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for r in results:
-        if r.status == "skipped":
-            summary.add_row(r.table, "[dim]skipped: not in the lake yet[/]", *[""] * 6)
-            continue
-        versions = (
-            f"{r.to_version}"
-            if r.from_version == r.to_version
-            else f"{'-' if r.from_version is None else r.from_version} -> {r.to_version}"
-        )
-        status = r.status if not r.mode else f"{r.status} ({r.mode})"
-        forecasts = f"{r.forecasts_loaded:,}" if r.table.endswith("_predictions") else ""
-        lake_rows = f"{r.lake_rows:,}" if r.status == "loaded" else ""
-        summary.add_row(
+    rows = [
+        (
             r.table,
-            status,
-            versions,
-            f"{r.rows_loaded:,}",
-            f"{r.rows_changed:,}",
-            forecasts,
-            f"{r.delta_rows:,}",
-            lake_rows,
+            r.status,
+            r.mode or None,
+            r.from_version,
+            r.to_version,
+            *(
+                (None,) * 5
+                if r.status == "skipped"
+                else (
+                    r.rows_loaded,
+                    r.rows_changed,
+                    r.forecasts_loaded if r.table.endswith("_predictions") else None,
+                    r.delta_rows,
+                    r.lake_rows if r.status == "loaded" else None,
+                )
+            ),
         )
-    console.print(summary)
+        for r in results
+    ]
+    print_rows(
+        _SUMMARY_COLUMNS,
+        rows,
+        fmt=fmt,
+        title=f"Lake -> Postgres {settings.postgres_host}:{settings.postgres_port}",
+        console=console,
+    )
     if results and all(r.status == "skipped" for r in results):
-        console.print("[yellow]nothing to load:[/] none of these tables is in the lake yet")
+        err_console.print("[yellow]nothing to load:[/] none of these tables is in the lake yet")
         raise typer.Exit(1)
 
 
@@ -130,6 +150,7 @@ def query(
         typer.Option(help="Connect as bi_reader (what BI tools see) or as the owner."),
     ] = "bi",
     limit_rows: Annotated[int, typer.Option(min=1, help="Show at most this many rows.")] = 100,
+    fmt: FormatOption = "table",
 ) -> None:
     """Run one SQL query on the warehouse and print the result (as bi_reader by default)."""
     import psycopg2
@@ -144,12 +165,12 @@ def query(
     except psycopg2.Error as exc:
         console.print(f"[bold red]error:[/] {str(exc).strip()}")
         raise typer.Exit(1) from None
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    console.print(table)
     shown = f"{len(rows)} of {total}" if total > len(rows) else f"{len(rows)}"
-    console.print(f"{shown} row(s)")
+    print_rows(columns, rows, fmt=fmt, caption=f"{shown} row(s)", null="NULL", console=console)
+    if fmt != "table" and total > len(rows):
+        err_console.print(
+            f"[yellow]wrote the first {len(rows)} of {total} rows:[/] raise --limit-rows"
+        )
 
 
 def _dbt(ctx: typer.Context, *args: str) -> None:
