@@ -1,4 +1,5 @@
-# Periscope: `make demo` runs the main job on the embedded defaults; `make test` runs every test tier.
+# Periscope: `make demo` runs the main job on the embedded defaults; `make test` lints and runs every
+# test tier.
 # Both set up whatever is missing first. `make help` lists the targets.
 
 SHELL := /bin/bash
@@ -103,20 +104,29 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@echo "  Superset/Tableau: postgresql://bi_reader@127.0.0.1:5433/periscope, schema marts (password in .env)"
 	@echo "  make demo again: only the history that 'happened' since is replayed and loaded"
 
-test: setup ## Run every test tier (starts the test services it needs, stops what it started)
-	@$(PY) -m pytest tests/unit -q
-	@$(PY) -m pytest tests/integration -q
+# The tiers, each defined once. The unit tier is bare pytest (pyproject testpaths: the packages'
+# docstring examples under --doctest-modules, then tests/unit); the integration tier goes by path.
+define LINT
+$(VENV)/bin/ruff check .
+$(VENV)/bin/ruff format --check .
+$(VENV)/bin/mypy
+endef
+UNIT_TESTS := $(PY) -m pytest -q
+INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q
 
-test-unit: setup ## The fast tier: no services, no Spark
-	@$(PY) -m pytest tests/unit -q
+test: setup ## Lint, then the unit tier (with docstring examples), then the integration tier
+	@$(LINT)
+	@$(UNIT_TESTS)
+	@$(INTEGRATION_TESTS)
 
-test-integration: setup ## Real Kafka, PostgreSQL, Spark + Delta
-	@$(PY) -m pytest tests/integration -q
+test-unit: setup ## The fast tier: docstring examples and tests/unit (no services, no Spark)
+	@$(UNIT_TESTS)
 
-lint: setup ## ruff and mypy
-	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy
+test-integration: setup ## Real Kafka, PostgreSQL, Spark + Delta, Ray (starts the test services it needs, stops them)
+	@$(INTEGRATION_TESTS)
+
+lint: setup ## ruff check, ruff format --check, mypy
+	@$(LINT)
 
 lock: $(VENV)/bin/python ## Re-resolve requirements.lock from pyproject.toml
 	@$(UV) pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock

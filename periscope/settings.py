@@ -26,9 +26,17 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def _default_shared_dir() -> Path:
-    """`../shared` beside the checkout; a clone elsewhere (CI) falls back to /work/shared."""
+    """`../shared` beside the checkout, used when `PERISCOPE_SHARED_DIR` is not set.
+
+    Raises PeriscopeError naming the setting when that folder does not exist.
+    """
     beside = PROJECT_DIR.parent / "shared"
-    return beside if beside.is_dir() else Path("/work/shared")
+    if not beside.is_dir():
+        raise PeriscopeError(
+            f"no shared inputs folder: {beside} does not exist. Set PERISCOPE_SHARED_DIR (in the "
+            "environment or .env) to the folder that holds data/ and schemas/."
+        )
+    return beside
 
 
 class Settings(BaseSettings):

@@ -21,17 +21,38 @@ def test_every_stage_package_imports_and_says_what_it_is(package):
     assert module.__doc__ and len(module.__doc__.strip()) > 20
 
 
-def test_periscope_imports_no_stage():
+def _imported_packages(path: Path) -> list[str]:
+    """Top-level packages a module imports anywhere (module level or inside functions).
+
+    Relative imports (`from . import x`) stay inside the module's own package and are skipped.
+    """
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def _foreign_imports(package: str, allowed: set[str]) -> list[str]:
     offenders = []
-    for path in (PROJECT_DIR / "periscope").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in STAGES]
-    assert offenders == []
+    for path in sorted((PROJECT_DIR / package).rglob("*.py")):
+        for name in _imported_packages(path):
+            top = name.split(".")[0]
+            if top in ("periscope", *STAGES) and top not in allowed:
+                offenders.append(f"{path.relative_to(PROJECT_DIR)}: imports {name}")
+    return offenders
+
+
+def test_periscope_imports_no_stage():
+    assert _foreign_imports("periscope", {"periscope"}) == []
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_imports_another_stage(stage):
+    """Stages share code only through `periscope/` (ARCHITECTURE.md: imports flow one way)."""
+    assert _foreign_imports(stage, {"periscope", stage}) == []
 
 
 @pytest.mark.parametrize("layer", ("bronze", "silver", "gold"))
