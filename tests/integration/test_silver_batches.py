@@ -17,7 +17,7 @@ from periscope.lake import read_delta
 from periscope.topics import create_topics
 from periscope.windows import feature_columns
 from spark_streaming.silver import process_batch
-from spark_streaming.validation import REASON_CODES
+from spark_streaming.silver import REASON_CODES
 
 from .silver_helpers import bronze_frame, silver_tables, wire
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 EXPECTED_REASON = {
     "broken_json": {"malformed_json"},
     "wrong_type": {"wrong_type"},
-    "missing_field": {"missing_station_id", "missing_timestamp"},
+    "missing_field": {"missing_key", "missing_timestamp"},
     "out_of_range": {"out_of_range"},
     "oversize": {"oversize"},
     "invalid_utf8": {"invalid_utf8"},
@@ -63,7 +63,7 @@ def test_every_malformed_kind_is_quarantined_with_its_reason_and_sent_to_the_dlq
 
     quarantine = read_delta(tables.quarantine, ["offset", "reason", "value"]).to_pylist()
     by_offset = {row["offset"]: row for row in quarantine}
-    sentinel_reason = "no_measures" if contract.measures[0].sentinels else "out_of_range"
+    sentinel_reason = "no_values" if contract.measures[0].sentinels else "out_of_range"
     for offset, (kind, _, value) in enumerate(chaos):
         expected = EXPECTED_REASON.get(kind, {sentinel_reason})
         assert by_offset[offset]["reason"] in expected, (kind, by_offset[offset]["reason"])

@@ -1,16 +1,18 @@
-"""Silver: validated observations, quarantine + DLQ, deduplication and sliding-window features.
+"""Silver's micro-batch and streaming query: validated observations, quarantine + DLQ,
+deduplication and sliding-window features.
 
 One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch`,
-1. validates every record (spark_streaming.validation); bad ones go to
+1. validates every record (silver.validate); bad ones go to
    `silver/<source>_quarantine` with a reason code and to the `<source>-dlq` topic;
-2. deduplicates good ones on (station_id, event_time): the first bronze offset wins, and
-   later copies go to `silver/<source>_duplicates`; the rest land in `silver/<source>_observations`;
+2. deduplicates good ones (silver.classify: on the event id, or on (key, event_time)): the
+   first bronze offset wins, and later copies go to `silver/<source>_duplicates`; the rest
+   land in `silver/<source>_observations`;
 3. marks observations older than the watermark (max event time of earlier batches minus
    the contract's watermark) as too late for features, in `silver/<source>_late`;
 4. merges the on-time observations into the statistics of the open windows
-   (periscope.windows.state: count, mean, M2, min, max, first/last, slope co-moments)
-   and upserts every window they touch into `silver/<source>_features` on
-   (station_id, window_start), and publishes it to `<source>-features`;
+   (periscope.windows: count, mean, M2, min, max, first/last, slope co-moments; counts,
+   sums, distinct values, category counts) and upserts every window they touch into
+   `silver/<source>_features` on (key, window_start), and publishes it to `<source>-features`;
 5. appends a ledger row to `silver/<source>_batches` (the audit's and the watermark's source).
 
 Spark streams bronze and parses and validates each micro-batch in one job, collected to the
@@ -34,7 +36,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,14 +43,32 @@ from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.lake import append_once, merge_once, read_delta
 from periscope.messages import Publisher, json_messages
-from periscope.windows import feature_columns, interval_seconds
-from spark_streaming.validation import observation_columns, validate
-from periscope.windows import WindowState
+from periscope.windows import (
+    WindowAggregations,
+    WindowState,
+    feature_columns,
+    interval_micros,
+    interval_seconds,
+)
+from spark_streaming.silver.classify import (
+    DUPLICATE,
+    LATE,
+    OBSERVATION,
+    QUARANTINED,
+    classify,
+    dedupe_keys,
+)
+from spark_streaming.silver.columns import (
+    SILVER_TABLES,
+    observation_columns,
+    spark_schema,
+    write_columns,
+)
+from spark_streaming.silver.validate import validate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming import StreamingQuery
-    from pyspark.sql.types import StructType
 
 __all__ = [
     "BatchProcessor",
@@ -99,115 +118,19 @@ class SilverTables:
         )
 
 
-# --- table schemas ---------------------------------------------------------------------------
-def _schemas(contract: SourceContract) -> dict[str, StructType]:
-    from pyspark.sql.types import (
-        BinaryType,
-        DoubleType,
-        IntegerType,
-        LongType,
-        StringType,
-        StructField,
-        StructType,
-        TimestampType,
-    )
-
-    key = contract.key_field
-    coords = [
-        StructField("topic", StringType()),
-        StructField("partition", IntegerType()),
-        StructField("offset", LongType()),
-        StructField("kafka_timestamp", TimestampType()),
-    ]
-    batch = [
-        StructField("silver_batch_id", LongType()),
-        StructField("processed_at", TimestampType()),
-    ]
-    return {
-        "observations": StructType(
-            [
-                StructField(key, StringType()),
-                StructField("event_time", TimestampType()),
-                *[StructField(m, DoubleType()) for m in contract.measure_names],
-                StructField("qa_missing_fields", IntegerType()),
-                StructField("qa_out_of_range_fields", IntegerType()),
-                *coords,
-                *batch,
-            ]
-        ),
-        "quarantine": StructType(
-            [
-                *coords,
-                StructField("key", BinaryType()),
-                StructField("value", BinaryType()),
-                StructField("reason", StringType()),
-                StructField("reason_detail", StringType()),
-                StructField(key, StringType()),
-                StructField("event_time", TimestampType()),
-                *batch,
-            ]
-        ),
-        "duplicates": StructType(
-            [
-                *coords,
-                StructField(key, StringType()),
-                StructField("event_time", TimestampType()),
-                *batch,
-            ]
-        ),
-        "late": StructType(
-            [
-                *coords,
-                StructField(key, StringType()),
-                StructField("event_time", TimestampType()),
-                StructField("watermark", TimestampType()),
-                *batch,
-            ]
-        ),
-        "features": StructType(
-            [
-                StructField(key, StringType()),
-                StructField("window_start", TimestampType()),
-                StructField("window_end", TimestampType()),
-                StructField("reading_count", LongType()),
-                *[StructField(c, DoubleType()) for c in feature_columns(contract)[4:]],
-                *batch,
-            ]
-        ),
-        "batches": StructType(
-            [
-                StructField("batch_id", LongType()),
-                StructField("bronze_rows", LongType()),
-                StructField("observations", LongType()),
-                StructField("quarantined", LongType()),
-                StructField("duplicates", LongType()),
-                StructField("late", LongType()),
-                StructField("windows_updated", LongType()),
-                StructField("max_event_time", TimestampType()),
-                StructField("watermark", TimestampType()),
-                StructField("processed_at", TimestampType()),
-            ]
-        ),
-    }
-
-
 def ensure_silver_tables(
     spark: SparkSession, tables: SilverTables, contract: SourceContract
 ) -> None:
     """Create the silver tables with explicit schemas unless they exist."""
     from delta.tables import DeltaTable
 
-    for name, schema in _schemas(contract).items():
+    for name in SILVER_TABLES:
         DeltaTable.createIfNotExists(spark).location(getattr(tables, name)).addColumns(
-            schema
+            spark_schema(contract, name)
         ).execute()
 
 
 # --- one micro-batch -------------------------------------------------------------------------
-# Batch outcomes of a bronze row, in the `_outcome` column of the classified batch.
-QUARANTINED, DUPLICATE, LATE, OBSERVATION = "quarantined", "duplicate", "late", "observation"
-
-
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -259,6 +182,7 @@ class BatchProcessor:
         self.publish = publish
         self._delay = timedelta(seconds=interval_seconds(contract.window.watermark))
         self._size = timedelta(seconds=interval_seconds(contract.window.size))
+        self._aggregations = WindowAggregations.of(contract)
         self._max_event_time: datetime | None = None
         self._any_late = False
         self._known_through: int | None = None  # the facts above cover batches < this id
@@ -305,20 +229,51 @@ class BatchProcessor:
 
     def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
         """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
+        self.phase_seconds, self._phase_started = {}, time.perf_counter()
+        validated = self._validate(batch)
+        if validated.num_rows == 0:
+            return {"bronze_rows": 0}
+        self._load_ledger_facts(batch_id)
+        watermark = self._max_event_time - self._delay if self._max_event_time else None
+        self._phase("validate")
+
+        parts = self._classify(validated, batch_id, watermark)
+        self._phase("classify")
+
+        now = datetime.now(UTC)
+        self._append(parts, batch_id, watermark, now)
+        self._phase("append")
+
+        counts = {
+            "bronze_rows": validated.num_rows,
+            "observations": parts["observations"].num_rows,
+            "quarantined": parts[QUARANTINED].num_rows,
+            "duplicates": parts[DUPLICATE].num_rows,
+            "late": parts[LATE].num_rows,
+        }
+        counts["windows_updated"] = self._update_features(
+            parts[OBSERVATION], batch_id, watermark, now=now
+        )
+        if self.publish and parts[QUARANTINED].num_rows:
+            self._publish_dead_letters(parts[QUARANTINED])
+            self._phase("dlq")
+
+        max_event = pc.max(parts["observations"]["event_time"]).as_py()
+        self._write_ledger(counts, batch_id, max_event, watermark, now)
+        self._phase("ledger")
+        self._remember(batch_id, max_event, late=bool(counts["late"]))
+        return counts
+
+    def _validate(self, batch: DataFrame) -> pa.Table:
+        """The one Spark job: parse and validate every bronze row, collected as Arrow. Raw key
+        and value bytes are kept only for quarantined rows (the rest do not need them)."""
         from pyspark.sql import functions as F
 
-        contract, tables = self.contract, self.tables
-        key = contract.key_field
-        coords = ["topic", "partition", "offset", "kafka_timestamp"]
-        self.phase_seconds, self._phase_started = {}, time.perf_counter()
-
-        # The one Spark job: parse and validate every bronze row, collected as Arrow. Raw key
-        # and value bytes are kept only for quarantined rows (the rest do not need them).
         extra = ["reason", "reason_detail"]
-        parsed = [c for c in observation_columns(contract) if c not in extra]
+        parsed = [c for c in observation_columns(self.contract) if c not in extra]
         good = F.col("reason").isNull()
-        validated = (
-            validate(batch, contract)
+        return (
+            validate(batch, self.contract)
             .select(
                 *parsed,
                 *extra,
@@ -327,139 +282,99 @@ class BatchProcessor:
             )
             .toArrow()
         )
-        if validated.num_rows == 0:
-            return {"bronze_rows": 0}
-        self._load_ledger_facts(batch_id)
-        watermark = self._max_event_time - self._delay if self._max_event_time else None
-        self._phase("validate")
 
-        outcome = self._classify(validated, batch_id, watermark)
-        rows = validated.append_column("_outcome", outcome)
-        self._phase("classify")
+    def _classify(
+        self, validated: pa.Table, batch_id: int, watermark: datetime | None
+    ) -> dict[str, pa.Table]:
+        """The batch's rows by outcome (and `observations`: on time and late together).
+
+        Earlier observations are read for the batch's span of event times only (file
+        skipping); rows this batch wrote before a crash do not count as earlier.
+        """
+        keys = dedupe_keys(self.contract)
+        good = pc.is_null(validated["reason"])
+        times = pc.filter(validated["event_time"], good)
+        earlier = pa.table({k: validated[k].slice(0, 0) for k in keys})
+        if len(times):
+            stamp = pa.timestamp("us", "UTC")
+            lo, hi = (
+                pa.scalar(pc.min(times).as_py(), stamp),
+                pa.scalar(pc.max(times).as_py(), stamp),
+            )
+            earlier = read_delta(
+                self.tables.observations,
+                keys,
+                (pc.field("silver_batch_id") != batch_id)
+                & (pc.field("event_time") >= lo)
+                & (pc.field("event_time") <= hi),
+            )
+        outcome = classify(validated, earlier, keys, watermark)
 
         def having(*outcomes: str) -> pa.Table:
-            return rows.filter(pc.is_in(outcome, pa.array(outcomes)))
+            return validated.filter(pc.is_in(outcome, pa.array(outcomes)))
 
-        bad, duplicates = having(QUARANTINED), having(DUPLICATE)
-        observations, late = having(OBSERVATION, LATE), having(LATE)
-        counts = {
-            "bronze_rows": rows.num_rows,
-            "observations": observations.num_rows,
-            "quarantined": bad.num_rows,
-            "duplicates": duplicates.num_rows,
-            "late": late.num_rows,
+        return {
+            QUARANTINED: having(QUARANTINED),
+            DUPLICATE: having(DUPLICATE),
+            LATE: having(LATE),
+            OBSERVATION: having(OBSERVATION),
+            "observations": having(OBSERVATION, LATE),
         }
-        now = datetime.now(UTC)
-        app_id = self.app_id
+
+    def _append(
+        self, parts: dict[str, pa.Table], batch_id: int, watermark: datetime | None, now: datetime
+    ) -> None:
+        """Quarantine, duplicates, observations and late rows, each an idempotent append."""
+        contract, tables = self.contract, self.tables
+        late = parts[LATE]
+        late = late.append_column(
+            "watermark", pa.array([watermark] * late.num_rows, pa.timestamp("us", "UTC"))
+        )
         writes = [
-            (
-                tables.quarantine,
-                bad,
-                [*coords, "key", "value", "reason", "reason_detail", key, "event_time"],
-            ),
-            (tables.duplicates, duplicates, [*coords, key, "event_time"]),
-            (tables.observations, observations, observation_columns(contract)),
-            (
-                tables.late,
-                late.append_column(
-                    "watermark",
-                    pa.array([watermark] * late.num_rows, pa.timestamp("us", "UTC")),
-                ),
-                [*coords, key, "event_time", "watermark"],
-            ),
+            (tables.quarantine, parts[QUARANTINED], "quarantine"),
+            (tables.duplicates, parts[DUPLICATE], "duplicates"),
+            (tables.observations, parts["observations"], "observations"),
+            (tables.late, late, "late"),
         ]
-        for path, part, columns in writes:
+        for path, rows, table in writes:
+            columns = write_columns(contract, table)  # type: ignore[arg-type]
             append_once(
-                path, _stamped(part, columns, batch_id, now), app_id=app_id, version=batch_id
+                path,
+                _stamped(rows, columns, batch_id, now),
+                app_id=self.app_id,
+                version=batch_id,
             )
-        self._phase("append")
 
-        on_time = having(OBSERVATION)
-        counts["windows_updated"] = self._update_features(on_time, batch_id, watermark, now=now)
-        if self.publish and bad.num_rows:
-            self._publish_dead_letters(bad)
-            self._phase("dlq")
-
-        max_event = pc.max(observations["event_time"]).as_py()
+    def _write_ledger(
+        self,
+        counts: dict[str, int],
+        batch_id: int,
+        max_event: datetime | None,
+        watermark: datetime | None,
+        now: datetime,
+    ) -> None:
+        stamp = pa.timestamp("us", "UTC")
         ledger = pa.table(
             {
                 "batch_id": [batch_id],
                 **{name: [value] for name, value in counts.items()},
-                "max_event_time": pa.array([max_event], pa.timestamp("us", "UTC")),
-                "watermark": pa.array([watermark], pa.timestamp("us", "UTC")),
-                "processed_at": pa.array([now], pa.timestamp("us", "UTC")),
+                "max_event_time": pa.array([max_event], stamp),
+                "watermark": pa.array([watermark], stamp),
+                "processed_at": pa.array([now], stamp),
             }
         )
-        append_once(tables.batches, ledger, app_id=app_id, version=batch_id)
-        self._phase("ledger")
+        append_once(self.tables.batches, ledger, app_id=self.app_id, version=batch_id)
 
-        # What the next batch would read from the ledger.
+    def _remember(self, batch_id: int, max_event: datetime | None, *, late: bool) -> None:
+        """What the next batch would otherwise read from the ledger."""
         if max_event is not None and (
             self._max_event_time is None or max_event > self._max_event_time
         ):
             self._max_event_time = max_event
-        self._any_late = self._any_late or bool(counts["late"])
+        self._any_late = self._any_late or late
         self._known_through = batch_id + 1
         if self._windows is not None and self._max_event_time is not None:
             self._windows.forget_closed(_micros(self._max_event_time - self._delay))
-        return counts
-
-    def _classify(self, validated: pa.Table, batch_id: int, watermark: datetime | None) -> pa.Array:
-        """The `_outcome` of every validated bronze row, in order.
-
-        Deduplication: the first bronze offset of a (station, event time) wins, in this batch
-        and against earlier batches (rows this batch wrote before a crash do not count as
-        earlier). A new observation older than the watermark is marked too late for features.
-        """
-        key = self.contract.key_field
-        good = pc.is_null(validated["reason"])
-        times = pc.filter(validated["event_time"], good)
-        if len(times):
-            span = (
-                pa.scalar(pc.min(times).as_py(), pa.timestamp("us", "UTC")),
-                pa.scalar(pc.max(times).as_py(), pa.timestamp("us", "UTC")),
-            )
-            earlier = read_delta(
-                self.tables.observations,
-                [key, "event_time"],
-                (pc.field("silver_batch_id") != batch_id)
-                & (pc.field("event_time") >= span[0])
-                & (pc.field("event_time") <= span[1]),
-            )
-        else:
-            earlier = pa.table(
-                {key: pa.array([], pa.string()), "event_time": pa.array([], times.type)}
-            )
-        con = duckdb.connect(config={"threads": 1})
-        try:
-            rows = validated.select([key, "event_time", "reason", "partition", "offset"])
-            con.register("batch", rows.append_column("_row", pa.array(range(rows.num_rows))))
-            con.register("earlier", earlier)
-            late = "event_time < $watermark" if watermark is not None else "false"
-            result = con.execute(
-                f"""
-                with ranked as (
-                    select *, row_number() over (
-                        partition by "{key}", event_time, reason is null
-                        order by "partition", "offset"
-                    ) as _rank
-                    from batch
-                ),
-                seen as (select distinct "{key}", event_time, true as _seen from earlier)
-                select case
-                    when reason is not null then '{QUARANTINED}'
-                    when _rank > 1 or _seen then '{DUPLICATE}'
-                    when {late} then '{LATE}'
-                    else '{OBSERVATION}'
-                end as outcome
-                from ranked left join seen using ("{key}", event_time)
-                order by _row
-                """,
-                {"watermark": watermark} if watermark is not None else {},
-            ).to_arrow_table()
-        finally:
-            con.close()
-        return result["outcome"].combine_chunks()
 
     def _update_features(
         self, on_time: pa.Table, batch_id: int, watermark: datetime | None, *, now: datetime
@@ -471,7 +386,7 @@ class BatchProcessor:
                 self._windows.through += 1  # nothing to add: still complete through this batch
             return 0
         windows = self._open_windows(batch_id, watermark)
-        features = windows.add(on_time.select([key, "event_time", *contract.measure_names]))
+        features = windows.add(on_time.select([key, "event_time", *self._aggregations.inputs]))
         self._phase("windows")
         # Every window holding a reading at t starts after t - size: bounds for file skipping.
         lo = pc.min(on_time["event_time"]).as_py() - self._size
@@ -507,7 +422,7 @@ class BatchProcessor:
         coords = ["topic", "partition", "offset"]
         readings = read_delta(
             tables.observations,
-            [key, "event_time", *contract.measure_names, "silver_batch_id", *coords],
+            [key, "event_time", *self._aggregations.inputs, "silver_batch_id", *coords],
             where,
         )
         if self._any_late:  # rows marked too late never count in a window
@@ -516,9 +431,9 @@ class BatchProcessor:
         self._windows = WindowState.rebuild(
             readings.drop_columns(coords),
             key,
-            list(contract.measure_names),
+            self._aggregations,
             self._size // _MICROSECOND,
-            interval_seconds(contract.window.slide) * 1_000_000,
+            interval_micros(contract.window.slide),
             through=batch_id,
         )
         if watermark is not None:
