@@ -253,19 +253,19 @@ def _merge_sql(key: str, aggs: Aggregations) -> str:
     for f in plan.counts:
         add(f"{f}__count")
     for f in plan.sums:
-        c = f"{f}__sum"
+        total = f"{f}__sum"
         select.append(
-            f'case when s."{c}" is null then b."{c}" when b."{c}" is null then s."{c}"'
-            f' else s."{c}" + b."{c}" end as "{c}"'
+            f'case when s."{total}" is null then b."{total}" when b."{total}" is null'
+            f' then s."{total}" else s."{total}" + b."{total}" end as "{total}"'
         )
     for f, levels in plan.categories:
         for i in range(len(levels)):
             add(f"{f}__level_{i}")
     for f in plan.distinct:
-        c = f"{f}__distinct"
+        seen = f"{f}__distinct"
         select.append(
-            f'list_sort(list_distinct(list_concat(coalesce(s."{c}", []), coalesce(b."{c}", []))))'
-            f' as "{c}"'
+            f'list_sort(list_distinct(list_concat(coalesce(s."{seen}", []),'
+            f' coalesce(b."{seen}", [])))) as "{seen}"'
         )
     return f"""
         select {", ".join(select)}

@@ -16,8 +16,7 @@ from periscope.contracts import get_contract
 from periscope.lake import read_delta
 from periscope.topics import create_topics
 from periscope.windows import feature_columns
-from spark_streaming.silver import process_batch
-from spark_streaming.silver import REASON_CODES
+from spark_streaming.silver import REASON_CODES, process_batch
 
 from .silver_helpers import bronze_frame, silver_tables, wire
 
