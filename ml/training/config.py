@@ -1,0 +1,33 @@
+"""What a training run is told: the data split, the model settings, the promotion policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ml import forecast
+
+__all__ = ["Progress", "PromotionPolicy", "TrainConfig"]
+
+PromotionPolicy = Literal["if-none", "if-better", "never"]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How much data, which split, and the model settings of one training run."""
+
+    test_days: float = 7.0
+    validation_days: float = 7.0
+    max_train_days: float | None = 120.0
+    series_per_task: int = 4
+    anomaly_rate: float = 0.02
+    anomaly_seed: int = 7
+    anomaly_estimators: int = 200
+    forecast: forecast.ForecastConfig = field(default_factory=forecast.ForecastConfig)
+
+    def params(self) -> dict[str, object]:
+        flat = {k: v for k, v in asdict(self).items() if k != "forecast"}
+        flat.update({f"forecast_{k}": v for k, v in asdict(self.forecast).items()})
+        return flat
