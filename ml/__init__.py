@@ -1,6 +1,12 @@
-"""Models: training on Ray (Prophet forecasts, IsolationForest anomalies), evaluation against
-baselines, the MLflow registry with a `champion` alias, and the daily retrain schedule.
+"""The ml stage: models trained on Ray, registered in MLflow, and the gold stage that scores with them.
 
-Pure parts: `forecast`, `anomaly`, `windows`, `scoring` (feature windows -> gold rows). I/O around them: `data` (lake reads), `registry`
-(MLflow), `training` (Ray orchestration and promotion), `schedule` (APScheduler), `cli`.
+- `training/`: `periscope train`, `retrain` and `models promote` (Prophet forecasts, IsolationForest
+  anomalies, evaluation against baselines, promotion of a better challenger) and `schedule`, the
+  daily retrain on APScheduler.
+- `gold/`: `periscope score`, the always-on stage: Ray actors score silver feature windows with
+  the champion models into `gold/<source>_predictions` and `<source>-predictions`.
+- `ray_session`: the Ray runtime (the configured cluster, or a local one with explicit CPUs) that
+  both use; gold never imports `training`.
+- Shared by both: `forecast` and `anomaly` (the pure models), `windows` (feature windows without
+  Spark), `data` (lake reads), `registry` (MLflow, the `champion` alias); `cli` is the commands.
 """
