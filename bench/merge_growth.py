@@ -26,6 +26,8 @@ from ml.gold import FORECAST_TYPE, gold_schema, write_predictions
 MEASURES = ("temperature", "humidity", "pressure")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
+KEY = "station_id"  # the weather contract's key
+
 
 def _round(stations: int, first_minute: int, rng: np.random.Generator) -> pa.Table:
     """Gold rows of the 5 windows open at `first_minute`, for every station."""
@@ -61,7 +63,7 @@ def _round(stations: int, first_minute: int, rng: np.random.Generator) -> pa.Tab
             "anomaly_version": [1] * n,
             "scored_at": [datetime.now(UTC)] * n,
         }
-    ).cast(gold_schema())
+    ).cast(gold_schema(KEY))
 
 
 def main() -> None:
@@ -78,7 +80,7 @@ def main() -> None:
         for minute in range(args.minutes + 1):
             rows = _round(args.stations, minute, rng)
             started = time.perf_counter()
-            write_predictions(path, rows, through=minute)
+            write_predictions(path, rows, through=minute, key=KEY)
             seconds = time.perf_counter() - started
             if minute % 10 == 0:
                 files = pa.table(DeltaTable(path).get_add_actions(flatten=True))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ml.data import FORECAST_TARGETS, hourly_observations, series_frames
+from ml.data import hourly_observations, series_frames
 from ml.ray_session import ray_session
 from ml.training import TrainConfig, make_split, train_forecasts
 from periscope import get_settings
@@ -34,7 +34,7 @@ def main() -> None:
     config = TrainConfig(max_train_days=args.max_train_days, series_per_task=args.series_per_task)
     hourly = hourly_observations(settings, contract)
     split = make_split(hourly, config)
-    frames = series_frames(hourly[hourly["ds"] < split.test_end], FORECAST_TARGETS[args.source])
+    frames = series_frames(hourly[hourly["ds"] < split.test_end], contract)
     chosen = dict(sorted(frames.items())[: args.series])
     print(
         f"{args.source}: {len(chosen)} series, train {split.train_start} .. {split.train_end} "

@@ -22,7 +22,7 @@ from periscope.settings import Settings
 from periscope.time import naive_utc, naive_utc_columns
 
 __all__ = [
-    "FORECAST_TARGETS",
+    "hourly_columns",
     "LakeSlice",
     "SilverFeed",
     "feature_batches",
@@ -34,16 +34,36 @@ __all__ = [
     "series_frames",
 ]
 
-# The measures forecast per station: what operators watch and the seeds' dashboards show.
-FORECAST_TARGETS: dict[str, tuple[str, ...]] = {
-    "weather": ("temperature", "humidity", "pressure"),
-    "air_quality": ("co_gt", "no2_gt"),
-}
+
+def hourly_columns(contract: SourceContract) -> dict[str, tuple[str, str | None]]:
+    """The hourly frame's value columns: name -> (aggregate, field). Every measure's mean (the
+    history anomaly evaluation replays), then each forecast target not already among them
+    (`event_count`, `fare_sum`, ...).
+
+    >>> from periscope.contracts import get_contract
+    >>> list(hourly_columns(get_contract("weather")))[:2]
+    ['temperature', 'humidity']
+    """
+    columns: dict[str, tuple[str, str | None]] = {m: ("mean", m) for m in contract.measure_names}
+    for target in contract.forecast_targets:
+        columns.setdefault(target.name, (target.aggregate, target.field))
+    return columns
+
+
+def _hourly_sql(contract: SourceContract) -> str:
+    parts = []
+    for name, (aggregate, field) in hourly_columns(contract).items():
+        if field is None:
+            parts.append(f'count(*) as "{name}"')
+        else:
+            function = {"mean": "avg", "sum": "sum", "count": "count"}[aggregate]
+            parts.append(f'{function}("{field}")::double as "{name}"')
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
 class LakeSlice:
-    """Which part of the lake to read: some stations (None = all), event times before `until`."""
+    """Which part of the lake to read: some entities (None = all), event times before `until`."""
 
     stations: tuple[str, ...] | None = None
     until: datetime | None = None
@@ -87,14 +107,14 @@ def _read(
 def hourly_observations(
     settings: Settings, contract: SourceContract, lake_slice: LakeSlice | None = None
 ) -> pd.DataFrame:
-    """Silver observations averaged per (station, hour): columns station_id, ds, <measures>."""
+    """Silver observations per (entity, hour): columns <key>, ds, then `hourly_columns`
+    (measure means and forecast targets)."""
     key = contract.key_field
     where, params = (lake_slice or LakeSlice()).where(key, "event_time")
-    measures = ", ".join(f"avg({m}) as {m}" for m in contract.measure_names)
     sql = f"""
-        select {key} as station_id, date_trunc('hour', event_time) as ds, {measures}
+        select "{key}", date_trunc('hour', event_time) as ds, {_hourly_sql(contract)}
         from {{table}} where {where}
-        group by all order by station_id, ds
+        group by all order by "{key}", ds
     """
     return _read(settings, contract, "observations", sql, params)
 
@@ -102,7 +122,7 @@ def hourly_observations(
 def feature_windows(
     settings: Settings, contract: SourceContract, lake_slice: LakeSlice | None = None
 ) -> pd.DataFrame:
-    """Silver feature windows (as Spark wrote them), ordered by station and window start."""
+    """Silver feature windows (as silver wrote them), ordered by entity and window start."""
     key = contract.key_field
     where, params = (lake_slice or LakeSlice()).where(key, "window_start")
     sql = f"select * from {{table}} where {where} order by {key}, window_start"
@@ -151,7 +171,7 @@ class SilverFeed:
     (`update_incremental`), and delta-rs reads them with filters its file statistics use, so a
     round reads the files of its silver batches and hours, not the whole log and table again
     (DuckDB's delta_scan replays the log and loads its extension on every query). Frames are
-    the same as the DuckDB readers above give: tz-naive UTC, the key column `station_id`.
+    the same as the DuckDB readers above give: tz-naive UTC, the contract's key column.
     """
 
     def __init__(self, settings: Settings, contract: SourceContract) -> None:
@@ -183,8 +203,10 @@ class SilverFeed:
         return naive_utc_columns(rows.to_pandas())
 
     def hourly(self, lake_slice: LakeSlice) -> pd.DataFrame:
-        """As `hourly_observations`: the slice's observations averaged per (station, hour)."""
-        key, measures = self.contract.key_field, list(self.contract.measure_names)
+        """As `hourly_observations`: the slice's observations per (entity, hour)."""
+        key = self.contract.key_field
+        columns = hourly_columns(self.contract)
+        fields = list(dict.fromkeys(f for _, f in columns.values() if f is not None))
         where = pc.scalar(True)
         if lake_slice.stations:
             where = where & pc.field(key).isin(list(lake_slice.stations))
@@ -192,19 +214,34 @@ class SilverFeed:
             if bound is not None:
                 stamp = pa.scalar(naive_utc(bound), pa.timestamp("us")).cast(_UTC)
                 where = where & compare(pc.field("event_time"), stamp)
-        rows = self._scan("observations", [key, "event_time", *measures], where)
+        rows = self._scan("observations", [key, "event_time", *fields], where)
         hours = pc.floor_temporal(rows.column("event_time"), 1, "hour")
         readings = pa.table(
             {
-                "station_id": rows.column(key),
+                key: rows.column(key),
                 "ds": hours,
-                **{m: rows.column(m).cast(pa.float64()) for m in measures},
+                **{f: rows.column(f).cast(pa.float64()) for f in fields},
             }
         )
-        means = readings.group_by(["station_id", "ds"]).aggregate([(m, "mean") for m in measures])
-        means = means.select(["station_id", "ds", *(f"{m}_mean" for m in measures)])
-        means = means.rename_columns(["station_id", "ds", *measures])
-        means = means.sort_by([("station_id", "ascending"), ("ds", "ascending")])
+        arrow_aggregate = {"mean": "mean", "sum": "sum", "count": "count"}
+        aggregates = [
+            ([], "count_all") if f is None else (f, arrow_aggregate[aggregate])
+            for aggregate, f in columns.values()
+        ]
+        grouped = readings.group_by([key, "ds"]).aggregate(aggregates)
+        # Arrow names them <field>_<aggregate>, and the count of rows "count_all".
+        arrow_names = [f"{a[0]}_{a[1]}" if a[0] else "count_all" for a in aggregates]
+        grouped = pa.table(
+            {
+                key: grouped[key],
+                "ds": grouped["ds"],
+                **{
+                    name: grouped[arrow_name].cast(pa.float64())
+                    for name, arrow_name in zip(columns, arrow_names, strict=True)
+                },
+            }
+        )
+        means = grouped.sort_by([(key, "ascending"), ("ds", "ascending")])
         return naive_utc_columns(means.to_pandas())
 
     def _path(self, entity: str) -> str:
@@ -235,20 +272,20 @@ _UTC = pa.timestamp("us", tz="UTC")
 
 
 def series_frames(
-    hourly: pd.DataFrame, measures: tuple[str, ...]
+    hourly: pd.DataFrame, contract: SourceContract
 ) -> dict[tuple[str, str], pd.DataFrame]:
-    """One `ds`/`y` frame per (station, measure) on a complete hourly grid (gaps are NaN).
+    """One `ds`/`y` frame per (entity, forecast target) on a complete hourly grid (gaps NaN).
 
     A complete grid keeps "the same hour yesterday" 24 rows back and shows Prophet the gaps.
     """
     frames: dict[tuple[str, str], pd.DataFrame] = {}
-    for station, rows in hourly.groupby("station_id", sort=True):
+    for entity, rows in hourly.groupby(contract.key_field, sort=True):
         grid = pd.date_range(rows["ds"].min(), rows["ds"].max(), freq="h")
         indexed = rows.set_index("ds").reindex(grid)
-        for measure in measures:
-            y = indexed[measure].astype(float)
+        for target in contract.forecast_names:
+            y = indexed[target].astype(float)
             if y.notna().any():
-                frames[(str(station), measure)] = pd.DataFrame({"ds": grid, "y": y.to_numpy()})
+                frames[(str(entity), target)] = pd.DataFrame({"ds": grid, "y": y.to_numpy()})
     return frames
 
 

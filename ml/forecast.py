@@ -1,4 +1,4 @@
-"""Hourly forecasts of one (station_id, measure) series: Prophet, baselines and their errors.
+"""Hourly forecasts of one (entity_id, measure) series: Prophet, baselines and their errors.
 
 Pure functions on pandas (no Ray, no MLflow): a series is a frame with `ds` (tz-naive UTC
 hours on a complete hourly grid) and `y` (float, NaN where an hour is missing). A model is
@@ -47,7 +47,7 @@ __all__ = [
 METHODS = ("prophet", "seasonal_naive", "persistence")
 
 ERROR_COLUMNS = [
-    "station_id",
+    "entity_id",
     "measure",
     "origin",
     "ds",
@@ -220,7 +220,7 @@ class SeriesModel:
     validation (where yesterday's value is missing, the corrected forecast stands alone).
     """
 
-    station_id: str
+    entity_id: str
     measure: str
     prophet: Prophet
     residual_decay: float
@@ -257,7 +257,7 @@ class SeriesModel:
         from prophet.serialize import model_to_json
 
         return {
-            "station_id": self.station_id,
+            "entity_id": self.entity_id,
             "measure": self.measure,
             "prophet": model_to_json(self.prophet),
             "residual_decay": self.residual_decay,
@@ -271,7 +271,7 @@ class SeriesModel:
         from prophet.serialize import model_from_json
 
         return cls(
-            station_id=data["station_id"],
+            entity_id=_entity_of(data),
             measure=data["measure"],
             prophet=model_from_json(data["prophet"]),
             residual_decay=float(data["residual_decay"]),
@@ -408,7 +408,7 @@ def evaluate(
         )
     errors = pd.concat(frames, ignore_index=True).rename(columns={"yhat": "prophet"})
     errors = errors[errors["actual"].notna()].assign(
-        station_id=model.station_id, measure=model.measure
+        entity_id=model.entity_id, measure=model.measure
     )
     return errors[ERROR_COLUMNS].reset_index(drop=True)
 
@@ -448,7 +448,7 @@ def _choose_corrections(
 
 
 def fit_series(
-    station_id: str, measure: str, series: pd.DataFrame, split: Split, config: ForecastConfig
+    entity_id: str, measure: str, series: pd.DataFrame, split: Split, config: ForecastConfig
 ) -> SeriesModel:
     """Fit Prophet on the train part of `series`, the residual decay and naive weight on validation.
 
@@ -473,7 +473,7 @@ def fit_series(
         seasonality_mode=config.seasonality_mode,
     )
     prophet.fit(train)
-    model = SeriesModel(station_id, measure, prophet, residual_decay=0.0, train_points=len(train))
+    model = SeriesModel(entity_id, measure, prophet, residual_decay=0.0, train_points=len(train))
     model.residual_decay, model.naive_weight = _choose_corrections(model, series, split, config)
     return model
 
@@ -508,7 +508,7 @@ def _metrics_of(errors: pd.DataFrame) -> dict[str, float]:
 def error_metrics(errors: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """MAE, RMSE and MAPE (%) of each method, plus Prophet's interval coverage and row count n.
 
-    One row overall (`by=None`) or one per group of `by` (e.g. ["station_id", "measure"] or
+    One row overall (`by=None`) or one per group of `by` (e.g. ["entity_id", "measure"] or
     ["horizon_h"]). Columns mae_<method>, rmse_<method>, mape_<method> for each of METHODS,
     coverage (share of actuals inside [yhat_lower, yhat_upper]) and n. A method's metrics use
     the rows where it made a forecast. MAPE uses only rows with |actual| >= 1.0, because
@@ -533,7 +533,7 @@ def relative_mae(errors: pd.DataFrame) -> float:
     are left out. NaN when no series is left.
     """
     ratios = []
-    for _, group in errors.groupby(["station_id", "measure"]):
+    for _, group in errors.groupby(["entity_id", "measure"]):
         both = group.dropna(subset=["prophet", "seasonal_naive"])
         naive_mae = (both["seasonal_naive"] - both["actual"]).abs().mean()
         if len(both) and naive_mae > 0:
@@ -545,7 +545,7 @@ def relative_mae(errors: pd.DataFrame) -> float:
 class SeriesResult:
     """What training one series returns; picklable, so Ray can ship it."""
 
-    station_id: str
+    entity_id: str
     measure: str
     model_json: dict[str, Any] | None  # SeriesModel.to_json(); None when skipped
     errors: pd.DataFrame | None  # evaluate() on the test part
@@ -554,18 +554,18 @@ class SeriesResult:
 
 
 def train_series(
-    station_id: str, measure: str, series: pd.DataFrame, split: Split, config: ForecastConfig
+    entity_id: str, measure: str, series: pd.DataFrame, split: Split, config: ForecastConfig
 ) -> SeriesResult:
     """Fit and test one series; data problems come back as a `skipped` reason, not an error."""
     started = time.perf_counter()
     try:
-        model = fit_series(station_id, measure, series, split, config)
+        model = fit_series(entity_id, measure, series, split, config)
         errors = evaluate(model, series, split.validation_end, split.test_end, config)
     # ForecastError is a ValueError; ValueError and RuntimeError are also how Prophet and
     # Stan report a series they cannot fit.
     except (ValueError, RuntimeError) as exc:
         return SeriesResult(
-            station_id,
+            entity_id,
             measure,
             None,
             None,
@@ -573,7 +573,7 @@ def train_series(
             time.perf_counter() - started,
         )
     return SeriesResult(
-        station_id, measure, model.to_json(), errors, None, time.perf_counter() - started
+        entity_id, measure, model.to_json(), errors, None, time.perf_counter() - started
     )
 
 
@@ -586,8 +586,14 @@ def train_many(
     ]
 
 
-def _series_file(station_id: str, measure: str) -> str:
-    return f"{station_id}__{measure}.json"
+def _entity_of(data: dict[str, Any]) -> str:
+    """The series' entity: `entity_id`, or `station_id` in bundles saved before sources of
+    other shapes arrived (registered models stay loadable)."""
+    return str(data["entity_id"] if "entity_id" in data else data["station_id"])
+
+
+def _series_file(entity_id: str, measure: str) -> str:
+    return f"{entity_id}__{measure}.json"
 
 
 class ForecastBundle:
@@ -613,11 +619,11 @@ class ForecastBundle:
         directory = Path(directory)
         (directory / "series").mkdir(parents=True, exist_ok=True)
         listed = []
-        for station_id, measure in self.series():
-            name = _series_file(station_id, measure)
-            model_json = self.models[(station_id, measure)].to_json()
+        for entity_id, measure in self.series():
+            name = _series_file(entity_id, measure)
+            model_json = self.models[(entity_id, measure)].to_json()
             (directory / "series" / name).write_text(json.dumps(model_json))
-            listed.append({"station_id": station_id, "measure": measure, "file": f"series/{name}"})
+            listed.append({"entity_id": entity_id, "measure": measure, "file": f"series/{name}"})
         manifest = {
             "source": self.source,
             "config": self.config.to_dict(),
@@ -633,7 +639,7 @@ class ForecastBundle:
         models = {}
         for entry in manifest["series"]:
             data = json.loads((directory / entry["file"]).read_text())
-            models[(entry["station_id"], entry["measure"])] = SeriesModel.from_json(data)
+            models[(_entity_of(entry), entry["measure"])] = SeriesModel.from_json(data)
         return cls(
             models,
             ForecastConfig.from_dict(manifest["config"]),
@@ -647,24 +653,24 @@ class ForecastBundle:
     ) -> ForecastBundle:
         """The trained series of `results`; skipped ones are left out."""
         models = {
-            (result.station_id, result.measure): SeriesModel.from_json(result.model_json)
+            (result.entity_id, result.measure): SeriesModel.from_json(result.model_json)
             for result in results
             if result.model_json is not None
         }
         return cls(models, config, split, source)
 
-    def _model(self, station_id: str, measure: str) -> SeriesModel:
+    def _model(self, entity_id: str, measure: str) -> SeriesModel:
         try:
-            return self.models[(station_id, measure)]
+            return self.models[(entity_id, measure)]
         except KeyError:
             raise KeyError(
-                f"no model for station {station_id!r}, measure {measure!r} in the {self.source}"
+                f"no model for entity {entity_id!r}, measure {measure!r} in the {self.source}"
                 f" bundle ({len(self.models)} series)"
             ) from None
 
     def predict(
         self,
-        station_id: str,
+        entity_id: str,
         measure: str,
         history: pd.DataFrame,
         origin: pd.Timestamp,
@@ -672,7 +678,7 @@ class ForecastBundle:
     ) -> pd.DataFrame:
         """SeriesModel.predict for one series; the config's horizon unless given."""
         horizon = self.config.horizon_hours if horizon_hours is None else horizon_hours
-        return self._model(station_id, measure).predict(history, origin, horizon)
+        return self._model(entity_id, measure).predict(history, origin, horizon)
 
     def evaluate(
         self,

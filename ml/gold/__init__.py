@@ -5,7 +5,7 @@ messages out. One module per step:
 
 - `rounds`: the loop (`run_scoring`) and one round (`score_round`): which windows are new,
   read, score, publish, write; the module docstring tells how gold tracks what it scored.
-- `plan`: how many silver batches a round takes, which actor scores a station.
+- `plan`: how many silver batches a round takes, which actor scores an entity.
 - `actors`: the Ray actor pool (`ScorerPool`) holding the champion models.
 - `scoring`: the pure core, `score_windows`: feature windows -> gold rows, with the
   per-series forecast caches.
@@ -17,13 +17,13 @@ The Ray runtime comes from `ml.ray_session`; nothing here imports `ml.training`.
 
 from ml.gold.actors import ScorerPool, ScoringError, scoring_pool
 from ml.gold.messages import prediction_messages, publish_predictions
-from ml.gold.plan import plan_round, split_by_station, station_owner
+from ml.gold.plan import entity_owner, plan_round, split_by_entity
 from ml.gold.rounds import RoundReport, history_for, pending_after, run_scoring, score_round
 from ml.gold.scoring import HISTORY_HOURS, LoadedModels, history_window, score_windows, to_arrow
 from ml.gold.table import (
     FORECAST_TYPE,
-    GOLD_COLUMNS,
     SCORE_APP_ID,
+    gold_columns,
     gold_schema,
     predictions_path,
     scored_through,
@@ -32,13 +32,14 @@ from ml.gold.table import (
 
 __all__ = [
     "FORECAST_TYPE",
-    "GOLD_COLUMNS",
     "HISTORY_HOURS",
     "SCORE_APP_ID",
     "LoadedModels",
     "RoundReport",
     "ScorerPool",
     "ScoringError",
+    "entity_owner",
+    "gold_columns",
     "gold_schema",
     "history_for",
     "history_window",
@@ -52,8 +53,7 @@ __all__ = [
     "score_windows",
     "scored_through",
     "scoring_pool",
-    "split_by_station",
-    "station_owner",
+    "split_by_entity",
     "to_arrow",
     "write_predictions",
 ]

@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ml.gold.plan import split_by_station, station_owner
+from ml.gold.plan import entity_owner, split_by_entity
 from ml.gold.scoring import LoadedModels, score_windows, to_arrow
-from ml.gold.table import KEY, gold_schema
+from ml.gold.table import gold_schema
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
 from periscope.errors import PeriscopeError
@@ -71,7 +71,7 @@ class ScoringActor:
             models = LoadedModels(source, *loaded["forecast"], *loaded["anomaly"])
             index, parts = share
             started = time.perf_counter()
-            warmed = models.warm(lambda s: station_owner(s, parts) == index, datetime.now(UTC))
+            warmed = models.warm(lambda s: entity_owner(s, parts) == index, datetime.now(UTC))
             if warmed:
                 log.info(
                     "%s: warmed %d forecast series in %.1f s",
@@ -89,9 +89,15 @@ class ScoringActor:
         return {"forecast": held.forecast_version, "anomaly": held.anomaly_version}
 
     def score(
-        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+        self,
+        source: str,
+        features: pd.DataFrame,
+        hourly: pd.DataFrame,
+        scored_at: datetime,
+        key: str,
     ) -> pa.Table:
-        return to_arrow(score_windows(features, hourly, self.models[source], scored_at=scored_at))
+        models = self.models[source]
+        return to_arrow(score_windows(features, hourly, models, scored_at=scored_at, key=key), key)
 
     def ping(self) -> bool:
         return True
@@ -158,21 +164,27 @@ class ScorerPool:
         return held
 
     def score(
-        self, source: str, features: pd.DataFrame, hourly: pd.DataFrame, scored_at: datetime
+        self,
+        source: str,
+        features: pd.DataFrame,
+        hourly: pd.DataFrame,
+        scored_at: datetime,
+        *,
+        key: str,
     ) -> pa.Table:
-        """Gold rows for `features`, stations spread over the actors; raises ScoringError."""
-
-        parts = split_by_station(features, len(self.actors))
+        """Gold rows for `features`, entities (column `key`) spread over the actors; raises
+        ScoringError."""
+        parts = split_by_entity(features, len(self.actors), key)
         calls = []
         for actor, part in zip(self.actors, parts, strict=True):
             if part.empty:
                 continue
-            stations = part[KEY].astype(str).unique()
-            history = hourly[hourly[KEY].astype(str).isin(stations)]
-            calls.append(actor.score.remote(source, part, history, scored_at))
+            entities = part[key].astype(str).unique()
+            history = hourly[hourly[key].astype(str).isin(entities)]
+            calls.append(actor.score.remote(source, part, history, scored_at, key))
         tables = self._get(calls)
         if not tables:
-            return gold_schema().empty_table()
+            return gold_schema(key).empty_table()
         return pa.concat_tables(tables)
 
     def _get(self, calls: list[Any]) -> list[Any]:

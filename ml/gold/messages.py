@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ml.gold.table import GOLD_COLUMNS, KEY, gold_schema
+from ml.gold.table import gold_columns, gold_schema
 from periscope.contracts import SourceContract
 from periscope.messages import Publisher
 from periscope.settings import Settings
@@ -13,26 +13,26 @@ from periscope.settings import Settings
 __all__ = ["prediction_messages", "publish_predictions"]
 
 
-def prediction_messages(rows: pa.Table) -> list[tuple[bytes | None, bytes]]:
-    """(station_id, JSON) pairs for `<source>-predictions`: the gold row, forecasts by measure.
+def prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
+    """(entity, JSON) pairs for `<source>-predictions`: the gold row, forecasts by measure.
 
     `forecasts` becomes {measure: {"yhat": [...], "yhat_lower": [...], "yhat_upper": [...]}},
     element i being the forecast for forecast_origin + (i + 1) hours: the same numbers as the
     gold row without repeating names and target times 72 times (a third of the bytes). Times
     are RFC 3339 (UTC, "Z"), a missing value (or NaN) is null.
 
-    >>> rows = gold_schema().empty_table()
-    >>> prediction_messages(rows)
+    >>> rows = gold_schema("station_id").empty_table()
+    >>> prediction_messages(rows, "station_id")
     []
     """
     import orjson
 
-    rows = rows.select(GOLD_COLUMNS).cast(gold_schema())
+    rows = rows.select(gold_columns(key)).cast(gold_schema(key))
     by_row = _forecasts_by_row(rows.column("forecasts").combine_chunks(), rows.num_rows)
     scalars = _with_text_times(rows.drop_columns(["forecasts"])).to_pylist()
     option = orjson.OPT_SERIALIZE_NUMPY
     return [
-        (row[KEY].encode(), orjson.dumps({**row, "forecasts": measures}, option=option))
+        (str(row[key]).encode(), orjson.dumps({**row, "forecasts": measures}, option=option))
         for row, measures in zip(scalars, by_row, strict=True)
     ]
 
@@ -101,6 +101,8 @@ def _runs(values: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
 def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
     publisher = Publisher(settings, client_id="periscope-score")
     try:
-        return publisher.publish(contract.topic("predictions"), prediction_messages(rows))
+        return publisher.publish(
+            contract.topic("predictions"), prediction_messages(rows, contract.key_field)
+        )
     finally:
         publisher.close()

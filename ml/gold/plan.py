@@ -1,4 +1,4 @@
-"""Round planning: how many silver batches a round takes, and which actor scores a station."""
+"""Round planning: how many silver batches a round takes, and which actor scores an entity."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import zlib
 
 import pandas as pd
 
-from ml.gold.table import KEY
-
-__all__ = ["plan_round", "split_by_station", "station_owner"]
+__all__ = ["entity_owner", "plan_round", "split_by_entity"]
 
 
 def plan_round(batches: pd.DataFrame, max_rows: int) -> int | None:
@@ -21,17 +19,18 @@ def plan_round(batches: pd.DataFrame, max_rows: int) -> int | None:
     return int(batches["silver_batch_id"].iloc[last])
 
 
-def station_owner(station_id: str, parts: int) -> int:
-    """Which of `parts` actors scores a station: always the same one (a stable hash), so a
-    station's forecast caches are built once, on one actor.
+def entity_owner(entity_id: str, parts: int) -> int:
+    """Which of `parts` actors scores an entity (a station, a zone): always the same one (a
+    stable hash), so its forecast caches are built once, on one actor.
 
-    >>> station_owner("denver", 2) == station_owner("denver", 2)
+    >>> entity_owner("denver", 2) == entity_owner("denver", 2)
     True
     """
-    return zlib.crc32(station_id.encode()) % parts
+    return zlib.crc32(entity_id.encode()) % parts
 
 
-def split_by_station(features: pd.DataFrame, parts: int) -> list[pd.DataFrame]:
-    """`parts` frames (some may be empty): frame i holds the stations actor i owns."""
-    owner = features[KEY].astype(str).map(lambda station: station_owner(station, parts))
+def split_by_entity(features: pd.DataFrame, parts: int, key: str) -> list[pd.DataFrame]:
+    """`parts` frames (some may be empty): frame i holds the entities (column `key`) actor i
+    owns."""
+    owner = features[key].astype(str).map(lambda entity: entity_owner(entity, parts))
     return [features[owner == p] for p in range(parts)]

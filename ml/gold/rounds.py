@@ -12,7 +12,7 @@ tables Spark writes.
 
 A round: read the windows of the next few silver batches (about `score_round_rows`), the
 hourly observations their forecasts start from, split them by station across the actors,
-MERGE the rows into `gold/<source>_predictions` on (station_id, window_start) (re-scoring a
+MERGE the rows into `gold/<source>_predictions` on (key, window_start) (re-scoring a
 window replaces its row), then publish them to `<source>-predictions` (at least once).
 Before each round the driver looks up the champions; actors that hold another version load
 the new one, and keep the one they have when that fails (the failure is logged once).
@@ -34,7 +34,7 @@ from ml.gold.actors import ScorerPool, scoring_pool
 from ml.gold.messages import publish_predictions
 from ml.gold.plan import plan_round
 from ml.gold.scoring import history_window
-from ml.gold.table import KEY, predictions_path, scored_through, write_predictions
+from ml.gold.table import predictions_path, scored_through, write_predictions
 from ml.registry import Registry
 from periscope.contracts import SourceContract, get_contract
 from periscope.settings import Settings
@@ -64,11 +64,12 @@ class RoundReport:
 
 def history_for(feed: SilverFeed, features: pd.DataFrame) -> pd.DataFrame:
     """The hourly observations the forecasts of these feature windows start from."""
-    spans = history_window(features)
+    key = feed.contract.key_field
+    spans = history_window(features, key)
     if len(spans) == 0:
-        return pd.DataFrame({KEY: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
+        return pd.DataFrame({key: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
     lake_slice = LakeSlice(
-        stations=tuple(spans[KEY]),
+        stations=tuple(spans[key]),
         since=pd.Timestamp(spans["since"].min()).to_pydatetime(),
         until=pd.Timestamp(spans["until"].max()).to_pydatetime(),
     )
@@ -125,12 +126,14 @@ def score_round(
     phase("history")
     versions = pool.sync_models(contract.name, registry)
     phase("models")
-    rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
+    rows = pool.score(contract.name, features, hourly, datetime.now(UTC), key=contract.key_field)
     phase("score")
     # Published before the commit: a crash in between republishes (at least once), never skips.
     published = publish_predictions(settings, contract, rows) if publish and rows.num_rows else 0
     phase("publish")
-    gold_version = write_predictions(predictions_path(settings, contract), rows, through)
+    gold_version = write_predictions(
+        predictions_path(settings, contract), rows, through, key=contract.key_field
+    )
     phase("write")
     return RoundReport(
         source=contract.name,

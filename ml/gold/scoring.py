@@ -1,7 +1,7 @@
 """The pure core of `periscope score`: silver feature windows in, gold prediction rows out.
 
 Each window gets the anomaly model's score and flag, and the forecast bundle's forecasts of
-every series it knows for the window's station, made from the window's `forecast_origin`
+every series it knows for the window's entity, made from the window's `forecast_origin`
 (the last full hour before window_end). No Ray, Delta or MLflow here: the actors and the
 lake I/O call `score_windows` and `to_arrow`.
 
@@ -19,7 +19,7 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,9 @@ import pyarrow as pa
 
 from ml.anomaly import AnomalyModel
 from ml.forecast import MAX_RESIDUAL_AGE, ForecastBundle, SeriesModel
-from ml.gold.table import FORECAST_TYPE, GOLD_COLUMNS, KEY, gold_schema
+from ml.gold.table import FORECAST_TYPE, gold_columns, gold_schema
 from ml.registry import model_name
+from periscope.time import utc
 
 if TYPE_CHECKING:
     from prophet import Prophet
@@ -209,29 +210,21 @@ class _SeriesScorer:
         )
 
 
-def _utc(times: Any) -> pd.Series:
-    """Times (naive = UTC, or tz-aware) as tz-aware UTC microseconds."""
-    times = pd.to_datetime(pd.Series(times))
-    if times.dt.tz is None:
-        times = times.dt.tz_localize("UTC")
-    return times.dt.tz_convert("UTC").astype(_UTC_US)
-
-
 def _hours(times: pd.Series) -> np.ndarray:
     """Whole hours since the epoch, rounded down."""
-    micros = _utc(times).dt.tz_localize(None).to_numpy().view("int64")
+    micros = utc(times).dt.tz_localize(None).to_numpy().view("int64")
     return np.floor_divide(micros, _HOUR_US)
 
 
-def _windows(features: pd.DataFrame) -> pd.DataFrame:
-    """One row per (station_id, window_start), the last given; sorted; times UTC."""
+def _windows(features: pd.DataFrame, key: str) -> pd.DataFrame:
+    """One row per (key, window_start), the last given; sorted; times UTC."""
     frame = features.assign(
-        **{KEY: features[KEY].astype(str)},
-        window_start=_utc(features["window_start"]).array,
-        window_end=_utc(features["window_end"]).array,
+        **{key: features[key].astype(str)},
+        window_start=utc(features["window_start"]).array,
+        window_end=utc(features["window_end"]).array,
     )
-    frame = frame.drop_duplicates([KEY, "window_start"], keep="last")
-    return frame.sort_values([KEY, "window_start"], kind="stable", ignore_index=True)
+    frame = frame.drop_duplicates([key, "window_start"], keep="last")
+    return frame.sort_values([key, "window_start"], kind="stable", ignore_index=True)
 
 
 def _origins(windows: pd.DataFrame) -> np.ndarray:
@@ -239,22 +232,22 @@ def _origins(windows: pd.DataFrame) -> np.ndarray:
     return _hours(windows["window_end"]) - 1
 
 
-def history_window(features: pd.DataFrame) -> pd.DataFrame:
-    """The hourly history `score_windows` needs: per station, hours in [since, until).
+def history_window(features: pd.DataFrame, key: str) -> pd.DataFrame:
+    """The hourly history `score_windows` needs: per entity, hours in [since, until).
 
-    One row per station of `features`: station_id, since, until (naive UTC, as
+    One row per entity (column `key`) of `features`: key, since, until (naive UTC, as
     `ml.data.LakeSlice` takes them); from 23 hours before its first forecast origin to the
     hour after its last. Anything outside is ignored by `score_windows`.
     """
     if len(features) == 0:
-        return pd.DataFrame({KEY: pd.Series(dtype=str), "since": [], "until": []})
+        return pd.DataFrame({key: pd.Series(dtype=str), "since": [], "until": []})
     origins = pd.DataFrame(
-        {KEY: features[KEY].astype(str).to_numpy(), "origin": _origins(features)}
+        {key: features[key].astype(str).to_numpy(), "origin": _origins(features)}
     )
-    spans = origins.groupby(KEY, sort=True)["origin"].agg(["min", "max"])
+    spans = origins.groupby(key, sort=True)["origin"].agg(["min", "max"])
     return pd.DataFrame(
         {
-            KEY: spans.index.to_numpy(),
+            key: spans.index.to_numpy(),
             "since": _naive_hours(spans["min"].to_numpy() + 1 - HISTORY_HOURS),
             "until": _naive_hours(spans["max"].to_numpy() + 1),
         }
@@ -272,14 +265,15 @@ def score_windows(
     models: LoadedModels,
     *,
     scored_at: datetime,
+    key: str,
 ) -> pd.DataFrame:
-    """Gold prediction rows (GOLD_COLUMNS) for silver feature windows.
+    """Gold prediction rows (`gold_columns(key)`) for silver feature windows.
 
-    `features`: silver feature rows (station_id, window_start, window_end, the feature columns;
-    times naive UTC or tz-aware). `hourly`: observations averaged per (station_id, ds) hour,
-    the contract's measures as columns, ds naive UTC or tz-aware; only the hours
+    `features`: silver feature rows (the entity column `key`, window_start, window_end, the
+    feature columns; times naive UTC or tz-aware). `hourly`: observations per (key, ds) hour,
+    the forecast targets as columns, ds naive UTC or tz-aware; only the hours
     `history_window` names are used, so a window's row never sees observations after its
-    origin. Returns one row per (station_id, window_start), the last one given, sorted by
+    origin. Returns one row per (key, window_start), the last one given, sorted by
     both; times are UTC and `forecasts` is an Arrow list column (`to_arrow` writes it as is).
 
     - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
@@ -289,7 +283,7 @@ def score_windows(
       without a forecast model.
     The same inputs and scored_at always give the same rows.
     """
-    windows = _windows(features)
+    windows = _windows(features, key)
     n = len(windows)
     if models.anomaly is not None and n:
         score = models.anomaly.score(windows)
@@ -301,31 +295,35 @@ def score_windows(
     origins = _origins(windows)
     return pd.DataFrame(
         {
-            KEY: windows[KEY].astype(object),
+            key: windows[key].astype(object),
             "window_start": windows["window_start"],
             "window_end": windows["window_end"],
             "anomaly_score": anomaly_score,
             "is_anomaly": is_anomaly,
-            "forecast_origin": _utc(_naive_hours(origins)),
+            "forecast_origin": utc(_naive_hours(origins)),
             "forecasts": pd.Series(
                 pd.arrays.ArrowExtensionArray(
-                    _forecasts(windows[KEY].to_numpy(), origins, hourly, models)
+                    _forecasts(windows[key].to_numpy(), origins, hourly, models, key)
                 )
             ),
             "forecast_model": pd.Series([models.forecast_model] * n, dtype=object),
             "forecast_version": pd.Series([models.forecast_version] * n, dtype="Int64"),
             "anomaly_model": pd.Series([models.anomaly_model] * n, dtype=object),
             "anomaly_version": pd.Series([models.anomaly_version] * n, dtype="Int64"),
-            "scored_at": pd.Series([_utc([scored_at]).iloc[0]] * n, dtype=_UTC_US),
+            "scored_at": pd.Series([utc([scored_at]).iloc[0]] * n, dtype=_UTC_US),
         },
-        columns=GOLD_COLUMNS,
+        columns=gold_columns(key),
     )
 
 
 def _forecasts(
-    stations: np.ndarray, origins: np.ndarray, hourly: pd.DataFrame, models: LoadedModels
+    stations: np.ndarray,
+    origins: np.ndarray,
+    hourly: pd.DataFrame,
+    models: LoadedModels,
+    key: str,
 ) -> pa.ListArray:
-    """The forecasts column: rows are grouped by station, as score_windows sorts them."""
+    """The forecasts column: rows are grouped by entity, as score_windows sorts them."""
     bundle = models.forecast
     by_station: dict[str, list[str]] = {}
     for station_id, measure in bundle.series() if bundle is not None else []:
@@ -333,7 +331,7 @@ def _forecasts(
     names = sorted({m for measures in by_station.values() for m in measures})
     counts = np.zeros(len(stations), dtype="int64")
     parts: list[dict[str, np.ndarray]] = []
-    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names)
+    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names, key)
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]
     starts = np.flatnonzero(new_station)
@@ -425,7 +423,7 @@ def _forecast_lists(
 
 
 def _hourly(
-    hourly: pd.DataFrame, stations: list[str], measures: list[str]
+    hourly: pd.DataFrame, stations: list[str], measures: list[str], key: str
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Per station: its first hour (since the epoch) and the hourly means of `measures` from
     that hour on, an (hours x measures) array with NaN where nothing was observed.
@@ -435,10 +433,10 @@ def _hourly(
     """
     if not stations or len(hourly) == 0:
         return {}
-    part = hourly[hourly[KEY].astype(str).isin(stations)]
+    part = hourly[hourly[key].astype(str).isin(stations)]
     if len(part) == 0:
         return {}
-    codes, names = pd.factorize(part[KEY].astype(str).to_numpy())
+    codes, names = pd.factorize(part[key].astype(str).to_numpy())
     hours = _hours(part["ds"])
     values = np.column_stack(
         [
@@ -479,9 +477,9 @@ def _on_grid(
     return grid
 
 
-def to_arrow(predictions: pd.DataFrame) -> pa.Table:
-    """`score_windows` rows as a table of exactly gold_schema(), for write_deltalake / MERGE."""
-    schema = gold_schema()
+def to_arrow(predictions: pd.DataFrame, key: str) -> pa.Table:
+    """`score_windows` rows as a table of exactly gold_schema(key), for write_deltalake / MERGE."""
+    schema = gold_schema(key)
     return pa.Table.from_pandas(
-        predictions[GOLD_COLUMNS], schema=schema, preserve_index=False
+        predictions[schema.names], schema=schema, preserve_index=False
     ).replace_schema_metadata(None)

@@ -1,6 +1,6 @@
 """The gold table, `gold/<source>_predictions`: its schema, its path, and its writes.
 
-One row per (station_id, window_start). The last silver batch scored is recorded in the table
+One row per (entity, window_start), the entity under the contract's key name (`station_id`). The last silver batch scored is recorded in the table
 itself, as a Delta app transaction committed by the same MERGE as the rows (see `ml.gold.rounds`).
 """
 
@@ -14,9 +14,8 @@ from periscope.settings import Settings
 
 __all__ = [
     "FORECAST_TYPE",
-    "GOLD_COLUMNS",
-    "KEY",
     "SCORE_APP_ID",
+    "gold_columns",
     "gold_schema",
     "predictions_path",
     "scored_through",
@@ -25,7 +24,6 @@ __all__ = [
 
 # The Delta app id under which gold records the last silver batch it scored.
 SCORE_APP_ID = GOLD_SCORE_APP_ID
-KEY = "station_id"
 
 # --- the schema ----------------------------------------------------------------------------
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -41,8 +39,8 @@ FORECAST_TYPE = pa.list_(
         ]
     )
 )
+# After the key: what every gold row holds, whatever the source.
 _GOLD_FIELDS = [
-    pa.field("station_id", pa.string(), nullable=False),
     pa.field("window_start", _TIMESTAMP, nullable=False),
     pa.field("window_end", _TIMESTAMP, nullable=False),
     pa.field("anomaly_score", pa.float64()),  # null: no anomaly model
@@ -55,12 +53,21 @@ _GOLD_FIELDS = [
     pa.field("anomaly_version", pa.int64()),
     pa.field("scored_at", _TIMESTAMP, nullable=False),
 ]
-GOLD_COLUMNS = [f.name for f in _GOLD_FIELDS]
 
 
-def gold_schema() -> pa.Schema:
-    """The schema of gold/<source>_predictions; one row per (station_id, window_start)."""
-    return pa.schema(_GOLD_FIELDS)
+def gold_schema(key: str) -> pa.Schema:
+    """The schema of gold/<source>_predictions, `key` being the contract's key field; one row
+    per (key, window_start).
+
+    >>> gold_schema("station_id").names[:3]
+    ['station_id', 'window_start', 'window_end']
+    """
+    return pa.schema([pa.field(key, pa.string(), nullable=False), *_GOLD_FIELDS])
+
+
+def gold_columns(key: str) -> list[str]:
+    """The gold table's columns, in order."""
+    return gold_schema(key).names
 
 
 # --- reads and writes ----------------------------------------------------------------------
@@ -79,8 +86,8 @@ def scored_through(path: str) -> int | None:
         return None
 
 
-def write_predictions(path: str, rows: pa.Table, through: int) -> int:
-    """MERGE rows into gold on (station_id, window_start) and record `through`, in one commit.
+def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> int:
+    """MERGE rows into gold on (key, window_start) and record `through`, in one commit.
 
     Returns the gold table's new version. The literal lower bound on window_start lets
     delta-rs skip files no row of this round can match (live rounds touch recent windows).
@@ -88,14 +95,14 @@ def write_predictions(path: str, rows: pa.Table, through: int) -> int:
     """
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-    rows = rows.select(GOLD_COLUMNS).cast(gold_schema())
+    rows = rows.select(gold_columns(key)).cast(gold_schema(key))
     metadata = {"periscope.operation": "score", "periscope.silver_through": str(through)}
     if DeltaTable.is_deltatable(path) and rows.num_rows:
         lowest = pa.compute.min(rows["window_start"]).as_py()
         merge_rows(
             path,
             rows,
-            keys=[KEY, "window_start"],
+            keys=[key, "window_start"],
             app_id=SCORE_APP_ID,
             version=through,
             lower_bound=("window_start", lowest),

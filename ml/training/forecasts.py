@@ -33,7 +33,7 @@ class ForecastOutcome:
 
     @cached_property
     def per_series(self) -> pd.DataFrame:
-        return forecast.error_metrics(self.errors, by=["station_id", "measure"])
+        return forecast.error_metrics(self.errors, by=["entity_id", "measure"])
 
     @cached_property
     def score(self) -> float:
@@ -75,7 +75,7 @@ def train_forecasts(
             if on_progress:
                 on_progress(pending[ref])
             del pending[ref]
-    skipped = {f"{r.station_id}/{r.measure}": r.skipped for r in results if r.skipped}
+    skipped = {f"{r.entity_id}/{r.measure}": r.skipped for r in results if r.skipped}
     trained = [r for r in results if r.model_json is not None and r.errors is not None]
     if not trained:
         raise PeriscopeError(f"no {source} series could be trained: {json.dumps(skipped)[:500]}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ml import anomaly, forecast
-from ml.data import FORECAST_TARGETS, LakeSlice, hourly_observations, series_frames
+from ml.data import LakeSlice, hourly_observations, series_frames
 from ml.registry import ModelInfo, ModelKind, Registry
 from ml.training.anomalies import anomaly_test_set, compare_anomaly
 from ml.training.config import PromotionPolicy, TrainConfig
@@ -79,7 +79,7 @@ def _compare_and_decide(
         ours, theirs = compare_forecast(
             challenger,
             forecast.ForecastBundle.load(champion_dir),
-            series_frames(lake_hourly, FORECAST_TARGETS[source]),
+            series_frames(lake_hourly, get_contract(source)),
         )
         return promote_if_better(
             registry,

@@ -19,7 +19,6 @@ import pandas as pd
 
 from ml import forecast
 from ml.data import (
-    FORECAST_TARGETS,
     LakeSlice,
     feature_windows,
     hourly_observations,
@@ -96,7 +95,7 @@ def run_training(
     data_range = {
         "data_from": str(split.train_start),
         "data_until": str(split.test_end),
-        "stations": ",".join(sorted(training_hourly["station_id"].unique())),
+        "stations": ",".join(sorted(training_hourly[contract.key_field].unique())),
     }
     log.info(
         "%s: train %s .. %s, validation .. %s, test .. %s",
@@ -106,9 +105,7 @@ def run_training(
         split.validation_end,
         split.test_end,
     )
-    frames = series_frames(
-        training_hourly[training_hourly["ds"] < split.test_end], FORECAST_TARGETS[source]
-    )
+    frames = series_frames(training_hourly[training_hourly["ds"] < split.test_end], contract)
     if on_total:
         on_total(len(frames) * ("forecast" in kinds) + ("anomaly" in kinds))
     with ray_session(settings, workers):

@@ -100,7 +100,7 @@ def test_persistence_is_nan_without_any_observation() -> None:
 def _hand_errors() -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "station_id": "a",
+            "entity_id": "a",
             "measure": "temperature",
             "horizon_h": [1, 2, 1, 1],
             "actual": [10.0, 0.5, -2.0, 4.0],
@@ -143,7 +143,7 @@ def test_error_metrics_by_group() -> None:
 def test_relative_mae_averages_series_ratios() -> None:
     errors = pd.DataFrame(
         {
-            "station_id": ["a", "a", "b", "b", "b"],
+            "entity_id": ["a", "a", "b", "b", "b"],
             "measure": "temperature",
             "actual": [0.0, 0.0, 0.0, 0.0, 0.0],
             "prophet": [1.0, 1.0, 3.0, 3.0, 100.0],

@@ -11,18 +11,20 @@ import pytest
 from deltalake import DeltaTable
 
 from ml.gold import (
-    GOLD_COLUMNS,
+    entity_owner,
+    gold_columns,
     gold_schema,
     plan_round,
     prediction_messages,
     scored_through,
-    split_by_station,
-    station_owner,
+    split_by_entity,
     write_predictions,
 )
 from periscope import duckdb_lake
 
 T0 = datetime(2013, 3, 1, 12, tzinfo=UTC)
+
+KEY = "station_id"  # the weather contract's key
 
 
 def _batches(*sizes: int) -> pd.DataFrame:
@@ -48,16 +50,16 @@ def test_plan_round_without_batches_is_none():
 
 def test_split_by_station_keeps_each_station_on_its_own_actor_round_after_round():
     features = pd.DataFrame({"station_id": [f"s{i % 40}" for i in range(400)], "x": range(400)})
-    parts = split_by_station(features, 2)
+    parts = split_by_entity(features, 2, KEY)
     assert len(parts) == 2 and all(len(p) > 0 for p in parts)
     stations = [set(p["station_id"]) for p in parts]
     assert stations[0].isdisjoint(stations[1])
     assert pd.concat(parts).sort_values("x")["x"].tolist() == list(range(400))
     # A later round with other rows of the same stations sends each one to the same actor.
-    later = split_by_station(features.iloc[::7], 2)
+    later = split_by_entity(features.iloc[::7], 2, KEY)
     assert all(set(p["station_id"]) <= stations[i] for i, p in enumerate(later))
-    assert [station_owner(s, 2) for s in sorted(stations[1])] == [1] * len(stations[1])
-    assert [len(p) for p in split_by_station(features.head(0), 3)] == [0, 0, 0]
+    assert [entity_owner(s, 2) for s in sorted(stations[1])] == [1] * len(stations[1])
+    assert [len(p) for p in split_by_entity(features.head(0), 3, KEY)] == [0, 0, 0]
 
 
 def _rows(stations: list[str], starts: list[datetime], version: int = 1) -> pa.Table:
@@ -88,7 +90,7 @@ def _rows(stations: list[str], starts: list[datetime], version: int = 1) -> pa.T
             "anomaly_version": [version] * n,
             "scored_at": [T0] * n,
         },
-        schema=gold_schema(),
+        schema=gold_schema(KEY),
     )
 
 
@@ -104,10 +106,12 @@ def test_write_predictions_replaces_rescored_windows_and_records_the_mark(tmp_pa
     path = str(tmp_path / "gold" / "weather_predictions")
     assert scored_through(path) is None
     minutes = [T0 + timedelta(minutes=i) for i in range(3)]
-    write_predictions(path, _rows(["a", "a", "b"], minutes), through=4)
+    write_predictions(path, _rows(["a", "a", "b"], minutes), through=4, key=KEY)
     assert scored_through(path) == 4
     # b's window is scored again by a newer model, c's is new.
-    write_predictions(path, _rows(["b", "c"], minutes[2:] + minutes[:1], version=2), through=7)
+    write_predictions(
+        path, _rows(["b", "c"], minutes[2:] + minutes[:1], version=2), through=7, key=KEY
+    )
     assert scored_through(path) == 7
     gold = _gold(path)
     assert len(gold) == 4
@@ -116,13 +120,13 @@ def test_write_predictions_replaces_rescored_windows_and_records_the_mark(tmp_pa
     assert by_key.loc[("b", minutes[2])] == 2  # replaced, not duplicated
     assert by_key.loc[("a", minutes[0])] == 1  # untouched
     assert sorted(by_key) == [1, 1, 2, 2]
-    assert DeltaTable(path).schema().to_arrow().names == GOLD_COLUMNS
+    assert DeltaTable(path).schema().to_arrow().names == gold_columns(KEY)
 
 
 def test_write_predictions_moves_the_mark_even_without_rows(tmp_path):
     path = str(tmp_path / "gold")
-    write_predictions(path, _rows(["a"], [T0]), through=1)
-    write_predictions(path, gold_schema().empty_table(), through=2)
+    write_predictions(path, _rows(["a"], [T0]), through=1, key=KEY)
+    write_predictions(path, gold_schema(KEY).empty_table(), through=2, key=KEY)
     assert scored_through(path) == 2
     assert len(_gold(path)) == 1
 
@@ -157,10 +161,10 @@ def test_prediction_messages_are_gold_rows_with_forecasts_by_measure():
         "anomaly_score",
         pa.array([0.5, float("nan"), None], pa.float64()),
     )
-    messages = prediction_messages(rows)
+    messages = prediction_messages(rows, KEY)
     assert [key for key, _ in messages] == [b"a", b"b", b"c"]
     decoded = [json.loads(value) for _, value in messages]
-    assert all(set(m) == set(GOLD_COLUMNS) for m in decoded)
+    assert all(set(m) == set(gold_columns(KEY)) for m in decoded)
     assert [m["anomaly_score"] for m in decoded] == [0.5, None, None]  # NaN is not JSON
     assert decoded[1]["window_start"] == "2013-03-01T12:01:00.000000Z"
     assert decoded[0]["forecast_version"] == 1 and decoded[0]["is_anomaly"] is False
@@ -182,12 +186,13 @@ def test_prediction_messages_put_forecasts_in_horizon_order_and_refuse_gaps():
     reordered = rows.set_column(
         index, "forecasts", pa.array(shuffled, rows.schema.field(index).type)
     )
-    assert prediction_messages(reordered) == prediction_messages(rows)
+    assert prediction_messages(reordered, KEY) == prediction_messages(rows, KEY)
     # A row's slice (what a Table.slice hands over) encodes as the row alone.
-    assert prediction_messages(rows.slice(1)) == prediction_messages(rows)[1:]
+    assert prediction_messages(rows.slice(1), KEY) == prediction_messages(rows, KEY)[1:]
     gap = [[f for f in forecasts if f["horizon_h"] != 2] for forecasts in shuffled]
     with pytest.raises(ValueError, match="horizons"):
         prediction_messages(
-            rows.set_column(index, "forecasts", pa.array(gap, rows.schema.field(index).type))
+            rows.set_column(index, "forecasts", pa.array(gap, rows.schema.field(index).type)),
+            KEY,
         )
-    assert prediction_messages(rows.slice(0, 0)) == []
+    assert prediction_messages(rows.slice(0, 0), KEY) == []

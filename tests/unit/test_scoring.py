@@ -15,8 +15,8 @@ from ingest.datasets import read_weather
 from ml.anomaly import AnomalyModel, fit_anomaly_model
 from ml.forecast import ForecastBundle, ForecastConfig, temporal_split, train_series
 from ml.gold.scoring import (
-    GOLD_COLUMNS,
     LoadedModels,
+    gold_columns,
     gold_schema,
     history_window,
     score_windows,
@@ -41,6 +41,8 @@ CORRECTIONS = {
     ("denver", "humidity"): (0.0, 0.5),
     ("boston", "temperature"): (0.8, 0.0),
 }
+
+KEY = "station_id"  # the weather contract's key
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,7 @@ def models(bundle: ForecastBundle, anomaly: AnomalyModel) -> LoadedModels:
 
 @pytest.fixture(scope="module")
 def scored(features, hourly, models) -> pd.DataFrame:
-    return score_windows(features, hourly, models, scored_at=SCORED_AT)
+    return score_windows(features, hourly, models, scored_at=SCORED_AT, key=KEY)
 
 
 def _entries(row: pd.Series) -> pd.DataFrame:
@@ -119,13 +121,13 @@ def _entries(row: pd.Series) -> pd.DataFrame:
 
 
 def _forecast_fields() -> list[pa.Field]:
-    return list(gold_schema().field("forecasts").type.value_type)
+    return list(gold_schema(KEY).field("forecasts").type.value_type)
 
 
 def test_gold_schema() -> None:
-    schema = gold_schema()
+    schema = gold_schema(KEY)
 
-    assert schema.names == GOLD_COLUMNS
+    assert schema.names == gold_columns(KEY)
     assert schema.field("window_start").type == pa.timestamp("us", tz="UTC")
     assert [(f.name, f.type) for f in _forecast_fields()] == [
         ("measure", pa.string()),
@@ -138,7 +140,7 @@ def test_gold_schema() -> None:
 
 
 def test_every_window_gets_a_scored_row_with_its_forecasts(features, scored, anomaly) -> None:
-    assert list(scored.columns) == GOLD_COLUMNS
+    assert list(scored.columns) == gold_columns(KEY)
     assert len(scored) == len(features)
     assert scored["anomaly_score"].notna().all()
     np.testing.assert_array_equal(
@@ -196,7 +198,11 @@ def test_batched_forecasts_equal_predict(scored, hourly, bundle) -> None:
 
 def test_stations_and_models_without_forecasts(features, hourly, bundle, anomaly) -> None:
     scored = score_windows(
-        features, hourly, LoadedModels("weather", bundle, 3, anomaly, 7), scored_at=SCORED_AT
+        features,
+        hourly,
+        LoadedModels("weather", bundle, 3, anomaly, 7),
+        scored_at=SCORED_AT,
+        key=KEY,
     )
     nowhere = scored[scored["station_id"] == "nowhere"]
     assert len(nowhere) == 5
@@ -204,7 +210,11 @@ def test_stations_and_models_without_forecasts(features, hourly, bundle, anomaly
     assert nowhere["anomaly_score"].notna().all()  # scored against the global statistics
 
     bare = score_windows(
-        features, hourly, LoadedModels("weather", None, None, None, None), scored_at=SCORED_AT
+        features,
+        hourly,
+        LoadedModels("weather", None, None, None, None),
+        scored_at=SCORED_AT,
+        key=KEY,
     )
     assert len(bare) == len(features)
     assert (bare["forecasts"].map(len) == 0).all()
@@ -222,7 +232,7 @@ def test_loaded_models_reject_mismatches(bundle, anomaly) -> None:
 def test_rescoring_gives_the_same_rows_whatever_the_batch(
     features, hourly, models, scored, bundle, anomaly
 ) -> None:
-    again = score_windows(features, hourly, models, scored_at=SCORED_AT)
+    again = score_windows(features, hourly, models, scored_at=SCORED_AT, key=KEY)
     assert_frame_equal(again, scored)
 
     # A few windows alone, shuffled, tz-aware, one given twice: the same rows as in the batch.
@@ -235,7 +245,7 @@ def test_rescoring_gives_the_same_rows_whatever_the_batch(
     batch = pd.concat([part, altered])
     # Fresh models, nothing cached yet.
     fresh = LoadedModels("weather", bundle, 3, anomaly, 7)
-    rescored = score_windows(batch, hourly, fresh, scored_at=SCORED_AT)
+    rescored = score_windows(batch, hourly, fresh, scored_at=SCORED_AT, key=KEY)
 
     assert len(rescored) == 20
     key = ["station_id", "window_start"]
@@ -250,7 +260,7 @@ def test_rescoring_gives_the_same_rows_whatever_the_batch(
 
 
 def test_history_window_is_all_the_history_needed(features, hourly, models, scored) -> None:
-    window = history_window(features)
+    window = history_window(features, KEY)
 
     assert window["station_id"].tolist() == ["boston", "denver", "nowhere"]
     denver = window.set_index("station_id").loc["denver"]
@@ -261,12 +271,14 @@ def test_history_window_is_all_the_history_needed(features, hourly, models, scor
     bounds = hourly.merge(window, on="station_id")
     trimmed = bounds[(bounds["ds"] >= bounds["since"]) & (bounds["ds"] < bounds["until"])]
     assert len(trimmed) < len(hourly)
-    assert_frame_equal(score_windows(features, trimmed, models, scored_at=SCORED_AT), scored)
+    assert_frame_equal(
+        score_windows(features, trimmed, models, scored_at=SCORED_AT, key=KEY), scored
+    )
 
 
 def test_to_arrow_is_exactly_the_gold_schema(features, hourly, scored, bundle) -> None:
-    table = to_arrow(scored)
-    assert table.schema.equals(gold_schema(), check_metadata=True)
+    table = to_arrow(scored, KEY)
+    assert table.schema.equals(gold_schema(KEY), check_metadata=True)
     assert table.num_rows == len(scored)
     assert table.column("forecasts").to_pylist()[0] == list(scored["forecasts"].iloc[0])
 
@@ -275,9 +287,10 @@ def test_to_arrow_is_exactly_the_gold_schema(features, hourly, scored, bundle) -
         hourly,
         LoadedModels("weather", bundle, 1, None, None),
         scored_at=SCORED_AT,
+        key=KEY,
     )
-    nulls = to_arrow(bare)
-    assert nulls.schema.equals(gold_schema())
+    nulls = to_arrow(bare, KEY)
+    assert nulls.schema.equals(gold_schema(KEY))
     assert nulls.column("anomaly_score").null_count == 3
     assert nulls.column("is_anomaly").null_count == 3
     assert to_arrow(
@@ -286,8 +299,10 @@ def test_to_arrow_is_exactly_the_gold_schema(features, hourly, scored, bundle) -
             hourly,
             LoadedModels("weather", bundle, 1, None, None),
             scored_at=SCORED_AT,
-        )
-    ).schema.equals(gold_schema())
+            key=KEY,
+        ),
+        KEY,
+    ).schema.equals(gold_schema(KEY))
 
 
 def test_blocks_of_prophet_hours_are_reused_and_evicted(
@@ -297,7 +312,7 @@ def test_blocks_of_prophet_hours_are_reused_and_evicted(
     monkeypatch.setattr("ml.gold.scoring.BLOCK_HOURS", 5)
     monkeypatch.setattr("ml.gold.scoring.MAX_BLOCKS", 2)
     models = LoadedModels("weather", bundle, 3, None, None)
-    small = score_windows(features, hourly, models, scored_at=SCORED_AT)
+    small = score_windows(features, hourly, models, scored_at=SCORED_AT, key=KEY)
 
     assert {len(series.blocks) for series in models._series.values()} == {2}
 
@@ -320,7 +335,7 @@ def test_warming_builds_the_owned_series_and_changes_no_forecast(
     assert all(scorer.blocks for scorer in warm._series.values())
     assert LoadedModels("weather", None, None, anomaly, 7).warm(lambda s: True, SCORED_AT) == 0
     # Warm or cold, the same rows.
-    assert_frame_equal(score_windows(features, hourly, warm, scored_at=SCORED_AT), scored)
+    assert_frame_equal(score_windows(features, hourly, warm, scored_at=SCORED_AT, key=KEY), scored)
 
 
 def test_history_rows_finer_than_hours_and_infinities_change_nothing(
@@ -334,7 +349,7 @@ def test_history_rows_finer_than_hours_and_infinities_change_nothing(
     broken = finer.head(200).assign(temperature=np.inf, humidity=-np.inf, pressure=np.inf)
     split = pd.concat([later, broken, earlier], ignore_index=True).sample(frac=1, random_state=3)
 
-    again = score_windows(features, split, models, scored_at=SCORED_AT)
+    again = score_windows(features, split, models, scored_at=SCORED_AT, key=KEY)
 
     assert again["forecasts"].map(len).tolist() == scored["forecasts"].map(len).tolist()
     for ours, theirs in zip(again["forecasts"], scored["forecasts"], strict=True):
@@ -343,6 +358,8 @@ def test_history_rows_finer_than_hours_and_infinities_change_nothing(
                 [f[name] for f in ours], [f[name] for f in theirs], rtol=0, atol=1e-9
             )
     # Without a measure's column its forecasts start from no observations: they differ.
-    without = score_windows(features, hourly.drop(columns="humidity"), models, scored_at=SCORED_AT)
+    without = score_windows(
+        features, hourly.drop(columns="humidity"), models, scored_at=SCORED_AT, key=KEY
+    )
     assert without["forecasts"].map(len).tolist() == scored["forecasts"].map(len).tolist()
     assert not without["forecasts"].equals(scored["forecasts"])
