@@ -8,6 +8,7 @@ anomaly in itself. Real history has no anomaly labels, so evaluation injects kno
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 
-from periscope.contracts import Measure, SourceContract
+from periscope.contracts import Aggregation, Measure, SourceContract
 from periscope.time import naive_utc
 from periscope.windows import FEATURE_STATS, feature_columns
 
@@ -72,7 +73,7 @@ def inject_anomalies(
     Values stay within the contract's valid range. Episodes never overlap; they are added
     until about `rate` of the rows carry an altered reading, about equally many per kind.
     Only readings whose value actually changed are labelled (a stuck sensor during a calm hour
-    changes nothing), so the labels are exactly the altered readings. Labels: station_id, event_time, measure, kind.
+    changes nothing), so the labels are exactly the altered readings. Labels: the key, event_time, measure, kind.
     The returned observations are sorted by station and event_time, with a fresh index.
     """
     unknown = sorted(set(kinds) - set(ANOMALY_KINDS))
@@ -286,6 +287,22 @@ def _design(scaled: pd.DataFrame, measures: list[str]) -> np.ndarray:
     return np.column_stack([*per_measure, magnitude.max(axis=1)])
 
 
+def anomaly_contract(contract: SourceContract) -> SourceContract:
+    """The contract as the anomaly model sees it: windows of the statistics of its anomaly
+    measures only (what injected-anomaly evaluation can rebuild from hourly readings)."""
+    aggregations = tuple(Aggregation(m, "stats") for m in contract.anomaly_measures)
+    window = dataclasses.replace(contract.window, aggregations=aggregations)
+    return dataclasses.replace(contract, window=window, forecast_targets=(), anomaly_fields=None)
+
+
+def anomaly_columns(contract: SourceContract) -> list[str]:
+    """The feature columns the model may read: reading_count and its measures' statistics.
+    Without reading_count where the contract has an event id: there many events share an
+    instant, and hourly means (which evaluation injects anomalies into) cannot count them."""
+    columns = feature_columns(anomaly_contract(contract))[3:]
+    return columns[1:] if contract.event_id_field else columns
+
+
 def _measure_columns(measure: str) -> list[str]:
     return [f"{measure}_{stat}" for stat in (*FEATURE_STATS, "flat")]
 
@@ -360,7 +377,7 @@ def fit_anomaly_model(
     if len(train_features) == 0:
         raise ValueError("no training windows")
     key = contract.key_field
-    columns = [c for c in feature_columns(contract)[3:] if train_features[c].notna().any()]
+    columns = [c for c in anomaly_columns(contract) if train_features[c].notna().any()]
     measures = [m for m in contract.measure_names if set(_measure_columns(m)) & set(columns)]
     stats = StationStats.fit(_with_flat(train_features, columns, key), key)
     forest = Pipeline(

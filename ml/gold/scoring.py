@@ -105,8 +105,8 @@ class LoadedModels:
                 warmed += 1
         return warmed
 
-    def _scorer(self, station_id: str, measure: str) -> _SeriesScorer:
-        key = (station_id, measure)
+    def _scorer(self, entity_id: str, measure: str) -> _SeriesScorer:
+        key = (entity_id, measure)
         if key not in self._series:
             assert self.forecast is not None
             self._series[key] = _SeriesScorer.of(
@@ -326,8 +326,8 @@ def _forecasts(
     """The forecasts column: rows are grouped by entity, as score_windows sorts them."""
     bundle = models.forecast
     by_station: dict[str, list[str]] = {}
-    for station_id, measure in bundle.series() if bundle is not None else []:
-        by_station.setdefault(station_id, []).append(measure)
+    for entity_id, measure in bundle.series() if bundle is not None else []:
+        by_station.setdefault(entity_id, []).append(measure)
     names = sorted({m for measures in by_station.values() for m in measures})
     counts = np.zeros(len(stations), dtype="int64")
     parts: list[dict[str, np.ndarray]] = []

@@ -43,7 +43,7 @@ def anomaly_test_set(
     if observations.empty:
         raise PeriscopeError(f"no {contract.name} observations between {start} and {end}")
     injected, labels = anomaly.inject_anomalies(observations, contract, rate=rate, seed=seed)
-    features = window_features(injected, contract)
+    features = window_features(injected, anomaly.anomaly_contract(contract))
     # Windows hanging over the edges hold readings from outside the period: leave them out.
     inside = (features["window_start"] >= start) & (features["window_end"] <= end)
     features = features[inside].reset_index(drop=True)

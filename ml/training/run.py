@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ml import forecast
+from ml import anomaly, forecast
 from ml.data import (
     LakeSlice,
     feature_windows,
@@ -211,7 +211,8 @@ def _anomaly_train_features(
         train_features = train_features[train_features["window_end"] <= split.train_end]
     else:
         train_features = window_features(
-            observations_between(hourly, split.train_start, split.train_end), contract
+            observations_between(hourly, split.train_start, split.train_end),
+            anomaly.anomaly_contract(contract),
         )
     if train_features.empty:
         raise PeriscopeError(
