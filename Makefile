@@ -74,8 +74,9 @@ DEMO_ACCURACY_SQL := select m.source, m.measure, m.unit, a.horizon_h, count(*) a
   round(avg(a.abs_error)::numeric, 2) as mae, round(avg(a.in_interval::int)::numeric, 2) as coverage_80 \
   from marts.fct_forecast_accuracy a join marts.dim_measure m using (measure_key) \
   where a.horizon_h in (1, 6, 24) group by 1, 2, 3, 4 order by 1, 2, 4
-DEMO_ANOMALIES_SQL := select s.source, s.station_id, f.window_start, round(f.anomaly_score::numeric, 3) as score, \
-  d.model_name, d.model_version from marts.fct_anomaly f join marts.dim_station s using (station_key) \
+DEMO_ANOMALIES_SQL := select e.source, e.entity_label || ' ' || e.entity_id as entity, f.window_start, \
+  round(f.anomaly_score::numeric, 3) as score, d.model_name, d.model_version \
+  from marts.fct_anomaly f join marts.dim_entity e using (entity_key) \
   join marts.dim_model d using (model_key) where f.is_anomaly order by f.anomaly_score desc limit 8
 
 demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -> train if needed -> score -> warehouse -> dbt

@@ -1,5 +1,7 @@
 """The Delta -> Postgres loader (`periscope warehouse load`) and the dbt runner (`periscope dbt`).
 
-`plan` and `ddl` hold the pure logic (which tables and files, which SQL); `loader` and `dbt`
-do the I/O; `cli` holds the commands. The dbt project itself is `dbt_project/`.
+`plan`, `ddl` and `dbt_models` hold the pure logic (which tables, keys and files; which SQL; which
+dbt files the source contracts imply); `loader` and `dbt` do the I/O (`dbt.sync_project` writes the
+generated dbt files, `dbt.run_dbt` syncs and runs dbt); `cli` holds the commands. The dbt project
+itself is `dbt_project/`.
 """

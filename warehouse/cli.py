@@ -1,4 +1,4 @@
-"""`periscope warehouse load|query` and `periscope dbt build|run|test|docs|freshness` (entry points)."""
+"""`periscope warehouse load|query` and `periscope dbt sync|build|run|test|docs|freshness` (entry points)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ warehouse_app = typer.Typer(
 dbt_app = typer.Typer(
     help=(
         "Run dbt on dbt_project/ (lake schema -> staging -> intermediate -> marts star schema), "
-        "connected with Periscope's settings. Extra arguments go to dbt: "
+        "connected with Periscope's settings, after writing the files derived from the source "
+        "contracts (periscope dbt sync). Extra arguments go to dbt: "
         "periscope dbt build --select fct_forecast_accuracy+"
     ),
     no_args_is_help=True,
@@ -173,6 +174,22 @@ def query(
         )
 
 
+@dbt_app.command("sync")
+def dbt_sync() -> None:
+    """Write the dbt files derived from the source contracts (lake sources, staging models, seeds, the contracts macro) into dbt_project's generated/ folders; stale ones are removed. build, run and test sync first."""
+    from warehouse.dbt import sync_project
+
+    result = sync_project()
+    for path in result.written:
+        console.print(f"[green]wrote[/]   {path}", soft_wrap=True)
+    for path in result.removed:
+        console.print(f"[yellow]removed[/] {path}", soft_wrap=True)
+    console.print(
+        f"{len(result.written)} written, {len(result.removed)} removed, "
+        f"{len(result.unchanged)} unchanged"
+    )
+
+
 def _dbt(ctx: typer.Context, *args: str) -> None:
     from warehouse.dbt import run_dbt
 
@@ -183,19 +200,19 @@ def _dbt(ctx: typer.Context, *args: str) -> None:
 
 @dbt_app.command("build", context_settings=_PASS_THROUGH)
 def dbt_build(ctx: typer.Context) -> None:
-    """dbt build: seeds, models, unit tests and data tests, in DAG order."""
+    """dbt build: seeds, models, unit tests and data tests, in DAG order (after a sync)."""
     _dbt(ctx, "build")
 
 
 @dbt_app.command("run", context_settings=_PASS_THROUGH)
 def dbt_run(ctx: typer.Context) -> None:
-    """dbt run: build the models (facts incrementally) without tests."""
+    """dbt run: build the models (facts incrementally) without tests (after a sync)."""
     _dbt(ctx, "run")
 
 
 @dbt_app.command("test", context_settings=_PASS_THROUGH)
 def dbt_test(ctx: typer.Context) -> None:
-    """dbt test: data tests (keys, relationships, the lake reconciliation) and unit tests."""
+    """dbt test: data tests (keys, relationships, the lake reconciliation) and unit tests (after a sync)."""
     _dbt(ctx, "test")
 
 

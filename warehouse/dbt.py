@@ -1,5 +1,10 @@
 """Run dbt on `dbt_project/` with the connection taken from Periscope's settings.
 
+Before dbt runs, `sync_project` writes the files derived from the source contracts
+(`warehouse.dbt_models`: lake sources, staging models, seeds, the contracts macro) into the
+project's git-ignored `generated/` folders, exactly as `CONTRACTS` holds them now, in this
+process: a contract registered at run time gets its models on the next `run_dbt`.
+
 dbt's `profiles.yml` (inside the project) reads `PERISCOPE_POSTGRES_*` with `env_var()`; this
 module fills those variables from `get_settings()`, so `.env` works for dbt as for the rest.
 dbt runs as a subprocess of the venv's own `dbt`: its logging and exit code stay its own.
@@ -11,13 +16,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from periscope.contracts import CONTRACTS, SourceContract
 from periscope.errors import MissingDependencyError
 from periscope.settings import PROJECT_DIR, Settings
+from warehouse.dbt_models import GENERATED_DIRS, generated_files
 
-__all__ = ["DBT_PROJECT_DIR", "dbt_command", "dbt_env", "run_dbt"]
+__all__ = ["DBT_PROJECT_DIR", "SyncResult", "dbt_command", "dbt_env", "run_dbt", "sync_project"]
 
 DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
 
@@ -57,8 +65,48 @@ def dbt_command(args: Sequence[str], *, executable: str | None = None) -> list[s
     ]
 
 
-def run_dbt(settings: Settings, args: Sequence[str]) -> int:
-    """Run dbt with `args`; returns its exit code (output goes to the terminal)."""
+@dataclass(frozen=True)
+class SyncResult:
+    """What `sync_project` changed (paths relative to the dbt project)."""
+
+    written: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def sync_project(
+    contracts: Iterable[SourceContract] | None = None, *, project_dir: Path | None = None
+) -> SyncResult:
+    """Make the project's generated folders hold exactly the files of `contracts` (default:
+    every registered contract): new or changed files are written, unchanged ones left alone
+    (dbt's partial parsing keeps them), stale ones (a source no longer registered) removed."""
+    root = DBT_PROJECT_DIR if project_dir is None else project_dir
+    wanted = generated_files(CONTRACTS.values() if contracts is None else contracts)
+    result = SyncResult()
+    for relative, text in wanted.items():
+        path = root / relative
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
+            result.unchanged.append(relative)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)  # a dbt run started meanwhile never reads half a file
+        result.written.append(relative)
+    for folder in GENERATED_DIRS:
+        for path in sorted((root / folder).rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if path.is_file() and relative not in wanted:
+                path.unlink()
+                result.removed.append(relative)
+    return result
+
+
+def run_dbt(settings: Settings, args: Sequence[str], *, sync: bool = True) -> int:
+    """Run dbt with `args` after syncing the generated files from the registered contracts
+    (unless `sync` is False); returns dbt's exit code (output goes to the terminal)."""
+    if sync:
+        sync_project()
     return subprocess.run(dbt_command(args), env=dbt_env(settings), check=False).returncode
 
 

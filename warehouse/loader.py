@@ -24,8 +24,6 @@ from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 from warehouse import ddl
 from warehouse.plan import (
-    FORECAST_COLUMNS,
-    FORECAST_KEY,
     LoadPlan,
     TableSpec,
     flatten_forecasts,
@@ -214,7 +212,7 @@ def _apply(
     parent_columns = [*columns, "forecast_count"] if child else columns
     stages = [(spec.name, _PARENT_STAGE, parent_columns)]
     if child:
-        stages.append((child, _CHILD_STAGE, list(FORECAST_COLUMNS)))
+        stages.append((child, _CHILD_STAGE, list(spec.forecast_columns)))
     for table, stage, cols in stages:
         cur.execute(f"drop table if exists {ddl.ident(stage)}")
         cur.execute(ddl.stage_sql(table, stage, cols))
@@ -225,7 +223,7 @@ def _apply(
     for batch in _batches(dataset, plan.files, read):
         data = pa.Table.from_batches([batch])
         if child:
-            forecasts += _copy(cur, _CHILD_STAGE, flatten_forecasts(data))
+            forecasts += _copy(cur, _CHILD_STAGE, flatten_forecasts(data, spec.contract.key_field))
             data = data.select(columns).append_column("forecast_count", forecast_counts(data))
         rows += _copy(cur, _PARENT_STAGE, data.select(parent_columns))
         if on_progress:
@@ -245,10 +243,12 @@ def _apply(
         if plan.mode != "full":
             cur.execute(
                 ddl.delete_missing_children_sql(
-                    child, _PARENT_STAGE, spec.key, _CHILD_STAGE, FORECAST_KEY
+                    child, _PARENT_STAGE, spec.key, _CHILD_STAGE, spec.forecast_key
                 )
             )
-        cur.execute(ddl.upsert_sql(child, _CHILD_STAGE, FORECAST_COLUMNS, FORECAST_KEY), params)
+        cur.execute(
+            ddl.upsert_sql(child, _CHILD_STAGE, spec.forecast_columns, spec.forecast_key), params
+        )
     return rows, changed, forecasts
 
 
@@ -282,12 +282,12 @@ def _ensure_tables(cur: Any, spec: TableSpec, schema: pa.Schema, columns: list[s
     tables = [(spec.name, parent, spec.key)]
     if spec.forecasts_table:
         parent.append(("forecast_count", "integer"))
-        forecast_schema = flatten_forecasts(schema.empty_table()).schema
+        forecast_schema = flatten_forecasts(schema.empty_table(), spec.contract.key_field).schema
         tables.append(
             (
                 spec.forecasts_table,
-                ddl.pg_columns(forecast_schema, FORECAST_COLUMNS),
-                FORECAST_KEY,
+                ddl.pg_columns(forecast_schema, spec.forecast_columns),
+                spec.forecast_key,
             )
         )
     for name, cols, key in tables:

@@ -15,18 +15,20 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from periscope.contracts import CONTRACTS
+from periscope.contracts import CONTRACTS, SourceContract, get_contract
 
 __all__ = [
     "ENTITIES",
-    "FORECAST_COLUMNS",
-    "FORECAST_KEY",
+    "FORECAST_FIELDS",
     "LoadPlan",
     "TableSpec",
     "flatten_forecasts",
+    "forecast_columns",
     "forecast_counts",
+    "forecast_key",
     "loadable_columns",
     "plan_load",
+    "table_key",
     "table_specs",
 ]
 
@@ -34,23 +36,34 @@ Entity = Literal["observations", "features", "predictions"]
 ENTITIES: tuple[Entity, ...] = ("observations", "features", "predictions")
 
 _LAYER = {"observations": "silver", "features": "silver", "predictions": "gold"}
-_KEY = {
-    "observations": ("station_id", "event_time"),
-    "features": ("station_id", "window_start"),
-    "predictions": ("station_id", "window_start"),
-}
-# gold's nested `forecasts` list becomes its own table, one row per forecast.
-FORECAST_KEY = ("station_id", "window_start", "measure", "horizon_h")
-FORECAST_COLUMNS = (
-    "station_id",
-    "window_start",
-    "measure",
-    "horizon_h",
-    "target_time",
-    "yhat",
-    "yhat_lower",
-    "yhat_upper",
-)
+# gold's nested `forecasts` list becomes its own table, one row per forecast: the contract's key
+# and window_start of the gold row, then these fields of each forecast.
+FORECAST_FIELDS = ("measure", "horizon_h", "target_time", "yhat", "yhat_lower", "yhat_upper")
+
+
+def table_key(contract: SourceContract, entity: Entity) -> tuple[str, ...]:
+    """The natural key of a lake table, from the contract: observations are unique per event
+    id when the contract has one (silver dedupes on it), else per (key, event time); windows
+    and predictions per (key, window_start).
+
+    >>> table_key(get_contract("weather"), "observations")
+    ('station_id', 'event_time')
+    """
+    if entity == "observations":
+        if contract.event_id_field is not None:
+            return (contract.event_id_field,)
+        return (contract.key_field, "event_time")
+    return (contract.key_field, "window_start")
+
+
+def forecast_key(contract: SourceContract) -> tuple[str, ...]:
+    """The key of `lake.<source>_forecasts`: the gold row's key, then measure and horizon."""
+    return (contract.key_field, "window_start", "measure", "horizon_h")
+
+
+def forecast_columns(contract: SourceContract) -> tuple[str, ...]:
+    """The columns of `lake.<source>_forecasts`, in order."""
+    return (contract.key_field, "window_start", *FORECAST_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -59,6 +72,10 @@ class TableSpec:
 
     source: str
     entity: Entity
+
+    @property
+    def contract(self) -> SourceContract:
+        return get_contract(self.source)
 
     @property
     def name(self) -> str:
@@ -72,12 +89,20 @@ class TableSpec:
 
     @property
     def key(self) -> tuple[str, ...]:
-        return _KEY[self.entity]
+        return table_key(self.contract, self.entity)
 
     @property
     def forecasts_table(self) -> str | None:
         """The table gold's flattened forecasts go to, e.g. `weather_forecasts`; None elsewhere."""
         return f"{self.source}_forecasts" if self.entity == "predictions" else None
+
+    @property
+    def forecast_key(self) -> tuple[str, ...]:
+        return forecast_key(self.contract)
+
+    @property
+    def forecast_columns(self) -> tuple[str, ...]:
+        return forecast_columns(self.contract)
 
 
 def table_specs(
@@ -174,16 +199,17 @@ def forecast_counts(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     return pc.fill_null(pc.list_value_length(batch.column("forecasts")), 0).cast(pa.int32())
 
 
-def flatten_forecasts(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """Gold rows -> one row per (station_id, window_start, measure, horizon_h) forecast.
+def flatten_forecasts(batch: pa.RecordBatch | pa.Table, key: str) -> pa.Table:
+    """Gold rows -> one row per (key, window_start, measure, horizon_h) forecast; `key` is the
+    contract's key column.
 
     >>> from datetime import datetime, UTC
     >>> t = datetime(2024, 1, 1, tzinfo=UTC)
-    >>> gold = pa.table({"station_id": ["a"], "window_start": [t], "forecasts": [[
-    ...     {"measure": "temperature", "horizon_h": 1, "target_time": t, "yhat": 1.0,
+    >>> gold = pa.table({"zone": ["a"], "window_start": [t], "forecasts": [[
+    ...     {"measure": "event_count", "horizon_h": 1, "target_time": t, "yhat": 1.0,
     ...      "yhat_lower": 0.0, "yhat_upper": 2.0}]]})
-    >>> flatten_forecasts(gold).column("measure").to_pylist()
-    ['temperature']
+    >>> flatten_forecasts(gold, "zone").column_names[:3]
+    ['zone', 'window_start', 'measure']
     """
     forecasts = batch.column("forecasts")
     if isinstance(forecasts, pa.ChunkedArray):
@@ -191,9 +217,9 @@ def flatten_forecasts(batch: pa.RecordBatch | pa.Table) -> pa.Table:
     parents = pc.list_parent_indices(forecasts)
     values = pc.list_flatten(forecasts)
     columns = {
-        "station_id": pc.take(batch.column("station_id"), parents),
+        key: pc.take(batch.column(key), parents),
         "window_start": pc.take(batch.column("window_start"), parents),
     }
-    for name in FORECAST_COLUMNS[2:]:
+    for name in FORECAST_FIELDS:
         columns[name] = pc.struct_field(values, name)
     return pa.table(columns)

@@ -1,20 +1,22 @@
--- Row counts reconcile from Delta to the marts. A returned row is a mismatch:
+-- Row counts reconcile from Delta to the marts, for every source `periscope dbt sync` generated
+-- (periscope_contracts()). A returned row is a mismatch:
 --   1. each lake table holds as many rows as its Delta table had at the version loaded
 --      (recorded by the loader in lake._load_state);
---   2. per source, the facts hold what the lake holds: a feature-window row per window and
---      measure, an anomaly row per scored window, a forecast row per flattened forecast (also
---      equal to the forecast counts of the gold rows), and hourly facts that count every
---      non-null reading.
-{%- set sources = var('periscope_sources') %}
+--   2. per source, the facts hold what the lake holds: a feature-window row per window and a
+--      feature-value row per window and aggregate column, an anomaly row per scored window, a
+--      forecast row per flattened forecast (also equal to the forecast counts of the gold
+--      rows), and hourly facts that count every non-null reading of a numeric field.
+{%- set sources = periscope_contracts() %}
 {%- set loaded_tables = [] %}
 {%- for s in sources %}{% for entity in ['observations', 'features', 'predictions'] %}
 {%- do loaded_tables.append(s ~ '_' ~ entity) %}
 {%- endfor %}{% endfor %}
+{%- set any_row = {'_loaded_at': 'timestamptz'} %}
 
 with lake_tables as (
     {%- for t in loaded_tables %}
     select '{{ t }}' as table_name, count(*) as rows_now
-    from {{ lake_relation(t, {'station_id': 'text'}) }} as t
+    from {{ lake_relation(t, any_row) }} as t
     {{ "union all" if not loop.last }}
     {%- endfor %}
 ),
@@ -31,22 +33,24 @@ delta_vs_lake as (
 
 lake_per_source as (
     {%- for s in sources %}
-    {%- set measures = sources[s] %}
-    {%- set measure_columns = {} %}
-    {%- for m in measures %}{% do measure_columns.update({m: 'double precision'}) %}{% endfor %}
+    {%- set numeric = sources[s]['numeric_fields'] %}
+    {%- set numeric_columns = {'_loaded_at': 'timestamptz'} %}
+    {%- for m in numeric %}{% do numeric_columns.update({m: 'double precision'}) %}{% endfor %}
     select
         '{{ s }}' as source,
-        (select count(*) * {{ measures | length }}
-         from {{ lake_relation(s ~ '_features', {'station_id': 'text'}) }} as f) as feature_rows,
-        (select count(*) from {{ lake_relation(s ~ '_predictions', {'station_id': 'text'}) }} as p) as predictions,
+        (select count(*) from {{ lake_relation(s ~ '_features', any_row) }} as f) as windows,
+        (select count(*) * {{ sources[s]['feature_count'] }}
+         from {{ lake_relation(s ~ '_features', any_row) }} as f) as feature_values,
+        (select count(*) from {{ lake_relation(s ~ '_predictions', any_row) }} as p) as predictions,
         (select coalesce(sum(forecast_count), 0)
          from {{ lake_relation(s ~ '_predictions', {'forecast_count': 'integer'}) }} as p) as forecasts_in_gold,
-        (select count(*) from {{ lake_relation(s ~ '_forecasts', {'station_id': 'text'}) }} as f) as forecasts,
+        (select count(*) from {{ lake_relation(s ~ '_forecasts', any_row) }} as f) as forecasts,
         (select
-            {%- for m in measures %}
-            count(o.{{ m }}){{ " +" if not loop.last }}
+            {%- for m in numeric %}
+            count(o."{{ m }}") +
             {%- endfor %}
-         from {{ lake_relation(s ~ '_observations', measure_columns) }} as o) as readings
+            0
+         from {{ lake_relation(s ~ '_observations', numeric_columns) }} as o) as readings
     {{ "union all" if not loop.last }}
     {%- endfor %}
 ),
@@ -54,7 +58,8 @@ lake_per_source as (
 marts_per_source as (
     select
         l.source,
-        (select count(*) from {{ ref('fct_feature_window') }} as f where f.source = l.source) as feature_rows,
+        (select count(*) from {{ ref('fct_feature_window') }} as f where f.source = l.source) as windows,
+        (select count(*) from {{ ref('fct_feature_value') }} as f where f.source = l.source) as feature_values,
         (select count(*) from {{ ref('fct_anomaly') }} as a where a.source = l.source) as predictions,
         (select count(*) from {{ ref('fct_forecast') }} as f where f.source = l.source) as forecasts,
         (select coalesce(sum(reading_count), 0)
@@ -63,8 +68,12 @@ marts_per_source as (
 ),
 
 per_source as (
-    select l.source || ': fct_feature_window rows vs lake windows x measures' as check_name,
-        l.feature_rows as expected, m.feature_rows as actual
+    select l.source || ': fct_feature_window rows vs lake windows' as check_name,
+        l.windows as expected, m.windows as actual
+    from lake_per_source as l inner join marts_per_source as m on l.source = m.source
+    union all
+    select l.source || ': fct_feature_value rows vs lake windows x aggregate columns',
+        l.feature_values, m.feature_values
     from lake_per_source as l inner join marts_per_source as m on l.source = m.source
     union all
     select l.source || ': fct_anomaly rows vs lake predictions', l.predictions, m.predictions

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import doctest
+import inspect
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -12,11 +13,22 @@ import pyarrow.csv as pacsv
 import pytest
 import yaml
 
-from periscope.contracts import CONTRACTS
-from warehouse import ddl, plan
-from warehouse.dbt import DBT_PROJECT_DIR, dbt_command, dbt_env
+from periscope.contracts import (
+    CONTRACTS,
+    Aggregation,
+    Category,
+    Count,
+    ForecastTarget,
+    Measure,
+    SourceContract,
+    Text,
+    WindowSpec,
+    get_contract,
+)
+from warehouse import dbt_models, ddl, plan
+from warehouse.dbt import DBT_PROJECT_DIR, dbt_command, dbt_env, sync_project
 from warehouse.plan import (
-    FORECAST_COLUMNS,
+    TableSpec,
     flatten_forecasts,
     forecast_counts,
     loadable_columns,
@@ -27,7 +39,57 @@ from warehouse.plan import (
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("module", [plan, ddl])
+# A source of another shape: a string key that is not station_id, an event id, a category and
+# counts; its windows count and sum, its forecaster predicts hourly trip counts.
+TOY = SourceContract(
+    name="toy_trips",
+    description="toy taxi trips",
+    fields=(
+        Text("zone", "pick-up zone", required=True),
+        Text("trip_id", "trip id", required=True),
+        Measure("fare", "USD", 0, 500, "fare"),
+        Count("passengers", "riders", valid_max=8),
+        Category("payment", "how paid", levels=("card", "Cash")),
+    ),
+    key_field="zone",
+    event_id_field="trip_id",
+    entity_label="zone",
+    window=WindowSpec(
+        aggregations=(
+            Aggregation("fare", "stats"),
+            Aggregation("fare", "sum"),
+            Aggregation("passengers", "sum"),
+            Aggregation("payment", "category_counts"),
+            Aggregation("trip_id", "count"),
+        )
+    ),
+    forecast_targets=(ForecastTarget(None, "count"), ForecastTarget("fare", "sum")),
+)
+
+
+@pytest.fixture
+def toy_registered():
+    """TOY in the registry for one test (the registry is global: put it back as it was)."""
+    before = dict(CONTRACTS)
+    CONTRACTS[TOY.name] = TOY
+    yield TOY
+    CONTRACTS.clear()
+    CONTRACTS.update(before)
+
+
+def _gold_schema(contract: SourceContract) -> pa.Schema:
+    """Gold's schema for a contract, whether ml.gold takes the contract yet or not (another
+    change generalises it), with the contract's key column."""
+    from ml.gold import gold_schema
+
+    if inspect.signature(gold_schema).parameters:  # gold_schema(key)
+        return gold_schema(contract.key_field)
+    schema = gold_schema()
+    index = schema.get_field_index("station_id")
+    return schema.set(index, schema.field(index).with_name(contract.key_field))
+
+
+@pytest.mark.parametrize("module", [plan, ddl, dbt_models])
 def test_docstring_examples(module):
     assert doctest.testmod(module).failed == 0
 
@@ -45,6 +107,24 @@ def test_table_specs_name_the_delta_tables_and_keys():
         "weather_forecasts",
     )
     assert specs["weather_features"].forecasts_table is None
+    assert gold.key == ("station_id", "window_start")
+    assert gold.forecast_key == ("station_id", "window_start", "measure", "horizon_h")
+
+
+def test_keys_come_from_the_contract():
+    """A contract with an event id: observations are unique per event, windows per key."""
+    assert plan.table_key(TOY, "observations") == ("trip_id",)
+    assert plan.table_key(TOY, "features") == ("zone", "window_start")
+    assert plan.table_key(TOY, "predictions") == ("zone", "window_start")
+    assert plan.forecast_key(TOY) == ("zone", "window_start", "measure", "horizon_h")
+    assert plan.forecast_columns(TOY)[:3] == ("zone", "window_start", "measure")
+
+
+def test_a_source_registered_at_run_time_is_loadable(toy_registered):
+    specs = {s.name: s for s in table_specs(["toy_trips"])}
+    assert specs["toy_trips_observations"].key == ("trip_id",)
+    assert specs["toy_trips_predictions"].forecast_key[0] == "zone"
+    assert TableSpec("toy_trips", "features").contract is TOY
 
 
 def test_table_specs_choose_and_reject():
@@ -109,8 +189,9 @@ def test_full_reload_when_the_old_version_cannot_be_used(
 
 
 # --- gold rows -----------------------------------------------------------------------------
-def _gold() -> pa.Table:
-    from ml.gold import gold_schema
+def _gold(contract: SourceContract | None = None) -> pa.Table:
+    contract = contract or get_contract("weather")
+    key = contract.key_field
 
     def forecasts(n: int) -> list[dict]:
         return [
@@ -127,21 +208,21 @@ def _gold() -> pa.Table:
         ]
 
     rows = [
-        {"station_id": "a", "window_start": T0, "forecasts": forecasts(2)},
-        {"station_id": "b", "window_start": T0, "forecasts": []},
-        {"station_id": "c", "window_start": T0 + timedelta(hours=1), "forecasts": forecasts(1)},
+        {key: "a", "window_start": T0, "forecasts": forecasts(2)},
+        {key: "b", "window_start": T0, "forecasts": []},
+        {key: "c", "window_start": T0 + timedelta(hours=1), "forecasts": forecasts(1)},
     ]
     common = {
         "window_end": T0 + timedelta(hours=3),
         "forecast_origin": T0 + timedelta(hours=2),
         "scored_at": T0,
     }
-    return pa.Table.from_pylist([{**common, **r} for r in rows], schema=gold_schema())
+    return pa.Table.from_pylist([{**common, **r} for r in rows], schema=_gold_schema(contract))
 
 
 def test_flatten_forecasts_gives_one_row_per_forecast_with_its_window():
-    flat = flatten_forecasts(_gold())
-    assert flat.column_names == list(FORECAST_COLUMNS)
+    flat = flatten_forecasts(_gold(), "station_id")
+    assert flat.column_names == list(plan.forecast_columns(get_contract("weather")))
     assert flat.num_rows == 4 + 0 + 2
     rows = flat.to_pylist()
     assert [(r["station_id"], r["measure"], r["horizon_h"]) for r in rows] == [
@@ -157,19 +238,22 @@ def test_flatten_forecasts_gives_one_row_per_forecast_with_its_window():
     assert forecast_counts(_gold()).to_pylist() == [4, 0, 2]
 
 
-def test_flatten_forecasts_of_no_rows_keeps_the_types():
-    from ml.gold import gold_schema
+def test_flatten_forecasts_keeps_the_contracts_key():
+    flat = flatten_forecasts(_gold(TOY), "zone")
+    assert flat.column_names == list(plan.forecast_columns(TOY))
+    assert flat.column("zone").to_pylist() == ["a"] * 4 + ["c"] * 2
 
-    flat = flatten_forecasts(gold_schema().empty_table())
+
+def test_flatten_forecasts_of_no_rows_keeps_the_types():
+    flat = flatten_forecasts(_gold_schema(get_contract("weather")).empty_table(), "station_id")
     assert flat.num_rows == 0
     assert flat.schema.field("horizon_h").type == pa.int32()
     assert flat.schema.field("target_time").type == pa.timestamp("us", tz="UTC")
 
 
 def test_loadable_columns_leave_out_lists_and_binary():
-    from ml.gold import GOLD_COLUMNS, gold_schema
-
-    assert loadable_columns(gold_schema()) == [c for c in GOLD_COLUMNS if c != "forecasts"]
+    gold = _gold_schema(get_contract("weather"))
+    assert loadable_columns(gold) == [c for c in gold.names if c != "forecasts"]
     schema = pa.schema(
         [("k", pa.string()), ("raw", pa.binary()), ("s", pa.struct([("x", pa.int8())]))]
     )
@@ -270,21 +354,99 @@ def test_dbt_runs_on_the_project_with_the_settings_connection():
     ]
 
 
-def test_dbt_measures_match_the_contracts():
-    """The dbt project's measure list (unpivots) and seed (dim_measure) follow contracts.py."""
-    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
-    measures = project["vars"]["periscope_sources"]
-    assert measures == {name: list(c.measure_names) for name, c in CONTRACTS.items()}
-    with (DBT_PROJECT_DIR / "seeds" / "measures.csv").open() as f:
-        seed = [
-            (r["source"], r["measure"], r["unit"], float(r["valid_min"]), float(r["valid_max"]))
-            for r in csv.DictReader(f)
-        ]
-    assert seed == [
-        (c.name, m.name, m.unit, m.valid_min, m.valid_max)
-        for c in CONTRACTS.values()
-        for m in c.measures
+def test_sync_writes_exactly_the_registered_contracts_files(tmp_path, toy_registered):
+    stale = tmp_path / "models" / "staging" / "generated" / "stg_gone__observations.sql"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("select 1")
+    first = sync_project(project_dir=tmp_path)
+    assert first.removed == ["models/staging/generated/stg_gone__observations.sql"]
+    wanted = dbt_models.generated_files(CONTRACTS.values())
+    on_disk = {
+        p.relative_to(tmp_path).as_posix(): p.read_text()
+        for folder in dbt_models.GENERATED_DIRS
+        for p in (tmp_path / folder).rglob("*")
+        if p.is_file()
+    }
+    assert on_disk == wanted
+    for source in CONTRACTS:
+        for entity in dbt_models.STAGING_ENTITIES:
+            assert f"models/staging/generated/stg_{source}__{entity}.yml" in on_disk
+    # A second sync changes nothing; dropping the toy source removes its files.
+    assert sync_project(project_dir=tmp_path).written == []
+    CONTRACTS.pop(TOY.name)
+    removed = sync_project(project_dir=tmp_path).removed
+    assert sorted(removed) == sorted(p for p in wanted if "toy_trips__" in p)
+
+
+def test_staging_renames_the_contracts_key_to_entity_id():
+    files = dbt_models.generated_files([TOY])
+    observations = files["models/staging/generated/stg_toy_trips__observations.sql"]
+    assert 'o."zone"::text as entity_id' in observations
+    assert 'o."trip_id"::text as event_id' in observations
+    # Numeric fields are unpivoted into readings; the category stays in the lake.
+    assert "('fare', o.\"fare\"::double precision)" in observations
+    assert "('passengers', o.\"passengers\"::double precision)" in observations
+    assert "'payment'" not in observations
+    values = files["models/staging/generated/stg_toy_trips__feature_values.sql"]
+    assert "('payment_card_count', 'payment', 'card_count', f.\"payment_card_count\"" in values
+    assert "('trip_id_count', 'trip_id', 'count', f.\"trip_id_count\"" in values
+    assert not any("station_id" in text for text in files.values())
+    sources = yaml.safe_load(files["models/staging/generated/_lake__sources.yml"])
+    [lake] = sources["sources"]
+    assert lake["config"]["freshness"]["error_after"] == {"count": 24, "period": "hour"}
+    assert [t["name"] for t in lake["tables"]] == [
+        "toy_trips_observations",
+        "toy_trips_features",
+        "toy_trips_predictions",
+        "toy_trips_forecasts",
+        "_load_state",
     ]
+
+
+def test_the_fields_seed_lists_every_field_and_forecast_series():
+    files = dbt_models.generated_files([get_contract("weather"), TOY])
+    rows = list(csv.DictReader(io.StringIO(files["seeds/generated/periscope_fields.csv"])))
+    by_name = {(r["source"], r["name"]): r for r in rows}
+    assert len(by_name) == len(rows)  # (source, name) is the key of dim_measure
+    weather = get_contract("weather")
+    for m in weather.measures:
+        row = by_name[("weather", m.name)]
+        assert (row["kind"], row["unit"], float(row["valid_min"]), float(row["valid_max"])) == (
+            "measure",
+            m.unit,
+            m.valid_min,
+            m.valid_max,
+        )
+        assert row["is_forecast_target"] == str(m.name in weather.forecast_names).lower()
+    assert by_name[("weather", "station_id")]["is_key"] == "true"
+    assert by_name[("toy_trips", "payment")]["levels"] == "card|Cash"
+    assert by_name[("toy_trips", "passengers")]["valid_max"] == "8.0"
+    events = by_name[("toy_trips", "event_count")]
+    assert (events["kind"], events["field"], events["aggregate"]) == ("forecast", "", "count")
+    fares = by_name[("toy_trips", "fare_sum")]
+    assert (fares["kind"], fares["field"], fares["aggregate"], fares["unit"]) == (
+        "forecast",
+        "fare",
+        "sum",
+        "USD",
+    )
+    sources = list(csv.DictReader(io.StringIO(files["seeds/generated/periscope_sources.csv"])))
+    assert [(r["source"], r["entity_label"], r["event_id_field"]) for r in sources] == [
+        ("weather", "station", ""),
+        ("toy_trips", "zone", "trip_id"),
+    ]
+    macro = files["macros/generated/periscope_contracts.sql"]
+    assert '"feature_count": 30' in macro and '"numeric_fields": ["fare", "passengers"]' in macro
+
+
+def test_no_station_id_logic_in_the_hand_written_dbt_project():
+    """Only the generated files (weather's, from its contract) may name station_id."""
+    generated = {DBT_PROJECT_DIR / folder for folder in dbt_models.GENERATED_DIRS}
+    for path in DBT_PROJECT_DIR.rglob("*"):
+        if path.suffix in (".sql", ".yml", ".csv") and not generated & set(path.parents):
+            if "target" in path.parts or "logs" in path.parts:
+                continue
+            assert "station_id" not in path.read_text(), path
 
 
 def test_every_dbt_model_has_its_own_yaml_stating_its_grain():

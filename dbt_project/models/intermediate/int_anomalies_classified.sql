@@ -1,8 +1,8 @@
--- Each scored window with a status and whether it opens an anomaly episode at its station.
+-- Each scored window with a status and whether it opens an anomaly episode of its entity.
 with classified as (
     select
         source,
-        station_id,
+        entity_id,
         window_start,
         window_end,
         anomaly_score,
@@ -25,7 +25,7 @@ select
     anomaly_status = 'anomaly'
     and coalesce(
         lag(anomaly_status) over (
-            partition by source, station_id order by window_start
+            partition by source, entity_id order by window_start
         ) <> 'anomaly',
         true
     ) as starts_episode

@@ -1,2 +1,2 @@
--- Every source's feature windows (one row per window and measure) in one relation.
-{{ union_sources('features') }}
+-- Every source's feature windows (one row per window) in one relation.
+{{ union_sources('feature_windows') }}

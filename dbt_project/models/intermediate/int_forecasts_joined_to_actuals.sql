@@ -1,7 +1,38 @@
--- Each forecast beside the hourly observation of its target hour, once that has arrived.
+-- Each forecast beside the actual of its target hour, once that has arrived. A forecast series is
+-- a contract's forecast target (periscope_fields): the hourly mean, sum or count of one field's
+-- readings; its actual is that aggregate of the hour. (Counts of events, a target without a
+-- field, have no actual here: the readings are per field.)
+with series as (
+    select
+        source,
+        name as measure,
+        field,
+        aggregate
+    from {{ ref('periscope_fields') }}
+    where is_forecast_target and field is not null
+),
+
+actuals as (
+    select
+        o.source,
+        o.entity_id,
+        s.measure,
+        o.observed_hour,
+        case s.aggregate
+            when 'sum' then o.value_sum
+            when 'count' then o.reading_count::double precision
+            else o.value_mean
+        end as actual,
+        o.loaded_at
+    from {{ ref('int_observations_averaged_hourly') }} as o
+    inner join series as s
+        on o.source = s.source
+        and o.measure = s.field
+)
+
 select
     f.source,
-    f.station_id,
+    f.entity_id,
     f.window_start,
     f.measure,
     f.horizon_h,
@@ -12,19 +43,19 @@ select
     f.yhat,
     f.yhat_lower,
     f.yhat_upper,
-    o.value_mean as actual,
-    f.yhat - o.value_mean as error,
-    abs(f.yhat - o.value_mean) as abs_error,
-    (f.yhat - o.value_mean) ^ 2 as squared_error,
+    a.actual,
+    f.yhat - a.actual as error,
+    abs(f.yhat - a.actual) as abs_error,
+    (f.yhat - a.actual) ^ 2 as squared_error,
     -- Percentage errors explode near zero (temperatures cross 0 °C): only where |actual| >= 1.
     case
-        when abs(o.value_mean) >= 1 then abs(f.yhat - o.value_mean) / abs(o.value_mean)
+        when abs(a.actual) >= 1 then abs(f.yhat - a.actual) / abs(a.actual)
     end as abs_pct_error,
-    o.value_mean between f.yhat_lower and f.yhat_upper as in_interval,
-    greatest(f.loaded_at, o.loaded_at) as loaded_at
+    a.actual between f.yhat_lower and f.yhat_upper as in_interval,
+    greatest(f.loaded_at, a.loaded_at) as loaded_at
 from {{ ref('int_forecasts_unioned') }} as f
-inner join {{ ref('int_observations_averaged_hourly') }} as o
-    on f.source = o.source
-    and f.station_id = o.station_id
-    and f.measure = o.measure
-    and f.target_time = o.observed_hour
+inner join actuals as a
+    on f.source = a.source
+    and f.entity_id = a.entity_id
+    and f.measure = a.measure
+    and f.target_time = a.observed_hour

@@ -5,7 +5,7 @@ with forecasts as (
 
 select
     f.source,
-    f.station_id,
+    f.entity_id,
     f.window_start,
     f.measure,
     f.horizon_h,
@@ -22,5 +22,5 @@ select
 from forecasts as f
 inner join {{ ref('int_predictions_unioned') }} as p
     on f.source = p.source
-    and f.station_id = p.station_id
+    and f.entity_id = p.entity_id
     and f.window_start = p.window_start

@@ -8,8 +8,8 @@
 ) }}
 
 select
-    {{ surrogate_key(['source', 'station_id', epoch('window_start')]) }} as anomaly_key,
-    {{ surrogate_key(['source', 'station_id']) }} as station_key,
+    {{ surrogate_key(['source', 'entity_id', epoch('window_start')]) }} as anomaly_key,
+    {{ surrogate_key(['source', 'entity_id']) }} as entity_key,
     case
         when anomaly_model is not null then {{ surrogate_key(['anomaly_model', 'anomaly_version']) }}
     end as model_key,

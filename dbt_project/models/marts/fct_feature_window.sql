@@ -1,4 +1,5 @@
--- One row per station, feature window and measure. Incremental: windows loaded (new, or
+-- One row per entity and feature window: what every source's windows have in common. The
+-- aggregates themselves are rows of fct_feature_value. Incremental: windows loaded (new, or
 -- rewritten by silver's MERGE) after the last run replace their rows.
 {{ config(
     materialized='incremental',
@@ -8,18 +9,14 @@
 ) }}
 
 select
-    {{ surrogate_key(['source', 'station_id', epoch('window_start'), 'measure']) }} as feature_window_key,
-    {{ surrogate_key(['source', 'station_id']) }} as station_key,
-    {{ surrogate_key(['source', 'measure']) }} as measure_key,
+    {{ surrogate_key(['source', 'entity_id', epoch('window_start')]) }} as feature_window_key,
+    {{ surrogate_key(['source', 'entity_id']) }} as entity_key,
     {{ date_key('window_start') }} as date_key,
     {{ hour_key('window_start') }} as hour_key,
     source,
     window_start,
     window_end,
     reading_count,
-    {%- for s in var('feature_stats') %}
-    value_{{ s }},
-    {%- endfor %}
     loaded_at
 from {{ ref('int_feature_windows_unioned') }}
 {% if is_incremental() %}

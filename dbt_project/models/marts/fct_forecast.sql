@@ -1,15 +1,15 @@
--- One row per forecast: station, window (its origin), measure and horizon. Incremental: a window
+-- One row per forecast: entity, window (its origin), measure and horizon. Incremental: a window
 -- loaded after the last run (new, or re-scored) replaces all of that window's forecasts.
 {{ config(
     materialized='incremental',
-    unique_key=['station_key', 'window_start'],
+    unique_key=['entity_key', 'window_start'],
     incremental_strategy='delete+insert',
     on_schema_change='append_new_columns',
 ) }}
 
 select
-    {{ surrogate_key(['source', 'station_id', epoch('window_start'), 'measure', 'horizon_h']) }} as forecast_key,
-    {{ surrogate_key(['source', 'station_id']) }} as station_key,
+    {{ surrogate_key(['source', 'entity_id', epoch('window_start'), 'measure', 'horizon_h']) }} as forecast_key,
+    {{ surrogate_key(['source', 'entity_id']) }} as entity_key,
     {{ surrogate_key(['source', 'measure']) }} as measure_key,
     {{ surrogate_key(['forecast_model', 'forecast_version']) }} as model_key,
     {{ date_key('target_time') }} as target_date_key,

@@ -1,10 +1,10 @@
--- One row per forecast whose target hour has been observed: error by station, measure and
+-- One row per forecast whose target hour has been observed: error by entity, measure and
 -- horizon. Incremental: a window is redone (delete+insert of all its rows) when one of its
 -- forecasts or the actual hour of one is loaded after the last run, so a re-scored window
 -- leaves no stale rows behind.
 {{ config(
     materialized='incremental',
-    unique_key=['station_key', 'window_start'],
+    unique_key=['entity_key', 'window_start'],
     incremental_strategy='delete+insert',
     on_schema_change='append_new_columns',
 ) }}
@@ -16,15 +16,15 @@ with joined as materialized (
 {%- if is_incremental() %},
 
 changed as (
-    select distinct source, station_id, window_start
+    select distinct source, entity_id, window_start
     from joined
     where loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
 )
 {%- endif %}
 
 select
-    {{ surrogate_key(['j.source', 'j.station_id', epoch('j.window_start'), 'j.measure', 'j.horizon_h']) }} as forecast_key,
-    {{ surrogate_key(['j.source', 'j.station_id']) }} as station_key,
+    {{ surrogate_key(['j.source', 'j.entity_id', epoch('j.window_start'), 'j.measure', 'j.horizon_h']) }} as forecast_key,
+    {{ surrogate_key(['j.source', 'j.entity_id']) }} as entity_key,
     {{ surrogate_key(['j.source', 'j.measure']) }} as measure_key,
     {{ surrogate_key(['j.forecast_model', 'j.forecast_version']) }} as model_key,
     {{ date_key('j.target_time') }} as target_date_key,
@@ -48,6 +48,6 @@ from joined as j
 {%- if is_incremental() %}
 inner join changed as c
     on j.source = c.source
-    and j.station_id = c.station_id
+    and j.entity_id = c.entity_id
     and j.window_start = c.window_start
 {%- endif %}

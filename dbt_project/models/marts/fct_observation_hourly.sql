@@ -1,4 +1,4 @@
--- One row per station, measure and UTC hour. Incremental: hours that got a reading in a load
+-- One row per entity, measure and UTC hour. Incremental: hours that got a reading in a load
 -- after the last run are recomputed (delete+insert by key) from all of their readings.
 {{ config(
     materialized='incremental',
@@ -8,8 +8,8 @@
 ) }}
 
 select
-    {{ surrogate_key(['source', 'station_id', 'measure', epoch('observed_hour')]) }} as observation_hourly_key,
-    {{ surrogate_key(['source', 'station_id']) }} as station_key,
+    {{ surrogate_key(['source', 'entity_id', 'measure', epoch('observed_hour')]) }} as observation_hourly_key,
+    {{ surrogate_key(['source', 'entity_id']) }} as entity_key,
     {{ surrogate_key(['source', 'measure']) }} as measure_key,
     {{ date_key('observed_hour') }} as date_key,
     {{ hour_key('observed_hour') }} as hour_key,
@@ -18,6 +18,7 @@ select
     value_mean,
     value_min,
     value_max,
+    value_sum,
     reading_count,
     loaded_at
 from {{ ref('int_observations_averaged_hourly') }}

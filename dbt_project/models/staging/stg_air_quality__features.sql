@@ -1,2 +1,0 @@
--- One row per (station, window, measure) of lake.air_quality_features.
-{{ stg_features('air_quality') }}

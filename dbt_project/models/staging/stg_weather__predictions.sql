@@ -1,2 +1,0 @@
--- One row per scored window of lake.weather_predictions.
-{{ stg_predictions('weather') }}
