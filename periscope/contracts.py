@@ -383,6 +383,10 @@ def _check(contract: SourceContract) -> None:
             fail(f"measure {f.name!r} has valid_min > valid_max")
         if isinstance(f, Category) and not f.levels:
             fail(f"category {f.name!r} lists no levels")
+        if isinstance(f, Category):
+            columns = [category_column(f.name, level) for level in f.levels]
+            if len(set(columns)) < len(columns):
+                fail(f"category {f.name!r} has levels that name the same column: {f.levels}")
     if contract.key_field not in names:
         fail(f"key field {contract.key_field!r} is not one of its fields ({listed})")
     if contract.field(contract.key_field).kind not in ("text", "category", "count"):
