@@ -547,7 +547,7 @@ def _write_toy_lake(settings) -> None:
         {
             "measure": series,
             "horizon_h": 1,
-            "target_time": t0 + timedelta(hours=1),
+            "target_time": t0,  # an hour the lake has records of: the forecasts have actuals
             "yhat": 1.0,
             "yhat_lower": 0.0,
             "yhat_upper": 2.0,
@@ -628,6 +628,14 @@ def test_a_source_registered_at_run_time_is_loaded_and_modelled(
         assert _query(
             warehouse, "select count(*) from marts.fct_forecast where source = 'toy_trips'"
         ) == [(2,)]
+        # Each series is judged against its own hourly aggregate: the trips of zone 132 in the
+        # hour (two, at one instant) and the sum of their fares (one fare is missing).
+        accuracy = _query(
+            warehouse,
+            "select m.measure, a.actual from marts.fct_forecast_accuracy a "
+            "join marts.dim_measure m using (measure_key) where a.source = 'toy_trips' order by 1",
+        )
+        assert accuracy == [("event_count", 2.0), ("fare_sum", 10.0)]
     finally:
         CONTRACTS.clear()
         CONTRACTS.update(before)

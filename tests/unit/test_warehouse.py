@@ -387,6 +387,8 @@ def test_staging_renames_the_contracts_key_to_entity_id():
     assert "('fare', o.\"fare\"::double precision)" in observations
     assert "('passengers', o.\"passengers\"::double precision)" in observations
     assert "'payment'" not in observations
+    events = files["models/staging/generated/stg_toy_trips__events.sql"]
+    assert 'o."trip_id"::text as event_id' in events and "toy_trips_observations" in events
     values = files["models/staging/generated/stg_toy_trips__feature_values.sql"]
     assert "('payment_card_count', 'payment', 'card_count', f.\"payment_card_count\"" in values
     assert "('trip_id_count', 'trip_id', 'count', f.\"trip_id_count\"" in values

@@ -1,7 +1,6 @@
 -- Each forecast beside the actual of its target hour, once that has arrived. A forecast series is
 -- a contract's forecast target (periscope_fields): the hourly mean, sum or count of one field's
--- readings; its actual is that aggregate of the hour. (Counts of events, a target without a
--- field, have no actual here: the readings are per field.)
+-- readings, or the hourly count of events (no field); its actual is that aggregate of the hour.
 with series as (
     select
         source,
@@ -9,7 +8,7 @@ with series as (
         field,
         aggregate
     from {{ ref('periscope_fields') }}
-    where is_forecast_target and field is not null
+    where is_forecast_target
 ),
 
 actuals as (
@@ -28,6 +27,19 @@ actuals as (
     inner join series as s
         on o.source = s.source
         and o.measure = s.field
+    union all
+    select
+        e.source,
+        e.entity_id,
+        s.measure,
+        e.observed_hour,
+        e.event_count::double precision as actual,
+        e.loaded_at
+    from {{ ref('int_events_counted_hourly') }} as e
+    inner join series as s
+        on e.source = s.source
+        and s.field is null
+        and s.aggregate = 'count'
 )
 
 select
