@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ingest.datasets import Station, load_stations
 from ingest.open_meteo import (
@@ -30,10 +29,11 @@ from ingest.open_meteo import (
     OpenMeteoClient,
     OpenMeteoError,
 )
-from ingest.producer import build_producer, encode_record, send_all
+from ingest.producer import ProduceError, build_producer, check_topic, encode_record, send_all
 from ingest.state import write_json_atomically
 from periscope import PeriscopeError, Settings
 from periscope.contracts import get_contract
+from periscope.messages import Publisher
 
 __all__ = [
     "LiveError",
@@ -192,16 +192,15 @@ def _parse_utc(text: str) -> datetime:
 # --- the loop --------------------------------------------------------------------------------
 
 
-class _AckedProducer:
-    """The producer as `send_all` sees it, noting each record Kafka acknowledges.
+class _Acks:
+    """Which records Kafka acknowledged, one by one.
 
     `send_all` only says whether the whole batch got through; knowing each record lets the
     state advance for what was delivered even when a batch fails half-way or Ctrl-C
-    interrupts the flush (closing the producer then still delivers what was in flight).
+    interrupts the wait (closing the producer then still delivers what was in flight).
     """
 
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight: dict[tuple[bytes, bytes], CurrentConditions] = {}
         self._acked: list[tuple[bytes, bytes]] = []
@@ -215,20 +214,11 @@ class _AckedProducer:
             pairs.append(pair)
         return pairs
 
-    def partitions_for(self, topic: str) -> set[int]:
-        return set(self._producer.partitions_for(topic))
-
-    def send(self, topic: str, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
-        future = self._producer.send(topic, key=key, value=value, partition=partition)
-        future.add_callback(lambda _metadata: self._ack((key, value)))
-        return future
-
-    def flush(self, timeout: float | None = None) -> None:
-        self._producer.flush(timeout)
-
-    def _ack(self, pair: tuple[bytes, bytes]) -> None:
-        with self._lock:  # callbacks run on the producer's I/O thread
-            self._acked.append(pair)
+    def delivered(self, key: bytes | None, value: bytes) -> None:
+        """The producer's callback for each acknowledged record."""
+        assert key is not None  # every live record is keyed by its station
+        with self._lock:  # librdkafka calls back on the thread that polls: be safe anyway
+            self._acked.append((key, value))
 
     def take_acked(self) -> list[CurrentConditions]:
         """The records acknowledged since the last call."""
@@ -237,30 +227,11 @@ class _AckedProducer:
         return [self._in_flight.pop(pair) for pair in acked]
 
 
-def _check_topic(producer: Any, topic: str, settings: Settings) -> None:
-    from kafka.errors import KafkaTimeoutError
-
+def _check_topic(producer: Publisher, topic: str, settings: Settings) -> None:
     try:
-        partitions = producer.partitions_for(topic)
-    except KafkaTimeoutError:
-        partitions = None
-    if not partitions:
-        raise LiveError(
-            f"topic {topic} does not exist on {settings.kafka_bootstrap_servers}; "
-            "`periscope topics create` makes it"
-        )
-
-
-def _connect(settings: Settings) -> Any:
-    from kafka.errors import RetriableError  # what bootstrapping against no broker raises
-
-    try:
-        return build_producer(settings)
-    except RetriableError as exc:
-        raise LiveError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} ({exc}); "
-            "`periscope services up` starts the local broker"
-        ) from exc
+        check_topic(producer, topic, settings)
+    except ProduceError as exc:
+        raise LiveError(str(exc)) from exc
 
 
 def run_live(
@@ -302,14 +273,14 @@ def run_live(
     state = load_state(state_path)
     topic = get_contract("weather").topic("raw")
 
-    producer = _connect(settings)
+    acks = _Acks()
+    producer = build_producer(settings, on_delivered=acks.delivered)
     own_client = client is None
     api: OpenMeteoClient = (
         HttpOpenMeteoClient(settings.open_meteo_base_url, timeout_s=settings.open_meteo_timeout_s)
         if client is None
         else client
     )
-    acks = _AckedProducer(producer)
     report = LiveReport()
 
     def commit() -> None:
@@ -343,7 +314,7 @@ def run_live(
                 report.duplicates_skipped += skipped
                 if new:
                     try:
-                        send_all(acks, topic, acks.messages(new))
+                        send_all(producer, topic, acks.messages(new))
                     finally:
                         commit()
                 log.info("poll %d: %d new, %d already sent", report.polls, len(new), skipped)
@@ -362,7 +333,7 @@ def run_live(
         log.info("interrupted: stopping")
     finally:
         try:
-            producer.close(timeout=_CLOSE_TIMEOUT_S)  # delivers what is still in flight
+            producer.close(_CLOSE_TIMEOUT_S)  # delivers what is still in flight
             commit()
         finally:
             if own_client and isinstance(api, HttpOpenMeteoClient):
