@@ -9,7 +9,6 @@ last a source of another shape registered in this process, loaded and modelled e
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -64,12 +63,8 @@ FACTS = (
 
 # --- the test lake ---------------------------------------------------------------------------
 def gold_schema(key: str = "station_id") -> pa.Schema:
-    """Gold's schema keyed by `key`, whether ml.gold takes the key yet or not (being generalised)."""
-    if inspect.signature(_gold_schema).parameters:
-        return _gold_schema(key)
-    schema = _gold_schema()
-    index = schema.get_field_index("station_id")
-    return schema.set(index, schema.field(index).with_name(key))
+    """Gold's schema keyed by `key` (weather's station_id unless a test says otherwise)."""
+    return _gold_schema(key)
 
 
 def _history(settings, source: str):

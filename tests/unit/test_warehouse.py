@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import doctest
-import inspect
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -78,15 +77,10 @@ def toy_registered():
 
 
 def _gold_schema(contract: SourceContract) -> pa.Schema:
-    """Gold's schema for a contract, whether ml.gold takes the contract yet or not (another
-    change generalises it), with the contract's key column."""
+    """Gold's schema for a contract, with the contract's key column."""
     from ml.gold import gold_schema
 
-    if inspect.signature(gold_schema).parameters:  # gold_schema(key)
-        return gold_schema(contract.key_field)
-    schema = gold_schema()
-    index = schema.get_field_index("station_id")
-    return schema.set(index, schema.field(index).with_name(contract.key_field))
+    return gold_schema(contract.key_field)
 
 
 @pytest.mark.parametrize("module", [plan, ddl, dbt_models])
