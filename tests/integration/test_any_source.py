@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import psycopg2
 import pytest
 
 from ingest.producer import encode_record
@@ -41,9 +42,13 @@ from periscope.contracts import (
 )
 from periscope.lake import read_delta
 from periscope.messages import Publisher
+from periscope.services import PostgresServer
 from periscope.topics import create_topics, topic_specs
 from spark_streaming.bronze import run_bronze
 from spark_streaming.silver import run_silver
+from warehouse.dbt import run_dbt
+from warehouse.loader import load_tables
+from warehouse.plan import table_specs
 
 pytestmark = pytest.mark.integration
 
@@ -161,6 +166,8 @@ def rides(services, spark, tmp_path_factory) -> Iterator[dict]:
             rounds = run_scoring(settings, [RIDES], available_now=True, actors=1, publish=True)
         yield {
             "settings": settings,
+            # The warehouse is the services' own (its socket lives under their local dir).
+            "warehouse": services.model_copy(update={"lake_root": settings.lake_root}),
             "report": report,
             "resent": resent,
             "history": history,
@@ -220,3 +227,45 @@ def test_gold_scores_every_window_under_the_contracts_key_with_the_ride_count_fo
     forecasts = [f for row in gold["forecasts"].to_pylist() for f in row]
     assert forecasts and {f["measure"] for f in forecasts} == {"event_count"}
     assert set(gold["dock"].to_pylist()) == set(DOCKS)
+
+
+def test_the_warehouse_loads_it_and_dbt_models_it_from_the_contract_alone(
+    rides, tmp_path, monkeypatch
+):
+    settings = rides["warehouse"]
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    monkeypatch.setenv("DBT_LOG_PATH", str(tmp_path / "logs"))
+    with psycopg2.connect(settings.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+        for schema in ("lake", "staging", "intermediate", "marts"):
+            cur.execute(f"drop schema if exists {schema} cascade")
+    PostgresServer(settings).bootstrap()
+    results = load_tables(settings, table_specs([RIDES.name]))
+    assert {r.status for r in results} == {"loaded"}
+    assert run_dbt(settings, ["build"]) == 0
+
+    def query(sql: str) -> list[tuple]:
+        with psycopg2.connect(settings.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+
+    history = rides["history"]
+    assert query(f"select count(*) from lake.{RIDES.name}_observations") == [(len(history),)]
+    docks = query(
+        f"select entity_id, entity_label from marts.dim_entity where source = '{RIDES.name}' "
+        "order by 1"
+    )
+    assert docks == [(dock, "dock") for dock in sorted(DOCKS)]
+    windows = read_delta(_path(rides, "silver", "features"), ["dock"]).num_rows
+    assert query(
+        f"select count(*) from marts.fct_feature_window where source = '{RIDES.name}'"
+    ) == [(windows,)]
+    # Every window's ride count, as silver counted it, sums to two per ride (2 h windows).
+    assert query(
+        "select sum(value)::bigint from marts.fct_feature_value "
+        f"where source = '{RIDES.name}' and feature = 'ride_id_distinct_count'"
+    ) == [(2 * len(history),)]
+    judged = query(
+        "select count(*) from marts.fct_forecast_accuracy a join marts.dim_measure m "
+        f"using (measure_key) where a.source = '{RIDES.name}' and m.measure = 'event_count'"
+    )
+    assert judged[0][0] > 0
