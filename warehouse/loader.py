@@ -180,6 +180,10 @@ def _load_table(
                 "loaded_at": loaded_at,
             },
         )
+        # Fresh statistics for dbt's joins: autovacuum may not have looked at a table just
+        # loaded, and stale estimates made the planner pick nested loops over 400k forecasts.
+        for name in filter(None, (spec.name, spec.forecasts_table)):
+            cur.execute(f"analyze {ddl.ident(ddl.LAKE_SCHEMA, name)}")
     return LoadResult(
         spec.name,
         "loaded",
