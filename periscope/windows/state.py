@@ -112,9 +112,13 @@ def batch_partials(
     def per_window(values: np.ndarray, ufunc: np.ufunc = np.add) -> np.ndarray:
         return ufunc.reduceat(values, boundary) if len(boundary) else values[:0]
 
+    def taken(field: str) -> pa.Array:
+        """The field's values in window order, one per (reading, window) pair."""
+        return rows[field].take(pa.array(reading, pa.int64())).combine_chunks()
+
     plan = _plan(aggs)
     for m in plan.stats:
-        column = rows[m].cast(pa.float64()).take(pa.array(reading))
+        column = taken(m).cast(pa.float64())
         present = column.is_valid().to_numpy(zero_copy_only=False)
         v = column.fill_null(0.0).to_numpy(zero_copy_only=False)
         n = per_window(present.astype(np.int64))
@@ -150,13 +154,6 @@ def batch_partials(
             values = stats[stat]
             kind = pa.int64() if stat in ("n", "t_first", "t_last") else pa.float64()
             columns[name] = pa.array(values, kind, mask=None if stat == "n" else ~has)
-
-    def taken(field: str) -> pa.Array:
-        return (
-            rows[field].take(pa.array(reading)).combine_chunks()
-            if len(reading)
-            else rows[field].combine_chunks()[:0]
-        )
 
     for f in plan.counts:
         present = taken(f).is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
