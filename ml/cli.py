@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,9 +24,18 @@ from periscope.cli_options import source_argument, source_option
 from periscope.contracts import CONTRACTS, get_contract
 from periscope.output import Column, FormatOption, print_rows, print_table
 
-__all__ = ["models_app", "retrain_app", "scheduler_app", "score_app", "train_app"]
+__all__ = [
+    "evaluate_app",
+    "models_app",
+    "print_evaluation",
+    "retrain_app",
+    "scheduler_app",
+    "score_app",
+    "train_app",
+]
 
 console = Console()
+err_console = Console(stderr=True)
 
 Sources = Annotated[
     list[str] | None, source_option("Source to train (repeatable); default: every source.")
@@ -361,8 +371,87 @@ def models_rollback(source: Source, kind: Kind) -> None:
     console.print(f"{source}_{kind}: champion moved back from version {before} to {after}")
 
 
+@models_app.command("health")
+def models_health(
+    source: Annotated[
+        list[str] | None, source_option("Source to check (repeatable); default: every source.")
+    ] = None,
+    fmt: FormatOption = "table",
+    prometheus: Annotated[
+        bool,
+        typer.Option("--prometheus", help="Print Prometheus' text format instead of a table."),
+    ] = False,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the Prometheus text here, e.g. .local/metrics/forecast_health.prom "
+            "for node-exporter's textfile collector."
+        ),
+    ] = None,
+) -> None:
+    """The forecasts' rolling 7-day accuracy per source and measure, from the warehouse.
+
+    Reads marts.fct_forecast_health as bi_reader (`periscope dbt build` refreshes it): relative
+    MAE (model / seasonal naive, the same hour yesterday) and 80% interval coverage over the
+    forecasts whose target hour falls in the source's last 7 days of data. Exit status 0 when
+    nothing is breached, 3 when a source is (relative MAE > 1.0 or coverage outside 0.7-0.9).
+    """
+    from ml.health import any_breach, breach_reasons, read_forecast_health, to_prometheus
+    from ml.health import write_prometheus as write_metrics
+
+    rows = read_forecast_health(get_settings(), sources=source)
+    if metrics_file is not None:
+        write_metrics(rows, metrics_file)
+    if prometheus:
+        typer.echo(to_prometheus(rows), nl=False)
+    else:
+        print_rows(
+            _HEALTH_COLUMNS,
+            [
+                (
+                    r.source,
+                    r.measure or "all",
+                    r.window_end,
+                    r.forecasts,
+                    r.mae,
+                    r.mae_seasonal_naive,
+                    r.relative_mae,
+                    r.coverage,
+                    "; ".join(breach_reasons(r)) or "ok",
+                )
+                for r in rows
+            ],
+            fmt=fmt,
+            title="Forecast health (last 7 days of each source's data)",
+            null="-",
+            console=console,
+        )
+    if not rows:
+        err_console.print("[yellow]no forecasts with actuals in the warehouse yet[/]")
+    if any_breach(rows):
+        raise typer.Exit(HEALTH_BREACHED_EXIT)
+
+
+HEALTH_BREACHED_EXIT = 3  # 1 is an error, 2 a usage error
+
+_HEALTH_COLUMNS = (
+    Column("source"),
+    Column("measure"),
+    Column("data until", show=lambda t: f"{t:%Y-%m-%d %H:%M}"),
+    Column("forecasts", justify="right"),
+    Column("MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("naive MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("relative MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("coverage", justify="right", show=lambda v: f"{v:.2f}"),
+    Column("status"),
+)
+
+
 # --- scheduler -----------------------------------------------------------------------------
-scheduler_app = typer.Typer(help="The daily retrain schedule (APScheduler).", no_args_is_help=True)
+scheduler_app = typer.Typer(
+    help="The daily retrain and the hourly forecast health check (APScheduler).",
+    no_args_is_help=True,
+)
 
 
 @scheduler_app.command("show")
@@ -370,15 +459,15 @@ def scheduler_show() -> None:
     """The scheduled jobs and when each runs next."""
     from datetime import UTC
 
-    from ml.training.schedule import build_scheduler
+    from ml.training.schedule import HEALTH_CRON, HEALTH_JOB_ID, build_scheduler
 
     settings = get_settings()
     scheduler = build_scheduler(settings, background=True)
+    crons = {HEALTH_JOB_ID: HEALTH_CRON}
     for job in scheduler.get_jobs():
         next_run = job.trigger.get_next_fire_time(None, datetime.now(UTC))
-        console.print(
-            f"{job.id}: {job.name}; cron '{settings.retrain_cron}' (UTC); next run {next_run}"
-        )
+        cron = crons.get(job.id, settings.retrain_cron)
+        console.print(f"{job.id}: {job.name}; cron '{cron}' (UTC); next run {next_run}")
 
 
 @scheduler_app.command("run")
@@ -506,3 +595,232 @@ def score(
         )
     scored = sum(r.windows for r in reports)
     console.print(f"scored {scored:,} windows in {len(reports)} round(s); gold is up to date")
+
+
+# --- evaluate --------------------------------------------------------------------------------
+evaluate_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+_HORIZON_COLUMNS = (
+    Column("measure"),
+    Column("horizon"),
+    Column("n", justify="right"),
+    *(
+        Column(f"{metric} {method}", justify="right", show=lambda v: f"{v:.3f}")
+        for metric in ("MAE", "RMSE")
+        for method in ("model", "s-naive", "persist")
+    ),
+    Column("rel MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("rel MAE persist", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("coverage 80%", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("outside range", justify="right", show=lambda v: f"{v:.4f}"),
+)
+_MONTH_COLUMNS = (
+    Column("measure"),
+    Column("month"),
+    Column("n", justify="right"),
+    *(
+        Column(f"MAE {method}", justify="right", show=lambda v: f"{v:.3f}")
+        for method in ("model", "s-naive", "persist")
+    ),
+    Column("rel MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    *(
+        Column(f"bias {method}", justify="right", show=lambda v: f"{v:+.3f}")
+        for method in ("model", "s-naive", "persist")
+    ),
+    Column("coverage 80%", justify="right", show=lambda v: f"{v:.3f}"),
+)
+_RETRAIN_COLUMNS = (
+    Column("retrain at"),
+    Column("challenger", justify="right"),
+    Column("series", justify="right"),
+    Column("fit s", justify="right", show=lambda v: f"{v:.0f}"),
+    Column("challenger rel MAE", justify="right", show=lambda v: f"{v:.4f}"),
+    Column("champion rel MAE", justify="right", show=lambda v: f"{v:.4f}"),
+    Column("promoted"),
+    Column("serving", justify="right"),
+)
+
+
+def print_evaluation(run, *, fmt: str = "table", out_console: Console | None = None) -> None:
+    """The tables of an `ml.evaluation.EvaluationRun` (bench/evaluate.py prints the same):
+    by horizon bucket and by month per measure, and the retrains. CSV and JSON give the
+    summary rows (`ml.evaluation.SUMMARY_COLUMNS`) on stdout."""
+    import math
+
+    show = out_console or console
+    summary = run.summary
+    if fmt != "table":
+        print_rows(
+            list(summary.columns),
+            summary.itertuples(index=False),
+            fmt=fmt,  # type: ignore[arg-type]  # checked by FormatOption
+        )
+        return
+    span = (
+        f"{run.source} {run.start:%Y-%m-%d} .. {run.end:%Y-%m-%d}, retrain every "
+        f"{run.retrain_every}, {run.entities} entities"
+    )
+    by_horizon = summary[summary["by"] == "horizon"]
+    metric_names = [
+        f"{m}_{method}"
+        for m in ("mae", "rmse")
+        for method in ("model", "seasonal_naive", "persistence")
+    ]
+    print_rows(
+        _HORIZON_COLUMNS,
+        [
+            (
+                r["measure"],
+                r["group"],
+                r["n"],
+                *(r[c] for c in metric_names),
+                r["relative_mae"],
+                r["relative_mae_persistence"],
+                r["coverage"],
+                r["outside_range"],
+            )
+            for _, r in by_horizon.iterrows()
+        ],
+        title=f"Walk-forward by horizon: {span}",
+        caption="rel MAE = MAE / seasonal-naive MAE (same hour yesterday); persist = last reading",
+        console=show,
+    )
+    by_month = summary[summary["by"] == "month"]
+    methods = ("model", "seasonal_naive", "persistence")
+    print_rows(
+        _MONTH_COLUMNS,
+        [
+            (
+                r["measure"],
+                r["group"],
+                r["n"],
+                *(r[f"mae_{m}"] for m in methods),
+                r["relative_mae"],
+                *(r[f"bias_{m}"] for m in methods),
+                r["coverage"],
+            )
+            for _, r in by_month.iterrows()
+        ],
+        title="By month of issue (bias = forecast - actual)",
+        console=show,
+    )
+    print_rows(
+        _RETRAIN_COLUMNS,
+        [
+            (
+                f"{r.at:%Y-%m-%d %H:%M}",
+                r.challenger,
+                r.series,
+                r.fit_seconds,
+                None if math.isnan(r.challenger_score) else r.challenger_score,
+                None if math.isnan(r.champion_score) else r.champion_score,
+                "yes" if r.promoted else "no",
+                r.champion,
+            )
+            for r in run.evaluation.retrains
+        ],
+        title="Retrains (production promotion rule: strictly lower relative MAE on the challenger's test window)",
+        null="-",
+        console=show,
+    )
+    show.print(
+        f"data: {run.data_from}; {len(run.evaluation.errors):,} forecasts judged; "
+        f"{run.seconds / 60:.1f} min",
+        highlight=False,
+    )
+
+
+@evaluate_app.callback()
+def evaluate(
+    source: Annotated[str, source_option("The source to evaluate.")] = "weather",
+    date_from: Annotated[
+        datetime | None,
+        typer.Option(
+            "--from", help="First retrain and first forecast (UTC); default: 3 months before --to."
+        ),
+    ] = None,
+    date_to: Annotated[
+        datetime | None,
+        typer.Option(
+            "--to",
+            help="End of the span (UTC, exclusive); default: the month after the last month with "
+            "data for every forecast target.",
+        ),
+    ] = None,
+    stations: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stations",
+            "--station",
+            help="Entity ids (repeatable or comma-separated); default: all with data.",
+        ),
+    ] = None,
+    retrain_every: Annotated[
+        str, typer.Option(help="Retrain interval: 7d, 1d, 12h, daily or weekly.")
+    ] = "7d",
+    workers: Workers = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Walk-forward evaluation as production runs: replay the scheduled retrain over a span.
+
+    At each retrain a challenger is trained on the data known then with the production
+    defaults and replaces the champion only by the production promotion rule; the champion
+    forecasts from every hourly origin until the next retrain, 1-24 h ahead, on data it never
+    saw. Prints MAE, RMSE, relative MAE (model / seasonal naive), bias, 80% interval coverage
+    and the share outside the valid range, per measure and horizon bucket and per month, beside
+    the seasonal-naive and persistence baselines. Reads silver when the lake holds the span,
+    else the source's dataset.
+    """
+    import pandas as pd
+
+    from ml.evaluation import Retrain, parse_every, run_evaluation
+
+    try:
+        every = parse_every(retrain_every)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--retrain-every'") from None
+    entities = [s.strip() for value in stations or [] for s in value.split(",") if s.strip()]
+    # Tables go to stdout; with csv/json, progress and notes go to stderr.
+    show = console if fmt == "table" else Console(stderr=True)
+    with Progress(
+        TextColumn(f"[bold]{source}[/] walk-forward"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("retrains"),
+        TimeElapsedColumn(),
+        console=show,
+    ) as progress:
+        task = progress.add_task("retrains", total=None)
+
+        def started(data_from: str, times: list) -> None:
+            progress.update(task, total=len(times))
+            progress.console.print(f"data: {data_from}; {len(times)} retrains", highlight=False)
+
+        def retrained(r: Retrain) -> None:
+            verdict = (
+                "first champion"
+                if r.challenger == 1
+                else (
+                    f"challenger {r.challenger_score:.4f} vs champion {r.champion_score:.4f}: "
+                    + ("promoted" if r.promoted else "kept the champion")
+                )
+            )
+            progress.console.print(
+                f"{r.at:%Y-%m-%d %H:%M} retrain {r.challenger}: {r.series} series in "
+                f"{r.fit_seconds:.0f} s; {verdict}",
+                highlight=False,
+            )
+            progress.advance(task)
+
+        run = run_evaluation(
+            get_settings(),
+            source,
+            start=None if date_from is None else pd.Timestamp(date_from),
+            end=None if date_to is None else pd.Timestamp(date_to),
+            retrain_every=every,
+            entities=entities or None,
+            workers=workers,
+            on_start=started,
+            on_retrain=retrained,
+        )
+    print_evaluation(run, fmt=fmt, out_console=console)
