@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -74,8 +75,27 @@ def replay_command(
         ),
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for where malformed records go.")] = 0,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Replay only records at or after this event time (UTC), e.g. 2017-01-01."
+        ),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        typer.Option(help="Replay only records before this event time (UTC), e.g. 2017-03-01."),
+    ] = None,
 ) -> None:
     """Replay a real dataset from ../shared/data into `<source>-raw`."""
+    if since is not None and until is not None and since >= until:
+        raise typer.BadParameter(
+            f"must be after --since ({since:%Y-%m-%d %H:%M})", param_hint="'--until'"
+        )
+    if follow_clock and (since is not None or until is not None):
+        raise typer.BadParameter(
+            "cannot be combined with --since/--until: it replays from the start of the history",
+            param_hint="'--follow-clock'",
+        )
     if days is not None and not days > 0:
         raise typer.BadParameter(f"must be > 0, got {days:g}", param_hint="'--days'")
     if follow_clock:
@@ -121,6 +141,8 @@ def replay_command(
         bad_rate=bad_rate,
         seed=seed,
         progress=True,
+        since=since,
+        until=until,
     )
     console.print(
         f"replayed {report.sent} records into {report.topic} "

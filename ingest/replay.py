@@ -1,7 +1,7 @@
 """Replay a real dataset into `<source>-raw` in event-time order, optionally paced and rebased.
 
 The pure parts (`prepare_frame`, `rebase`, `build_messages`, `pacing_offsets`) turn a
-dataset into the exact messages and send times and are tested without Kafka; `replay`
+dataset (or its span `--since`/`--until`) into the exact messages and send times and are tested without Kafka; `replay`
 reads the data, sends through `ingest.producer` and reports what Kafka acknowledged.
 
 `replay_follow` (`--follow-clock`) replays history as if it were arriving now: its first
@@ -47,6 +47,7 @@ __all__ = [
     "ReplayReport",
     "build_messages",
     "check_follow_stations",
+    "check_span",
     "describe_follow",
     "follow_state_path",
     "load_follow_state",
@@ -131,14 +132,36 @@ def rebase(frame: pl.DataFrame, now: datetime, *, column: str = "timestamp") -> 
     return shift(frame, rebase_offset(frame, now, column=column), column=column)
 
 
+def _as_utc(stamp: datetime) -> datetime:
+    """A datetime in UTC; a naive one is read as UTC (the datasets' and the CLI's convention)."""
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
+
+
+def check_span(since: datetime | None, until: datetime | None) -> None:
+    """Raise ValueError unless `since` is before `until` (when both are given)."""
+    if since is not None and until is not None and _as_utc(since) >= _as_utc(until):
+        raise ValueError(
+            f"since ({_utc(_as_utc(since))}) must be before until ({_utc(_as_utc(until))})"
+        )
+
+
 def prepare_frame(
     frame: pl.DataFrame,
     contract: SourceContract,
     *,
     limit: int | None = None,
     now: datetime | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> pl.DataFrame:
-    """The rows to replay: event-time order, the first `limit`, rebased to `now` if given."""
+    """The rows to replay: event times in [since, until) (naive = UTC; None = open), in
+    event-time order, the first `limit` of them, rebased to `now` if given."""
+    check_span(since, until)
+    ts = pl.col(contract.event_time_field)
+    if since is not None:
+        frame = frame.filter(ts >= _as_utc(since))
+    if until is not None:
+        frame = frame.filter(ts < _as_utc(until))
     ordered = frame.sort(contract.event_time_field, contract.key_field)
     if limit is not None:
         ordered = ordered.head(limit)
@@ -287,21 +310,28 @@ def replay(
     bad_rate: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> ReplayReport:
     """Replay a source's real history into its raw topic; raises unless Kafka acked every record.
 
-    `limit` counts good records (the first ones in event time); `speedup` N > 0 sends N times
-    faster than real time; `rebase_now` moves the replay so its last record is now;
-    `bad_rate` mixes in that share of malformed records from `ingest.chaos`.
+    `since`/`until` choose the event-time span [since, until) (naive = UTC), e.g. the months
+    a backfill or an evaluation needs; `limit` counts good records (the first ones in event
+    time, within the span); `speedup` N > 0 sends N times faster than real time;
+    `rebase_now` moves the replay so its last record is now; `bad_rate` mixes in that share
+    of malformed records from `ingest.chaos`.
     """
     contract = _contract(source)
     _check_args(limit, speedup, bad_rate)
+    check_span(since, until)  # before the (slow) read of the history
     now = datetime.now(UTC) if rebase_now else None
     frame = prepare_frame(
         read_source(contract.name, settings.data_dir, stations=stations),
         contract,
         limit=limit,
         now=now,
+        since=since,
+        until=until,
     )
     return _send(
         settings,
