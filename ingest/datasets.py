@@ -8,25 +8,41 @@ place; see `data/PROVENANCE.md` there for what each file is.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from periscope.contracts import AIR_QUALITY, WEATHER, ContractError, SourceContract, get_contract
+from periscope.contracts import (
+    AIR_QUALITY,
+    TAXI,
+    TAXI_PAYMENT_TYPES,
+    TAXI_RATE_CODES,
+    TAXI_VENDORS,
+    WEATHER,
+    ContractError,
+    SourceContract,
+    get_contract,
+)
 
 __all__ = [
     "AIR_QUALITY_READER",
+    "TAXI_READER",
     "UCI_STATION_ID",
     "WEATHER_READER",
     "Station",
     "load_stations",
     "read_air_quality",
     "read_source",
+    "read_taxi",
     "read_weather",
+    "read_zones",
     "station_id",
+    "trip_ids",
 ]
 
 UCI_STATION_ID = "uci_air_quality"
@@ -34,6 +50,13 @@ UCI_STATION_ID = "uci_air_quality"
 _WEATHER_DIR = "weather_hourly"
 _AIR_QUALITY_CSV = Path("air_quality") / "AirQualityUCI.csv"
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+_TAXI_TRIPS = Path("nyc_tlc") / "green_tripdata_2023-01.parquet"
+_TAXI_ZONES = Path("nyc_tlc") / "taxi_zone_lookup.csv"
+# The month the trip file is for, in NYC time. The TLC file also holds 4 pickups outside it
+# (two in December 2022, one in 2009, one in February): replay paces by event time, and a
+# 14-year gap would stall it, so the reader leaves them out.
+_TAXI_MONTH = ("2023-01-01 00:00:00", "2023-02-01 00:00:00")
+_NYC = "America/New_York"
 
 # The weather files keep OpenWeatherMap's units; only temperature differs from the contract.
 # Kelvin values carry at most 9 decimals, so rounding there only drops float noise
@@ -163,6 +186,93 @@ def read_air_quality(data_dir: Path) -> pl.DataFrame:
     return _drop_empty_and_sort(parsed, AIR_QUALITY)
 
 
+def _tlc_labels(column: str, levels: tuple[str, ...], codes: tuple[int, ...]) -> pl.Expr:
+    """A TLC numeric code (stored as a float in places) as its level name; other codes null."""
+    mapping = dict(zip(codes, levels, strict=True))
+    return pl.col(column).cast(pl.Int64).replace_strict(mapping, default=None, return_dtype=pl.Utf8)
+
+
+def trip_ids(frame: pl.DataFrame) -> pl.Series:
+    """A 16-hex-digit id per TLC trip from the trip's own fields (vendor, pickup and dropoff
+    times, zones, distance, total), so the same trip replayed gets the same id.
+
+    >>> from datetime import datetime
+    >>> trip = pl.DataFrame({"VendorID": [2], "lpep_pickup_datetime": [datetime(2023, 1, 1, 0, 26, 10)],
+    ...     "lpep_dropoff_datetime": [datetime(2023, 1, 1, 0, 37, 11)], "PULocationID": [166],
+    ...     "DOLocationID": [143], "trip_distance": [2.58], "total_amount": [24.18]})
+    >>> trip_ids(trip).to_list()
+    ['23a6915c033b84d0']
+    """  # noqa: E501
+    parts = (
+        "VendorID",
+        "lpep_pickup_datetime",
+        "lpep_dropoff_datetime",
+        "PULocationID",
+        "DOLocationID",
+        "trip_distance",
+        "total_amount",
+    )
+
+    def as_text(column: str) -> pl.Expr:
+        value = pl.col(column)
+        if frame.schema[column] == pl.Datetime:  # spelled out: a cast's format may change
+            return value.dt.strftime("%Y-%m-%dT%H:%M:%S")
+        return value.cast(pl.Utf8)
+
+    joined = pl.concat_str([as_text(c).fill_null("") for c in parts], separator="|")
+    text = frame.select(joined).to_series()
+    return pl.Series(
+        "trip_id",
+        [hashlib.blake2b(t.encode(), digest_size=8).hexdigest() for t in text],
+        dtype=pl.Utf8,
+    )
+
+
+def read_zones(data_dir: Path) -> pl.DataFrame:
+    """The 265 TLC taxi zones: location_id (string, as the contract keys them), borough,
+    zone, service_zone."""
+    zones = pl.read_csv(Path(data_dir) / _TAXI_ZONES, schema_overrides={"LocationID": pl.Utf8})
+    return zones.rename({"LocationID": "location_id", "Borough": "borough", "Zone": "zone"}).select(
+        "location_id", "borough", "zone", "service_zone"
+    )
+
+
+def read_taxi(data_dir: Path, *, zones: Sequence[str] | None = None) -> pl.DataFrame:
+    """Every trip of the TLC green-taxi file picked up in January 2023 (NYC time), one row per
+    trip in pickup order: the contract's fields, pickup time in UTC, zone ids as strings, TLC
+    codes as level names, and `duration_min` = dropoff minus pickup. Nothing is judged here:
+    impossible trips (negative fares, zero distances...) are silver's to quarantine.
+    """
+    trips = pl.read_parquet(Path(data_dir) / _TAXI_TRIPS)
+    start, end = (datetime.fromisoformat(t) for t in _TAXI_MONTH)
+    trips = trips.filter(pl.col("lpep_pickup_datetime").is_between(start, end, closed="left"))
+    if zones is not None:
+        trips = trips.filter(pl.col("PULocationID").cast(pl.Utf8).is_in(list(zones)))
+
+    def utc(column: str) -> pl.Expr:
+        # January has no DST change; the rules only matter for other months.
+        local = pl.col(column).dt.replace_time_zone(_NYC, ambiguous="earliest", non_existent="null")
+        return local.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+
+    duration = pl.col("lpep_dropoff_datetime") - pl.col("lpep_pickup_datetime")
+    frame = trips.select(
+        pl.col("PULocationID").cast(pl.Utf8).alias("pu_location_id"),
+        utc("lpep_pickup_datetime").alias(TAXI.event_time_field),
+        trip_ids(trips),
+        pl.col("DOLocationID").cast(pl.Utf8).alias("do_location_id"),
+        _tlc_labels("VendorID", TAXI_VENDORS, (1, 2)).alias("vendor"),
+        pl.col("passenger_count").cast(pl.Int64),
+        pl.col("trip_distance").cast(pl.Float64),
+        pl.col("fare_amount").cast(pl.Float64),
+        pl.col("tip_amount").cast(pl.Float64),
+        pl.col("total_amount").cast(pl.Float64),
+        _tlc_labels("payment_type", TAXI_PAYMENT_TYPES, (1, 2, 3, 4, 5, 6)).alias("payment_type"),
+        _tlc_labels("RatecodeID", TAXI_RATE_CODES, (1, 2, 3, 4, 5, 6, 99)).alias("rate_code"),
+        (duration.dt.total_seconds() / 60.0).alias("duration_min"),
+    )
+    return frame.sort(TAXI.event_time_field, TAXI.key_field, "trip_id")
+
+
 @dataclass(frozen=True)
 class _WeatherReader:
     """The weather contract's replay reader (`periscope.contracts.WEATHER.reader`)."""
@@ -187,8 +297,20 @@ class _AirQualityReader:
         return [UCI_STATION_ID]
 
 
+@dataclass(frozen=True)
+class _TaxiReader:
+    """The taxi contract's replay reader: entities are the pickup zones of the lookup."""
+
+    def read(self, data_dir: Path, *, entities: Sequence[str] | None = None) -> pl.DataFrame:
+        return read_taxi(data_dir, zones=entities)
+
+    def entities(self, data_dir: Path) -> list[str]:
+        return read_zones(data_dir)["location_id"].to_list()
+
+
 WEATHER_READER = _WeatherReader()
 AIR_QUALITY_READER = _AirQualityReader()
+TAXI_READER = _TaxiReader()
 
 
 def read_source(

@@ -42,6 +42,7 @@ __all__ = [
     "Flag",
     "ForecastTarget",
     "Measure",
+    "Rule",
     "SourceContract",
     "Text",
     "TopicRole",
@@ -227,6 +228,26 @@ class DatasetReader(Protocol):
         ...
 
 
+# --- cross-field rules -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """A check that spans fields: a record for which `condition` holds is quarantined with
+    `reason` (checked after every field's own checks; the first failing rule wins).
+
+    `condition` is a SQL boolean expression over the contract's fields (the key as a string)
+    in the dialect Spark and DuckDB share: comparisons, `and`/`or`/`not`, `between`,
+    `try_cast`. A condition that is null (a value it reads is missing) passes. `fields` are
+    the fields it reads: the quarantine's `reason_detail` shows their values. `violation`
+    holds field values that break it (chaos sends records damaged that way).
+    """
+
+    reason: str
+    condition: str
+    description: str
+    fields: tuple[str, ...]
+    violation: tuple[tuple[str, object], ...] = ()
+
+
 # --- the contract ------------------------------------------------------------------------------
 def category_column(field: str, level: str) -> str:
     """The window column counting one level of a category.
@@ -259,6 +280,8 @@ class SourceContract:
     reader: str | DatasetReader | None = None
     # A record larger than this is quarantined as oversize (Kafka itself accepts up to 1 MiB).
     max_record_bytes: int = 16 * 1024
+    # Cross-field checks with their own reason codes (a trip that ends before it starts).
+    rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self)
@@ -427,6 +450,17 @@ def _check(contract: SourceContract) -> None:
     for name in contract.anomaly_fields or ():
         if (name, "stats") not in kept:
             fail(f"anomaly field {name!r} has no `stats` aggregation in the window")
+    reasons = [rule.reason for rule in contract.rules]
+    for rule in contract.rules:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", rule.reason):
+            fail(f"rule reason {rule.reason!r} is not a lowercase identifier")
+        if reasons.count(rule.reason) > 1:
+            fail(f"rule reason {rule.reason!r} is used twice")
+        if not rule.fields:
+            fail(f"rule {rule.reason!r} names no fields it reads")
+        for name in (*rule.fields, *(name for name, _ in rule.violation)):
+            if name not in names:
+                fail(f"rule {rule.reason!r} reads {name!r}, which is not one of its fields")
 
 
 # --- the sources -------------------------------------------------------------------------------
@@ -494,7 +528,82 @@ AIR_QUALITY = SourceContract(
     reader="ingest.datasets:AIR_QUALITY_READER",
 )  # fmt: skip
 
-CONTRACTS: dict[str, SourceContract] = {c.name: c for c in (WEATHER, AIR_QUALITY)}
+# NYC TLC data dictionary (green trips, 2023) codes, as the levels silver checks.
+TAXI_PAYMENT_TYPES = ("credit_card", "cash", "no_charge", "dispute", "unknown", "voided_trip")
+TAXI_RATE_CODES = (
+    "standard", "jfk", "newark", "nassau_or_westchester", "negotiated", "group_ride", "unknown"
+)  # fmt: skip
+TAXI_VENDORS = ("creative_mobile", "verifone")
+# The zone ids of taxi_zone_lookup.csv (264 and 265 are its own "Unknown" and "N/A").
+TAXI_ZONE_IDS = (1, 265)
+_ZONE_ID = "try_cast({} as int)"
+
+
+def _unknown_zone(field: str) -> str:
+    zone = _ZONE_ID.format(field)
+    return f"({zone} is null or {zone} not between {TAXI_ZONE_IDS[0]} and {TAXI_ZONE_IDS[1]})"
+
+
+TAXI = SourceContract(
+    name="taxi",
+    description="NYC green-taxi trips of January 2023 (TLC trip records), one record per trip.",
+    fields=(
+        Text("pu_location_id", "pickup zone (TLC LocationID)", source="PULocationID", required=True),
+        Text("trip_id", "hash of the trip's own fields: a replayed trip repeats it", required=True),
+        Text("do_location_id", "dropoff zone (TLC LocationID)", source="DOLocationID", required=True),
+        Category("vendor", "the trip-record provider", source="VendorID", levels=TAXI_VENDORS),
+        Count("passenger_count", "passengers, as the driver entered them", source="passenger_count"),
+        # The field ranges bound what can be a number of this kind at all; the rules below name
+        # the trips that are well-formed but impossible.
+        Measure("trip_distance", "mi", 0.0, 500.0, "distance on the taximeter", source="trip_distance"),
+        Measure("fare_amount", "USD", -1000.0, 5000.0, "time-and-distance fare", source="fare_amount"),
+        Measure("tip_amount", "USD", -1000.0, 5000.0, "tip (card tips only)", source="tip_amount", required=False),
+        Measure("total_amount", "USD", -1000.0, 5000.0, "charged in all", source="total_amount"),
+        Category("payment_type", "how the trip was paid", source="payment_type", levels=TAXI_PAYMENT_TYPES),
+        Category("rate_code", "the rate in effect at the end of the trip", source="RatecodeID", levels=TAXI_RATE_CODES),
+        # Dropoff minus pickup: a duration moves with a rebased pickup, a dropoff stamp would not.
+        Measure("duration_min", "min", -1440.0, 10080.0, "dropoff time minus pickup time"),
+    ),
+    key_field="pu_location_id",
+    event_time_field="pickup_time",
+    event_id_field="trip_id",
+    entity_label="zone",
+    window=WindowSpec(
+        "15 minutes",
+        "5 minutes",
+        "1 hour",
+        aggregations=(
+            Aggregation("fare_amount", "stats"),
+            Aggregation("trip_distance", "stats"),
+            Aggregation("duration_min", "stats"),
+            # Share paid by card = payment_type_credit_card_count / reading_count.
+            Aggregation("payment_type", "category_counts"),
+        ),
+    ),
+    forecast_targets=(ForecastTarget(None, "count"),),  # trips per zone per hour
+    reader="ingest.datasets:TAXI_READER",
+    rules=(
+        Rule("dropoff_before_pickup", "duration_min < 0", "the trip ends before it starts",
+             ("duration_min",), (("duration_min", -7.5),)),
+        Rule("negative_fare", "fare_amount < 0", "a negative fare (a refund or void)",
+             ("fare_amount",), (("fare_amount", -12.0),)),
+        Rule("absurd_fare", "fare_amount > 500", "a fare above 500 USD",
+             ("fare_amount",), (("fare_amount", 4200.0),)),
+        Rule("zero_distance_with_fare", "trip_distance = 0 and fare_amount > 0",
+             "a fare charged for no distance", ("trip_distance", "fare_amount"),
+             (("trip_distance", 0.0), ("fare_amount", 18.5))),
+        Rule("unknown_zone", f"{_unknown_zone('pu_location_id')} or {_unknown_zone('do_location_id')}",
+             "a pickup or dropoff zone that is not in taxi_zone_lookup.csv",
+             ("pu_location_id", "do_location_id"), (("do_location_id", "999"),)),
+        Rule("passenger_count_out_of_range", "passenger_count not between 1 and 6",
+             "no passengers, or more than a taxi seats", ("passenger_count",),
+             (("passenger_count", 0),)),
+        Rule("over_12_hours", "duration_min > 720", "a trip longer than 12 hours",
+             ("duration_min",), (("duration_min", 1000.0),)),
+    ),
+)  # fmt: skip
+
+CONTRACTS: dict[str, SourceContract] = {c.name: c for c in (WEATHER, AIR_QUALITY, TAXI)}
 
 
 def register(contract: SourceContract) -> SourceContract:

@@ -4,7 +4,9 @@
 `reason` (null for a good record, else one of REASON_CODES) with a human `reason_detail`,
 and QA counts. Sentinels (UCI's -200) become nulls, never readings. Field kinds parse as
 their JSON types: measures as numbers, counts as whole numbers >= 0, flags as booleans,
-categories and text as strings (a category must be one of its levels).
+categories and text as strings (a category must be one of its levels). A contract's
+cross-field `rules` (a trip that ends before it starts) are checked last, each with its own
+reason code, as SQL over the parsed fields.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from spark_streaming.silver.columns import observation_columns
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-__all__ = ["REASON_CODES", "observation_columns", "validate"]
+__all__ = ["REASON_CODES", "observation_columns", "reason_codes", "validate"]
 
 # The documented quarantine reasons, in the order they are checked: a record gets the first.
 REASON_CODES: dict[str, str] = {
@@ -32,6 +34,12 @@ REASON_CODES: dict[str, str] = {
     "out_of_range": "a required value is outside its valid range (NaN, infinite, an unknown level)",
     "no_values": "every field besides key, time and event id is missing or a sentinel",
 }
+
+
+def reason_codes(contract: SourceContract) -> dict[str, str]:
+    """Every reason a record of this contract can be quarantined for, in checking order:
+    the generic ones, then the contract's rules."""
+    return REASON_CODES | {rule.reason: rule.description for rule in contract.rules}
 
 
 def _spark_type(field: Field):  # type: ignore[no-untyped-def]
@@ -200,7 +208,7 @@ def validate(bronze: DataFrame, contract: SourceContract) -> DataFrame:
         ),
         F.lit(0),
     )
-    return df.select(
+    checked = df.select(
         *bronze.columns,
         entity.alias(key),
         event_time.alias("event_time"),
@@ -210,3 +218,29 @@ def validate(bronze: DataFrame, contract: SourceContract) -> DataFrame:
         reason.alias("reason"),
         detail.alias("reason_detail"),
     )
+    return _apply_rules(checked, contract)
+
+
+def _apply_rules(checked: DataFrame, contract: SourceContract) -> DataFrame:
+    """Records every field check passed get the reason of the first rule they break.
+
+    The rules read the parsed columns by name (so they are SQL over the fields, as the
+    contract states them); a rule whose condition is null passes.
+    """
+    from pyspark.sql import functions as F
+
+    if not contract.rules:
+        return checked
+    passed = F.col("reason").isNull()
+    reason: Column = F.col("reason")
+    detail: Column = F.col("reason_detail")
+    for rule in reversed(contract.rules):  # the first failing rule wins
+        failed = passed & F.coalesce(F.expr(rule.condition), F.lit(False))
+        shown = ", ".join(f"{name}=%s" for name in rule.fields)
+        why = F.format_string(
+            f"{rule.description.replace('%', '%%')}: {shown}",
+            *[F.col(name).cast("string") for name in rule.fields],
+        )
+        reason = F.when(failed, F.lit(rule.reason)).otherwise(reason)
+        detail = F.when(failed, why).otherwise(detail)
+    return checked.withColumns({"reason": reason, "reason_detail": detail})

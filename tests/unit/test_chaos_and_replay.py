@@ -52,18 +52,25 @@ def classify_damage(contract: SourceContract, value: bytes) -> set[str]:
     }
     if all(record.get(name) == marker for name, marker in markers.items()):
         return found | {"sentinel"}
+    if any(isinstance(record.get(f.name), str) for f in contract.value_fields if f.numeric):
+        found.add("wrong_type")
     for m in contract.measures:
         value_ = record.get(m.name)
-        if isinstance(value_, str):
-            found.add("wrong_type")
-        elif value_ is not None and value_ not in m.sentinels and not m.in_range(value_):
+        if (
+            isinstance(value_, (int, float))
+            and value_ not in m.sentinels
+            and not m.in_range(value_)
+        ):
             found.add("out_of_range")
     return found
 
 
 def _base(contract: SourceContract) -> dict[str, Any]:
     """A valid record: every measure at the middle of its range."""
-    record: dict[str, Any] = {"station_id": "portland", "timestamp": "2017-01-15T06:00:00Z"}
+    record: dict[str, Any] = {
+        contract.key_field: "portland",
+        contract.event_time_field: "2017-01-15T06:00:00Z",
+    }
     for m in contract.measures:
         record[m.name] = (m.valid_min + m.valid_max) / 2
     return record
@@ -287,8 +294,8 @@ def test_replay_rejects_bad_arguments_before_sending(kwargs, message):
 
 def test_replay_rejects_an_unknown_source():
     with pytest.raises(
-        ValueError, match="unknown source 'taxi'; known sources: air_quality, weather"
+        ValueError, match="unknown source 'flights'; known sources: air_quality, taxi, weather"
     ):
-        replay(Settings(), "taxi")
+        replay(Settings(), "flights")
     with pytest.raises(ValueError, match=r"bad_rate must be in \[0, 1\)"):
         list(build_messages(_hourly(2), AIR_QUALITY, bad_rate=1.5))

@@ -62,14 +62,14 @@ def test_every_source_option_refuses_an_unknown_source_naming_the_known_ones(com
     assert result.exit_code == 2, result.output
     message = _words(result.output)
     assert "unknown source" in message and "'nope'" in message
-    assert "air_quality, weather" in message
+    assert "air_quality, taxi, weather" in message
 
 
 @pytest.mark.parametrize("command", [["models", "show"], ["models", "rollback"]])
 def test_source_arguments_refuse_an_unknown_source(command):
     result = _invoke(*command, "nope", "forecast")
     assert result.exit_code == 2, result.output
-    assert "known sources: air_quality, weather" in _words(result.output)
+    assert "known sources: air_quality, taxi, weather" in _words(result.output)
 
 
 def test_a_source_registered_at_run_time_is_accepted_and_listed_in_help(toy_source, monkeypatch):
@@ -84,7 +84,7 @@ def test_a_source_registered_at_run_time_is_accepted_and_listed_in_help(toy_sour
     assert (row["source"], row["topic"], row["not landed"]) == ("toy_events", "toy_events-raw", 2)
 
     shown = _invoke("ingest", "replay", "--help")
-    assert "Known: air_quality, toy_events, weather." in _words(shown.output)
+    assert "Known: air_quality, taxi, toy_events, weather." in _words(shown.output)
 
 
 def test_a_repeated_source_runs_once(monkeypatch):

@@ -18,8 +18,8 @@ def test_every_contract_has_four_topics_named_by_role():
 
 
 def test_unknown_source_names_the_known_ones():
-    with pytest.raises(KeyError, match="air_quality, weather"):
-        get_contract("taxi")
+    with pytest.raises(KeyError, match="air_quality, taxi, weather"):
+        get_contract("flights")
 
 
 def test_topic_specs_take_partitions_and_retention_from_settings(monkeypatch):

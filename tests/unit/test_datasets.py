@@ -231,7 +231,7 @@ def test_read_source_dispatches_by_contract_name(data_dir, air):
     assert read_source("weather", data_dir, stations=["eilat"])[
         "station_id"
     ].unique().to_list() == ["eilat"]
-    with pytest.raises(ValueError, match="unknown source 'taxi'"):
-        read_source("taxi", data_dir)
+    with pytest.raises(ValueError, match="unknown source 'flights'"):
+        read_source("flights", data_dir)
     with pytest.raises(ValueError, match="one station"):
         read_source("air_quality", data_dir, stations=["portland"])

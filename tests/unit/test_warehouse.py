@@ -127,7 +127,7 @@ def test_table_specs_choose_and_reject():
         "air_quality_predictions",
     ]
     with pytest.raises(ValueError, match="unknown source"):
-        table_specs(["taxi"])
+        table_specs(["flights"])
     with pytest.raises(ValueError, match="unknown table"):
         table_specs(None, ["raw"])
 
