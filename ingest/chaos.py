@@ -28,10 +28,12 @@ from periscope.contracts import (
 )
 
 __all__ = [
+    "BROKEN_RULE",
     "MALFORMED_KINDS",
     "OUT_OF_BAND_SENTINEL",
     "WIRE_TIMESTAMP_FORMAT",
     "ChaosReport",
+    "malformed_kinds",
     "malformed_record",
     "malformed_records",
     "produce_chaos",
@@ -48,6 +50,10 @@ MALFORMED_KINDS: tuple[str, ...] = (
     "oversize",
     "invalid_utf8",
 )
+
+# Well-formed but impossible: a record that breaks one of the contract's cross-field rules
+# (a trip that ends before it starts). Only contracts with rules get this kind.
+BROKEN_RULE = "broken_rule"
 
 # A contract without sentinels (weather) gets the classic "-9999" missing-value marker of
 # station networks: outside every weather range, so silver must reject it, not average it.
@@ -68,6 +74,12 @@ class ChaosReport:
     topic: str
     sent: int
     by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def malformed_kinds(contract: SourceContract) -> tuple[str, ...]:
+    """The kinds of damage for this contract: every field-level kind, then `broken_rule`
+    when the contract has rules."""
+    return (*MALFORMED_KINDS, BROKEN_RULE) if contract.rules else MALFORMED_KINDS
 
 
 def _key(contract: SourceContract, record: Mapping[str, Any]) -> bytes:
@@ -94,7 +106,8 @@ def malformed_record(
     no key or no event time; out_of_range: a required measure outside its valid range;
     sentinel: every measure at its sentinel (UCI's -200), or `OUT_OF_BAND_SENTINEL` (-9999.0)
     for a contract without one; oversize: whitespace-padded past `max_record_bytes`;
-    invalid_utf8: invalid bytes inside the station id.
+    invalid_utf8: invalid bytes inside the station id; broken_rule: the values of one of the
+    contract's rules' `violation` (a fare for no distance), everything else kept.
     """
     key = _key(contract, base_record)
     record = dict(base_record)
@@ -125,8 +138,11 @@ def malformed_record(
         station = json.dumps(record[contract.key_field], ensure_ascii=False).encode()
         damaged = station[:-1] + rng.choice(_INVALID_UTF8) + station[-1:]
         return key, body.replace(station, damaged, 1)
+    elif kind == BROKEN_RULE and contract.rules:
+        record.update(rng.choice(contract.rules).violation)
     else:
-        raise ValueError(f"unknown malformed kind {kind!r}; known: {', '.join(MALFORMED_KINDS)}")
+        known = ", ".join(malformed_kinds(contract))
+        raise ValueError(f"unknown malformed kind {kind!r} for {contract.name}; known: {known}")
     return key, encode_record(record)
 
 
@@ -162,7 +178,8 @@ def malformed_records(
     seed: int,
     base_records: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[tuple[str, bytes, bytes]]:
-    """`count` (kind, key, value) records cycling through every kind, deterministic in `seed`.
+    """`count` (kind, key, value) records cycling through every kind of the contract
+    (`malformed_kinds`), deterministic in `seed`.
 
     Each damages a record drawn from `base_records`; without them, a synthetic in-range
     record of station `chaos` stamped with the current second.
@@ -173,9 +190,10 @@ def malformed_records(
     if not base_records:
         now = datetime.now(UTC).replace(microsecond=0)
         base_records = [_synthetic_record(contract, rng, "chaos", now)]
+    kinds = malformed_kinds(contract)
     out = []
     for i in range(count):
-        kind = MALFORMED_KINDS[i % len(MALFORMED_KINDS)]
+        kind = kinds[i % len(kinds)]
         out.append((kind, *malformed_record(contract, kind, rng, rng.choice(base_records))))
     return out
 

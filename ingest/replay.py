@@ -28,8 +28,8 @@ from typing import Any
 import polars as pl
 
 from ingest.chaos import (
-    MALFORMED_KINDS,
     WIRE_TIMESTAMP_FORMAT,
+    malformed_kinds,
     malformed_record,
 )
 from ingest.datasets import read_source
@@ -190,13 +190,13 @@ def build_messages(
     )
     upcoming = next(records, None)  # the next good record to send
     previous = upcoming
-    made_bad = 0
+    made_bad, kinds = 0, malformed_kinds(contract)
     for position in range(total):
         if position in bad_at:
             # Damage the good record it precedes (the last one, once all are sent).
             base = upcoming or previous
             assert base is not None  # no good records means no bad ones
-            kind = MALFORMED_KINDS[made_bad % len(MALFORMED_KINDS)]
+            kind = kinds[made_bad % len(kinds)]
             made_bad += 1
             key, value = malformed_record(contract, kind, rng, base[0])
             yield Message(key, value, base[1], kind)
