@@ -478,13 +478,14 @@ def scheduler_run(
     ] = False,
 ) -> None:
     """Run the scheduler in the foreground (Ctrl-C stops it)."""
-    from ml.training.schedule import build_scheduler
+    from ml.training.schedule import HEALTH_CRON, build_scheduler
 
     scheduler = build_scheduler(
         get_settings(), sources=_sources(source) if source else None, run_now=now
     )
     console.print(
-        f"scheduler running; retrain cron '{get_settings().retrain_cron}' (UTC). Ctrl-C stops it."
+        f"scheduler running; retrain cron '{get_settings().retrain_cron}', forecast health check "
+        f"cron '{HEALTH_CRON}' (UTC). Ctrl-C stops it."
     )
     try:
         scheduler.start()
