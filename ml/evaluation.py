@@ -532,10 +532,12 @@ def summarize(errors: pd.DataFrame, contract: SourceContract) -> pd.DataFrame:
     common = errors.dropna(subset=["actual", "model", "seasonal_naive", "persistence"])
     if common.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    bounds = np.array([_valid_range(contract, m) for m in common["measure"]]).reshape(-1, 2)
+    ranges = {m: _valid_range(contract, m) for m in common["measure"].unique()}
+    low = common["measure"].map({m: lo for m, (lo, _) in ranges.items()}).to_numpy("float64")
+    high = common["measure"].map({m: hi for m, (_, hi) in ranges.items()}).to_numpy("float64")
     yhat = common["model"].to_numpy("float64")
     common = common.assign(
-        _outside=(yhat < bounds[:, 0]) | (yhat > bounds[:, 1]),
+        _outside=(yhat < low) | (yhat > high),
         _bucket=horizon_bucket(common["horizon_h"].to_numpy()),
         # The month in which the forecast was issued (an hour after its origin).
         _month=(pd.DatetimeIndex(common["origin"]) + HOUR).strftime("%Y-%m"),
