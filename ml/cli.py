@@ -391,7 +391,7 @@ def models_health(
 ) -> None:
     """The forecasts' rolling 7-day accuracy per source and measure, from the warehouse.
 
-    Reads marts.fct_forecast_health as bi_reader (`periscope dbt build` refreshes it): relative
+    Reads marts.mart_forecast_health as bi_reader (`periscope dbt build` refreshes it): relative
     MAE (model / seasonal naive, the same hour yesterday) and 80% interval coverage over the
     forecasts whose target hour falls in the source's last 7 days of data. Exit status 0 when
     nothing is breached, 3 when a source is (relative MAE > 1.0 or coverage outside 0.7-0.9).

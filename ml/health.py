@@ -1,6 +1,6 @@
 """Forecast health: the marts' rolling 7-day accuracy per source, the breaches, a Prometheus text.
 
-dbt's `marts.fct_forecast_health` decides the figures and the breach flags (relative MAE above
+dbt's `marts.mart_forecast_health` decides the figures and the breach flags (relative MAE above
 1.0, interval coverage outside 0.7-0.9: the dbt vars `forecast_health_*`); this module reads it as
 the read-only BI role, picks the sources to retrain, and renders the figures in Prometheus' text
 exposition format for node-exporter's textfile collector. `prometheus_client` is not in the
@@ -31,7 +31,7 @@ __all__ = [
     "write_prometheus",
 ]
 
-# The columns read from marts.fct_forecast_health, in ForecastHealth's field order.
+# The columns read from marts.mart_forecast_health, in ForecastHealth's field order.
 HEALTH_COLUMNS = (
     "source",
     "measure",
@@ -53,7 +53,7 @@ HEALTH_COLUMNS = (
 
 @dataclass(frozen=True)
 class ForecastHealth:
-    """One row of marts.fct_forecast_health: a source's measure, or the source overall (measure None)."""
+    """One row of marts.mart_forecast_health: a source's measure, or the source overall (measure None)."""
 
     source: str
     measure: str | None
@@ -125,12 +125,12 @@ def sources_to_retrain(
 def read_forecast_health(
     settings: Settings, *, sources: Sequence[str] | None = None
 ) -> list[ForecastHealth]:
-    """marts.fct_forecast_health as the read-only BI role, sources in order, overall row first."""
+    """marts.mart_forecast_health as the read-only BI role, sources in order, overall row first."""
     import psycopg2
     from psycopg2 import errors
 
     query = (
-        f"select {', '.join(HEALTH_COLUMNS)} from marts.fct_forecast_health "
+        f"select {', '.join(HEALTH_COLUMNS)} from marts.mart_forecast_health "
         "where %(sources)s::text[] is null or source = any(%(sources)s::text[]) "
         "order by source, measure nulls first"
     )
@@ -140,7 +140,7 @@ def read_forecast_health(
             rows = cur.fetchall()
     except errors.UndefinedTable:
         raise PeriscopeError(
-            "marts.fct_forecast_health does not exist yet: run `periscope dbt build`"
+            "marts.mart_forecast_health does not exist yet: run `periscope dbt build`"
         ) from None
     except psycopg2.OperationalError as exc:
         raise PeriscopeError(f"cannot reach the warehouse: {str(exc).strip()}") from None

@@ -16,5 +16,5 @@ select
     max_coverage,
     is_relative_mae_breached,
     is_coverage_breached
-from {{ ref('fct_forecast_health') }}
+from {{ ref('mart_forecast_health') }}
 where is_breached

@@ -1,7 +1,7 @@
 """The retrain schedule: APScheduler runs `retrain` for every source on a cron (daily by default),
 and an hourly health check retrains a source at once when its forecasts slip.
 
-The health check reads the marts' rolling 7-day accuracy (`marts.fct_forecast_health`: relative
+The health check reads the marts' rolling 7-day accuracy (`marts.mart_forecast_health`: relative
 MAE above 1.0, or 80% interval coverage outside 0.7-0.9, is a breach), writes it as Prometheus
 gauges to `<local_dir>/metrics/forecast_health.prom`, and retrains the breaching sources (each at
 most once a day, since the 7-day figures lag a new champion).

@@ -2,7 +2,8 @@
 -- source's last 7 days of observed data, the model's MAE against seasonal-naive's ("the same hour
 -- yesterday") and the 80% interval's coverage, per measure and overall, with the breach flags
 -- that the warn test assert_forecast_health_within_bounds, `periscope models health` and the
--- scheduler's health check read. Rebuilt whole each run: it is a handful of rows.
+-- scheduler's health check read. A summary of the facts, not a fact of its own (hence mart_, not
+-- fct_): rebuilt whole each run, a handful of rows from the last 8 days of accuracy.
 --
 -- fct_forecast_accuracy holds no seasonal-naive figure, so it comes from the same mart: the
 -- actual of the same entity and measure 24 h before the target hour (every hour a forecast
