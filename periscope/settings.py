@@ -162,6 +162,17 @@ class Settings(BaseSettings):
         description="How often a running `periscope score` looks for new windows.",
     )
 
+    # --- the REST API (`periscope api`) ------------------------------------------------
+    api_host: str = Field(
+        default="127.0.0.1", description="Interface `periscope api` binds (0.0.0.0: every one)."
+    )
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_refresh_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How often the API looks for a new version of a lake table it keeps warm.",
+    )
+
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
 

@@ -12,7 +12,7 @@ import pytest
 
 from periscope.settings import PROJECT_DIR
 
-STAGES = ("ingest", "spark_streaming", "ml", "warehouse")
+STAGES = ("ingest", "spark_streaming", "ml", "warehouse", "serving")
 
 
 @pytest.mark.parametrize("package", ("periscope", *STAGES))

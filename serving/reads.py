@@ -1,0 +1,311 @@
+"""The read layer of the API (and of the dashboard): gold tables kept warm, and pure queries on them.
+
+Why warm: `/predictions/{source}/{entity}` must answer in milliseconds under load, and a Delta
+scan of gold (72 forecasts a row, millions of rows) takes seconds. So each gold table is held in
+memory as one small `index` (every row without its forecasts) plus the latest row of each entity
+with its forecasts. It is re-read only when the table's version moves, and then only the data
+files added since (a MERGE rewrites files: rows of removed files go, rows of added files come),
+so a live gold table costs its new files, not its whole size.
+
+The query functions (`latest_prediction`, `history`, `anomalies`, `entities`) are pure: they take
+a `GoldSnapshot` and plain arguments and return JSON-ready dicts. Columns are read by name and
+passed through, so a column or forecast field gold adds (`anomaly_kind`, `method`) shows up
+without a change here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from periscope.contracts import SourceContract
+from periscope.settings import Settings
+
+__all__ = [
+    "FORECASTS",
+    "GoldSnapshot",
+    "WarmGold",
+    "anomalies",
+    "build_snapshot",
+    "empty_snapshot",
+    "entities",
+    "gold_path",
+    "history",
+    "latest_prediction",
+    "read_forecasts",
+]
+
+log = logging.getLogger(__name__)
+
+FORECASTS = "forecasts"
+WINDOW_START = "window_start"
+# Where an index row came from: its data file and its row number in that file, so the
+# forecasts of a few rows can be read without reading the rest.
+_FILE = "_file"
+_ROW = "_row"
+_PRIVATE = (_FILE, _ROW)
+
+Row = dict[str, Any]
+
+
+# --- the snapshot ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GoldSnapshot:
+    """One version of a gold table, ready to query.
+
+    `index` holds every row but its forecasts, sorted by (entity, window_start); `spans` gives
+    each entity's rows in it; `latest` each entity's newest row with its forecasts; `flagged`
+    the anomalous rows, newest first.
+    """
+
+    source: str
+    key: str
+    version: int | None
+    committed_at: datetime | None
+    index: pa.Table
+    spans: dict[str, tuple[int, int]]
+    latest: dict[str, Row]
+    flagged: pa.Table
+    # window_start of `flagged` in µs, negated: ascending, for bisect.
+    flagged_order: list[int] = field(repr=False)
+
+
+def empty_snapshot(source: str, key: str) -> GoldSnapshot:
+    """A gold table that does not exist yet: no entities, no rows."""
+    index = pa.table({key: pa.array([], pa.string())})
+    return GoldSnapshot(source, key, None, None, index, {}, {}, index, [])
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> list[int]:
+    return pc.cast(column, pa.int64()).to_pylist()  # type: ignore[no-any-return]
+
+
+def build_snapshot(
+    source: str,
+    key: str,
+    version: int | None,
+    committed_at: datetime | None,
+    file_rows: Iterable[pa.Table],
+    read_forecasts: Callable[[str, list[int]], list[Any]],
+) -> GoldSnapshot:
+    """A snapshot from the index rows of each data file (each with `_file` and `_row`).
+
+    `read_forecasts(file, rows)` returns the forecasts of those rows of one data file.
+    """
+    tables = [t for t in file_rows if t.num_rows]
+    if not tables:
+        return replace(empty_snapshot(source, key), version=version, committed_at=committed_at)
+    # Files written before gold gained a column lack it: promote fills it with nulls.
+    index = pa.concat_tables(tables, promote_options="default")
+    index = index.sort_by([(key, "ascending"), (WINDOW_START, "ascending")]).combine_chunks()
+
+    keys = index.column(key).to_pylist()
+    spans: dict[str, tuple[int, int]] = {}
+    for i, k in enumerate(keys):
+        first, _ = spans.get(k, (i, i))
+        spans[k] = (first, i + 1)
+
+    last_rows = index.take([end - 1 for _, end in spans.values()])
+    latest = {row[key]: row for row in last_rows.to_pylist()}
+    _attach_forecasts(latest.values(), read_forecasts)
+
+    flagged = index.filter(pc.fill_null(index.column("is_anomaly"), False))
+    flagged = flagged.sort_by([(WINDOW_START, "descending"), (key, "ascending")])
+    order = [-m for m in _micros(flagged.column(WINDOW_START))]
+    return GoldSnapshot(
+        source, key, version, committed_at, index, spans, latest, flagged.drop(_PRIVATE), order
+    )
+
+
+def _attach_forecasts(
+    rows: Iterable[Row], read_forecasts: Callable[[str, list[int]], list[Any]]
+) -> None:
+    """Give each row its forecasts, reading each data file once; drop `_file` and `_row`."""
+    by_file: dict[str, list[Row]] = {}
+    for row in rows:
+        by_file.setdefault(row.pop(_FILE), []).append(row)
+    for path, file_rows in by_file.items():
+        values = read_forecasts(path, [r.pop(_ROW) for r in file_rows])
+        for row, forecasts in zip(file_rows, values, strict=True):
+            row[FORECASTS] = forecasts or []
+
+
+# --- the queries -------------------------------------------------------------------------------
+def _age_s(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else round((now - moment).total_seconds(), 3)
+
+
+def _public(row: Row, key: str) -> Row:
+    """A gold row as the API shows it: the entity under `entity_id`, private columns gone."""
+    shown = {"entity_id": row[key]}
+    shown.update((k, v) for k, v in row.items() if k != key and k not in _PRIVATE)
+    return shown
+
+
+def latest_prediction(snapshot: GoldSnapshot, entity_id: str, now: datetime) -> Row | None:
+    """The newest window of one entity: anomaly score and flag, forecasts with their 80% bands
+    (`yhat_lower`/`yhat_upper`), model versions, and how old the window and its scoring are.
+    None: the entity has no gold row."""
+    row = snapshot.latest.get(entity_id)
+    if row is None:
+        return None
+    shown = _public(row, snapshot.key)
+    shown["source"] = snapshot.source
+    shown["window_age_s"] = _age_s(row.get("window_end"), now)
+    shown["scored_age_s"] = _age_s(row.get("scored_at"), now)
+    return shown
+
+
+def entities(snapshot: GoldSnapshot) -> list[Row]:
+    """Every entity with gold rows: how many windows, the first and the last, its latest score."""
+    index, found = snapshot.index, []
+    for entity_id, (first, end) in snapshot.spans.items():
+        latest = snapshot.latest[entity_id]
+        found.append(
+            {
+                "entity_id": entity_id,
+                "windows": end - first,
+                "first_window_start": index.column(WINDOW_START)[first].as_py(),
+                "last_window_start": latest[WINDOW_START],
+                "anomaly_score": latest.get("anomaly_score"),
+                "is_anomaly": latest.get("is_anomaly"),
+            }
+        )
+    return found
+
+
+def history(
+    snapshot: GoldSnapshot,
+    entity_id: str,
+    start: datetime,
+    end: datetime,
+    *,
+    limit: int,
+    read_forecasts: Callable[[str, list[int]], list[Any]] | None = None,
+) -> list[Row] | None:
+    """An entity's windows with start <= window_start <= end, oldest first, at most `limit`
+    (the newest ones). With `read_forecasts`, each window carries its forecasts (read from the
+    table's files: slower). None: the entity has no gold row."""
+    span = snapshot.spans.get(entity_id)
+    if span is None:
+        return None
+    first, end_row = span
+    starts = _micros(snapshot.index.column(WINDOW_START).slice(first, end_row - first))
+    lo = bisect.bisect_left(starts, _to_micros(start))
+    hi = bisect.bisect_right(starts, _to_micros(end))
+    lo = max(lo, hi - limit)
+    rows = snapshot.index.slice(first + lo, hi - lo).to_pylist()
+    if read_forecasts is not None:
+        _attach_forecasts(rows, read_forecasts)
+    return [_public(r, snapshot.key) for r in rows]
+
+
+def anomalies(snapshots: Iterable[GoldSnapshot], since: datetime | None, limit: int) -> list[Row]:
+    """Flagged windows of the given sources, newest first, window_start >= since, at most `limit`."""
+    found: list[Row] = []
+    for snap in snapshots:
+        end = len(snap.flagged_order)
+        if since is not None:
+            end = bisect.bisect_right(snap.flagged_order, -_to_micros(since))
+        for row in snap.flagged.slice(0, min(end, limit)).to_pylist():
+            shown = _public(row, snap.key)
+            shown["source"] = snap.source
+            found.append(shown)
+    found.sort(key=lambda r: (r[WINDOW_START], r["source"], r["entity_id"]), reverse=True)
+    return found[:limit]
+
+
+def _to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+# --- the warm table ----------------------------------------------------------------------------
+class WarmGold:
+    """One gold table kept in memory; re-read (its new files only) when its version moves.
+
+    `snapshot()` never blocks on a re-read: it returns the last snapshot and, at most every
+    `refresh_s`, starts a background check for a new version.
+    """
+
+    def __init__(self, path: str, contract: SourceContract, *, refresh_s: float = 1.0) -> None:
+        self.path = path
+        self.source = contract.name
+        self.key = contract.key_field
+        self.refresh_s = refresh_s
+        self._files: dict[str, pa.Table] = {}
+        self._snapshot = empty_snapshot(self.source, self.key)
+        self._checked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> GoldSnapshot:
+        if time.monotonic() - self._checked_at >= self.refresh_s and not self._lock.locked():
+            self._checked_at = time.monotonic()
+            threading.Thread(target=self.refresh, name=f"warm-{self.source}", daemon=True).start()
+        return self._snapshot
+
+    def refresh(self) -> GoldSnapshot:
+        """Read what changed since the last snapshot (blocking); returns the new snapshot."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            try:
+                self._snapshot = self._read()
+            except Exception:  # a half-written or vanished table: keep serving the last one
+                log.exception("could not refresh %s", self.path)
+            return self._snapshot
+
+    def _read(self) -> GoldSnapshot:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(self.path)
+        except TableNotFoundError:
+            self._files = {}
+            return empty_snapshot(self.source, self.key)
+        version = table.version()
+        if version == self._snapshot.version:
+            return self._snapshot
+        columns = [n for n in table.schema().to_arrow().names if n != FORECASTS]
+        current = table.file_uris()
+        self._files = {uri: self._files.get(uri) or _index_rows(uri, columns) for uri in current}
+        committed_at = _last_commit_time(table)
+        return build_snapshot(
+            self.source, self.key, version, committed_at, self._files.values(), read_forecasts
+        )
+
+
+def _index_rows(uri: str, columns: list[str]) -> pa.Table:
+    """A data file's rows without forecasts, with `_file` and `_row` to find them again."""
+    present = set(pq.read_schema(uri).names)
+    rows = pq.read_table(uri, columns=[c for c in columns if c in present], use_threads=False)
+    rows = rows.append_column(_FILE, pa.array([uri] * rows.num_rows, pa.string()))
+    return rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
+
+
+def read_forecasts(uri: str, rows: list[int]) -> list[Any]:
+    """The forecasts of some rows of one gold data file, as lists of dicts (fields by name)."""
+    column = pq.read_table(uri, columns=[FORECASTS], use_threads=False).column(0)
+    return column.take(rows).to_pylist()  # type: ignore[no-any-return]
+
+
+def _last_commit_time(table: Any) -> datetime | None:
+    history = table.history(1)
+    stamp = history[0].get("timestamp") if history else None
+    return None if stamp is None else datetime.fromtimestamp(stamp / 1000, tz=UTC)
+
+
+def gold_path(settings: Settings, contract: SourceContract) -> str:
+    """Where a source's gold predictions live (the name gold gives the table)."""
+    return settings.lake_path(contract.table("gold", "predictions"))
