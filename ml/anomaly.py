@@ -1,15 +1,26 @@
-"""Sensor anomalies on silver feature windows: IsolationForest, injected anomalies, honest metrics.
+"""Sensor anomalies on silver feature windows: five detectors, injected anomalies, honest metrics.
 
-The model sees one feature window at a time (what silver publishes), standardised per station
-with statistics from training, so a station's normal level (Denver's ~830 hPa) is not an
-anomaly in itself. Real history has no anomaly labels, so evaluation injects known ones
-(`inject_anomalies`) into real observations and recomputes their windows (`ml.windows`).
+Each window is scored by five detectors, and flagged with the first one that fires:
+- `forest`: an IsolationForest on the window's statistics, standardised per station with
+  statistics from training, so a station's normal level (Denver's ~830 hPa) is not an anomaly;
+- `residual`: a reading far from its recent level (the median of the 3 hours before it);
+- `drift`: the level moved further over the last 2-12 hours than it does at that hour;
+- `stuck`: a reading repeats the one before it, for longer than that station's measure
+  stays flat at that hour in training;
+- `dropout`: a reading at the contract's valid_min, where training rarely saw one.
+All but the forest read the entity's recent hourly readings (gold's `hourly` frame, the
+history `ml.gold.scoring.history_window` names): per-station statistics by hour of day turn
+each into a score, and per-detector thresholds chosen on validation make the scores
+comparable (`anomaly_score` = the largest score / its threshold; flagged from 1).
+Real history has no anomaly labels, so evaluation injects known ones (`inject_anomalies`)
+into real observations and recomputes their windows (`ml.windows`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +31,22 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 
 from periscope.contracts import Aggregation, Measure, SourceContract
+from periscope.errors import PeriscopeError
 from periscope.time import naive_utc
 from periscope.windows import FEATURE_STATS, feature_columns
 
 __all__ = [
     "ANOMALY_KINDS",
+    "DETECTORS",
     "AnomalyModel",
+    "HourlyStats",
     "StationStats",
-    "choose_threshold",
+    "choose_thresholds",
     "detection_metrics",
+    "episode_recall",
     "evaluate_by_kind",
     "fit_anomaly_model",
     "inject_anomalies",
@@ -41,6 +55,10 @@ __all__ = [
 ]
 
 ANOMALY_KINDS = ("spike", "stuck", "drift", "dropout")
+# In the order a window's flag names them: the most specific explanation first.
+DETECTORS = ("dropout", "stuck", "residual", "drift", "forest")
+# Saved models carry this; one without it predates the detectors (IsolationForest only).
+MODEL_FORMAT = 2
 
 MODEL_FILE = "model.joblib"
 MANIFEST_FILE = "manifest.json"
@@ -59,6 +77,7 @@ def inject_anomalies(
     rate: float = 0.02,
     seed: int = 0,
     kinds: Sequence[str] = ANOMALY_KINDS,
+    magnitudes: Sequence[float] = (1.0,),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Real observations with anomaly episodes injected, and one label row per altered reading.
 
@@ -70,10 +89,13 @@ def inject_anomalies(
       (0 % humidity, 0 m/s wind). Missing readings would be the other choice, but silver keeps
       no trace of a missing measure beyond slightly different window stats, so no model of
       feature windows could see it.
+    Each episode draws a magnitude from `magnitudes`, which scales the size of spikes and drifts
+    and the length of stuck and dropout episodes (0.5: 2-4 sigma spikes, 2-4 stuck readings).
     Values stay within the contract's valid range. Episodes never overlap; they are added
     until about `rate` of the rows carry an altered reading, about equally many per kind.
     Only readings whose value actually changed are labelled (a stuck sensor during a calm hour
-    changes nothing), so the labels are exactly the altered readings. Labels: the key, event_time, measure, kind.
+    changes nothing), so the labels are exactly the altered readings. Labels: the key, event_time,
+    measure, kind, magnitude and episode (a number shared by the readings of one episode).
     The returned observations are sorted by station and event_time, with a fresh index.
     """
     unknown = sorted(set(kinds) - set(ANOMALY_KINDS))
@@ -81,6 +103,8 @@ def inject_anomalies(
         raise ValueError(f"kinds must be a non-empty subset of {ANOMALY_KINDS}, got {list(kinds)}")
     if not 0 < rate < 0.5:
         raise ValueError(f"rate must be in (0, 0.5), got {rate}")
+    if not magnitudes or min(magnitudes) <= 0:
+        raise ValueError(f"magnitudes must be positive, got {list(magnitudes)}")
 
     key = contract.key_field
     rng = np.random.default_rng(seed)
@@ -95,7 +119,8 @@ def inject_anomalies(
     taken = np.zeros(len(altered), dtype=bool)
 
     target = int(round(rate * len(altered)))
-    labels: list[tuple[int, str, str]] = []
+    labels: list[tuple[int, str, str, float, int]] = []
+    episodes = 0
     per_kind = dict.fromkeys(kinds, 0)
     attempts = 0
     # Episodes never overlap, so each label is a row of its own.
@@ -106,7 +131,13 @@ def inject_anomalies(
         attempts += 1
         station = list(station_rows)[rng.integers(len(station_rows))]
         measure = measures[rng.integers(len(measures))]
+        # One magnitude keeps the random stream (and earlier evaluations) as it was.
+        magnitude = float(
+            magnitudes[int(rng.integers(len(magnitudes)))] if len(magnitudes) > 1 else magnitudes[0]
+        )
         low, high = _EPISODE_LENGTH[kind]
+        if kind in ("stuck", "dropout"):
+            low, high = max(1, round(low * magnitude)), max(1, round(high * magnitude))
         length = int(rng.integers(low, high + 1))
         rows = station_rows[station]
         if len(rows) < length + 1:
@@ -124,24 +155,28 @@ def inject_anomalies(
             sigma=float(sigma.loc[station, measure]),
             measure=contract.measure(measure),
             rng=rng,
+            magnitude=magnitude,
         )
         changed = ~np.isnan(column[episode]) & ~np.isnan(new) & (new != column[episode])
         if not changed.any():
             continue
         column[episode[changed]] = new[changed]
         taken[episode] = True
-        labels += [(int(row), measure, kind) for row in episode[changed]]
+        labels += [(int(row), measure, kind, magnitude, episodes) for row in episode[changed]]
         per_kind[kind] += int(changed.sum())
+        episodes += 1
 
     for m in measures:
         altered[m] = values[m]
-    label_rows = [row for row, _, _ in labels]
+    label_rows = [label[0] for label in labels]
     label_frame = pd.DataFrame(
         {
             key: altered[key].iloc[label_rows].to_numpy(),
             "event_time": altered["event_time"].iloc[label_rows].to_numpy(),
-            "measure": [m for _, m, _ in labels],
-            "kind": [k for _, _, k in labels],
+            "measure": [label[1] for label in labels],
+            "kind": [label[2] for label in labels],
+            "magnitude": np.array([label[3] for label in labels], dtype="float64"),
+            "episode": np.array([label[4] for label in labels], dtype="int64"),
         }
     )
     return altered, label_frame.sort_values([key, "event_time", "measure"], ignore_index=True)
@@ -155,13 +190,14 @@ def _episode_values(
     sigma: float,
     measure: Measure,
     rng: np.random.Generator,
+    magnitude: float = 1.0,
 ) -> np.ndarray:
     """The readings one episode of `kind` replaces `current` with, within the valid range."""
     if not np.isfinite(sigma) or sigma == 0:
         sigma = 1.0
     lo, hi = measure.valid_min, measure.valid_max
     if kind == "spike":
-        jump = rng.uniform(4, 8) * sigma * rng.choice([-1.0, 1.0])
+        jump = rng.uniform(4, 8) * magnitude * sigma * rng.choice([-1.0, 1.0])
         spiked = np.clip(current + jump, lo, hi)
         # Against a bound (100 % humidity) a spike goes the other way rather than hardly at all.
         if np.nansum(np.abs(spiked - current)) < abs(jump) / 2:
@@ -172,7 +208,7 @@ def _episode_values(
             return np.full_like(current, np.nan)
         return np.full_like(current, previous)
     if kind == "drift":
-        size = rng.uniform(2, 5) * sigma * rng.choice([-1.0, 1.0])
+        size = rng.uniform(2, 5) * magnitude * sigma * rng.choice([-1.0, 1.0])
         ramp = np.arange(1, len(current) + 1) / len(current)
         return np.clip(current + size * ramp, lo, hi)
     if kind == "dropout":
@@ -307,9 +343,259 @@ def _measure_columns(measure: str) -> list[str]:
     return [f"{measure}_{stat}" for stat in (*FEATURE_STATS, "flat")]
 
 
+# --- the detectors on hourly readings ----------------------------------------------------------
+
+_HOUR_NS = 3_600_000_000_000
+_LEVEL_HOURS = 3  # a reading's recent level: the median of the hours just before it
+_BASE_HOURS = 12  # and its level before that: the median of the 12 hours before it
+_DRIFT_SPANS = (2, 4, 8, 12)  # hours over which a level change is measured
+_MAX_RUN = 12  # stuck runs are counted up to this many repeats
+# Every score looks at most this far back; gold's history reaches 21 hours before a window.
+LOOKBACK_HOURS = max(_BASE_HOURS, max(_DRIFT_SPANS) + _LEVEL_HOURS - 1, _MAX_RUN)
+# A flat-hour rate seen in few hours of one hour of day leans on the station's all-day rate,
+# as if that had been seen this many times.
+_PRIOR_HOURS = 24.0
+HOURLY_DETECTORS = ("dropout", "stuck", "residual", "drift")
+_TAIL_QUANTILE = 0.999
+
+
+@dataclass
+class HourlyGrid:
+    """Hourly means on a regular grid: entities x hours x measures, NaN where nothing was seen.
+    The first hour is a multiple of 24, so column h is hour of day h % 24."""
+
+    entities: np.ndarray  # entity ids (str)
+    first_hour: int  # hours since the epoch
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, hourly: pd.DataFrame | None, key: str, measures: list[str]) -> HourlyGrid:
+        """From rows of key, `ds` (or `event_time`) and the measures; averaged per hour."""
+        if hourly is None or len(hourly) == 0:
+            return cls(np.array([], dtype=object), 0, np.zeros((0, 0, len(measures))))
+        time_column = "ds" if "ds" in hourly.columns else "event_time"
+        hours = naive_utc(hourly[time_column]).to_numpy("datetime64[ns]").view("int64") // _HOUR_NS
+        codes, entities = pd.factorize(hourly[key].astype(str).to_numpy())
+        first = int(hours.min()) // 24 * 24
+        span = (int(hours.max()) - first) // 24 * 24 + 24
+        sums = np.zeros((len(entities), span, len(measures)))
+        counts = np.zeros_like(sums)
+        at = hours - first
+        for j, m in enumerate(measures):
+            if m not in hourly.columns:
+                continue
+            column = pd.to_numeric(hourly[m], errors="coerce").to_numpy("float64", na_value=np.nan)
+            seen = np.isfinite(column)
+            np.add.at(sums[:, :, j], (codes[seen], at[seen]), column[seen])
+            np.add.at(counts[:, :, j], (codes[seen], at[seen]), 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cls(np.asarray(entities, dtype=object), first, sums / counts)
+
+
+def _shift(values: np.ndarray, hours: int) -> np.ndarray:
+    """values[:, h - hours] at h along the hour axis, NaN before the grid."""
+    shifted = np.full_like(values, np.nan)
+    shifted[:, hours:] = values[:, : values.shape[1] - hours]
+    return shifted
+
+
+def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per entity, hour and measure: the quantities the hourly detectors judge."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, as meant
+        shifted = [values, *(_shift(values, k) for k in range(1, _BASE_HOURS + 1))]
+        level = np.nanmedian(np.stack(shifted[1 : _LEVEL_HOURS + 1]), axis=0)
+        base = np.nanmedian(np.stack(shifted[1:]), axis=0)
+        # Levels as medians of 3 hours, so that one odd reading (a spike) some hours ago
+        # does not read as a level change now.
+        level3 = np.nanmedian(np.stack(shifted[:_LEVEL_HOURS]), axis=0)
+    repeat = values == _shift(values, 1)  # False where either is NaN
+    positions = np.arange(values.shape[1])[None, :, None]
+    last_change = np.maximum.accumulate(np.where(repeat, 0, positions), axis=1)
+    run = np.minimum(positions - last_change, _MAX_RUN)
+    return {
+        # Far from both: a reading returning to normal after an episode is far from the
+        # recent (anomalous) level only, and must not read as an anomaly of its own.
+        "residual": np.stack([values - level, values - base], axis=-1),
+        "drift": np.stack([values - _shift(level3, k) for k in _DRIFT_SPANS], axis=-1),
+        "run": run,
+    }
+
+
+def _center_scale(values: np.ndarray, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Median and a robust scale (1.4826 MAD, at least half the std: integer readings such as
+    hPa often have a MAD of 0) over `axis`, ignoring NaN."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, as meant
+        center = np.nanmedian(values, axis=axis, keepdims=True)
+        mad = 1.4826 * np.nanmedian(np.abs(values - center), axis=axis, keepdims=True)
+        std = np.nanstd(values, axis=axis, keepdims=True)
+    scale = np.fmax(mad, 0.5 * std)
+    return np.squeeze(center, axis), np.squeeze(np.where(scale > 0, scale, np.nan), axis)
+
+
+@dataclass
+class HourlyStats:
+    """What training says of each entity's hourly readings, by hour of day; the last row of
+    every array holds all entities pooled, for entities training never saw."""
+
+    entities: list[str]
+    measures: list[str]
+    floors: np.ndarray  # (M,) the contract's valid_min
+    residual: tuple[np.ndarray, np.ndarray]  # center, scale: (E+1, 24, M, 2)
+    drift: tuple[np.ndarray, np.ndarray]  # (E+1, 24, M, spans)
+    run_surprise: np.ndarray  # (E+1, 24, M, MAX_RUN + 1): -r log10 P(a repeat)
+    floor_surprise: np.ndarray  # (E+1, M): -log10 P(reading at the floor)
+    # The 99.9th percentile of each measure's residual and drift z in training: real series
+    # have tails of their own (pressure's glitches reach z ~ 36), so scores are in its units.
+    residual_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 2)))  # (E+1, M, 2)
+    drift_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 1)))  # (E+1, M, spans)
+
+    @classmethod
+    def fit(cls, grid: HourlyGrid, floors: np.ndarray, measures: list[str]) -> HourlyStats:
+        values = grid.values
+        signals = _hourly_signals(values)
+        entities, hours = values.shape[:2]
+        by_day = (entities, hours // 24, 24)  # hour of day on its own axis
+
+        def per_entity_and_pooled(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            days = array.reshape(by_day + array.shape[2:])
+            one = _center_scale(days, (1,))
+            pooled = _center_scale(days.reshape((1, -1) + days.shape[2:]), (1,))
+            center = np.concatenate([one[0], pooled[0]])
+            # Where an hour of day has no spread of its own, the entity's all-day one stands in.
+            return center, np.concatenate([one[1], pooled[1]])
+
+        observed = np.isfinite(values).reshape(by_day + values.shape[2:])
+        run = signals["run"].reshape(by_day + values.shape[2:])
+        runs = np.arange(_MAX_RUN + 1)
+        longer = np.stack([((run >= r) & observed).sum(axis=1) for r in runs[:2]], axis=-1)
+        counts = np.concatenate([longer, longer.sum(axis=0, keepdims=True)])  # (E+1, 24, M, R+1)
+        seen = np.concatenate([observed.sum(axis=1), observed.sum(axis=(0, 1))[None]])
+        all_day = (
+            counts.sum(axis=1, keepdims=True) / np.maximum(seen.sum(axis=1), 1)[:, None, :, None]
+        )
+        rate = (counts + _PRIOR_HOURS * all_day + 0.5) / (seen[..., None] + _PRIOR_HOURS + 1.0)
+        at_floor = (values <= floors) & np.isfinite(values)
+        floor_counts = np.concatenate([at_floor.sum(axis=1), at_floor.sum(axis=(0, 1))[None]])
+        observed_hours = np.concatenate(
+            [np.isfinite(values).sum(axis=1), np.isfinite(values).sum(axis=(0, 1))[None]]
+        )
+        stats = cls(
+            entities=[str(e) for e in grid.entities],
+            measures=measures,
+            floors=floors,
+            residual=_fill_scale(*per_entity_and_pooled(signals["residual"])),
+            drift=_fill_scale(*per_entity_and_pooled(signals["drift"])),
+            # r repeats as r independent ones: the surprise keeps growing with the run where
+            # training has no runs that long to count (a frozen thermometer for 8 hours).
+            run_surprise=runs * -np.log10(np.minimum(rate[..., 1:2], 1.0)),
+            floor_surprise=-np.log10((floor_counts + 0.5) / (observed_hours + 1.0)),
+        )
+        z = stats._z(grid)
+        stats.residual_tail = _tail(z["residual"])
+        stats.drift_tail = _tail(z["drift"])
+        return stats
+
+    def _z(self, grid: HourlyGrid) -> dict[str, np.ndarray]:
+        """Per entity, hour and measure (and span): each reading's residual and drift as
+        robust z-scores for its entity and hour of day, and its run of repeats."""
+        index = {e: i for i, e in enumerate(self.entities)}
+        rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
+        hour_of_day = np.arange(grid.values.shape[1]) % 24
+        at = (rows[:, None], hour_of_day[None, :])  # -> (E, H, ...)
+        signals = _hourly_signals(grid.values)
+        return {
+            "rows": rows,
+            "residual": np.abs(signals["residual"] - self.residual[0][at]) / self.residual[1][at],
+            "drift": np.abs(signals["drift"] - self.drift[0][at]) / self.drift[1][at],
+            "run": signals["run"],
+            "stuck": np.take_along_axis(
+                self.run_surprise[at], signals["run"].astype(int)[..., None], axis=-1
+            )[..., 0],
+        }
+
+    def scores(self, grid: HourlyGrid) -> dict[str, np.ndarray]:
+        """Per detector, an (entities x hours) score of each hour on the grid: its largest
+        over the measures, 0 where nothing was observed."""
+        if grid.values.size == 0:
+            return {d: np.zeros(grid.values.shape[:2]) for d in HOURLY_DETECTORS}
+        z = self._z(grid)
+        rows = z["rows"]
+        values = grid.values
+        dropout = np.where(values <= self.floors, self.floor_surprise[rows][:, None, :], 0.0)
+        residual = z["residual"] / self.residual_tail[rows][:, None]
+        drift = z["drift"] / self.drift_tail[rows][:, None]
+        per_measure = {
+            "dropout": dropout,
+            "stuck": z["stuck"],
+            "residual": np.fmin(residual[..., 0], residual[..., 1]),
+            # The largest level change over 2-12 hours, if the reading is still off the median
+            # of the 12 hours before: the way back after an episode is no drift of its own.
+            "drift": np.fmin(np.nanmax(np.nan_to_num(drift, nan=0.0), axis=-1), residual[..., 1]),
+        }
+        with np.errstate(invalid="ignore"):
+            return {
+                d: np.nan_to_num(np.nanmax(np.nan_to_num(s, nan=0.0), axis=-1, initial=0.0))
+                for d, s in per_measure.items()
+            }
+
+
+def _tail(z: np.ndarray) -> np.ndarray:
+    """Per entity (and pooled, last) the 99.9th percentile of z over hours; 1 where unknown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        one = np.nanquantile(z, _TAIL_QUANTILE, axis=1)
+        pooled = np.nanquantile(z.reshape((-1,) + z.shape[2:]), _TAIL_QUANTILE, axis=0)
+    tail = np.concatenate([one, pooled[None]])
+    tail = np.where(np.isnan(tail), pooled[None], tail)
+    return np.where(np.isfinite(tail) & (tail > 0), tail, 1.0)
+
+
+def _fill_scale(center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN centers become 0 and NaN scales the entity's typical scale (or the pooled one):
+    an hour of day training never saw still gets judged."""
+    center = np.nan_to_num(center, nan=0.0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, as meant
+        typical = np.nanmedian(scale, axis=1, keepdims=True)
+        typical = np.where(np.isnan(typical), typical[-1:], typical)
+    scale = np.where(np.isnan(scale), typical, scale)
+    return center, np.nan_to_num(scale, nan=1.0)
+
+
+def _window_hours(windows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each window's first and last hour (hours since the epoch)."""
+    start = naive_utc(windows["window_start"]).to_numpy("datetime64[ns]").view("int64")
+    end = naive_utc(windows["window_end"]).to_numpy("datetime64[ns]").view("int64")
+    return start // _HOUR_NS, (end - 1) // _HOUR_NS
+
+
+def _per_window(
+    hour_scores: np.ndarray, grid: HourlyGrid, windows: pd.DataFrame, key: str
+) -> np.ndarray:
+    """Each window's largest hourly score over the hours it covers (0 without history)."""
+    out = np.zeros(len(windows))
+    if grid.values.size == 0 or len(windows) == 0:
+        return out
+    index = {e: i for i, e in enumerate(grid.entities)}
+    rows = np.array([index.get(e, -1) for e in windows[key].astype(str)])
+    first, last = _window_hours(windows)
+    known = rows >= 0
+    for k in range(int((last - first).max()) + 1):
+        hour = np.minimum(first + k, last) - grid.first_hour
+        inside = known & (hour >= 0) & (hour < hour_scores.shape[1])
+        out[inside] = np.maximum(out[inside], hour_scores[rows[inside], hour[inside]])
+    return out
+
+
 @dataclass
 class AnomalyModel:
-    """One registered model version: per-station scaling, the forest and its threshold."""
+    """One registered model version: the forest with its per-station scaling, the hourly
+    statistics of the other detectors, and a threshold per detector.
+
+    `anomaly_score` is the largest detector score over its threshold, so `threshold` is 1.
+    """
 
     source: str
     key_field: str
@@ -317,23 +603,60 @@ class AnomalyModel:
     measures: list[str]
     station_stats: StationStats
     forest: Pipeline  # median imputation of NaN features, then IsolationForest
-    threshold: float
+    hourly_stats: HourlyStats | None  # None: fitted without hourly history (forest only)
+    thresholds: dict[str, float]  # per detector; inf: the detector never fires
     training_rows: int
+    threshold: float = 1.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    format_version: int = MODEL_FORMAT
 
     def design(self, features: pd.DataFrame) -> np.ndarray:
         """What the forest sees for each feature window."""
         frame = _with_flat(features, self.feature_columns, self.key_field)
         return _design(self.station_stats.standardise(frame, self.key_field), self.measures)
 
-    def score(self, features: pd.DataFrame) -> np.ndarray:
-        """Higher is more anomalous."""
-        if len(features) == 0:
-            return np.zeros(0)
-        return -self.forest.score_samples(self.design(features))
+    def detector_scores(
+        self, features: pd.DataFrame, hourly: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Each detector's raw score of each window (columns DETECTORS, rows as `features`).
 
-    def flag(self, features: pd.DataFrame) -> np.ndarray:
-        return self.score(features) >= self.threshold
+        `hourly`: the entities' hourly readings (key, `ds` or `event_time`, the measures)
+        covering each window and the LOOKBACK_HOURS before it; without them only the forest
+        scores (the hourly detectors say 0).
+        """
+        scores = pd.DataFrame(0.0, index=features.index, columns=list(DETECTORS))
+        if len(features) == 0:
+            return scores
+        scores["forest"] = -self.forest.score_samples(self.design(features))
+        if self.hourly_stats is not None and hourly is not None and len(hourly):
+            grid = HourlyGrid.of(hourly, self.key_field, self.hourly_stats.measures)
+            for detector, hour_scores in self.hourly_stats.scores(grid).items():
+                scores[detector] = _per_window(hour_scores, grid, features, self.key_field)
+        return scores
+
+    def combine(self, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The anomaly score (largest score / threshold) and, where it reaches 1, the first
+        detector in DETECTORS that fired (else None)."""
+        ratios = np.column_stack(
+            [scores[d].to_numpy() / self.thresholds.get(d, np.inf) for d in DETECTORS]
+        )
+        fired = ratios >= self.threshold
+        names = np.asarray(DETECTORS, dtype=object)[fired.argmax(axis=1)]
+        kind = np.asarray(np.where(fired.any(axis=1), names, None), dtype=object)
+        return ratios.max(axis=1), kind
+
+    def detect(
+        self, features: pd.DataFrame, hourly: pd.DataFrame | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's anomaly score and the detector that flagged it (None: not flagged)."""
+        return self.combine(self.detector_scores(features, hourly))
+
+    def score(self, features: pd.DataFrame, hourly: pd.DataFrame | None = None) -> np.ndarray:
+        """Higher is more anomalous; flagged from `threshold` (1) on."""
+        return self.detect(features, hourly)[0]
+
+    def flag(self, features: pd.DataFrame, hourly: pd.DataFrame | None = None) -> np.ndarray:
+        return self.score(features, hourly) >= self.threshold
 
     def save(self, directory: Path) -> None:
         """The model as `model.joblib` plus a `manifest.json` a human (or the registry) can read."""
@@ -342,7 +665,9 @@ class AnomalyModel:
         joblib.dump(self, directory / MODEL_FILE)
         manifest = {
             "source": self.source,
+            "format_version": self.format_version,
             "threshold": self.threshold,
+            "thresholds": {d: _json_number(t) for d, t in self.thresholds.items()},
             "feature_columns": self.feature_columns,
             "training_rows": self.training_rows,
             "stations": sorted(map(str, self.station_stats.mean.index)),
@@ -352,25 +677,48 @@ class AnomalyModel:
 
     @classmethod
     def load(cls, directory: Path) -> AnomalyModel:
+        """A saved model; one saved before the detectors (format 1) raises: retrain it."""
         directory = Path(directory)
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        if manifest.get("format_version") != MODEL_FORMAT:
+            raise PeriscopeError(
+                f"{directory} holds a {manifest.get('source')} anomaly model of format "
+                f"{manifest.get('format_version', 1)} (IsolationForest only); this Periscope reads "
+                f"format {MODEL_FORMAT}: retrain it with `periscope train --source "
+                f"{manifest.get('source')} --kind anomaly`"
+            )
         model = joblib.load(directory / MODEL_FILE)
         if not isinstance(model, cls):
             raise TypeError(f"{directory / MODEL_FILE} holds a {type(model).__name__}, not a model")
-        manifest = json.loads((directory / MANIFEST_FILE).read_text())
         if (manifest["source"], manifest["threshold"]) != (model.source, model.threshold):
             raise ValueError(f"{directory}: manifest and model disagree; save them together")
         return model
+
+
+def _json_number(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+# Before validation chooses them: the forest fires on 1 in 100 training windows (as it always
+# did), the hourly detectors on none, and never below these (a floor reading seen once in 100
+# hours is no news).
+_TRAIN_QUANTILE = {"forest": 0.99}
+_MIN_THRESHOLD = {"dropout": 2.0, "stuck": 2.0, "residual": 1.0, "drift": 1.0, "forest": 0.0}
 
 
 def fit_anomaly_model(
     train_features: pd.DataFrame,
     contract: SourceContract,
     *,
+    hourly: pd.DataFrame | None = None,
     n_estimators: int = 200,
     seed: int = 0,
 ) -> AnomalyModel:
-    """An IsolationForest on clean training windows; threshold at the 99th training percentile.
+    """The forest on clean training windows, and the hourly detectors' statistics of the
+    training hours (`hourly`: key, `ds` or `event_time`, the measures; None: forest only).
 
+    Each threshold starts at the 99.9th percentile of its detector's training scores;
+    `choose_thresholds` on injected validation windows is what training runs do next.
     Uses reading_count and every per-measure stat that training ever saw (a column entirely
     NaN in training, e.g. wind_direction before 2016, says nothing).
     """
@@ -386,6 +734,11 @@ def fit_anomaly_model(
             ("forest", IsolationForest(n_estimators=n_estimators, random_state=seed)),
         ]
     )
+    hourly_stats = None
+    if hourly is not None and len(hourly):
+        watched = list(contract.anomaly_measures)
+        floors = np.array([contract.measure(m).valid_min for m in watched])
+        hourly_stats = HourlyStats.fit(HourlyGrid.of(hourly, key, watched), floors, watched)
     model = AnomalyModel(
         source=contract.name,
         key_field=key,
@@ -393,26 +746,112 @@ def fit_anomaly_model(
         measures=measures,
         station_stats=stats,
         forest=forest,
-        threshold=float("inf"),
+        hourly_stats=hourly_stats,
+        thresholds={},
         training_rows=len(train_features),
         metadata={"window_size": contract.window.size, "window_slide": contract.window.slide},
     )
     forest.fit(model.design(train_features))
-    model.threshold = float(np.quantile(model.score(train_features), 0.99))
+    scores = model.detector_scores(train_features, hourly)
+    model.thresholds = {
+        d: max(float(np.quantile(scores[d], _TRAIN_QUANTILE.get(d, 1.0))), _MIN_THRESHOLD[d])
+        if d == "forest" or hourly_stats is not None
+        else float("inf")
+        for d in DETECTORS
+    }
     return model
 
 
 # --- evaluation ------------------------------------------------------------------------------
 
 
-def choose_threshold(model: AnomalyModel, features: pd.DataFrame, is_anomaly: Any) -> float:
-    """The score threshold with the best F1 on labelled (validation) windows."""
+def choose_thresholds(
+    scores: pd.DataFrame,
+    is_anomaly: Any,
+    *,
+    max_false_alarm: float = 0.005,
+    candidates: int = 200,
+    max_steps: int = 30,
+) -> dict[str, float]:
+    """Per-detector thresholds with the best F1 of the combined flag on labelled (validation)
+    windows, flagging at most `max_false_alarm` of the clean ones.
+
+    Starts from the best of a budget shared equally (each detector at the same false-alarm
+    rate on clean windows), then best-improvement ascent: each step moves the one threshold
+    (to a quantile of its detector's scores, or off) that raises F1 most given the others'.
+    Ascent from every detector off let the first detector spend the false-alarm budget on a
+    sliver of recall that the others would have bought many times over.
+    """
     truth = np.asarray(is_anomaly, dtype=bool)
     if not truth.any():
-        raise ValueError("choosing a threshold needs at least one anomalous window")
-    precision, recall, thresholds = precision_recall_curve(truth, model.score(features))
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+        raise ValueError("choosing thresholds needs at least one anomalous window")
+    clean_total = max(int((~truth).sum()), 1)
+    detectors = list(scores.columns)
+    values = {d: scores[d].to_numpy(dtype="float64") for d in detectors}
+    options = {d: _threshold_options(values[d], candidates) for d in detectors}
+    thresholds = dict.fromkeys(detectors, float("inf"))
+    best_f1 = 0.0
+    clean = ~truth
+    for rate in np.geomspace(max_false_alarm / 100, max_false_alarm, 20):
+        shared = {d: _above(values[d][clean], 1 - rate) for d in detectors}
+        flags = np.column_stack([values[d] >= shared[d] for d in detectors]).any(axis=1)
+        shared_f1 = detection_metrics(truth, flags)["f1"]
+        if (flags & clean).sum() / clean_total <= max_false_alarm and shared_f1 > best_f1:
+            thresholds, best_f1 = shared, shared_f1
+    for _ in range(max_steps):
+        step: tuple[float, str, float] | None = None
+        for d in detectors:
+            f1 = _f1_by_threshold(
+                values, thresholds, d, options[d], truth, clean_total, max_false_alarm
+            )
+            i = int(np.argmax(f1))
+            if f1[i] > best_f1 + 1e-9 and (step is None or f1[i] > step[0]):
+                step = (float(f1[i]), d, float(options[d][i]))
+        if step is None:
+            break
+        best_f1, d, thresholds[d] = step
+    return thresholds
+
+
+def _above(clean_scores: np.ndarray, quantile: float) -> float:
+    """A threshold just above the given quantile of clean scores (and above 0)."""
+    if len(clean_scores) == 0:
+        return float("inf")
+    return float(np.nextafter(max(float(np.quantile(clean_scores, quantile)), 0.0), np.inf))
+
+
+def _threshold_options(values: np.ndarray, candidates: int) -> np.ndarray:
+    """Quantiles of a detector's scores above 0 (a threshold divides scores), and off."""
+    grid = (
+        np.unique(np.quantile(values, np.linspace(0.5, 1.0, candidates))) if len(values) else values
+    )
+    return np.r_[grid[grid > 0], np.inf]
+
+
+def _f1_by_threshold(
+    values: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    detector: str,
+    options: np.ndarray,
+    truth: np.ndarray,
+    clean_total: int,
+    max_false_alarm: float,
+) -> np.ndarray:
+    """F1 of the combined flag for each option of one detector's threshold, the others kept;
+    -1 where the false alarms exceed the budget."""
+    others = np.zeros(len(truth), dtype=bool)
+    for o, t in thresholds.items():
+        if o != detector:
+            others |= values[o] >= t
+    open_ = ~others  # windows only this detector can still flag
+    s = values[detector][open_]
+    positives = np.sort(s[truth[open_]])
+    negatives = np.sort(s[~truth[open_]])
+    tp = int((others & truth).sum()) + len(positives) - np.searchsorted(positives, options)
+    fp = int((others & ~truth).sum()) + len(negatives) - np.searchsorted(negatives, options)
+    fn = int(truth.sum()) - tp
+    f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    return np.where(fp / clean_total <= max_false_alarm, f1, -1.0)
 
 
 def detection_metrics(is_anomaly: Any, flagged: Any) -> dict[str, float]:
@@ -436,15 +875,13 @@ def detection_metrics(is_anomaly: Any, flagged: Any) -> dict[str, float]:
     }
 
 
-def evaluate_by_kind(
-    model: AnomalyModel, features: pd.DataFrame, labels_per_window_kind: pd.DataFrame
-) -> pd.DataFrame:
+def evaluate_by_kind(flagged: Any, labels_per_window_kind: pd.DataFrame) -> pd.DataFrame:
     """Recall per anomaly kind, plus the flag rate on clean windows (the false-positive rate).
 
-    `labels_per_window_kind` has one boolean column per kind aligned with `features`
+    `labels_per_window_kind` has one boolean column per kind aligned with the flags
     (see `label_windows_by_kind`). A window holding two kinds counts for both.
     """
-    flags = model.flag(features)
+    flags = np.asarray(flagged, dtype=bool)
     kinds = labels_per_window_kind.to_numpy(dtype=bool)
     rows = []
     for i, kind in enumerate(labels_per_window_kind.columns):
@@ -455,3 +892,32 @@ def evaluate_by_kind(
     false_alarms = int((flags & clean).sum())
     rows.append(("clean", int(clean.sum()), false_alarms, false_alarms / max(int(clean.sum()), 1)))
     return pd.DataFrame(rows, columns=["kind", "windows", "flagged", "flag_rate"]).set_index("kind")
+
+
+def episode_recall(
+    features: pd.DataFrame, flagged: Any, labels: pd.DataFrame, contract: SourceContract
+) -> pd.DataFrame:
+    """Per injected episode (`inject_anomalies` labels): its kind, magnitude, and whether any
+    window holding one of its readings was flagged (what an operator sees as "caught")."""
+    key = contract.key_field
+    flags = np.asarray(flagged, dtype=bool)
+    episodes = labels.groupby("episode").agg(
+        entity=(key, "first"),
+        first=("event_time", "min"),
+        last=("event_time", "max"),
+        kind=("kind", "first"),
+        magnitude=("magnitude", "first"),
+    )
+    caught = np.zeros(len(episodes), dtype=bool)
+    starts = naive_utc(features["window_start"]).to_numpy()
+    ends = naive_utc(features["window_end"]).to_numpy()
+    entities = features[key].astype(str).to_numpy()
+    first = naive_utc(episodes["first"]).to_numpy()
+    last = naive_utc(episodes["last"]).to_numpy()
+    for entity in np.unique(episodes["entity"].astype(str)):
+        mine = np.flatnonzero(episodes["entity"].astype(str).to_numpy() == entity)
+        hit = flags & (entities == entity)
+        hit_starts, hit_ends = starts[hit], ends[hit]
+        for i in mine:  # few episodes per entity; each a vectorised test over its flags
+            caught[i] = bool(((hit_starts <= last[i]) & (hit_ends > first[i])).any())
+    return episodes.assign(caught=caught).reset_index()

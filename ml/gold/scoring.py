@@ -277,7 +277,9 @@ def score_windows(
     both; times are UTC and `forecasts` is an Arrow list column (`to_arrow` writes it as is).
 
     - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
-      window nobody checked never reads as normal.
+      window nobody checked never reads as normal. anomaly_kind: the detector that flagged
+      it (dropout, stuck, residual, drift, forest; null when not flagged). The hourly
+      detectors read `hourly`'s measure means of the LOOKBACK_HOURS before each window.
     - forecasts: for each (station, measure) the bundle knows, horizons 1..horizon_hours
       from forecast_origin, measure by measure; empty for a station it does not know, or
       without a forecast model.
@@ -286,12 +288,14 @@ def score_windows(
     windows = _windows(features, key)
     n = len(windows)
     if models.anomaly is not None and n:
-        score = models.anomaly.score(windows)
+        score, kind = models.anomaly.detect(windows, hourly)
         anomaly_score = pd.Series(score, dtype="float64")
         is_anomaly = pd.Series(score >= models.anomaly.threshold, dtype="boolean")
+        anomaly_kind = pd.Series(kind, dtype=object)
     else:
         anomaly_score = pd.Series(np.full(n, np.nan))
         is_anomaly = pd.Series(pd.NA, index=range(n), dtype="boolean")
+        anomaly_kind = pd.Series([None] * n, dtype=object)
     origins = _origins(windows)
     return pd.DataFrame(
         {
@@ -300,6 +304,7 @@ def score_windows(
             "window_end": windows["window_end"],
             "anomaly_score": anomaly_score,
             "is_anomaly": is_anomaly,
+            "anomaly_kind": anomaly_kind,
             "forecast_origin": utc(_naive_hours(origins)),
             "forecasts": pd.Series(
                 pd.arrays.ArrowExtensionArray(

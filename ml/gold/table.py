@@ -45,6 +45,7 @@ _GOLD_FIELDS = [
     pa.field("window_end", _TIMESTAMP, nullable=False),
     pa.field("anomaly_score", pa.float64()),  # null: no anomaly model
     pa.field("is_anomaly", pa.bool_()),
+    pa.field("anomaly_kind", pa.string()),  # the detector that flagged it; null: not flagged
     pa.field("forecast_origin", _TIMESTAMP, nullable=False),
     pa.field("forecasts", FORECAST_TYPE, nullable=False),  # empty: nothing to forecast
     pa.field("forecast_model", pa.string()),

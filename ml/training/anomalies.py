@@ -1,14 +1,18 @@
-"""Anomaly training: one IsolationForest per source on silver feature windows.
+"""Anomaly training: the detectors of `ml.anomaly` per source, on silver feature windows and
+the hourly readings of the train part.
 
-Its threshold is chosen on validation windows with injected anomalies, and it is judged on
-test windows with other injections.
+Their thresholds are chosen on validation windows with injected anomalies (every kind, several
+magnitudes, injected `VALIDATION_REPEATS` times with different seeds so that even a week holds
+hundreds of episodes), and they are judged on test windows with other injections.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from ml import anomaly, forecast
@@ -18,7 +22,22 @@ from ml.windows import window_features
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 
-__all__ = ["AnomalyOutcome", "anomaly_test_set", "compare_anomaly", "train_anomaly"]
+__all__ = [
+    "MAGNITUDES",
+    "VALIDATION_REPEATS",
+    "AnomalyOutcome",
+    "InjectedSet",
+    "anomaly_test_set",
+    "compare_anomaly",
+    "injected_sets",
+    "set_scores",
+    "train_anomaly",
+]
+
+# Injected episodes at half, once and twice the default size (spikes of 2-4, 4-8 and 8-16
+# sigma; stuck sensors of 2-4, 4-8 and 8-16 hours).
+MAGNITUDES = (0.5, 1.0, 2.0)
+VALIDATION_REPEATS = 10
 
 
 @dataclass
@@ -29,6 +48,16 @@ class AnomalyOutcome:
     seconds: float
 
 
+@dataclass
+class InjectedSet:
+    """Real observations of a span with injected anomalies, their windows and labels."""
+
+    observations: pd.DataFrame  # what the hourly detectors read as the entities' history
+    features: pd.DataFrame
+    truth: pd.Series  # per window: holds an altered reading
+    labels: pd.DataFrame  # per altered reading (`inject_anomalies`)
+
+
 def anomaly_test_set(
     hourly: pd.DataFrame,
     contract: SourceContract,
@@ -37,17 +66,48 @@ def anomaly_test_set(
     *,
     rate: float,
     seed: int,
-) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    magnitudes: Sequence[float] = MAGNITUDES,
+) -> InjectedSet:
     """Feature windows of real observations in [start, end) with injected anomalies, labelled."""
     observations = observations_between(hourly, start, end)
     if observations.empty:
         raise PeriscopeError(f"no {contract.name} observations between {start} and {end}")
-    injected, labels = anomaly.inject_anomalies(observations, contract, rate=rate, seed=seed)
+    injected, labels = anomaly.inject_anomalies(
+        observations, contract, rate=rate, seed=seed, magnitudes=magnitudes
+    )
     features = window_features(injected, anomaly.anomaly_contract(contract))
     # Windows hanging over the edges hold readings from outside the period: leave them out.
     inside = (features["window_start"] >= start) & (features["window_end"] <= end)
     features = features[inside].reset_index(drop=True)
-    return features, anomaly.label_windows(features, labels, contract), labels
+    truth = anomaly.label_windows(features, labels, contract)
+    return InjectedSet(injected, features, truth, labels)
+
+
+def injected_sets(
+    hourly: pd.DataFrame,
+    contract: SourceContract,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    *,
+    rate: float,
+    seed: int,
+    repeats: int,
+    magnitudes: Sequence[float] = MAGNITUDES,
+) -> list[InjectedSet]:
+    """`repeats` independent injections into the same span (seeds seed, seed + 1000, ...)."""
+    return [
+        anomaly_test_set(
+            hourly, contract, start, end, rate=rate, seed=seed + 1000 * r, magnitudes=magnitudes
+        )
+        for r in range(repeats)
+    ]
+
+
+def set_scores(model: anomaly.AnomalyModel, sets: Sequence[InjectedSet]) -> pd.DataFrame:
+    """Every detector's score of every window of the sets, one after the other."""
+    return pd.concat(
+        [model.detector_scores(s.features, s.observations) for s in sets], ignore_index=True
+    )
 
 
 def train_anomaly(
@@ -57,22 +117,27 @@ def train_anomaly(
     contract: SourceContract,
     config: TrainConfig,
 ) -> AnomalyOutcome:
-    """Fit on clean train windows (on Ray), threshold on injected validation, metrics on test."""
+    """Fit on clean train windows and hours (on Ray), thresholds on injected validation,
+    metrics on injected test."""
     import ray
 
     started = time.perf_counter()
+    train_hours = hourly[(hourly["ds"] >= split.train_start) & (hourly["ds"] < split.train_end)]
     fit = ray.remote(num_cpus=1)(_fit_anomaly_model)
-    model = ray.get(fit.remote(train_features, contract, config.anomaly_estimators))
-    val_features, val_truth, _ = anomaly_test_set(
+    model = ray.get(fit.remote(train_features, train_hours, contract, config.anomaly_estimators))
+    validation = injected_sets(
         hourly,
         contract,
         split.train_end,
         split.validation_end,
         rate=config.anomaly_rate,
         seed=config.anomaly_seed,
+        repeats=VALIDATION_REPEATS,
     )
-    model.threshold = anomaly.choose_threshold(model, val_features, val_truth)
-    test_features, test_truth, test_labels = anomaly_test_set(
+    model.thresholds = anomaly.choose_thresholds(
+        set_scores(model, validation), np.concatenate([s.truth for s in validation])
+    )
+    test = anomaly_test_set(
         hourly,
         contract,
         split.validation_end,
@@ -80,26 +145,26 @@ def train_anomaly(
         rate=config.anomaly_rate,
         seed=config.anomaly_seed + 1,
     )
-    metrics = anomaly.detection_metrics(test_truth, model.flag(test_features))
+    flags = model.flag(test.features, test.observations)
+    metrics = anomaly.detection_metrics(test.truth, flags)
     by_kind = anomaly.evaluate_by_kind(
-        model, test_features, anomaly.label_windows_by_kind(test_features, test_labels, contract)
+        flags, anomaly.label_windows_by_kind(test.features, test.labels, contract)
     )
     return AnomalyOutcome(model, metrics, by_kind, time.perf_counter() - started)
 
 
 def _fit_anomaly_model(
-    features: pd.DataFrame, contract: SourceContract, estimators: int
+    features: pd.DataFrame, hourly: pd.DataFrame, contract: SourceContract, estimators: int
 ) -> anomaly.AnomalyModel:
-    return anomaly.fit_anomaly_model(features, contract, n_estimators=estimators, seed=0)
+    return anomaly.fit_anomaly_model(
+        features, contract, hourly=hourly, n_estimators=estimators, seed=0
+    )
 
 
 def compare_anomaly(
-    challenger: anomaly.AnomalyModel,
-    champion: anomaly.AnomalyModel,
-    test_features: pd.DataFrame,
-    truth: pd.Series,
+    challenger: anomaly.AnomalyModel, champion: anomaly.AnomalyModel, test: InjectedSet
 ) -> tuple[float, float]:
-    """(challenger, champion) F1 on the same labelled test windows, each at its own threshold."""
-    ours = anomaly.detection_metrics(truth, challenger.flag(test_features))["f1"]
-    theirs = anomaly.detection_metrics(truth, champion.flag(test_features))["f1"]
-    return float(ours), float(theirs)
+    """(challenger, champion) F1 on the same labelled test windows, each at its own thresholds."""
+    ours = anomaly.detection_metrics(test.truth, challenger.flag(test.features, test.observations))
+    theirs = anomaly.detection_metrics(test.truth, champion.flag(test.features, test.observations))
+    return float(ours["f1"]), float(theirs["f1"])

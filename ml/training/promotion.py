@@ -92,7 +92,7 @@ def _compare_and_decide(
             "relative MAE",
             lower_is_better=True,
         )
-    features, truth, _ = anomaly_test_set(
+    test = anomaly_test_set(
         lake_hourly,
         get_contract(source),
         split.validation_end,
@@ -100,9 +100,7 @@ def _compare_and_decide(
         rate=anomaly_rate,
         seed=anomaly_seed + 1,
     )
-    ours, theirs = compare_anomaly(
-        challenger, anomaly.AnomalyModel.load(champion_dir), features, truth
-    )
+    ours, theirs = compare_anomaly(challenger, anomaly.AnomalyModel.load(champion_dir), test)
     return promote_if_better(
         registry, source, kind, info, champion_info, ours, theirs, "F1", lower_is_better=False
     )

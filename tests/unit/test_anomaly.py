@@ -12,7 +12,7 @@ from ingest.datasets import read_weather
 from ml.anomaly import (
     ANOMALY_KINDS,
     AnomalyModel,
-    choose_threshold,
+    choose_thresholds,
     detection_metrics,
     evaluate_by_kind,
     fit_anomaly_model,
@@ -154,27 +154,30 @@ def test_label_windows_marks_each_window_holding_an_altered_reading():
 def evaluation(weather):
     """Six clean weeks to train on, then two injected weeks to tune on and two to test on."""
     start = "2013-03-01"
-    train = window_features(_weeks(weather, start, 6), WEATHER)
-    model = fit_anomaly_model(train, WEATHER, seed=0)
+    train_hours = _weeks(weather, start, 6)
+    train = window_features(train_hours, WEATHER)
+    model = fit_anomaly_model(train, WEATHER, hourly=train_hours, seed=0)
 
     def injected(after: int, seed: int):
         observations, labels = inject_anomalies(
             _weeks(weather, start, 2, after=after), WEATHER, rate=0.05, seed=seed
         )
         features = window_features(observations, WEATHER)
-        return features, labels, label_windows(features, labels, WEATHER)
+        return features, observations, labels, label_windows(features, labels, WEATHER)
 
-    validation, _, validation_truth = injected(6, seed=1)
-    model.threshold = choose_threshold(model, validation, validation_truth)
-    test, test_labels, test_truth = injected(8, seed=2)
-    return model, test, test_labels, test_truth
+    validation, validation_hours, _, validation_truth = injected(6, seed=1)
+    model.thresholds = choose_thresholds(
+        model.detector_scores(validation, validation_hours), validation_truth
+    )
+    test, test_hours, test_labels, test_truth = injected(8, seed=2)
+    return model, test, test_hours, test_labels, test_truth
 
 
 def test_injected_spikes_are_flagged_on_unseen_weeks(evaluation):
-    model, test, labels, truth = evaluation
-    flagged = model.flag(test)
+    model, test, hours, labels, truth = evaluation
+    flagged = model.flag(test, hours)
     metrics = detection_metrics(truth, flagged)
-    by_kind = evaluate_by_kind(model, test, label_windows_by_kind(test, labels, WEATHER))
+    by_kind = evaluate_by_kind(flagged, label_windows_by_kind(test, labels, WEATHER))
 
     assert by_kind.loc["spike", "windows"] >= 10
     false_positive_rate = by_kind.loc["clean", "flag_rate"]
@@ -198,17 +201,21 @@ def test_detection_metrics_counts():
 
 
 def test_unknown_stations_fall_back_to_global_statistics(evaluation):
-    model, test, _, _ = evaluation
+    model, test, hours, _, _ = evaluation
     renamed = test.assign(station_id="nowhere")
-    scores = model.score(renamed)
-    assert np.isfinite(scores).all()
-    assert not np.allclose(scores, model.score(test))
+    scores = model.detector_scores(renamed, hours.assign(station_id="nowhere"))
+    assert np.isfinite(scores.to_numpy()).all()
+    assert (scores[["residual", "drift", "stuck"]] > 0).any().all()
+    assert not np.allclose(scores["forest"], model.detector_scores(test, hours)["forest"])
 
 
 def test_saved_model_loads_with_identical_scores(evaluation, tmp_path):
-    model, test, _, _ = evaluation
+    model, test, hours, _, _ = evaluation
     model.save(tmp_path / "anomaly")
     loaded = AnomalyModel.load(tmp_path / "anomaly")
-    np.testing.assert_array_equal(loaded.score(test), model.score(test))
-    assert loaded.threshold == model.threshold
+    pd.testing.assert_frame_equal(
+        loaded.detector_scores(test, hours), model.detector_scores(test, hours)
+    )
+    np.testing.assert_array_equal(loaded.detect(test, hours)[1], model.detect(test, hours)[1])
+    assert loaded.thresholds == model.thresholds
     assert loaded.feature_columns == model.feature_columns

@@ -82,6 +82,7 @@ def _rows(stations: list[str], starts: list[datetime], version: int = 1) -> pa.T
             "window_end": [s + timedelta(minutes=5) for s in starts],
             "anomaly_score": [0.1 * i for i in range(n)],
             "is_anomaly": [False] * n,
+            "anomaly_kind": [None] * n,
             "forecast_origin": starts,
             "forecasts": [[f] for f in forecast],
             "forecast_model": ["weather_forecast"] * n,

@@ -1,0 +1,201 @@
+"""Anomaly detection on months the model never saw: injected episodes, per kind and magnitude.
+
+Trains the detectors on a span of the shared history, chooses their thresholds on the next
+span (injected anomalies, every kind at magnitudes 0.5, 1 and 2, `--repeats` independent
+injections), and tests on the span after that, with other injections. Prints, per detector
+alone and combined: window-level precision / recall / F1, the false-alarm rate on clean
+windows, recall per kind and magnitude (windows, and episodes with at least one flagged
+window). Reads the shared data directly (no lake, no Ray).
+
+    python bench/anomaly_eval.py --source weather
+    python bench/anomaly_eval.py --source weather --stations denver boston --repeats 2
+    python bench/anomaly_eval.py --source air_quality --test-days 60 --validation-days 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import track
+
+from ml import anomaly
+from ml.training.anomalies import MAGNITUDES, InjectedSet, injected_sets, set_scores
+from ml.windows import window_features
+from periscope.contracts import SourceContract, get_contract
+
+DATA_DIR = Path("/work/shared/data")
+
+
+def hourly_history(contract: SourceContract, stations: list[str] | None) -> pd.DataFrame:
+    """The source's real history as hourly rows: key, ds (naive UTC), the measures."""
+    frame = contract.dataset_reader().read(DATA_DIR, entities=stations).to_pandas()
+    time_column = "timestamp" if "timestamp" in frame.columns else contract.event_time_field
+    frame["ds"] = pd.to_datetime(frame[time_column], utc=True).dt.tz_localize(None).dt.floor("h")
+    hourly = frame.groupby([contract.key_field, "ds"], as_index=False)[
+        list(contract.measure_names)
+    ].mean()
+    for m in contract.measure_names:  # sentinels and out-of-range readings are silver's rejects
+        measure = contract.measure(m)
+        hourly[m] = hourly[m].where(hourly[m].between(measure.valid_min, measure.valid_max))
+    return hourly
+
+
+def spans(
+    hourly: pd.DataFrame, args: argparse.Namespace
+) -> dict[str, tuple[pd.Timestamp, pd.Timestamp]]:
+    end = pd.Timestamp(args.test_end) if args.test_end else hourly["ds"].max().floor("D")
+    day = pd.Timedelta(days=1)
+    test_start = end - args.test_days * day
+    validation_start = test_start - args.validation_days * day
+    return {
+        "train": (validation_start - args.train_days * day, validation_start),
+        "validation": (validation_start, test_start),
+        "test": (test_start, end),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="weather", help="weather or air_quality")
+    parser.add_argument("--stations", nargs="*", help="Entities to use (default: all).")
+    parser.add_argument("--train-days", type=float, default=120.0)
+    parser.add_argument("--validation-days", type=float, default=30.0)
+    parser.add_argument("--test-days", type=float, default=60.0)
+    parser.add_argument("--test-end", help="End of the test span (default: end of the data).")
+    parser.add_argument("--rate", type=float, default=0.02, help="Share of readings altered.")
+    parser.add_argument("--repeats", type=int, default=5, help="Injections per span.")
+    parser.add_argument("--max-false-alarm", type=float, default=0.005)
+    parser.add_argument("--estimators", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    contract = get_contract(args.source)
+    started = time.perf_counter()
+    hourly = hourly_history(contract, args.stations)
+    parts = spans(hourly, args)
+    print(
+        f"{args.source}: {hourly[contract.key_field].nunique()} entities; "
+        + "; ".join(f"{name} {a:%Y-%m-%d} .. {b:%Y-%m-%d}" for name, (a, b) in parts.items())
+    )
+
+    train_start, train_end = parts["train"]
+    train_hours = hourly[(hourly["ds"] >= train_start) & (hourly["ds"] < train_end)]
+    train_observations = train_hours.rename(columns={"ds": "event_time"})
+    train_features = window_features(train_observations, anomaly.anomaly_contract(contract))
+    train_features = train_features[train_features["window_end"] <= train_end]
+    model = anomaly.fit_anomaly_model(
+        train_features, contract, hourly=train_hours, n_estimators=args.estimators, seed=0
+    )
+    print(f"trained on {len(train_features):,} windows in {time.perf_counter() - started:.0f} s")
+
+    def injected(name: str, seed: int) -> tuple[list[InjectedSet], pd.DataFrame]:
+        a, b = parts[name]
+        sets = []
+        for r in track(range(args.repeats), description=f"injecting {name}"):
+            sets += injected_sets(hourly, contract, a, b, rate=args.rate, seed=seed + r, repeats=1)
+        return sets, set_scores(model, sets)
+
+    validation, validation_scores = injected("validation", args.seed)
+    validation_truth = np.concatenate([s.truth for s in validation])
+    model.thresholds = anomaly.choose_thresholds(
+        validation_scores, validation_truth, max_false_alarm=args.max_false_alarm
+    )
+    print(
+        "thresholds (validation): " + ", ".join(f"{d} {t:.3g}" for d, t in model.thresholds.items())
+    )
+    report(model, validation, validation_scores, contract, "validation", brief=True)
+    test, test_scores = injected("test", args.seed + 10_000)
+    report(model, test, test_scores, contract, "test", brief=False)
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def report(
+    model: anomaly.AnomalyModel,
+    sets: list[InjectedSet],
+    scores: pd.DataFrame,
+    contract: SourceContract,
+    name: str,
+    *,
+    brief: bool,
+) -> None:
+    """Print the figures of one injected span."""
+    truth = np.concatenate([s.truth for s in sets])
+    clean = ~truth
+    episodes = sum(s.labels["episode"].nunique() for s in sets)
+    print(
+        f"\n== {name}: {len(truth):,} windows, {int(truth.sum()):,} anomalous, {episodes:,} episodes"
+    )
+    combined, kinds = model.combine(scores)
+    flags = {d: scores[d].to_numpy() >= model.thresholds[d] for d in anomaly.DETECTORS}
+    flags["combined"] = combined >= model.threshold
+    print(f"{'detector':<10} {'precision':>9} {'recall':>7} {'F1':>6} {'false alarms':>13}")
+    for detector, flagged in flags.items():
+        m = anomaly.detection_metrics(truth, flagged)
+        far = (flagged & clean).sum() / max(clean.sum(), 1)
+        print(
+            f"{detector:<10} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {far:>12.3%}"
+        )
+    if brief:
+        return
+
+    # Recall per kind and magnitude: of windows holding such a reading, and of episodes.
+    rows = []
+    episode_rows = []
+    offset = 0
+    for s in sets:
+        n = len(s.features)
+        flagged = flags["combined"][offset : offset + n]
+        for magnitude in MAGNITUDES:
+            part = s.labels[s.labels["magnitude"] == magnitude]
+            by_window = anomaly.label_windows_by_kind(s.features, part, contract)
+            for kind in anomaly.ANOMALY_KINDS:
+                holds = by_window[kind].to_numpy()
+                rows.append((kind, magnitude, int(holds.sum()), int((holds & flagged).sum())))
+        caught = anomaly.episode_recall(s.features, flagged, s.labels, contract)
+        caught["measure"] = caught["episode"].map(s.labels.groupby("episode")["measure"].first())
+        episode_rows.append(caught)
+        offset += n
+    windows = pd.DataFrame(rows, columns=["kind", "magnitude", "windows", "found"])
+    caught = pd.concat(episode_rows, ignore_index=True)
+    print("\nrecall of the combined flag (windows holding an altered reading; episodes caught)")
+    print(
+        f"{'kind':<8} {'magnitude':>9} {'windows':>8} {'recall':>7} {'episodes':>9} {'recall':>7}"
+    )
+    for kind in anomaly.ANOMALY_KINDS:
+        for magnitude in [*MAGNITUDES, 0.0]:  # 0: all magnitudes
+            w = windows[(windows["kind"] == kind)]
+            e = caught[caught["kind"] == kind]
+            if magnitude:
+                w, e = w[w["magnitude"] == magnitude], e[e["magnitude"] == magnitude]
+            w_total, w_found = int(w["windows"].sum()), int(w["found"].sum())
+            print(
+                f"{kind:<8} {magnitude or 'all'!s:>9} {w_total:>8} {w_found / max(w_total, 1):>7.3f} "
+                f"{len(e):>9} {e['caught'].sum() / max(len(e), 1):>7.3f}"
+            )
+    print(
+        f"all episodes: {int(caught['caught'].sum())} of {len(caught)} caught "
+        f"({caught['caught'].mean():.3f})"
+    )
+    by_measure = caught.pivot_table(
+        index="measure", columns="kind", values="caught", aggfunc="mean"
+    )
+    print("\nepisode recall by measure (rows) and kind (columns)")
+    print(by_measure.round(3).to_string())
+    # Which detector named the flagged anomalous windows, by kind injected.
+    named = pd.Series(kinds[flags["combined"] & truth], dtype=object).value_counts()
+    print(
+        "\nflagged anomalous windows by detector: "
+        + ", ".join(f"{d} {n}" for d, n in named.items())
+    )
+    false = pd.Series(kinds[flags["combined"] & clean], dtype=object).value_counts()
+    print(
+        "false alarms by detector: " + (", ".join(f"{d} {n}" for d, n in false.items()) or "none")
+    )
+
+
+if __name__ == "__main__":
+    main()

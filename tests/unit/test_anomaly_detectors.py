@@ -1,0 +1,220 @@
+"""Each anomaly detector on a tiny synthetic series: it fires on its own kind, not on a clean
+day, the combined flag names it, and gold writes that name; thresholds, saving, old models."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.anomaly import (
+    DETECTORS,
+    AnomalyModel,
+    choose_thresholds,
+    episode_recall,
+    fit_anomaly_model,
+    inject_anomalies,
+)
+from ml.gold.scoring import LoadedModels, score_windows
+from ml.windows import window_features
+from periscope.contracts import get_contract
+from periscope.errors import PeriscopeError
+
+WEATHER = get_contract("weather")
+STATIONS = ["a", "b"]
+TRAIN_DAYS = 28
+START = pd.Timestamp("2024-01-01")
+
+
+def _hours(days: int, start: pd.Timestamp, seed: int) -> pd.DataFrame:
+    """Hourly readings with a daily cycle and noise: temperature and humidity move every
+    hour (two decimals), pressure and wind speed are whole numbers that often repeat."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=days * 24, freq="h")
+    hour = times.hour.to_numpy()
+    frames = []
+    for i, station in enumerate(STATIONS):
+        n = len(times)
+        cycle = np.sin(2 * np.pi * hour / 24)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "station_id": station,
+                    "ds": times,
+                    "temperature": np.round(10 + 5 * i + 5 * cycle + rng.normal(0, 0.5, n), 2),
+                    "humidity": np.round(60 - 10 * cycle + rng.normal(0, 2, n), 2),
+                    "pressure": np.round(
+                        1010 + 3 * np.sin(np.arange(n) / 40) + rng.normal(0, 0.3, n)
+                    ),
+                    "wind_speed": np.round(rng.gamma(4, 1, n)),
+                    "wind_direction": np.nan,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _windows(hours: pd.DataFrame) -> pd.DataFrame:
+    return window_features(hours.rename(columns={"ds": "event_time"}), WEATHER)
+
+
+@pytest.fixture(scope="module")
+def model() -> AnomalyModel:
+    hours = _hours(TRAIN_DAYS, START, seed=1)
+    return fit_anomaly_model(_windows(hours), WEATHER, hourly=hours, n_estimators=50)
+
+
+@pytest.fixture(scope="module")
+def clean_day() -> pd.DataFrame:
+    """Two clean days after training (the first gives the second its history)."""
+    return _hours(2, START + pd.Timedelta(days=TRAIN_DAYS), seed=2)
+
+
+AT = START + pd.Timedelta(days=TRAIN_DAYS + 1, hours=10)  # an hour of the second clean day
+
+
+def _altered(clean: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The clean days with one episode of `kind` on station a from AT."""
+    hours = clean.copy()
+    a = hours["station_id"] == "a"
+    offset = ((hours["ds"] - AT) / pd.Timedelta(hours=1)).to_numpy()
+    if kind == "spike":
+        hours.loc[a & (offset == 0), "temperature"] += 25.0
+    elif kind == "stuck":
+        before = hours.loc[a & (offset == -1), "temperature"].iloc[0]
+        hours.loc[a & (offset >= 0) & (offset < 6), "temperature"] = before
+    elif kind == "drift":  # a degree more every hour: no single hour stands out
+        ramp = a & (offset >= 0) & (offset < 12)
+        hours.loc[ramp, "temperature"] += 1.0 * (offset[ramp] + 1)
+    elif kind == "dropout":
+        hours.loc[a & (offset >= 0) & (offset < 4), "humidity"] = 0.0
+    return hours
+
+
+def _second_day(windows: pd.DataFrame) -> pd.DataFrame:
+    """Windows wholly inside the second day: each has a full day of history."""
+    start = START + pd.Timedelta(days=TRAIN_DAYS + 1)
+    inside = (windows["window_start"] >= start) & (
+        windows["window_end"] <= start + pd.Timedelta(days=1)
+    )
+    return windows[inside].reset_index(drop=True)
+
+
+def test_no_detector_fires_on_a_clean_day(model, clean_day):
+    windows = _second_day(_windows(clean_day))
+    scores = model.detector_scores(windows, clean_day)
+    ratios = scores / pd.Series(model.thresholds)
+    assert (scores[["residual", "drift", "stuck"]] > 0).any().all()  # they did look
+    assert (ratios < 1).all().all(), ratios.max()
+    score, kind = model.detect(windows, clean_day)
+    assert (score < model.threshold).all() and all(k is None for k in kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "detector"),
+    [("spike", "residual"), ("stuck", "stuck"), ("drift", "drift"), ("dropout", "dropout")],
+)
+def test_each_detector_fires_on_its_own_kind_and_the_flag_names_it(
+    model, clean_day, kind, detector
+):
+    hours = _altered(clean_day, kind)
+    windows = _second_day(_windows(hours))
+    scores = model.detector_scores(windows, hours)
+    fired = scores[detector].to_numpy() >= model.thresholds[detector]
+    on_a = (windows["station_id"] == "a").to_numpy()
+    covers = (windows["window_end"] > AT).to_numpy() & (
+        windows["window_start"] <= AT + pd.Timedelta(hours=12)
+    ).to_numpy()
+    assert fired.any() and not (fired & ~(on_a & covers)).any()
+    score, named = model.detect(windows, hours)
+    flagged = score >= model.threshold
+    assert flagged.any() and not (flagged & ~on_a).any()
+    # The detector of the kind names (most of) the flagged windows; never another hourly one.
+    names = pd.Series(named[flagged]).value_counts()
+    assert names.index[0] == detector, names
+    assert set(names.index) <= {detector, "residual", "drift", "forest"}
+
+
+def test_gold_rows_name_the_detector_that_flagged_them(model, clean_day):
+    hours = _altered(clean_day, "dropout")
+    windows = _second_day(_windows(hours))
+    rows = score_windows(
+        windows,
+        hours,
+        LoadedModels("weather", None, None, model, 1),
+        scored_at=datetime(2024, 3, 1, tzinfo=UTC),
+        key="station_id",
+    )
+    flagged = rows["is_anomaly"].to_numpy(bool)
+    assert set(rows.loc[flagged, "anomaly_kind"]) == {"dropout"}
+    assert rows.loc[~flagged, "anomaly_kind"].isna().all()
+    # The dropout's first hour lies in three windows of station a, each named.
+    first = rows[(rows["station_id"] == "a") & (rows["anomaly_kind"] == "dropout")]
+    assert len(first) >= 3
+    # Without history the hourly detectors are silent: the forest alone decides.
+    alone = score_windows(
+        windows,
+        hours.iloc[:0],
+        LoadedModels("weather", None, None, model, 1),
+        scored_at=datetime(2024, 3, 1, tzinfo=UTC),
+        key="station_id",
+    )
+    assert set(alone["anomaly_kind"].dropna()) <= {"forest"}
+
+
+def test_choose_thresholds_spends_the_false_alarm_budget_on_recall():
+    truth = np.array([True] * 10 + [False] * 1000)
+    scores = pd.DataFrame(0.0, index=range(len(truth)), columns=["x", "y"])
+    scores.loc[0:4, "x"] = 5.0  # x alone finds half the anomalies
+    scores.loc[5:9, "y"] = 5.0  # y the other half...
+    scores.loc[10:15, "y"] = 6.0  # ...but only above 6 clean windows (0.6 %) as well
+    scores.loc[16:18, "x"] = 4.0  # x's three clean windows (0.3 %) rank below its finds
+    thresholds = choose_thresholds(scores, truth, max_false_alarm=0.005)
+    assert thresholds["x"] == 5.0  # all of x's finds, none of its false alarms
+    assert thresholds["y"] == np.inf  # y's finds cost more false alarms than allowed
+    loose = choose_thresholds(scores, truth, max_false_alarm=0.01)
+    assert loose["x"] == 5.0 and 0 < loose["y"] <= 5.0  # with budget, y's half is worth it
+
+
+def test_saved_model_round_trips_and_an_old_one_asks_for_a_retrain(model, clean_day, tmp_path):
+    hours = _altered(clean_day, "stuck")
+    windows = _windows(hours)
+    model.save(tmp_path / "new")
+    loaded = AnomalyModel.load(tmp_path / "new")
+    pd.testing.assert_frame_equal(
+        loaded.detector_scores(windows, hours), model.detector_scores(windows, hours)
+    )
+    assert loaded.thresholds == model.thresholds and set(loaded.thresholds) == set(DETECTORS)
+
+    # A model saved before the detectors has no format_version in its manifest.
+    model.save(tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del manifest["format_version"]
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PeriscopeError, match="retrain it with `periscope train --source weather"):
+        AnomalyModel.load(tmp_path / "old")
+
+
+def test_magnitudes_scale_episodes_and_episode_recall_counts_caught_ones():
+    observations = _hours(14, START, seed=3).rename(columns={"ds": "event_time"})
+    altered, labels = inject_anomalies(
+        observations, WEATHER, rate=0.1, seed=5, magnitudes=(0.5, 2.0)
+    )
+    assert set(labels["magnitude"]) == {0.5, 2.0}
+    assert labels.groupby("episode")[["kind", "magnitude", "station_id"]].nunique().max().max() == 1
+    stuck = (
+        labels[labels["kind"] == "stuck"]
+        .groupby("episode")
+        .agg(n=("kind", "size"), magnitude=("magnitude", "first"))
+    )
+    assert stuck.loc[stuck["magnitude"] == 2.0, "n"].max() > 4  # 8-16 readings, at most 4 when 0.5
+    assert stuck.loc[stuck["magnitude"] == 0.5, "n"].max() <= 4
+
+    windows = _windows(altered.rename(columns={"event_time": "ds"}))
+    none = episode_recall(windows, np.zeros(len(windows), bool), labels, WEATHER)
+    every = episode_recall(windows, np.ones(len(windows), bool), labels, WEATHER)
+    assert len(none) == labels["episode"].nunique()
+    assert not none["caught"].any() and every["caught"].all()
