@@ -70,6 +70,9 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 # sends only the history that "happened" since (ingest replay --follow-clock), so it adds new data only.
 DEMO_DAYS ?= 40
 DEMO_STATIONS ?= portland,seattle,denver,new_york,jerusalem
+# The sources the demo replays and trains (taxi is registered but not replayed here yet: a source
+# with no history has nothing to train on, and `train` would stop the demo).
+DEMO_TRAIN_SOURCES ?= --source weather --source air_quality
 DEMO_ACCURACY_SQL := select m.source, m.measure, m.unit, a.horizon_h, count(*) as forecasts, \
   round(avg(a.abs_error)::numeric, 2) as mae, round(avg(a.in_interval::int)::numeric, 2) as coverage_80 \
   from marts.fct_forecast_accuracy a join marts.dim_measure m using (measure_key) \
@@ -87,7 +90,7 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@$(PERISCOPE) ingest replay --source air_quality --follow-clock --days $(DEMO_DAYS) --bad-rate 0.01
 	@$(PERISCOPE) bronze run --available-now
 	@$(PERISCOPE) silver run --available-now
-	@$(PERISCOPE) train --missing-only --test-days 3 --validation-days 3 --max-train-days 30
+	@$(PERISCOPE) train --missing-only $(DEMO_TRAIN_SOURCES) --test-days 3 --validation-days 3 --max-train-days 30
 	@$(PERISCOPE) score --available-now
 	@$(PERISCOPE) warehouse load
 	@$(PERISCOPE) dbt build
