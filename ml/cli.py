@@ -135,7 +135,7 @@ def _print_report(report) -> None:
         table.add_column("method")
         for metric in ("MAE", "RMSE", "MAPE %"):
             table.add_column(metric, justify="right")
-        for method in ("prophet", "seasonal_naive", "persistence"):
+        for method in ("served", "prophet", "gbm", "seasonal_naive", "persistence"):
             table.add_row(
                 method,
                 *[
@@ -148,21 +148,21 @@ def _print_report(report) -> None:
 
         by_measure = error_metrics(report.forecast.errors, by=["measure"])
         table = Table(title="MAE per measure (test window)")
-        for column in ("measure", "prophet", "seasonal naive", "persistence", "coverage"):
+        for column in ("measure", "served", "seasonal naive", "persistence", "coverage"):
             table.add_column(column, justify="left" if column == "measure" else "right")
         for row in by_measure.itertuples():
             table.add_row(
                 str(row.measure),
                 *[
                     f"{getattr(row, f'mae_{m}'):.3f}"
-                    for m in ("prophet", "seasonal_naive", "persistence")
+                    for m in ("served", "seasonal_naive", "persistence")
                 ],
                 f"{row.coverage:.2f}",
             )
         print_table(table, console=console)
         console.print(
             f"series trained {len(report.forecast.bundle.series())}, skipped {len(report.forecast.skipped)}; "
-            f"relative MAE (Prophet / seasonal naive) {report.forecast.score:.3f}; "
+            f"relative MAE (served / seasonal naive) {report.forecast.score:.3f}; "
             f"interval coverage {overall.get('coverage', float('nan')):.2f}",
             highlight=False,
         )

@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -127,11 +127,9 @@ class Forecaster(Protocol):
 @dataclass
 class _ProductionModel:
     bundle: ForecastBundle
-    model_json: dict[tuple[str, str], dict]  # what each worker process rebuilds a series from
     split: Split
     seconds: float
     skipped: int
-    _scorers: dict[tuple[str, str], object] = field(default_factory=dict, repr=False)
 
     def series(self) -> list[tuple[str, str]]:
         return self.bundle.series()
@@ -144,29 +142,8 @@ class _ProductionModel:
         grid_start: int,
         observed: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # Gold's scorer: the same forecasts `periscope score` writes, computed for many origins
-        # at once (read-only use of ml.gold.scoring).
-        from ml.gold.scoring import _SeriesScorer
-
-        key = (entity_id, measure)
-        if key not in self._scorers:
-            self._scorers[key] = _SeriesScorer.of(
-                self.bundle.models[key], self.bundle.config.horizon_hours
-            )
-        scorer = self._scorers[key]
-        return scorer.forecast(origins, grid_start, observed)  # type: ignore[attr-defined]
-
-
-def _evaluate_many(
-    items: list[tuple[dict, pd.DataFrame]], start: pd.Timestamp, end: pd.Timestamp, config
-) -> list[pd.DataFrame]:
-    """`ml.forecast.evaluate` of several series in one worker process."""
-    from ml import forecast
-
-    return [
-        forecast.evaluate(forecast.SeriesModel.from_json(model), frame, start, end, config)
-        for model, frame in items
-    ]
+        # The bundle's own vectorised forecast: the code gold's scorer runs.
+        return self.bundle.forecast(entity_id, measure, origins, grid_start, observed)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -174,7 +151,7 @@ def _chunks(items: list, size: int) -> list[list]:
 
 
 class ProductionForecaster:
-    """Today's `periscope train`/`retrain`: `ml.forecast.train_many` per series with the
+    """Today's `periscope train`/`retrain`: `ml.forecast.fit_bundle` (every candidate) with the
     production defaults (`TrainConfig()`) on the split `make_split` makes of the data known,
     and the promotion comparison of `compare_forecast` (relative MAE of challenger and
     champion on the challenger's test window, common series only).
@@ -222,50 +199,31 @@ class ProductionForecaster:
         started = time.perf_counter()
         split = make_split(known, self.config)
         frames = series_frames(known[known["ds"] < split.test_end], self.contract)
-        tasks = [(e, m, frame) for (e, m), frame in sorted(frames.items())]
-        results = self._map(
-            forecast.train_many,
-            _chunks(tasks, self.config.series_per_task),
+        # What `train_forecasts` fits on Ray, here in-process: every candidate, the selection
+        # and bands on validation (ml.forecast.fit_bundle).
+        bundle = forecast.fit_bundle(
+            frames,
             split,
             self.config.forecast,
-        )
-        bundle = forecast.ForecastBundle.from_results(
-            results, self.config.forecast, split, self.contract.name
+            source=self.contract.name,
+            ranges=forecast.valid_ranges(self.contract),
         )
         return _ProductionModel(
-            bundle,
-            {(r.entity_id, r.measure): r.model_json for r in results if r.model_json},
-            split,
-            time.perf_counter() - started,
-            sum(r.skipped is not None for r in results),
+            bundle, split, time.perf_counter() - started, len(set(frames) - set(bundle.series()))
         )
 
     def compare(
         self, challenger: FittedForecast, champion: FittedForecast, known: pd.DataFrame
     ) -> tuple[float, float]:
-        from ml import forecast
         from ml.data import series_frames
 
         assert isinstance(challenger, _ProductionModel) and isinstance(champion, _ProductionModel)
+        from ml.training.forecasts import compare_forecast
+
         frames = series_frames(known, self.contract)
-        common = sorted(set(challenger.model_json) & set(champion.model_json) & set(frames))
-        if not common:
+        if not set(challenger.series()) & set(champion.series()) & set(frames):
             return math.nan, math.nan  # NaN < NaN is false: the champion stays
-        split = challenger.split
-        scores = []
-        for model in (challenger, champion):
-            errors = self._map(
-                _evaluate_many,
-                _chunks([(model.model_json[k], frames[k]) for k in common], 4),
-                split.validation_end,
-                split.test_end,
-                self.config.forecast,
-            )
-            errors = [e for e in errors if not e.empty]
-            scores.append(
-                forecast.relative_mae(pd.concat(errors, ignore_index=True)) if errors else math.nan
-            )
-        return scores[0], scores[1]
+        return compare_forecast(challenger.bundle, champion.bundle, frames)
 
 
 # --- the walk ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -16,8 +18,9 @@ __all__ = ["prediction_messages", "publish_predictions"]
 def prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
     """(entity, JSON) pairs for `<source>-predictions`: the gold row, forecasts by measure.
 
-    `forecasts` becomes {measure: {"yhat": [...], "yhat_lower": [...], "yhat_upper": [...]}},
-    element i being the forecast for forecast_origin + (i + 1) hours: the same numbers as the
+    `forecasts` becomes {measure: {"yhat": [...], "yhat_lower": [...], "yhat_upper": [...],
+    "method": [...]}}, element i being the forecast for forecast_origin + (i + 1) hours (and
+    the method that made it): the same numbers as the
     gold row without repeating names and target times 72 times (a third of the bytes). Times
     are RFC 3339 (UTC, "Z"), a missing value (or NaN) is null.
 
@@ -37,10 +40,9 @@ def prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, by
     ]
 
 
-def _forecasts_by_row(
-    forecasts: pa.ListArray, num_rows: int
-) -> list[dict[str, dict[str, np.ndarray]]]:
-    """Per row, {measure: {"yhat": ..., "yhat_lower": ..., "yhat_upper": ...}}, horizons 1..H."""
+def _forecasts_by_row(forecasts: pa.ListArray, num_rows: int) -> list[dict[str, dict[str, Any]]]:
+    """Per row, {measure: {"yhat": ..., "yhat_lower": ..., "yhat_upper": ..., "method": [...]}},
+    horizons 1..H."""
     offsets = forecasts.offsets.to_numpy()
     items = forecasts.flatten()
     if offsets[0] != 0:  # a slice: rebase the flattened items on the row offsets
@@ -50,6 +52,10 @@ def _forecasts_by_row(
     measure = encoded.indices.to_numpy()
     horizon = items.field("horizon_h").to_numpy()
     values = {name: items.field(name).to_numpy() for name in ("yhat", "yhat_lower", "yhat_upper")}
+    # Few distinct names: encode once, decode per run (orjson takes lists of str, not objects).
+    methods = items.field("method").dictionary_encode()
+    method_names = methods.dictionary.to_pylist()
+    values["method"] = methods.indices.to_numpy()
     # Sorted into runs of one measure within a row, horizons ascending (scoring already lists
     # them so; the sort makes the layout a guarantee, not an assumption).
     row_of = np.repeat(np.arange(num_rows), np.diff(offsets))
@@ -64,15 +70,20 @@ def _forecasts_by_row(
         horizon, np.arange(len(horizon)) - np.repeat(starts, ends - starts) + 1
     ):
         raise ValueError("forecasts must hold horizons 1..H for each measure")
-    by_row: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in range(num_rows)]
+    by_row: list[dict[str, dict[str, Any]]] = [{} for _ in range(num_rows)]
     runs = zip(
         row_of[starts].tolist(),
         measure[starts].tolist(),
         *(_runs(column, starts) for column in values.values()),
         strict=True,
     )
-    for row, code, yhat, lower, upper in runs:
-        by_row[row][names[code]] = {"yhat": yhat, "yhat_lower": lower, "yhat_upper": upper}
+    for row, code, yhat, lower, upper, method in runs:
+        by_row[row][names[code]] = {
+            "yhat": yhat,
+            "yhat_lower": lower,
+            "yhat_upper": upper,
+            "method": [method_names[i] for i in method.tolist()],
+        }
     return by_row
 
 

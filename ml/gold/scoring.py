@@ -5,34 +5,29 @@ every series it knows for the window's entity, made from the window's `forecast_
 (the last full hour before window_end). No Ray, Delta or MLflow here: the actors and the
 lake I/O call `score_windows` and `to_arrow`.
 
-Forecasts are batched: Prophet's point forecast is computed per series in four-week blocks of
-hours, kept for later batches, and the residual correction and "same hour yesterday" blend of
-`SeriesModel.predict` are applied per origin with numpy. Prophet's intervals around yhat are
-drawn once per series, from a seeded call shaped like `predict`'s own (24 hours of history
-plus the horizon), so a window's row depends only on the window, its history and the models,
-never on which other windows share the batch: re-scoring a window gives the same row.
+Forecasts are batched: for each measure, every station's origins go to the bundle's
+`forecast_many` in one call (`ml.forecast`, the code training and evaluation use), which
+serves the method chosen per horizon bucket with its conformal band, clipped to the valid
+range; each item names its method. Prophet's point forecasts are kept per series in blocks of
+hours inside the loaded bundle, so later batches reuse them. A window's row depends only on the
+window, its history and the models, never on which other windows share the batch.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from ml.anomaly import AnomalyModel
-from ml.forecast import MAX_RESIDUAL_AGE, ForecastBundle, SeriesModel
+from ml.forecast import HISTORY_HOURS, METHOD_NAMES, ForecastBundle
 from ml.gold.table import FORECAST_TYPE, gold_columns, gold_schema
 from ml.registry import model_name
 from periscope.time import utc
-
-if TYPE_CHECKING:
-    from prophet import Prophet
 
 __all__ = [
     "HISTORY_HOURS",
@@ -42,13 +37,7 @@ __all__ = [
     "to_arrow",
 ]
 
-# The correction looks at most this far back for the latest residual, and the blend's
-# "same hour yesterday" (or the day before, past 24 h) always lies in the same hours.
-HISTORY_HOURS = int(MAX_RESIDUAL_AGE / pd.Timedelta(hours=1))
 _HOUR_US = 3_600_000_000
-# Prophet's yhat is computed and kept per series in epoch-aligned blocks of four weeks.
-BLOCK_HOURS = 28 * 24
-MAX_BLOCKS = 16  # ~15 months of hours; 5 KB per block and series
 _UTC_US = "datetime64[us, UTC]"
 
 
@@ -64,10 +53,6 @@ class LoadedModels:
     forecast_version: int | None
     anomaly: AnomalyModel | None
     anomaly_version: int | None
-    # Per-series state that depends only on the models (see _SeriesScorer): built on first use.
-    _series: dict[tuple[str, str], _SeriesScorer] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
 
     def __post_init__(self) -> None:
         for kind, model, version in (
@@ -88,8 +73,8 @@ class LoadedModels:
         return None if self.anomaly is None else model_name(self.source, "anomaly")
 
     def warm(self, keep: Callable[[str], bool], at: datetime) -> int:
-        """Build the per-series state, and the yhat blocks from a day before `at` to the
-        forecast horizon after it, for the series of the stations `keep` accepts.
+        """Compute the cached Prophet hours from a day before `at` to the forecast horizon
+        after it, for the series of the stations `keep` accepts.
 
         Done when a model is loaded, so the first rounds of a stream do not pay for it
         (about 0.1 s per series). Returns the number of series warmed.
@@ -97,117 +82,9 @@ class LoadedModels:
         if self.forecast is None:
             return 0
         now = int(pd.Timestamp(at).value // (_HOUR_US * 1000))
-        hours = np.arange(now - 24, now + self.forecast.config.horizon_hours + 1)
-        warmed = 0
-        for station, measure in self.forecast.models:
-            if keep(station):
-                self._scorer(station, measure).yhat(hours)
-                warmed += 1
-        return warmed
-
-    def _scorer(self, entity_id: str, measure: str) -> _SeriesScorer:
-        key = (entity_id, measure)
-        if key not in self._series:
-            assert self.forecast is not None
-            self._series[key] = _SeriesScorer.of(
-                self.forecast.models[key], self.forecast.config.horizon_hours
-            )
-        return self._series[key]
-
-
-@dataclass(frozen=True)
-class _SeriesScorer:
-    """One series' Prophet without interval sampling, its interval offsets per horizon, and
-    its yhat for recently used blocks of hours."""
-
-    model: SeriesModel
-    point: Prophet
-    lower: np.ndarray  # yhat_lower - yhat for horizons 1..H
-    upper: np.ndarray
-    blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def of(cls, model: SeriesModel, horizon: int) -> _SeriesScorer:
-        # Prophet draws the same random numbers for every frame of predict's shape lying after
-        # its training data, so interval minus yhat depends on the horizon only: for additive
-        # models these offsets give predict's intervals exactly. Frames reaching back into the
-        # training hours (or multiplicative seasonality) differ from predict by sampling noise.
-        hour = pd.Timedelta(hours=1)
-        trained = model.prophet.history
-        assert trained is not None, "a fitted Prophet keeps its training frame"
-        origin = trained["ds"].max() + MAX_RESIDUAL_AGE
-        hours = pd.date_range(origin - MAX_RESIDUAL_AGE + hour, origin + horizon * hour, freq="h")
-        future = model._prophet_frame(hours).iloc[-horizon:]
-        point = copy.copy(model.prophet)
-        point.uncertainty_samples = 0  # yhat only: the samples are half of predict's cost
-        return cls(
-            model,
-            point,
-            (future["yhat_lower"] - future["yhat"]).to_numpy(),
-            (future["yhat_upper"] - future["yhat"]).to_numpy(),
-        )
-
-    def yhat(self, hours: np.ndarray) -> np.ndarray:
-        """Prophet's yhat at the given hours (an array of hours since the epoch)."""
-        block = hours // BLOCK_HOURS
-        values = np.empty(hours.shape)
-        for b in np.unique(block):
-            inside = block == b
-            values[inside] = self._block(int(b))[hours[inside] - b * BLOCK_HOURS]
-        return values
-
-    def _block(self, b: int) -> np.ndarray:
-        # A Prophet call costs ~10 ms whatever its length, and yhat depends only on the hour:
-        # computing fixed blocks once serves every later batch (a stream scores the same
-        # block for weeks), and an hour's value never depends on what else was scored.
-        if b not in self.blocks:
-            if len(self.blocks) >= MAX_BLOCKS:
-                del self.blocks[next(iter(self.blocks))]  # the oldest
-            hours = np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
-            ds = pd.to_datetime(hours * _HOUR_US, unit="us")
-            self.blocks[b] = self.point.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
-        return self.blocks[b]
-
-    def forecast(
-        self, origins: np.ndarray, grid_start: int, observed: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """yhat, yhat_lower, yhat_upper (origins x horizon), as SeriesModel.predict makes them.
-
-        `origins` are unique hours since the epoch; `observed` is y on the hours from
-        grid_start (at most min(origins) - 23) to max(origins), NaN where missing.
-        """
-        horizon = len(self.lower)
-        ahead = np.arange(1, horizon + 1)
-        future = origins[:, None] + ahead
-        base_future = self.yhat(future)
-
-        # The latest observation in the 24 hours up to each origin, as predict looks for it.
-        at = origins - grid_start
-        positions = np.arange(len(observed))
-        last_seen = np.maximum.accumulate(np.where(np.isnan(observed), -1, positions))[at]
-        fresh = last_seen > at - HISTORY_HOURS
-        correction = np.zeros(future.shape)
-        decay = self.model.residual_decay
-        if decay > 0 and fresh.any():
-            seen = last_seen[fresh]
-            seen_hour = seen + grid_start
-            residual = observed[seen] - self.yhat(seen_hour)
-            since = (future[fresh] - seen_hour[:, None]).astype("float64")
-            correction[fresh] = residual[:, None] * decay**since
-        weight = self.model.naive_weight
-        if weight > 0:
-            corrected = base_future + correction
-            days_back = np.ceil(ahead / 24).astype(int) * 24
-            naive = observed[future - days_back - grid_start]
-            blended = np.where(
-                np.isnan(naive), corrected, (1 - weight) * corrected + weight * naive
-            )
-            correction = correction + (blended - corrected)  # intervals move with yhat
-        return (
-            base_future + correction,
-            base_future + self.lower + correction,
-            base_future + self.upper + correction,
-        )
+        hours = np.arange(now - HISTORY_HOURS, now + self.forecast.config.horizon_hours + 1)
+        stations = {station for station, _ in self.forecast.series() if keep(station)}
+        return self.forecast.warm(stations, hours)
 
 
 def _hours(times: pd.Series) -> np.ndarray:
@@ -328,76 +205,74 @@ def _forecasts(
     models: LoadedModels,
     key: str,
 ) -> pa.ListArray:
-    """The forecasts column: rows are grouped by entity, as score_windows sorts them."""
+    """The forecasts column: rows are grouped by entity, as score_windows sorts them.
+
+    Each measure is forecast for every station in one `forecast_many` call; a row's list is
+    measure by measure, horizons ascending.
+    """
     bundle = models.forecast
     by_station: dict[str, list[str]] = {}
     for entity_id, measure in bundle.series() if bundle is not None else []:
         by_station.setdefault(entity_id, []).append(measure)
     names = sorted({m for measures in by_station.values() for m in measures})
     counts = np.zeros(len(stations), dtype="int64")
-    parts: list[dict[str, np.ndarray]] = []
+    if bundle is None or not len(stations):
+        return _forecast_lists([], counts, names)
     history = _hourly(hourly, sorted(set(stations) & set(by_station)), names, key)
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]
-    starts = np.flatnonzero(new_station)
-    bounds = np.r_[starts, len(stations)]
+    bounds = np.r_[np.flatnonzero(new_station), len(stations)]
+    segments = []  # (first row, last row, station, unique origins, row -> origin, grid)
     for first, last in zip(bounds[:-1], bounds[1:], strict=True):
         station = str(stations[first])
-        measures = by_station.get(station)
-        if not measures:
+        if station not in by_station:
             continue
-        items, per_row = _station_forecasts(
-            models, station, measures, names, origins[first:last], history.get(station)
+        unique, row_origin = np.unique(origins[first:last], return_inverse=True)
+        grid_start = int(unique[0]) + 1 - HISTORY_HOURS
+        grid = _on_grid(history.get(station), grid_start, int(unique[-1]) + 1, len(names))
+        segments.append((first, last, station, unique, row_origin, grid_start, grid))
+    served = {}
+    for measure in names:
+        using = [s for s in segments if measure in by_station[s[2]]]
+        requests = [(s[2], s[3], s[5], s[6][:, names.index(measure)]) for s in using]
+        for s, result in zip(using, bundle.forecast_many(measure, requests), strict=True):
+            served[(s[0], measure)] = result
+    parts: list[dict[str, np.ndarray]] = []
+    for first, last, station, _, row_origin, _, _ in segments:
+        measures = by_station[station]
+        results = [served[(first, m)] for m in measures]
+        # (rows, measures, horizon), flattened row by row: a row's list is measure by measure.
+        yhat, lower, upper, method = (
+            np.stack([getattr(r, name)[row_origin] for r in results], axis=1)
+            for name in ("yhat", "lower", "upper", "method")
         )
-        parts.append(items)
-        counts[first:last] = per_row
+        shape = yhat.shape
+        ahead = np.arange(1, shape[2] + 1)
+        row_origins = origins[first:last]
+        parts.append(
+            {
+                "measure": np.broadcast_to(
+                    np.array([names.index(m) for m in measures])[None, :, None], shape
+                ).ravel(),
+                "horizon_h": np.broadcast_to(ahead, shape).ravel(),
+                "target_time": np.broadcast_to(
+                    (row_origins[:, None, None] + ahead) * _HOUR_US, shape
+                ).ravel(),
+                "yhat": yhat.ravel(),
+                "yhat_lower": lower.ravel(),
+                "yhat_upper": upper.ravel(),
+                "method": method.ravel(),
+            }
+        )
+        counts[first:last] = shape[1] * shape[2]
     return _forecast_lists(parts, counts, names)
-
-
-def _station_forecasts(
-    models: LoadedModels,
-    station: str,
-    measures: list[str],
-    names: list[str],
-    origins: np.ndarray,
-    history: tuple[int, np.ndarray] | None,
-) -> tuple[dict[str, np.ndarray], int]:
-    """One station's forecast items (row by row, measure by measure within a row) for windows
-    with these origins, and the number of items per row."""
-    unique, row_origin = np.unique(origins, return_inverse=True)
-    grid_start = int(unique[0]) + 1 - HISTORY_HOURS
-    observed = _on_grid(history, grid_start, int(unique[-1]) + 1, len(names))
-    columns: tuple[list[np.ndarray], ...] = ([], [], [])
-    for measure in measures:
-        y = observed[:, names.index(measure)]
-        for column, values in zip(
-            columns,
-            models._scorer(station, measure).forecast(unique, grid_start, y),
-            strict=True,
-        ):
-            column.append(values[row_origin])
-    # (rows, measures, horizon), flattened row by row: a row's list is measure by measure.
-    yhat, lower, upper = (np.stack(c, axis=1) for c in columns)
-    shape = yhat.shape
-    ahead = np.arange(1, shape[2] + 1)
-    items = {
-        "measure": np.broadcast_to(
-            np.array([names.index(m) for m in measures])[None, :, None], shape
-        ).ravel(),
-        "horizon_h": np.broadcast_to(ahead, shape).ravel(),
-        "target_time": np.broadcast_to((origins[:, None, None] + ahead) * _HOUR_US, shape).ravel(),
-        "yhat": yhat.ravel(),
-        "yhat_lower": lower.ravel(),
-        "yhat_upper": upper.ravel(),
-    }
-    return items, shape[1] * shape[2]
 
 
 def _forecast_lists(
     parts: list[dict[str, np.ndarray]], counts: np.ndarray, names: list[str]
 ) -> pa.ListArray:
-    """The forecasts column from per-station item arrays (`measure` as an index into `names`)
-    and the number of items of each row."""
+    """The forecasts column from per-station item arrays (`measure` an index into `names`,
+    `method` into METHOD_NAMES) and the number of items of each row."""
     flat = {
         key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0, dtype)
         for key, dtype in (
@@ -407,6 +282,7 @@ def _forecast_lists(
             ("yhat", "float64"),
             ("yhat_lower", "float64"),
             ("yhat_upper", "float64"),
+            ("method", "int32"),
         )
     }
     struct_type = FORECAST_TYPE.value_type
@@ -420,6 +296,9 @@ def _forecast_lists(
             pa.array(flat["yhat"]),
             pa.array(flat["yhat_lower"]),
             pa.array(flat["yhat_upper"]),
+            pa.DictionaryArray.from_arrays(
+                pa.array(flat["method"], pa.int32()), pa.array(METHOD_NAMES, pa.string())
+            ).cast(pa.string()),
         ],
         fields=list(struct_type),
     )

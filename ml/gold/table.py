@@ -36,6 +36,9 @@ FORECAST_TYPE = pa.list_(
             pa.field("yhat", pa.float64(), nullable=False),
             pa.field("yhat_lower", pa.float64(), nullable=False),
             pa.field("yhat_upper", pa.float64(), nullable=False),
+            # The forecaster that made this value (ml.forecast.METHOD_NAMES): the one chosen
+            # on validation for the horizon, or the fallback that stood in for it.
+            pa.field("method", pa.string(), nullable=False),
         ]
     )
 )

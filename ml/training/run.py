@@ -2,8 +2,9 @@
 train the requested models on Ray, register them, and apply the promotion policy.
 
 The split is temporal and shared by every series of a source (see `ml.forecast.temporal_split`):
-models see only the train part; the residual decay and the anomaly threshold are chosen on
-validation; every reported metric comes from the test part, the latest data.
+models see only the train part; the served forecast method, its bands and the anomaly
+threshold are chosen on validation; every reported metric comes from the test part, the latest
+data.
 """
 
 from __future__ import annotations

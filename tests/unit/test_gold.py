@@ -72,6 +72,7 @@ def _rows(stations: list[str], starts: list[datetime], version: int = 1) -> pa.T
             "yhat": 1.5,
             "yhat_lower": 1.0,
             "yhat_upper": 2.0,
+            "method": "gbm",
         }
         for s in starts
     ]
@@ -145,6 +146,7 @@ def _forecast_rows(stations: list[str], measures: list[str], horizon: int) -> pa
                 "yhat": r * 1000 + m * 100 + h + 0.25,
                 "yhat_lower": r * 1000 + m * 100 + h,
                 "yhat_upper": r * 1000 + m * 100 + h + 0.5,
+                "method": "gbm" if h <= 12 else "seasonal_naive",
             }
             for m, measure in enumerate(measures)
             for h in range(1, horizon + 1)
@@ -177,6 +179,7 @@ def test_prediction_messages_are_gold_rows_with_forecasts_by_measure():
                 "yhat": [base + h + 0.25 for h in range(1, 25)],
                 "yhat_lower": [float(base + h) for h in range(1, 25)],
                 "yhat_upper": [base + h + 0.5 for h in range(1, 25)],
+                "method": ["gbm"] * 12 + ["seasonal_naive"] * 12,
             }
 
 

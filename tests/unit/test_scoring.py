@@ -1,8 +1,8 @@
-"""ml.gold.scoring on real Denver and Boston weather: gold rows, batched forecasts equal predict's."""
+"""ml.gold.scoring on real Denver and Boston weather: gold rows, batched forecasts equal predict's,
+and each forecast names its method."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -13,7 +13,7 @@ from pandas.testing import assert_frame_equal
 
 from ingest.datasets import read_weather
 from ml.anomaly import AnomalyModel, fit_anomaly_model
-from ml.forecast import ForecastBundle, ForecastConfig, temporal_split, train_series
+from ml.forecast import METHOD_NAMES, ForecastBundle, ForecastConfig, fit_bundle, temporal_split
 from ml.gold.scoring import (
     LoadedModels,
     gold_columns,
@@ -28,19 +28,20 @@ from periscope.settings import Settings, get_settings
 
 WEATHER = get_contract("weather")  # 3 h windows sliding by 1 h
 HOUR = pd.Timedelta(hours=1)
-CONFIG = ForecastConfig(uncertainty_samples=50)
+CONFIG = ForecastConfig(gbm_max_iter=40, prophet_train_days=21)
 TRAIN = ("2013-03-01", "2013-04-05")
 SCORE = ("2013-04-06", "2013-04-09")
-# Denver's temperature and humidity are missing here: some origins lack a fresh residual or
-# a yesterday to blend.
+# Denver's temperature and humidity are missing here: some origins lack a recent observation
+# or a yesterday, and their forecasts fall back.
 GAP = (pd.Timestamp("2013-04-07 00:00"), pd.Timestamp("2013-04-08 06:00"))
 SCORED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-# Every branch of the correction: residual and blend (Denver's gap), blend only, residual only.
-CORRECTIONS = {
-    ("denver", "temperature"): (0.9, 0.25),
-    ("denver", "humidity"): (0.0, 0.5),
-    ("boston", "temperature"): (0.8, 0.0),
+# Every method served somewhere, whatever validation chose: Prophet, the global model and
+# both baselines, in different horizon buckets.
+SERVED = {
+    "temperature": ["prophet"] * 6 + ["gbm"] * 6 + ["seasonal_naive"] * 12,
+    "humidity": ["persistence"] * 6 + ["prophet"] * 6 + ["gbm"] * 12,
 }
+SERIES = [("denver", "temperature"), ("denver", "humidity"), ("boston", "temperature")]
 
 KEY = "station_id"  # the weather contract's key
 
@@ -77,18 +78,24 @@ def _series(hourly: pd.DataFrame, station: str, measure: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def bundle(hourly: pd.DataFrame) -> ForecastBundle:
-    """Three small Prophet fits, with fixed corrections."""
-    split = temporal_split(pd.Timestamp(TRAIN[0]), pd.Timestamp(TRAIN[1]) - HOUR)
-    models = {}
-    for (station, measure), (decay, weight) in CORRECTIONS.items():
+    """Every candidate fitted on three series, then the served methods fixed (SERVED)."""
+    split = temporal_split(
+        pd.Timestamp(TRAIN[0]), pd.Timestamp(TRAIN[1]) - HOUR, test_days=0, validation_days=7
+    )
+    frames = {}
+    for station, measure in SERIES:
         series = _series(hourly, station, measure)
-        result = train_series(station, measure, series[series["ds"] < TRAIN[1]], split, CONFIG)
-        assert result.model_json is not None, result.skipped
-        fitted = ForecastBundle.from_results([result], CONFIG, split, "weather")
-        models[(station, measure)] = replace(
-            fitted.models[(station, measure)], residual_decay=decay, naive_weight=weight
-        )
-    return ForecastBundle(models, CONFIG, split, "weather")
+        frames[(station, measure)] = series[series["ds"] < TRAIN[1]]
+    fitted = fit_bundle(
+        frames,
+        split,
+        CONFIG,
+        source="weather",
+        ranges={"temperature": (-90, 60), "humidity": (0, 100)},
+    )
+    for measure, served in SERVED.items():
+        fitted.plans[measure].served = served
+    return fitted
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +143,7 @@ def test_gold_schema() -> None:
         ("yhat", pa.float64()),
         ("yhat_lower", pa.float64()),
         ("yhat_upper", pa.float64()),
+        ("method", pa.string()),
     ]
 
 
@@ -168,6 +176,29 @@ def test_every_window_gets_a_scored_row_with_its_forecasts(features, scored, ano
     assert boston["yhat"].std() > 0.1
 
 
+def test_gold_rows_name_the_method_of_each_forecast(scored) -> None:
+    known = scored[scored["forecasts"].map(len) > 0]
+    entries = pd.concat([_entries(row) for _, row in known.iterrows()], ignore_index=True)
+
+    assert set(entries["method"]) <= set(METHOD_NAMES)
+    # Where the served method could forecast, it is named; a fallback names itself.
+    for measure, served in SERVED.items():
+        rows = entries[entries["measure"] == measure]
+        named = rows["method"].to_numpy()
+        expected = np.array(served)[rows["horizon_h"].to_numpy() - 1]
+        assert (named == expected).mean() > 0.75, measure  # Denver's gap falls back
+        assert set(named[named != expected]) <= {"seasonal_naive", "persistence", "mean"}
+    # Denver's gap leaves some origins without yesterday or a recent reading: they fell back.
+    denver = scored[scored["station_id"] == "denver"]
+    in_gap = denver["forecast_origin"].between(*(pd.Timestamp(t, tz="UTC") for t in GAP))
+    gap_entries = pd.concat([_entries(row) for _, row in denver[in_gap].iterrows()])
+    served = [
+        SERVED[m][h - 1]
+        for m, h in zip(gap_entries["measure"], gap_entries["horizon_h"], strict=True)
+    ]
+    assert (gap_entries["method"].to_numpy() != np.array(served)).any()
+
+
 def test_batched_forecasts_equal_predict(scored, hourly, bundle) -> None:
     denver = scored[scored["station_id"] == "denver"]
     boston = scored[scored["station_id"] == "boston"]
@@ -194,6 +225,7 @@ def test_batched_forecasts_equal_predict(scored, hourly, bundle) -> None:
                 np.testing.assert_allclose(
                     rows_of_measure[column], expected[column], rtol=1e-9, err_msg=column
                 )
+            assert rows_of_measure["method"].tolist() == expected["method"].tolist()
 
 
 def test_stations_and_models_without_forecasts(features, hourly, bundle, anomaly) -> None:
@@ -305,16 +337,23 @@ def test_to_arrow_is_exactly_the_gold_schema(features, hourly, scored, bundle) -
     ).schema.equals(gold_schema(KEY))
 
 
+def _fresh(bundle: ForecastBundle, directory) -> ForecastBundle:
+    """The same models with nothing cached."""
+    bundle.save(directory)
+    return ForecastBundle.load(directory)
+
+
 def test_blocks_of_prophet_hours_are_reused_and_evicted(
-    features, hourly, bundle, scored, monkeypatch
+    features, hourly, bundle, scored, monkeypatch, tmp_path
 ) -> None:
     # Blocks of 5 hours, at most 2 kept: a batch of three days computes and drops many.
-    monkeypatch.setattr("ml.gold.scoring.BLOCK_HOURS", 5)
-    monkeypatch.setattr("ml.gold.scoring.MAX_BLOCKS", 2)
-    models = LoadedModels("weather", bundle, 3, None, None)
+    monkeypatch.setattr("ml.forecast.prophet_method.BLOCK_HOURS", 5)
+    monkeypatch.setattr("ml.forecast.prophet_method.MAX_BLOCKS", 2)
+    fresh = _fresh(bundle, tmp_path)
+    models = LoadedModels("weather", fresh, 3, None, None)
     small = score_windows(features, hourly, models, scored_at=SCORED_AT, key=KEY)
 
-    assert {len(series.blocks) for series in models._series.values()} == {2}
+    assert {len(series.blocks) for series in fresh.prophets.values()} == {2}
 
     for ours, theirs in zip(small["forecasts"], scored["forecasts"], strict=True):
         assert len(ours) == len(theirs)
@@ -324,15 +363,15 @@ def test_blocks_of_prophet_hours_are_reused_and_evicted(
 
 
 def test_warming_builds_the_owned_series_and_changes_no_forecast(
-    features, hourly, scored, bundle, anomaly
+    features, hourly, scored, bundle, anomaly, tmp_path
 ) -> None:
-    stations = sorted({station for station, _ in bundle.models})
+    fresh = _fresh(bundle, tmp_path)
+    stations = sorted({station for station, _ in fresh.series()})
     owned = set(stations[:1])
-    warm = LoadedModels("weather", bundle, 3, anomaly, 7)
+    warm = LoadedModels("weather", fresh, 3, anomaly, 7)
     warmed = warm.warm(lambda s: s in owned, SCORED_AT)
-    assert warmed == sum(1 for station, _ in bundle.models if station in owned) > 0
-    assert {station for station, _ in warm._series} == owned
-    assert all(scorer.blocks for scorer in warm._series.values())
+    assert warmed == sum(1 for station, _ in fresh.prophets if station in owned) > 0
+    assert {s for (s, _), p in fresh.prophets.items() if p.blocks} == owned
     assert LoadedModels("weather", None, None, anomaly, 7).warm(lambda s: True, SCORED_AT) == 0
     # Warm or cold, the same rows.
     assert_frame_equal(score_windows(features, hourly, warm, scored_at=SCORED_AT, key=KEY), scored)

@@ -1,0 +1,219 @@
+"""What every forecaster shares: the config, the temporal split, the hourly grid and the two
+baselines, vectorised over many forecast origins at once.
+
+A series is y on a complete hourly grid: `grid_start` (whole hours since the epoch, UTC) and a
+float array, NaN where an hour is missing. A forecast origin is an hour on that grid; a
+forecast from it covers origin + 1 .. origin + horizon and may read y only up to the origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "BUCKETS",
+    "DAY_HOURS",
+    "HISTORY_HOURS",
+    "ForecastConfig",
+    "ForecastError",
+    "NotEnoughData",
+    "Split",
+    "bucket_of",
+    "hours_since_epoch",
+    "last_seen",
+    "persistence",
+    "seasonal_naive",
+    "temporal_split",
+    "to_grid",
+]
+
+HOUR = pd.Timedelta(hours=1)
+DAY_HOURS = 24
+# Every forecaster reads at most this many hours up to the origin (the origin included):
+# the latest observation, the last day's shape and "the same hour yesterday".
+HISTORY_HOURS = 24
+MIN_TRAIN_DAYS = 3
+_HOUR_NS = 3_600_000_000_000
+# Horizon buckets a method is chosen for: (first, last) hours ahead, both included.
+BUCKETS: tuple[tuple[int, int], ...] = ((1, 6), (7, 12), (13, 24))
+
+
+class ForecastError(ValueError):
+    """A series or split that cannot be forecast."""
+
+
+class NotEnoughData(ForecastError):
+    """Too few observations to fit or split."""
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    """How the candidates are fitted, chosen and calibrated; saved with every bundle."""
+
+    horizon_hours: int = 24
+    interval_width: float = 0.8
+    # Test-part origins every so many hours (validation uses every hour: it is cheap).
+    origin_every_hours: int = 1
+    min_train_points: int = 72
+    # Prophet: flat trend (a trend fitted on a few months extrapolates a season), daily and
+    # weekly seasonality, yearly only from a year of history; fitted on its own recent window.
+    prophet_train_days: float = 56.0
+    changepoint_prior_scale: float = 0.05
+    seasonality_prior_scale: float = 10.0
+    decay_grid: tuple[float, ...] = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 1.0)
+    # The global gradient-boosted model per measure (scikit-learn HistGradientBoostingRegressor).
+    gbm_origin_every_hours: int = 5
+    gbm_max_rows: int = 120_000
+    gbm_max_iter: int = 150
+    gbm_learning_rate: float = 0.1
+    gbm_max_leaf_nodes: int = 31
+    candidates: tuple[str, ...] = ("persistence", "seasonal_naive", "prophet", "gbm")
+
+    def __post_init__(self) -> None:
+        if self.horizon_hours < 1 or self.origin_every_hours < 1:
+            raise ValueError("horizon_hours and origin_every_hours must be at least 1")
+        if self.horizon_hours > DAY_HOURS:
+            raise ValueError(f"horizon_hours is at most {DAY_HOURS}: the history is one day")
+        if not 0 < self.interval_width < 1:
+            raise ValueError(f"interval_width must be in (0, 1), got {self.interval_width}")
+        if not self.decay_grid or any(not 0 <= phi <= 1 for phi in self.decay_grid):
+            raise ValueError(f"decay_grid must be values in [0, 1], got {self.decay_grid}")
+        if "seasonal_naive" not in self.candidates:
+            raise ValueError("seasonal_naive is the yardstick: it must be a candidate")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "decay_grid": list(self.decay_grid),
+            "candidates": list(self.candidates),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ForecastConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in ("decay_grid", "candidates"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Half-open hourly boundaries: train [train_start, train_end), validation
+    [train_end, validation_end), test [validation_end, test_end); tz-naive UTC."""
+
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    validation_end: pd.Timestamp
+    test_end: pd.Timestamp
+
+    def to_dict(self) -> dict[str, str]:
+        return {name: value.isoformat() for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> Split:
+        return cls(**{f.name: pd.Timestamp(data[f.name]) for f in fields(cls)})
+
+
+def _hours(days: float) -> pd.Timedelta:
+    # Boundaries stay on the hourly grid even for fractional days.
+    return pd.Timedelta(hours=round(days * DAY_HOURS))
+
+
+def temporal_split(
+    first: pd.Timestamp,
+    last: pd.Timestamp,
+    *,
+    test_days: float = 2,
+    validation_days: float = 2,
+    max_train_days: float | None = None,
+) -> Split:
+    """Split the hours [first, last] (both observed) into train, validation and test.
+
+    Test is the last `test_days` (may be 0), validation the `validation_days` before it, train
+    everything earlier (at most `max_train_days`). Raises NotEnoughData, a ValueError, when
+    train would be shorter than three days.
+    """
+    start = pd.Timestamp(first).ceil("h")
+    test_end = pd.Timestamp(last).floor("h") + HOUR
+    validation_end = test_end - _hours(test_days)
+    train_end = validation_end - _hours(validation_days)
+    train_start = start
+    if max_train_days is not None:
+        train_start = max(start, train_end - _hours(max_train_days))
+    if train_end - train_start < pd.Timedelta(days=MIN_TRAIN_DAYS):
+        raise NotEnoughData(
+            f"no room for {MIN_TRAIN_DAYS} days of training data between {start} and {test_end}"
+            f" after {validation_days} validation and {test_days} test days"
+        )
+    return Split(train_start, train_end, validation_end, test_end)
+
+
+def hours_since_epoch(times: pd.Timestamp | pd.Series | pd.DatetimeIndex) -> Any:
+    """Whole hours since the epoch of naive-UTC times (an int, or an int64 array)."""
+    if isinstance(times, pd.Timestamp):
+        return int(times.value // _HOUR_NS)
+    values = pd.DatetimeIndex(times).as_unit("ns").asi8
+    return np.floor_divide(values, _HOUR_NS)
+
+
+def to_grid(series: pd.DataFrame) -> tuple[int, np.ndarray]:
+    """(grid_start, y) of a `ds`/`y` frame on a complete hourly grid (as `series_frames` makes)."""
+    if series.empty:
+        return 0, np.zeros(0)
+    hours = hours_since_epoch(pd.DatetimeIndex(series["ds"]))
+    start = int(hours.min())
+    y = np.full(int(hours.max()) - start + 1, np.nan)
+    y[hours - start] = series["y"].to_numpy(dtype=float)
+    return start, y
+
+
+def bucket_of(horizon: int) -> int:
+    """The index in BUCKETS of a horizon (hours ahead)."""
+    for i, (first, last) in enumerate(BUCKETS):
+        if first <= horizon <= last:
+            return i
+    raise ValueError(f"horizon {horizon} is in no bucket {BUCKETS}")
+
+
+def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """observed[index], NaN where the index falls outside the array."""
+    inside = (index >= 0) & (index < len(observed))
+    values = np.full(index.shape, np.nan)
+    values[inside] = observed[index[inside]]
+    return values
+
+
+def last_seen(origins: np.ndarray, grid_start: int, observed: np.ndarray) -> np.ndarray:
+    """Grid index of the latest observation in the HISTORY_HOURS up to each origin; -1: none."""
+    at = np.asarray(origins) - grid_start
+    if len(observed) == 0:
+        return np.full(at.shape, -1)
+    positions = np.where(np.isnan(observed), -1, np.arange(len(observed)))
+    latest = np.maximum.accumulate(positions)
+    # An origin past the array's end sees all of it; one before its start sees nothing.
+    seen = np.where(at >= 0, latest[np.clip(at, 0, len(observed) - 1)], -1)
+    return np.where(seen > at - HISTORY_HOURS, seen, -1)
+
+
+def persistence(
+    origins: np.ndarray, grid_start: int, observed: np.ndarray, horizon: int
+) -> np.ndarray:
+    """The latest observation within a day up to each origin, for every hour ahead (NaN: none)."""
+    seen = last_seen(origins, grid_start, observed)
+    value = np.where(seen >= 0, _at(observed, seen), np.nan)
+    return np.repeat(value[:, None], horizon, axis=1)
+
+
+def seasonal_naive(
+    origins: np.ndarray, grid_start: int, observed: np.ndarray, horizon: int
+) -> np.ndarray:
+    """y at the same hour on the latest day at or before each origin (NaN where missing)."""
+    ahead = np.arange(1, horizon + 1)
+    days_back = np.ceil(ahead / DAY_HOURS).astype(int) * DAY_HOURS
+    return _at(observed, np.asarray(origins)[:, None] + ahead - days_back - grid_start)
