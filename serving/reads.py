@@ -207,6 +207,9 @@ def history(
     rows = snapshot.index.slice(first + lo, hi - lo).to_pylist()
     if read_forecasts is not None:
         _attach_forecasts(rows, read_forecasts)
+    else:
+        for row in rows:
+            row[FORECASTS] = None  # not read: the same shape either way
     return [_public(r, snapshot.key) for r in rows]
 
 
@@ -221,7 +224,9 @@ def anomalies(snapshots: Iterable[GoldSnapshot], since: datetime | None, limit: 
             shown = _public(row, snap.key)
             shown["source"] = snap.source
             found.append(shown)
-    found.sort(key=lambda r: (r[WINDOW_START], r["source"], r["entity_id"]), reverse=True)
+    # Newest first; within a window, by source and entity (the order of each snapshot's slice).
+    found.sort(key=lambda r: (r["source"], r["entity_id"]))
+    found.sort(key=lambda r: r[WINDOW_START], reverse=True)
     return found[:limit]
 
 
@@ -286,10 +291,26 @@ class WarmGold:
         )
 
 
+def _plain(kind: pa.DataType) -> pa.DataType:
+    """Views and large variants as plain strings: delta-rs' MERGE writes string views, which
+    Arrow cannot sort, beside files with plain strings."""
+    if pa.types.is_string_view(kind) or pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_binary_view(kind) or pa.types.is_large_binary(kind):
+        return pa.binary()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
+        item = kind.value_field
+        return pa.list_(item.with_type(_plain(item.type)))
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_plain(f.type)) for f in kind])
+    return kind
+
+
 def _index_rows(uri: str, columns: list[str]) -> pa.Table:
     """A data file's rows without forecasts, with `_file` and `_row` to find them again."""
     present = set(pq.read_schema(uri).names)
     rows = pq.read_table(uri, columns=[c for c in columns if c in present], use_threads=False)
+    rows = rows.cast(pa.schema([f.with_type(_plain(f.type)) for f in rows.schema]))
     rows = rows.append_column(_FILE, pa.array([uri] * rows.num_rows, pa.string()))
     return rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
 
@@ -297,6 +318,7 @@ def _index_rows(uri: str, columns: list[str]) -> pa.Table:
 def read_forecasts(uri: str, rows: list[int]) -> list[Any]:
     """The forecasts of some rows of one gold data file, as lists of dicts (fields by name)."""
     column = pq.read_table(uri, columns=[FORECASTS], use_threads=False).column(0)
+    column = column.cast(_plain(column.type))
     return column.take(rows).to_pylist()  # type: ignore[no-any-return]
 
 
