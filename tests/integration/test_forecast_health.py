@@ -115,10 +115,16 @@ def _write_lake(settings, source: str) -> None:
         pa.Table.from_pandas(observations, preserve_index=False),
         mode="overwrite",
     )
-    gold = pa.Table.from_pylist(
-        _forecasts(source, readings, measures, ERROR_SHARE[source]),
-        schema=gold_schema("station_id"),
-    )
+    schema = gold_schema("station_id")
+    rows = _forecasts(source, readings, measures, ERROR_SHARE[source])
+    # Text fields gold's forecasts may carry beyond the values (which forecaster made them, say)
+    # get a stand-in name: this test judges the values only.
+    forecast_fields = schema.field("forecasts").type.value_type
+    names = [f.name for f in forecast_fields if pa.types.is_string(f.type)]
+    for row in rows:
+        for forecast in row["forecasts"]:
+            forecast.update({n: "stand_in" for n in names if n not in forecast})
+    gold = pa.Table.from_pylist(rows, schema=schema)
     write_deltalake(
         settings.lake_path(contract.table("gold", "predictions")), gold, mode="overwrite"
     )
