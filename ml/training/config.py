@@ -6,7 +6,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import pandas as pd
+
 from ml import forecast
+from ml.forecast import Split, temporal_split
 
 __all__ = ["Progress", "PromotionPolicy", "TrainConfig"]
 
@@ -31,6 +34,20 @@ class TrainConfig:
     anomaly_seed: int = 7
     anomaly_estimators: int = 200
     forecast: forecast.ForecastConfig = field(default_factory=forecast.ForecastConfig)
+
+    def split(self, first: pd.Timestamp, end: pd.Timestamp) -> Split:
+        """The split of the hours [first, end): test the last `test_days`, validation the
+        `validation_days` before it but at most a quarter of what is left (a short lake still
+        trains on most of its history), train the rest (at most `max_train_days`)."""
+        span_days = (pd.Timestamp(end) - pd.Timestamp(first)) / pd.Timedelta(days=1)
+        validation_days = min(self.validation_days, max(1.0, (span_days - self.test_days) / 4))
+        return temporal_split(
+            first,
+            pd.Timestamp(end) - pd.Timedelta(hours=1),
+            test_days=self.test_days,
+            validation_days=validation_days,
+            max_train_days=self.max_train_days,
+        )
 
     def params(self) -> dict[str, object]:
         flat = {k: v for k, v in asdict(self).items() if k != "forecast"}

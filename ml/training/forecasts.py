@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -142,13 +142,7 @@ def fit_until(
     if not known:
         raise PeriscopeError(f"no {source} observations before {cutoff}")
     first = min(f["ds"].min() for f in known.values())
-    split = forecast.temporal_split(
-        first,
-        cutoff - pd.Timedelta(hours=1),
-        test_days=0,
-        validation_days=config.validation_days,
-        max_train_days=config.max_train_days,
-    )
+    split = replace(config, test_days=0.0).split(first, cutoff)
     return forecast.fit_bundle(known, split, config.forecast, source=source, ranges=_ranges(source))
 
 

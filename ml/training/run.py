@@ -59,13 +59,8 @@ class TrainReport:
 def make_split(hourly: pd.DataFrame, config: TrainConfig) -> forecast.Split:
     if hourly.empty:
         raise PeriscopeError("no silver observations to train on")
-    return forecast.temporal_split(
-        hourly["ds"].min(),
-        hourly["ds"].max() + pd.Timedelta(hours=1),
-        test_days=config.test_days,
-        validation_days=config.validation_days,
-        max_train_days=config.max_train_days,
-    )
+    # test_end is the hour after the last observation.
+    return config.split(hourly["ds"].min(), hourly["ds"].max() + pd.Timedelta(hours=1))
 
 
 def run_training(

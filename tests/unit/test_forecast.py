@@ -425,3 +425,17 @@ def test_every_candidate_on_real_temperature(denver) -> None:
     inside = (errors["actual"] >= errors["yhat_lower"]) & (errors["actual"] <= errors["yhat_upper"])
     assert 0.6 <= inside.mean() <= 0.95
     assert set(errors["method"]) <= set(METHOD_NAMES)
+
+
+def test_production_split_keeps_most_of_a_short_history_for_training() -> None:
+    from ml.training import TrainConfig
+
+    config = TrainConfig()  # 7 test days, up to 28 validation days, up to 730 train days
+    long = config.split(T0, T0 + pd.Timedelta(days=400))
+    assert long.test_end - long.validation_end == pd.Timedelta(days=7)
+    assert long.validation_end - long.train_end == pd.Timedelta(days=28)
+    assert long.train_start == T0
+
+    short = config.split(T0, T0 + pd.Timedelta(days=40))  # a lake of a few weeks
+    assert short.validation_end - short.train_end == pd.Timedelta(hours=round(33 / 4 * 24))
+    assert short.train_end - short.train_start > pd.Timedelta(days=24)
