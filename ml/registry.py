@@ -1,7 +1,8 @@
 """The model registry: MLflow tracking + registered models, with a `champion` alias per model.
 
 Each source has two registered models, `<source>_forecast` (every Prophet series of the source
-in one bundle) and `<source>_anomaly` (one IsolationForest). A training run logs its parameters,
+in one bundle) and `<source>_anomaly` (one IsolationForest); the taxi source has a third,
+`taxi_trip` (the trip regressor, `ml.trips.TripModel`, scored per event rather than per window). A training run logs its parameters,
 metrics, data range, code version and the model directory; the directory becomes a new model
 version. `champion` names the version that serves. Every champion change is appended to the
 registered model's `champion_history` tag, so `rollback` can move the alias back.
@@ -28,26 +29,39 @@ __all__ = [
     "CHAMPION",
     "MODEL_KINDS",
     "ModelInfo",
+    "EVENT_KINDS",
     "ModelKind",
     "Registry",
     "code_version",
     "model_name",
+    "source_kinds",
 ]
 
-ModelKind = Literal["forecast", "anomaly"]
+ModelKind = Literal["forecast", "anomaly", "trip"]
+# The kinds every source has, which gold's window scoring loads.
 MODEL_KINDS: tuple[ModelKind, ...] = ("forecast", "anomaly")
+# Per-event models, and the sources that have one.
+EVENT_KINDS: dict[ModelKind, tuple[str, ...]] = {"trip": ("taxi",)}
 CHAMPION = "champion"
 _HISTORY_TAG = "champion_history"
 
 log = logging.getLogger(__name__)
 
 
+def source_kinds(source: str) -> tuple[ModelKind, ...]:
+    """The model kinds a source has: forecast and anomaly, plus its per-event kinds.
+
+    >>> source_kinds("taxi")
+    ('forecast', 'anomaly', 'trip')
+    """
+    return MODEL_KINDS + tuple(k for k, sources in EVENT_KINDS.items() if source in sources)
+
+
 def model_name(source: str, kind: str) -> str:
     """The registered model name, e.g. `weather_forecast`."""
-    if kind not in MODEL_KINDS:
-        raise PeriscopeError(
-            f"unknown model kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}"
-        )
+    known = (*MODEL_KINDS, *EVENT_KINDS)
+    if kind not in known:
+        raise PeriscopeError(f"unknown model kind {kind!r}: expected one of {', '.join(known)}")
     return f"{source}_{kind}"
 
 
@@ -226,13 +240,16 @@ class Registry:
         return Path(path)
 
     def load(self, info: ModelInfo) -> Any:
-        """A version's model in memory: a ForecastBundle or an AnomalyModel."""
+        """A version's model in memory: a ForecastBundle, an AnomalyModel or a TripModel."""
         from ml.anomaly import AnomalyModel
         from ml.forecast import ForecastBundle
+        from ml.trips import TripModel
 
         directory = self.download(info)
         if info.name.endswith("_forecast"):
             return ForecastBundle.load(directory)
+        if info.name.endswith("_trip"):
+            return TripModel.load(directory)
         return AnomalyModel.load(directory)
 
     # --- the champion alias ----------------------------------------------------------------
