@@ -238,9 +238,9 @@ def _forecasts_in_delta(path: str) -> int:
 
 # --- the tests, in order ---------------------------------------------------------------------
 def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse):
-    results = {r.table: r for r in load_tables(lake.settings, table_specs())}
+    results = {r.table: r for r in load_tables(lake.settings, table_specs(SOURCES))}
     state = _state(warehouse)
-    for spec in table_specs():
+    for spec in table_specs(SOURCES):
         path = lake.delta_path(spec.delta_table)
         expected = delta_row_count(path)
         result = results[spec.name]
@@ -319,9 +319,12 @@ def _key(fact: str) -> str:
 def test_new_silver_and_a_rescored_window_load_exactly_once_even_after_a_crash(
     lake, warehouse, first_marts
 ):
-    versions = {s.name: DeltaTable(lake.delta_path(s.delta_table)).version() for s in table_specs()}
+    versions = {
+        s.name: DeltaTable(lake.delta_path(s.delta_table)).version() for s in table_specs(SOURCES)
+    }
     files_before = {
-        s.name: set(DeltaTable(lake.delta_path(s.delta_table)).file_uris()) for s in table_specs()
+        s.name: set(DeltaTable(lake.delta_path(s.delta_table)).file_uris())
+        for s in table_specs(SOURCES)
     }
     # One more day of weather: new observations, new windows and re-computed (MERGEd) ones.
     lake.silver_days("weather", FIRST_DAYS, 1, batch_id=1)
