@@ -42,7 +42,12 @@ Sources = Annotated[
 ]
 Kinds = Annotated[
     list[str] | None,
-    typer.Option("--kind", "-k", help="forecast and/or anomaly (repeatable); default: both."),
+    typer.Option(
+        "--kind",
+        "-k",
+        help="forecast, anomaly and/or trip (taxi's trip regressor) (repeatable); default: "
+        "every kind the source has.",
+    ),
 ]
 
 
@@ -51,16 +56,17 @@ def _sources(sources: list[str] | None) -> list[str]:
     return list(sources or CONTRACTS)
 
 
-def _kinds(kinds: list[str] | None) -> tuple[str, ...]:
-    from ml.registry import MODEL_KINDS
+def _kinds(kinds: list[str] | None, source: str) -> tuple[str, ...]:
+    """The kinds asked for that `source` has (taxi alone has `trip`); all of them by default."""
+    from ml.registry import EVENT_KINDS, MODEL_KINDS, source_kinds
 
-    chosen = tuple(kinds or MODEL_KINDS)
-    unknown = sorted(set(chosen) - set(MODEL_KINDS))
+    known = (*MODEL_KINDS, *EVENT_KINDS)
+    unknown = sorted(set(kinds or ()) - set(known))
     if unknown:
         raise typer.BadParameter(
-            f"unknown kind(s) {', '.join(unknown)}; choose from forecast, anomaly"
+            f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}"
         )
-    return chosen
+    return tuple(k for k in (kinds or known) if k in source_kinds(source))
 
 
 def _train(
@@ -85,7 +91,10 @@ def _train(
     )
     lake_slice = LakeSlice(stations=tuple(stations) if stations else None, until=until)
     for source in _sources(sources):
-        chosen = _kinds(kinds)
+        chosen = _kinds(kinds, source)
+        if not chosen:
+            console.print(f"[bold]{source}[/]: has none of the kinds asked for; nothing to train")
+            continue
         if missing_only:
             registry = Registry(settings)
             chosen = tuple(k for k in chosen if registry.champion_version(source, k) is None)
@@ -173,11 +182,23 @@ def _print_report(report) -> None:
             f"F1 {m['f1']:.3f} (threshold from validation {report.anomaly.model.threshold:.4f})",
             highlight=False,
         )
+    if report.trip is not None:
+        _print_trip_table(report.trip.training)
     for kind, info in report.registered.items():
         console.print(
             f"[green]✔[/] {info.name} version {info.version}: {report.decisions[kind]}",
             highlight=False,
         )
+
+
+def _print_trip_table(training) -> None:
+    table = Table(title="taxi trip regressor on the test week (trips silver accepts)")
+    for column in ("target", "model", "MAE", "RMSE", "R²"):
+        table.add_column(column, justify="left" if column in ("target", "model") else "right")
+    for row in training.table.itertuples():
+        name = row.model if row.model != "tree" else f"tree ({training.model.chosen[row.target]})"
+        table.add_row(row.target, name, f"{row.mae:.3f}", f"{row.rmse:.3f}", f"{row.r2:.3f}")
+    print_table(table, console=console)
 
 
 Until = Annotated[
@@ -298,7 +319,9 @@ def models_list(fmt: FormatOption = "table") -> None:
     registry = _registry()
     rows = []
     for name in registry.model_names():
-        metric = "relative_mae" if name.endswith("_forecast") else "f1"
+        metric = {"_forecast": "relative_mae", "_trip": "duration_mae"}.get(
+            name[name.rfind("_") :], "f1"
+        )
         for info in registry.versions(name):
             rows.append(
                 (

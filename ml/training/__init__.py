@@ -6,6 +6,7 @@ and promoted to `champion` only when better. One module per step:
 - `run`: one training run (`run_training`): read the lake, split, train, register, promote.
 - `forecasts`: Prophet per (station, measure) in parallel on Ray, and the forecast comparison.
 - `anomalies`: the IsolationForest per source, its injected-anomaly test sets and comparison.
+- `trips`: the taxi trip regressor (`ml.trips`) from silver's trips, promoted on duration MAE.
 - `promotion`: the promotion rule and policies (`promote_version` for `models promote`).
 - `config`: `TrainConfig` and the promotion policy names.
 - `schedule`: APScheduler fires `retrain` for every source on a cron.
@@ -19,6 +20,7 @@ from ml.training.config import Progress, PromotionPolicy, TrainConfig
 from ml.training.forecasts import ForecastOutcome, compare_forecast, train_forecasts
 from ml.training.promotion import apply_policy, promote_if_better, promote_version
 from ml.training.run import TrainReport, make_split, run_training
+from ml.training.trips import TripOutcome, train_trip_kind
 
 __all__ = [
     "AnomalyOutcome",
@@ -27,6 +29,7 @@ __all__ = [
     "PromotionPolicy",
     "TrainConfig",
     "TrainReport",
+    "TripOutcome",
     "anomaly_test_set",
     "apply_policy",
     "compare_anomaly",
@@ -37,4 +40,5 @@ __all__ = [
     "run_training",
     "train_anomaly",
     "train_forecasts",
+    "train_trip_kind",
 ]

@@ -32,6 +32,7 @@ from ml.training.anomalies import AnomalyOutcome, train_anomaly
 from ml.training.config import Progress, PromotionPolicy, TrainConfig
 from ml.training.forecasts import ForecastOutcome, train_forecasts
 from ml.training.promotion import apply_policy
+from ml.training.trips import TripOutcome, train_trip_kind
 from ml.windows import window_features
 from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
@@ -52,6 +53,7 @@ class TrainReport:
     split: forecast.Split
     forecast: ForecastOutcome | None = None
     anomaly: AnomalyOutcome | None = None
+    trip: TripOutcome | None = None
     registered: dict[str, ModelInfo] = field(default_factory=dict)
     decisions: dict[str, str] = field(default_factory=dict)
 
@@ -103,7 +105,7 @@ def run_training(
     )
     frames = series_frames(training_hourly[training_hourly["ds"] < split.test_end], contract)
     if on_total:
-        on_total(len(frames) * ("forecast" in kinds) + ("anomaly" in kinds))
+        on_total(len(frames) * ("forecast" in kinds) + ("anomaly" in kinds) + ("trip" in kinds))
     with ray_session(settings, workers):
         if "forecast" in kinds:
             _train_forecast_kind(
@@ -131,6 +133,12 @@ def run_training(
             )
         if on_progress and "anomaly" in kinds:
             on_progress(1)
+        if "trip" in kinds:  # the taxi trip regressor: per trip, from silver's observations
+            report.trip = train_trip_kind(settings, source=source, policy=policy, workers=workers)
+            report.registered["trip"] = report.trip.info
+            report.decisions["trip"] = report.trip.decision
+            if on_progress:
+                on_progress(1)
     return report
 
 
