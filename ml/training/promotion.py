@@ -9,6 +9,8 @@ the same injected test set, each at its own threshold). Ties keep the champion.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from ml import anomaly, forecast
@@ -76,11 +78,14 @@ def _compare_and_decide(
     """Score challenger and champion on the challenger's test window; promote if better."""
     champion_dir = registry.download(champion_info)
     if isinstance(challenger, forecast.ForecastBundle):
-        ours, theirs = compare_forecast(
-            challenger,
-            forecast.ForecastBundle.load(champion_dir),
-            series_frames(lake_hourly, get_contract(source)),
-        )
+        frames = series_frames(lake_hourly, get_contract(source))
+        try:
+            champion = forecast.ForecastBundle.load(champion_dir)
+        except forecast.ForecastError:
+            # Saved in a format this code cannot serve: any challenger is better than none.
+            ours, theirs = compare_forecast(challenger, challenger, frames)[0], math.inf
+        else:
+            ours, theirs = compare_forecast(challenger, champion, frames)
         return promote_if_better(
             registry,
             source,
