@@ -2,22 +2,24 @@
 
 dbt's `marts.mart_forecast_health` decides the figures and the breach flags (relative MAE above
 1.0, interval coverage outside 0.7-0.9: the dbt vars `forecast_health_*`); this module reads it as
-the read-only BI role, picks the sources to retrain, and renders the figures in Prometheus' text
-exposition format for node-exporter's textfile collector. `prometheus_client` is not in the
-project's lock, and five gauges need no library: the format is written here by hand.
+the read-only BI role, picks the sources to retrain, and renders the figures as Prometheus gauges
+(prometheus_client) for node-exporter's textfile collector or a scrape.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "HEALTH_COLUMNS",
@@ -147,8 +149,8 @@ def read_forecast_health(
     return [ForecastHealth(*row) for row in rows]
 
 
-# --- Prometheus text exposition --------------------------------------------------------------
-_GAUGES = (
+# --- Prometheus gauges -----------------------------------------------------------------------
+_GAUGES: tuple[tuple[str, str, Callable[[ForecastHealth], float | None]], ...] = (
     (
         "periscope_forecast_relative_mae",
         "Rolling 7-day MAE of the forecasts over seasonal-naive's (above 1 loses to the baseline).",
@@ -186,45 +188,56 @@ _GAUGES = (
     ),
 )
 
-_BOUNDS = (
-    ("periscope_forecast_relative_mae_max", "Relative MAE above which a source is breached.", 0),
-    ("periscope_forecast_interval_coverage_min", "Coverage below which it is breached.", 1),
-    ("periscope_forecast_interval_coverage_max", "Coverage above which it is breached.", 2),
+_BOUNDS: tuple[tuple[str, str, Callable[[ForecastHealth], float]], ...] = (
+    (
+        "periscope_forecast_relative_mae_max",
+        "Relative MAE above which a source is breached.",
+        lambda r: r.max_relative_mae,
+    ),
+    (
+        "periscope_forecast_interval_coverage_min",
+        "Coverage below which a source is breached.",
+        lambda r: r.min_coverage,
+    ),
+    (
+        "periscope_forecast_interval_coverage_max",
+        "Coverage above which a source is breached.",
+        lambda r: r.max_coverage,
+    ),
 )
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _registry(rows: Sequence[ForecastHealth]) -> CollectorRegistry:
+    """The rows as gauges labelled by source and measure ("all" for the overall row); a figure
+    the mart leaves empty is NaN. A registry of its own: nothing else of the process leaks in."""
+    from prometheus_client import CollectorRegistry, Gauge
 
-
-def _number(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "NaN"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+    registry = CollectorRegistry()
+    for name, help_text, value in _GAUGES:
+        gauge = Gauge(name, help_text, ["source", "measure"], registry=registry)
+        for r in rows:
+            figure = value(r)
+            gauge.labels(r.source, r.measure or "all").set(math.nan if figure is None else figure)
+    for name, help_text, bound in _BOUNDS:
+        gauge = Gauge(name, help_text, ["source"], registry=registry)
+        for r in rows:
+            gauge.labels(r.source).set(bound(r))
+    return registry
 
 
 def to_prometheus(rows: Sequence[ForecastHealth]) -> str:
-    """The rows as Prometheus gauges labelled by source and measure ("all" for the overall row).
+    """The rows in Prometheus' text exposition format.
 
     >>> from datetime import UTC
     >>> t = datetime(2024, 1, 1, tzinfo=UTC)
     >>> text = to_prometheus([ForecastHealth("weather", None, t, t, 10, 9, None, None, 1.25,
     ...                                      0.8, 1.0, 0.7, 0.9, True, False)])
     >>> print(text.splitlines()[2])
-    periscope_forecast_relative_mae{source="weather",measure="all"} 1.25
+    periscope_forecast_relative_mae{measure="all",source="weather"} 1.25
     """
-    lines = []
-    for name, help_text, value in _GAUGES:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for r in rows:
-            labels = f'source="{_label(r.source)}",measure="{_label(r.measure or "all")}"'
-            lines.append(f"{name}{{{labels}}} {_number(value(r))}")
-    bounds = {r.source: (r.max_relative_mae, r.min_coverage, r.max_coverage) for r in rows}
-    for name, help_text, i in _BOUNDS:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        for source, values in bounds.items():
-            lines.append(f'{name}{{source="{_label(source)}"}} {_number(values[i])}')
-    return "\n".join(lines) + "\n"
+    from prometheus_client import generate_latest
+
+    return generate_latest(_registry(rows)).decode()
 
 
 def metrics_path(settings: Settings) -> Path:
@@ -233,9 +246,10 @@ def metrics_path(settings: Settings) -> Path:
 
 
 def write_prometheus(rows: Sequence[ForecastHealth], path: Path) -> Path:
-    """Write the gauges to `path` atomically: a collector never reads half a file."""
+    """Write the gauges to `path` for a textfile collector, atomically (prometheus_client writes
+    a temporary file and renames it): a collector never reads half a file."""
+    from prometheus_client import write_to_textfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(to_prometheus(rows))
-    partial.replace(path)
+    write_to_textfile(str(path), _registry(rows))
     return path

@@ -3,6 +3,7 @@ job that fires it (a real APScheduler, fed rows in memory instead of the warehou
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -79,30 +80,44 @@ def test_only_the_scheduled_sources_and_none_retrained_within_the_cooldown():
     assert sources_to_retrain(both, last_retrained=recently, now=now) == ["air_quality"]
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text parsed back: (name, sorted labels) -> value, and every family a gauge."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        assert family.type == "gauge", family.name
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
 def test_prometheus_text_has_one_gauge_per_figure_and_row():
     rows = [*WEATHER_SLIPPED[2:], replace(_row('we"ird', None, 0.5, 0.8), coverage=None)]
-    text = to_prometheus(rows)
-    lines = text.splitlines()
-    assert text.endswith("\n")
-    assert "# TYPE periscope_forecast_relative_mae gauge" in lines
-    assert 'periscope_forecast_relative_mae{source="weather",measure="all"} 0.9' in lines
-    assert 'periscope_forecast_relative_mae{source="weather",measure="humidity"} 1.3' in lines
-    assert 'periscope_forecast_mae{source="weather",measure="all"} NaN' in lines
-    assert 'periscope_forecast_health_breached{source="weather",measure="humidity"} 1' in lines
-    assert 'periscope_forecast_health_breached{source="weather",measure="temperature"} 0' in lines
-    assert 'periscope_forecast_interval_coverage{source="we\\"ird",measure="all"} NaN' in lines
-    assert 'periscope_forecast_health_forecasts{source="weather",measure="all"} 100' in lines
+    samples = _samples(to_prometheus(rows))
+
+    def value(name: str, source: str, measure: str | None = None) -> float:
+        labels = {"source": source, **({"measure": measure} if measure else {})}
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("periscope_forecast_relative_mae", "weather", "all") == 0.9
+    assert value("periscope_forecast_relative_mae", "weather", "humidity") == 1.3
+    assert value("periscope_forecast_mae", "weather", "humidity") == 2.6
+    assert value("periscope_forecast_seasonal_naive_mae", "weather", "humidity") == 2.0
+    assert math.isnan(value("periscope_forecast_mae", "weather", "all"))
+    assert value("periscope_forecast_health_breached", "weather", "humidity") == 1
+    assert value("periscope_forecast_health_breached", "weather", "temperature") == 0
+    assert math.isnan(value("periscope_forecast_interval_coverage", 'we"ird', "all"))
+    assert value("periscope_forecast_health_forecasts", "weather", "all") == 100
     assert (
-        'periscope_forecast_health_window_end_timestamp_seconds{source="weather",measure="all"} '
-        f"{int(END.timestamp())}"
-    ) in lines
-    assert 'periscope_forecast_relative_mae_max{source="weather"} 1' in lines
-    assert 'periscope_forecast_interval_coverage_min{source="weather"} 0.7' in lines
-    # Every sample line is `name{labels} value` with a known gauge name.
-    names = {line.split()[2] for line in lines if line.startswith("# TYPE")}
-    samples = [line for line in lines if not line.startswith("#")]
+        value("periscope_forecast_health_window_end_timestamp_seconds", "weather", "all")
+        == END.timestamp()
+    )
+    assert value("periscope_forecast_relative_mae_max", "weather") == 1.0
+    assert value("periscope_forecast_interval_coverage_min", "weather") == 0.7
+    assert value("periscope_forecast_interval_coverage_max", 'we"ird') == 0.9
+    # Seven figures per row, three bounds per source, nothing else.
     assert len(samples) == 7 * len(rows) + 3 * 2
-    assert {s.split("{")[0] for s in samples} == names
 
 
 def test_the_gauges_file_is_replaced_whole(tmp_path):
