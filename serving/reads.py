@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -78,12 +79,14 @@ class GoldSnapshot:
     flagged: pa.Table
     # window_start of `flagged` in µs, negated: ascending, for bisect.
     flagged_order: list[int] = field(repr=False)
+    # The data files the index rows came from, by the id in their `_file` column.
+    files: dict[int, str] = field(default_factory=dict, repr=False)
 
 
 def empty_snapshot(source: str, key: str) -> GoldSnapshot:
     """A gold table that does not exist yet: no entities, no rows."""
     index = pa.table({key: pa.array([], pa.string())})
-    return GoldSnapshot(source, key, None, None, index, {}, {}, index, [])
+    return GoldSnapshot(source, key, None, None, index, {}, {}, index, [], {})
 
 
 def _micros(column: pa.ChunkedArray | pa.Array) -> list[int]:
@@ -95,12 +98,12 @@ def build_snapshot(
     key: str,
     version: int | None,
     committed_at: datetime | None,
+    files: dict[int, str],
     file_rows: Iterable[pa.Table],
     read_forecasts: Callable[[str, list[int]], list[Any]],
 ) -> GoldSnapshot:
-    """A snapshot from the index rows of each data file (each with `_file` and `_row`).
-
-    `read_forecasts(file, rows)` returns the forecasts of those rows of one data file.
+    """A snapshot from the index rows of each data file (each with `_file`, an id in `files`,
+    and `_row`). `read_forecasts(uri, rows)` returns the forecasts of those rows of one file.
     """
     tables = [t for t in file_rows if t.num_rows]
     if not tables:
@@ -109,33 +112,43 @@ def build_snapshot(
     index = pa.concat_tables(tables, promote_options="default")
     index = index.sort_by([(key, "ascending"), (WINDOW_START, "ascending")]).combine_chunks()
 
-    keys = index.column(key).to_pylist()
-    spans: dict[str, tuple[int, int]] = {}
-    for i, k in enumerate(keys):
-        first, _ = spans.get(k, (i, i))
-        spans[k] = (first, i + 1)
+    # Sorted by key: each entity is one run of rows.
+    runs = pc.run_end_encode(index.column(key).combine_chunks())
+    ends = runs.run_ends.to_pylist()
+    spans = dict(zip(runs.values.to_pylist(), zip([0, *ends[:-1]], ends, strict=True), strict=True))
 
     last_rows = index.take([end - 1 for _, end in spans.values()])
     latest = {row[key]: row for row in last_rows.to_pylist()}
-    _attach_forecasts(latest.values(), read_forecasts)
+    _attach_forecasts(latest.values(), files, read_forecasts)
 
     flagged = index.filter(pc.fill_null(index.column("is_anomaly"), False))
     flagged = flagged.sort_by([(WINDOW_START, "descending"), (key, "ascending")])
     order = [-m for m in _micros(flagged.column(WINDOW_START))]
     return GoldSnapshot(
-        source, key, version, committed_at, index, spans, latest, flagged.drop(_PRIVATE), order
+        source,
+        key,
+        version,
+        committed_at,
+        index,
+        spans,
+        latest,
+        flagged.drop(_PRIVATE),
+        order,
+        files,
     )
 
 
 def _attach_forecasts(
-    rows: Iterable[Row], read_forecasts: Callable[[str, list[int]], list[Any]]
+    rows: Iterable[Row],
+    files: dict[int, str],
+    read_forecasts: Callable[[str, list[int]], list[Any]],
 ) -> None:
     """Give each row its forecasts, reading each data file once; drop `_file` and `_row`."""
-    by_file: dict[str, list[Row]] = {}
+    by_file: dict[int, list[Row]] = {}
     for row in rows:
         by_file.setdefault(row.pop(_FILE), []).append(row)
-    for path, file_rows in by_file.items():
-        values = read_forecasts(path, [r.pop(_ROW) for r in file_rows])
+    for file_id, file_rows in by_file.items():
+        values = read_forecasts(files[file_id], [r.pop(_ROW) for r in file_rows])
         for row, forecasts in zip(file_rows, values, strict=True):
             row[FORECASTS] = forecasts or []
 
@@ -206,7 +219,7 @@ def history(
     lo = max(lo, hi - limit)
     rows = snapshot.index.slice(first + lo, hi - lo).to_pylist()
     if read_forecasts is not None:
-        _attach_forecasts(rows, read_forecasts)
+        _attach_forecasts(rows, snapshot.files, read_forecasts)
     else:
         for row in rows:
             row[FORECASTS] = None  # not read: the same shape either way
@@ -250,6 +263,8 @@ class WarmGold:
         self.key = contract.key_field
         self.refresh_s = refresh_s
         self._files: dict[str, pa.Table] = {}
+        self._file_ids: dict[str, int] = {}
+        self._next_file_id = 0
         self._snapshot = empty_snapshot(self.source, self.key)
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -284,10 +299,25 @@ class WarmGold:
             return self._snapshot
         columns = [n for n in table.schema().to_arrow().names if n != FORECASTS]
         current = table.file_uris()
-        self._files = {uri: self._files.get(uri) or _index_rows(uri, columns) for uri in current}
+        for uri in current:
+            if uri not in self._file_ids:  # ids are never reused: old rows keep theirs
+                self._file_ids[uri] = self._next_file_id
+                self._next_file_id += 1
+        self._files = {
+            uri: self._files.get(uri) or _index_rows(uri, columns, self._file_ids[uri])
+            for uri in current
+        }
+        self._file_ids = {uri: self._file_ids[uri] for uri in current}
+        files = {file_id: uri for uri, file_id in self._file_ids.items()}
         committed_at = _last_commit_time(table)
         return build_snapshot(
-            self.source, self.key, version, committed_at, self._files.values(), read_forecasts
+            self.source,
+            self.key,
+            version,
+            committed_at,
+            files,
+            self._files.values(),
+            read_forecasts,
         )
 
 
@@ -306,13 +336,13 @@ def _plain(kind: pa.DataType) -> pa.DataType:
     return kind
 
 
-def _index_rows(uri: str, columns: list[str]) -> pa.Table:
+def _index_rows(uri: str, columns: list[str], file_id: int) -> pa.Table:
     """A data file's rows without forecasts, with `_file` and `_row` to find them again."""
     present = set(pq.read_schema(uri).names)
     rows = pq.read_table(uri, columns=[c for c in columns if c in present], use_threads=False)
     rows = rows.cast(pa.schema([f.with_type(_plain(f.type)) for f in rows.schema]))
-    rows = rows.append_column(_FILE, pa.array([uri] * rows.num_rows, pa.string()))
-    return rows.append_column(_ROW, pa.array(range(rows.num_rows), pa.int64()))
+    rows = rows.append_column(_FILE, pa.array(np.full(rows.num_rows, file_id, np.int32)))
+    return rows.append_column(_ROW, pa.array(np.arange(rows.num_rows, dtype=np.int32)))
 
 
 def read_forecasts(uri: str, rows: list[int]) -> list[Any]:
