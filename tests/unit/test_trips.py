@@ -224,3 +224,19 @@ def test_busiest_zones_count_every_hour_with_zeros():
     assert list(series) == ["7"]
     assert series["7"]["y"].tolist() == [2.0, 0.0, 0.0, 1.0]
     assert series["7"]["ds"].iloc[0] == pd.Timestamp("2023-01-01 00:00")
+
+
+# --- the model kind -------------------------------------------------------------------------
+def test_only_taxi_has_a_trip_model_and_train_picks_kinds_per_source():
+    import typer
+
+    from ml.cli import _kinds
+    from ml.registry import model_name
+
+    assert model_name("taxi", "trip") == "taxi_trip"
+    assert _kinds(None, "taxi") == ("forecast", "anomaly", "trip")
+    assert _kinds(None, "weather") == ("forecast", "anomaly")
+    assert _kinds(["trip"], "weather") == ()
+    assert _kinds(["trip", "forecast"], "taxi") == ("trip", "forecast")
+    with pytest.raises(typer.BadParameter, match="unknown kind"):
+        _kinds(["trips"], "taxi")
