@@ -681,7 +681,9 @@ def run_evaluation(
     hourly = hourly.reset_index(drop=True)
     in_span = hourly[(hourly["ds"] >= start) & (hourly["ds"] < end)]
     if in_span.empty:
-        raise ValueError(
+        from periscope.errors import PeriscopeError
+
+        raise PeriscopeError(
             f"{source} has no data in {start:%Y-%m-%d} .. {end:%Y-%m-%d}; its history ends "
             f"{hourly['ds'].max() if len(hourly) else 'before that'}"
         )
