@@ -192,14 +192,17 @@ class ForecastBundle:
         method: str,
         measure: str,
         requests: list[tuple[str, np.ndarray, int, np.ndarray]],
+        *,
+        needed: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """One method's raw yhat (origins x horizon, NaN: no forecast) for each request
-        (entity, origins, grid_start, observed), reading y only up to each origin."""
+        (entity, origins, grid_start, observed), reading y only up to each origin. `needed`
+        (a mask over the horizons) lets the costly global model skip the others."""
         horizon = self.config.horizon_hours
         if method == "gbm":
             model = self.globals.get(measure)
             if model is not None:
-                return model.forecast_many(requests, horizon)
+                return model.forecast_many(requests, horizon, needed=needed)
         out = []
         for entity_id, origins, grid_start, observed in requests:
             shape = (len(origins), horizon)
@@ -225,7 +228,8 @@ class ForecastBundle:
         plan = self.plans[measure]
         served = np.array([METHOD_NAMES.index(m) for m in plan.served])
         needed = [m for m in METHOD_NAMES if m in plan.served or m in FALLBACKS]
-        values = {m: self.candidate(m, measure, requests) for m in needed}
+        served_as = np.array(plan.served)
+        values = {m: self.candidate(m, measure, requests, needed=served_as == m) for m in needed}
         results = []
         for i in range(len(requests)):
             method = np.broadcast_to(served, values["mean"][i].shape).copy()

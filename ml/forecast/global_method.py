@@ -50,10 +50,14 @@ def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def global_features(
-    origins: np.ndarray, grid_start: int, observed: np.ndarray, horizon: int, entity_code: float
+    origins: np.ndarray,
+    grid_start: int,
+    observed: np.ndarray,
+    ahead: np.ndarray,
+    entity_code: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(X, last): one feature row per (origin, hours ahead), origin-major, and the latest
-    observation per origin (NaN: none within a day). Reads y only up to each origin."""
+    """(X, last): one feature row per (origin, hours ahead in `ahead`), origin-major, and the
+    latest observation per origin (NaN: none within a day). Reads y only up to each origin."""
     origins = np.asarray(origins)
     n = len(origins)
     at = origins - grid_start
@@ -66,7 +70,7 @@ def global_features(
         warnings.simplefilter("ignore", RuntimeWarning)
         day_mean = np.nanmean(lags, axis=1)
     per_origin = np.column_stack([last, age, lags, day_mean])
-    ahead = np.arange(1, horizon + 1)
+    horizon = len(ahead)
     target = origins[:, None] + ahead  # hours since the epoch
     # "The same hour yesterday" is inside the last day for every horizon up to 24 h.
     yesterday = _at(observed, target - DAY_HOURS - grid_start) - last[:, None]
@@ -105,14 +109,23 @@ class GlobalModel:
         return float(code) if code < _MAX_CATEGORIES else np.nan
 
     def forecast_many(
-        self, requests: list[tuple[str, np.ndarray, int, np.ndarray]], horizon: int
+        self,
+        requests: list[tuple[str, np.ndarray, int, np.ndarray]],
+        horizon: int,
+        *,
+        needed: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """yhat (origins x horizon) for each (entity, origins, grid_start, observed), in one
-        predict call: the trees' fixed cost is paid once per batch, not per entity."""
+        predict call: the trees' fixed cost is paid once per batch, not per entity. Only the
+        hours ahead marked in `needed` (a boolean mask over 1..horizon) are predicted, the
+        others are NaN: the trees are most of gold's cost, so it asks only where it serves them."""
+        ahead = np.arange(1, horizon + 1)
+        if needed is not None:
+            ahead = ahead[needed]
         parts, lasts = [], []
         for entity_id, origins, grid_start, observed in requests:
             X, last = global_features(
-                origins, grid_start, observed, horizon, self.entity_code(entity_id)
+                origins, grid_start, observed, ahead, self.entity_code(entity_id)
             )
             parts.append(X)
             lasts.append(last)
@@ -123,8 +136,12 @@ class GlobalModel:
             change = self.regressor.predict(X) if len(X) else np.zeros(0)
         out, offset = [], 0
         for last in lasts:
-            rows = len(last) * horizon
-            out.append(last[:, None] + change[offset : offset + rows].reshape(len(last), horizon))
+            rows = len(last) * len(ahead)
+            yhat = np.full((len(last), horizon), np.nan)
+            yhat[:, ahead - 1] = last[:, None] + change[offset : offset + rows].reshape(
+                len(last), len(ahead)
+            )
+            out.append(yhat)
             offset += rows
         return out
 
@@ -174,7 +191,11 @@ def fit_global(
         if len(origins) == 0:
             continue
         X, last = global_features(
-            origins, grid_start, y, horizon, code if code < _MAX_CATEGORIES else np.nan
+            origins,
+            grid_start,
+            y,
+            np.arange(1, horizon + 1),
+            code if code < _MAX_CATEGORIES else np.nan,
         )
         target = origins[:, None] + np.arange(1, horizon + 1) - grid_start
         change = (_at(y, target) - last[:, None]).ravel()
