@@ -5,8 +5,8 @@ Each window is scored by five detectors, and flagged with the first one that fir
   statistics from training, so a station's normal level (Denver's ~830 hPa) is not an anomaly;
 - `residual`: a reading far from its recent level (the median of the 3 hours before it);
 - `drift`: the level moved further over the last 2-12 hours than it does at that hour;
-- `stuck`: a reading repeats the one before it, for longer than that station's measure
-  stays flat at that hour in training;
+- `stuck`: a reading repeats the ones before it, a run of repeats rare for that station's
+  measure in training;
 - `dropout`: a reading at the contract's valid_min, where training rarely saw one.
 All but the forest read the entity's recent hourly readings (gold's `hourly` frame, the
 history `ml.gold.scoring.history_window` names): per-station statistics by hour of day turn
@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 ANOMALY_KINDS = ("spike", "stuck", "drift", "dropout")
-# In the order a window's flag names them: the most specific explanation first.
+# The most specific first: a flag names dropout or stuck when they fired, else the detector
+# furthest past its threshold.
 DETECTORS = ("dropout", "stuck", "residual", "drift", "forest")
 # Saved models carry this; one without it predates the detectors (IsolationForest only).
 MODEL_FORMAT = 2
@@ -348,15 +349,21 @@ def _measure_columns(measure: str) -> list[str]:
 _HOUR_NS = 3_600_000_000_000
 _LEVEL_HOURS = 3  # a reading's recent level: the median of the hours just before it
 _BASE_HOURS = 12  # and its level before that: the median of the 12 hours before it
+# The level before a recent episode, to tell a drift from the way back after one: the
+# median of hours t-20 .. t-9 (gold's history reaches 21 hours before a window's first hour).
+_BEFORE_HOURS = (9, 20)
 _DRIFT_SPANS = (2, 4, 8, 12)  # hours over which a level change is measured
 _MAX_RUN = 12  # stuck runs are counted up to this many repeats
 # Every score looks at most this far back; gold's history reaches 21 hours before a window.
-LOOKBACK_HOURS = max(_BASE_HOURS, max(_DRIFT_SPANS) + _LEVEL_HOURS - 1, _MAX_RUN)
-# A flat-hour rate seen in few hours of one hour of day leans on the station's all-day rate,
-# as if that had been seen this many times.
-_PRIOR_HOURS = 24.0
+LOOKBACK_HOURS = max(_BEFORE_HOURS[1], max(_DRIFT_SPANS) + _LEVEL_HOURS - 1, _MAX_RUN)
+# A station's own rate of runs of repeats leans on all stations' rate of the measure as if
+# that had been seen for this many hours: a station with no 6-hour run in training is not
+# thereby sure never to have one (real data has repeats: 18 % of hourly temperatures).
+_PRIOR_HOURS = 200.0
 HOURLY_DETECTORS = ("dropout", "stuck", "residual", "drift")
-_TAIL_QUANTILE = 0.999
+# The 99th percentile, not the 99.9th: a station with three glitches in training would have
+# its scale set by them.
+_TAIL_QUANTILE = 0.99
 
 
 @dataclass
@@ -403,9 +410,10 @@ def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
     """Per entity, hour and measure: the quantities the hourly detectors judge."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, as meant
-        shifted = [values, *(_shift(values, k) for k in range(1, _BASE_HOURS + 1))]
+        shifted = [values, *(_shift(values, k) for k in range(1, _BEFORE_HOURS[1] + 1))]
         level = np.nanmedian(np.stack(shifted[1 : _LEVEL_HOURS + 1]), axis=0)
-        base = np.nanmedian(np.stack(shifted[1:]), axis=0)
+        base = np.nanmedian(np.stack(shifted[1 : _BASE_HOURS + 1]), axis=0)
+        before = np.nanmedian(np.stack(shifted[_BEFORE_HOURS[0] :]), axis=0)
         # Levels as medians of 3 hours, so that one odd reading (a spike) some hours ago
         # does not read as a level change now.
         level3 = np.nanmedian(np.stack(shifted[:_LEVEL_HOURS]), axis=0)
@@ -416,8 +424,9 @@ def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
     return {
         # Far from both: a reading returning to normal after an episode is far from the
         # recent (anomalous) level only, and must not read as an anomaly of its own.
-        "residual": np.stack([values - level, values - base], axis=-1),
-        "drift": np.stack([values - _shift(level3, k) for k in _DRIFT_SPANS], axis=-1),
+        # (The third, against the level before, is the drift detector's gate.)
+        "residual": np.stack([values - level, values - base, values - before], axis=-1),
+        "drift": np.stack([level3 - _shift(level3, k) for k in _DRIFT_SPANS], axis=-1),
         "run": run,
     }
 
@@ -442,13 +451,13 @@ class HourlyStats:
     entities: list[str]
     measures: list[str]
     floors: np.ndarray  # (M,) the contract's valid_min
-    residual: tuple[np.ndarray, np.ndarray]  # center, scale: (E+1, 24, M, 2)
+    residual: tuple[np.ndarray, np.ndarray]  # center, scale: (E+1, 24, M, 3)
     drift: tuple[np.ndarray, np.ndarray]  # (E+1, 24, M, spans)
-    run_surprise: np.ndarray  # (E+1, 24, M, MAX_RUN + 1): -r log10 P(a repeat)
+    run_surprise: np.ndarray  # (E+1, 24, M, MAX_RUN + 1): -log10 P(run >= r), all hours alike
     floor_surprise: np.ndarray  # (E+1, M): -log10 P(reading at the floor)
-    # The 99.9th percentile of each measure's residual and drift z in training: real series
+    # The 99th percentile of each measure's residual and drift z in training: real series
     # have tails of their own (pressure's glitches reach z ~ 36), so scores are in its units.
-    residual_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 2)))  # (E+1, M, 2)
+    residual_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 3)))  # (E+1, M, 3)
     drift_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 1)))  # (E+1, M, spans)
 
     @classmethod
@@ -466,16 +475,19 @@ class HourlyStats:
             # Where an hour of day has no spread of its own, the entity's all-day one stands in.
             return center, np.concatenate([one[1], pooled[1]])
 
-        observed = np.isfinite(values).reshape(by_day + values.shape[2:])
-        run = signals["run"].reshape(by_day + values.shape[2:])
+        observed = np.isfinite(values)
         runs = np.arange(_MAX_RUN + 1)
-        longer = np.stack([((run >= r) & observed).sum(axis=1) for r in runs[:2]], axis=-1)
-        counts = np.concatenate([longer, longer.sum(axis=0, keepdims=True)])  # (E+1, 24, M, R+1)
-        seen = np.concatenate([observed.sum(axis=1), observed.sum(axis=(0, 1))[None]])
-        all_day = (
-            counts.sum(axis=1, keepdims=True) / np.maximum(seen.sum(axis=1), 1)[:, None, :, None]
-        )
-        rate = (counts + _PRIOR_HOURS * all_day + 0.5) / (seen[..., None] + _PRIOR_HOURS + 1.0)
+        counts = np.stack([((signals["run"] >= r) & observed).sum(axis=1) for r in runs], -1)
+        seen = observed.sum(axis=1)  # (E, M)
+        pooled = counts.sum(axis=0) / np.maximum(seen.sum(axis=0), 1)[:, None]  # (M, R+1)
+        rate = (counts + _PRIOR_HOURS * pooled) / (seen[..., None] + _PRIOR_HOURS)
+        rate = np.concatenate([rate, pooled[None]])  # (E+1, M, R+1): P(run >= r)
+        # A run never seen is rare, not impossible; each repeat more than training ever saw
+        # halves its chance again.
+        rate = np.clip(rate, 0.5 / (seen.sum() + 1.0), 1.0)
+        for r in runs[2:]:
+            rate[..., r] = np.minimum(rate[..., r], 0.5 * rate[..., r - 1])
+        run_surprise = np.repeat(-np.log10(rate)[:, None], 24, axis=1)
         at_floor = (values <= floors) & np.isfinite(values)
         floor_counts = np.concatenate([at_floor.sum(axis=1), at_floor.sum(axis=(0, 1))[None]])
         observed_hours = np.concatenate(
@@ -487,9 +499,7 @@ class HourlyStats:
             floors=floors,
             residual=_fill_scale(*per_entity_and_pooled(signals["residual"])),
             drift=_fill_scale(*per_entity_and_pooled(signals["drift"])),
-            # r repeats as r independent ones: the surprise keeps growing with the run where
-            # training has no runs that long to count (a frozen thermometer for 8 hours).
-            run_surprise=runs * -np.log10(np.minimum(rate[..., 1:2], 1.0)),
+            run_surprise=run_surprise,
             floor_surprise=-np.log10((floor_counts + 0.5) / (observed_hours + 1.0)),
         )
         z = stats._z(grid)
@@ -530,9 +540,9 @@ class HourlyStats:
             "dropout": dropout,
             "stuck": z["stuck"],
             "residual": np.fmin(residual[..., 0], residual[..., 1]),
-            # The largest level change over 2-12 hours, if the reading is still off the median
-            # of the 12 hours before: the way back after an episode is no drift of its own.
-            "drift": np.fmin(np.nanmax(np.nan_to_num(drift, nan=0.0), axis=-1), residual[..., 1]),
+            # The largest level change over 2-12 hours, if the reading is still off the level
+            # before: the way back after an episode is no drift of its own.
+            "drift": np.fmin(np.nanmax(np.nan_to_num(drift, nan=0.0), axis=-1), residual[..., 2]),
         }
         with np.errstate(invalid="ignore"):
             return {
@@ -641,7 +651,12 @@ class AnomalyModel:
             [scores[d].to_numpy() / self.thresholds.get(d, np.inf) for d in DETECTORS]
         )
         fired = ratios >= self.threshold
-        names = np.asarray(DETECTORS, dtype=object)[fired.argmax(axis=1)]
+        # dropout and stuck name what they saw; otherwise the detector furthest past its
+        # threshold (a steep drift also trips the residual one, by less).
+        specific = fired[:, :2].any(axis=1)
+        names = np.asarray(DETECTORS, dtype=object)[
+            np.where(specific, fired.argmax(axis=1), ratios.argmax(axis=1))
+        ]
         kind = np.asarray(np.where(fired.any(axis=1), names, None), dtype=object)
         return ratios.max(axis=1), kind
 
@@ -677,21 +692,32 @@ class AnomalyModel:
 
     @classmethod
     def load(cls, directory: Path) -> AnomalyModel:
-        """A saved model; one saved before the detectors (format 1) raises: retrain it."""
+        """A saved model. One saved before the detectors (format 1, no format_version in its
+        manifest) loads as the forest alone with its own threshold: it flags what it always
+        flagged, names "forest", and a retrain adds the hourly detectors. A newer format
+        than this code knows raises."""
         directory = Path(directory)
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
-        if manifest.get("format_version") != MODEL_FORMAT:
+        version = manifest.get("format_version", 1)
+        if version not in (1, MODEL_FORMAT):
             raise PeriscopeError(
-                f"{directory} holds a {manifest.get('source')} anomaly model of format "
-                f"{manifest.get('format_version', 1)} (IsolationForest only); this Periscope reads "
-                f"format {MODEL_FORMAT}: retrain it with `periscope train --source "
-                f"{manifest.get('source')} --kind anomaly`"
+                f"{directory} holds a {manifest.get('source')} anomaly model of format {version}; "
+                f"this Periscope reads formats 1 and {MODEL_FORMAT}: upgrade it, or retrain with "
+                f"`periscope train --source {manifest.get('source')} --kind anomaly`"
             )
         model = joblib.load(directory / MODEL_FILE)
         if not isinstance(model, cls):
             raise TypeError(f"{directory / MODEL_FILE} holds a {type(model).__name__}, not a model")
         if (manifest["source"], manifest["threshold"]) != (model.source, model.threshold):
             raise ValueError(f"{directory}: manifest and model disagree; save them together")
+        if version == 1:  # its threshold was the forest's; scores are now over thresholds
+            model.thresholds = {
+                d: model.threshold if d == "forest" else float("inf") for d in DETECTORS
+            }
+            model.hourly_stats = None
+            model.threshold = 1.0
+            model.format_version = MODEL_FORMAT
+            model.metadata = {**model.metadata, "loaded_from_format": 1}
         return model
 
 
@@ -700,7 +726,7 @@ def _json_number(value: float) -> float | None:
 
 
 # Before validation chooses them: the forest fires on 1 in 100 training windows (as it always
-# did), the hourly detectors on none, and never below these (a floor reading seen once in 100
+# did), the hourly detectors on none (just above their largest score), and never below these (a floor reading seen once in 100
 # hours is no news).
 _TRAIN_QUANTILE = {"forest": 0.99}
 _MIN_THRESHOLD = {"dropout": 2.0, "stuck": 2.0, "residual": 1.0, "drift": 1.0, "forest": 0.0}
@@ -754,7 +780,7 @@ def fit_anomaly_model(
     forest.fit(model.design(train_features))
     scores = model.detector_scores(train_features, hourly)
     model.thresholds = {
-        d: max(float(np.quantile(scores[d], _TRAIN_QUANTILE.get(d, 1.0))), _MIN_THRESHOLD[d])
+        d: max(_above(scores[d].to_numpy(), _TRAIN_QUANTILE.get(d, 1.0)), _MIN_THRESHOLD[d])
         if d == "forest" or hourly_stats is not None
         else float("inf")
         for d in DETECTORS
