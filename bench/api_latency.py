@@ -170,15 +170,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(lake_root: Path, port: int) -> subprocess.Popen[bytes]:
+def start_api(lake_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PERISCOPE_LAKE_ROOT=str(lake_root.resolve()))
     # The API reads no password in this benchmark, but settings require them.
     env.setdefault("PERISCOPE_POSTGRES_OWNER_PASSWORD", "unused")
     env.setdefault("PERISCOPE_POSTGRES_BI_PASSWORD", "unused")
     periscope = Path(sys.executable).with_name("periscope")
-    return subprocess.Popen(
-        [str(periscope), "api", "--port", str(port)], env=env, stderr=subprocess.PIPE
-    )
+    # Its log goes to a file: an unread pipe would block the server once full.
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(periscope), "api", "--port", str(port)], env=env, stdout=out, stderr=out
+        )
 
 
 def wait_until_up(base: str, server: subprocess.Popen[bytes], timeout_s: float = 900) -> float:
@@ -188,9 +190,7 @@ def wait_until_up(base: str, server: subprocess.Popen[bytes], timeout_s: float =
     with console.status("starting the API and warming the lake ..."):
         while time.monotonic() - started < timeout_s:
             if server.poll() is not None:
-                raise SystemExit(
-                    f"the API exited: {server.stderr.read().decode() if server.stderr else ''}"
-                )
+                raise SystemExit("the API exited: see its log (printed above the table)")
             try:
                 if httpx.get(f"{base}/sources", timeout=2).status_code == 200:
                     return time.monotonic() - started
@@ -218,7 +218,11 @@ async def load(
             nonlocal errors
             rng = random.Random(seed)
             while (now := time.perf_counter()) < stop_at:
-                response = await client.get(rng.choice(paths))
+                try:
+                    response = await client.get(rng.choice(paths))
+                except httpx.TransportError:  # e.g. a keep-alive connection the server closed
+                    errors += 1
+                    continue
                 took = (time.perf_counter() - now) * 1000
                 if response.status_code != 200:
                     errors += 1
@@ -264,7 +268,9 @@ def main() -> None:
         lake_root = args.lake
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_api(lake_root, port)
+    log = Path(tempfile.gettempdir()) / f"periscope-api-bench-{port}.log"
+    server = start_api(lake_root, port, log)
+    console.print(f"API log: {log}")
     try:
         warm_s = wait_until_up(base, server)
         import httpx

@@ -176,7 +176,9 @@ def _invalid(name: str, message: str) -> RequestValidationError:
 
 
 def _json(content: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code, media_type="application/json")
+    # The warm index keeps timestamps as naive UTC (see serving.reads): written with +00:00.
+    body = orjson.dumps(content, option=orjson.OPT_NAIVE_UTC)
+    return Response(body, status_code, media_type="application/json")
 
 
 SourceName = Annotated[str, Path(description="A source contract's name, e.g. weather.")]

@@ -109,7 +109,7 @@ def build_snapshot(
     if not tables:
         return replace(empty_snapshot(source, key), version=version, committed_at=committed_at)
     # Files written before gold gained a column lack it: promote fills it with nulls.
-    index = pa.concat_tables(tables, promote_options="default")
+    index = _naive_utc(pa.concat_tables(tables, promote_options="default"))
     index = index.sort_by([(key, "ascending"), (WINDOW_START, "ascending")]).combine_chunks()
 
     # Sorted by key: each entity is one run of rows.
@@ -138,6 +138,16 @@ def build_snapshot(
     )
 
 
+def _naive_utc(table: pa.Table) -> pa.Table:
+    """Timestamps as naive UTC: Arrow makes Python datetimes ~2.5x faster without a zone, and
+    the API's JSON writes them with +00:00 (orjson's OPT_NAIVE_UTC)."""
+    fields = [
+        f.with_type(pa.timestamp(f.type.unit)) if pa.types.is_timestamp(f.type) else f
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
 def _attach_forecasts(
     rows: Iterable[Row],
     files: dict[int, str],
@@ -155,7 +165,11 @@ def _attach_forecasts(
 
 # --- the queries -------------------------------------------------------------------------------
 def _age_s(moment: datetime | None, now: datetime) -> float | None:
-    return None if moment is None else round((now - moment).total_seconds(), 3)
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # the index's timestamps are naive UTC
+        now = now.astimezone(UTC).replace(tzinfo=None) if now.tzinfo else now
+    return round((now - moment).total_seconds(), 3)
 
 
 def _public(row: Row, key: str) -> Row:
