@@ -119,6 +119,7 @@ def write_stand_in_gold(settings, source: str, *, mode: str = "overwrite") -> No
                         "yhat": float(value),
                         "yhat_lower": float(value) - 1,
                         "yhat_upper": float(value) + 1,
+                        "method": "persistence",
                     }
                     for h in (1, 2, 3)
                 ]
