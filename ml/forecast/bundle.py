@@ -265,22 +265,30 @@ class ForecastBundle:
         return f.yhat, f.lower, f.upper
 
     def predict(
-        self, entity_id: str, measure: str, history: pd.DataFrame, origin: pd.Timestamp
+        self,
+        entity_id: str,
+        measure: str,
+        history: pd.DataFrame,
+        origin: pd.Timestamp,
+        horizon_hours: int | None = None,
     ) -> pd.DataFrame:
         """One origin's forecast from a `ds`/`y` history: ds, horizon_h, yhat, yhat_lower,
-        yhat_upper, method."""
+        yhat_upper, method; the first `horizon_hours` (all the config's by default)."""
         grid_start, y = to_grid(history)
         origin_hour = hours_since_epoch(pd.Timestamp(origin))
         f = self.forecast_many(measure, [(entity_id, np.array([origin_hour]), grid_start, y)])[0]
-        ahead = np.arange(1, self.config.horizon_hours + 1)
+        horizon = self.config.horizon_hours if horizon_hours is None else horizon_hours
+        if not 1 <= horizon <= self.config.horizon_hours:
+            raise ValueError(f"horizon_hours must be in 1..{self.config.horizon_hours}")
+        ahead = np.arange(1, horizon + 1)
         return pd.DataFrame(
             {
                 "ds": pd.Timestamp(origin) + pd.to_timedelta(ahead, unit="h"),
                 "horizon_h": ahead,
-                "yhat": f.yhat[0],
-                "yhat_lower": f.lower[0],
-                "yhat_upper": f.upper[0],
-                "method": [METHOD_NAMES[c] for c in f.method[0]],
+                "yhat": f.yhat[0, :horizon],
+                "yhat_lower": f.lower[0, :horizon],
+                "yhat_upper": f.upper[0, :horizon],
+                "method": [METHOD_NAMES[c] for c in f.method[0, :horizon]],
             }
         )
 

@@ -68,8 +68,10 @@ class ForecastConfig:
     # The global gradient-boosted model per measure (scikit-learn HistGradientBoostingRegressor).
     gbm_origin_every_hours: int = 5
     gbm_max_rows: int = 120_000
-    gbm_max_iter: int = 150
-    gbm_learning_rate: float = 0.1
+    # 60 trees at 0.2 matched 150 at 0.1 on validation (8 stations, Dec 2016: temperature MAE
+    # 1.27 / 1.87 / 2.23 per bucket against 1.26 / 1.87 / 2.24) at 40% of the fit and scoring cost.
+    gbm_max_iter: int = 60
+    gbm_learning_rate: float = 0.2
     gbm_max_leaf_nodes: int = 31
     candidates: tuple[str, ...] = ("persistence", "seasonal_naive", "prophet", "gbm")
 

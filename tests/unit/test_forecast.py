@@ -37,7 +37,7 @@ from periscope.settings import Settings, get_settings
 T0 = pd.Timestamp("2013-01-01 00:00")
 HOUR = pd.Timedelta(hours=1)
 # Small trees: the global model fits in about a second on these series.
-QUICK = ForecastConfig(gbm_max_iter=40, candidates=("persistence", "seasonal_naive", "gbm"))
+QUICK = ForecastConfig(gbm_max_iter=30, candidates=("persistence", "seasonal_naive", "gbm"))
 
 
 def _hourly(values, start: pd.Timestamp = T0) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from periscope.settings import Settings, get_settings
 
 WEATHER = get_contract("weather")  # 3 h windows sliding by 1 h
 HOUR = pd.Timedelta(hours=1)
-CONFIG = ForecastConfig(gbm_max_iter=40, prophet_train_days=21)
+CONFIG = ForecastConfig(gbm_max_iter=30, prophet_train_days=21)
 TRAIN = ("2013-03-01", "2013-04-05")
 SCORE = ("2013-04-06", "2013-04-09")
 # Denver's temperature and humidity are missing here: some origins lack a recent observation
