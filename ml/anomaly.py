@@ -381,7 +381,7 @@ class HourlyGrid:
         if hourly is None or len(hourly) == 0:
             return cls(np.array([], dtype=object), 0, np.zeros((0, 0, len(measures))))
         time_column = "ds" if "ds" in hourly.columns else "event_time"
-        hours = naive_utc(hourly[time_column]).to_numpy("datetime64[ns]").view("int64") // _HOUR_NS
+        hours = _epoch_hours(hourly[time_column])
         codes, entities = pd.factorize(hourly[key].astype(str).to_numpy())
         first = int(hours.min()) // 24 * 24
         span = (int(hours.max()) - first) // 24 * 24 + 24
@@ -408,15 +408,13 @@ def _shift(values: np.ndarray, hours: int) -> np.ndarray:
 
 def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
     """Per entity, hour and measure: the quantities the hourly detectors judge."""
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are NaN, as meant
-        shifted = [values, *(_shift(values, k) for k in range(1, _BEFORE_HOURS[1] + 1))]
-        level = np.nanmedian(np.stack(shifted[1 : _LEVEL_HOURS + 1]), axis=0)
-        base = np.nanmedian(np.stack(shifted[1 : _BASE_HOURS + 1]), axis=0)
-        before = np.nanmedian(np.stack(shifted[_BEFORE_HOURS[0] :]), axis=0)
-        # Levels as medians of 3 hours, so that one odd reading (a spike) some hours ago
-        # does not read as a level change now.
-        level3 = np.nanmedian(np.stack(shifted[:_LEVEL_HOURS]), axis=0)
+    shifted = [values, *(_shift(values, k) for k in range(1, _BEFORE_HOURS[1] + 1))]
+    level = _nanmedian(shifted[1 : _LEVEL_HOURS + 1])
+    base = _nanmedian(shifted[1 : _BASE_HOURS + 1])
+    before = _nanmedian(shifted[_BEFORE_HOURS[0] :])
+    # Levels as medians of 3 hours, so that one odd reading (a spike) some hours ago does
+    # not read as a level change now.
+    level3 = _nanmedian(shifted[:_LEVEL_HOURS])
     repeat = values == _shift(values, 1)  # False where either is NaN
     positions = np.arange(values.shape[1])[None, :, None]
     last_change = np.maximum.accumulate(np.where(repeat, 0, positions), axis=1)
@@ -429,6 +427,16 @@ def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
         "drift": np.stack([level3 - _shift(level3, k) for k in _DRIFT_SPANS], axis=-1),
         "run": run,
     }
+
+
+def _nanmedian(arrays: list[np.ndarray]) -> np.ndarray:
+    """The elementwise median of equally shaped arrays, ignoring NaN (NaN where all are).
+    np.nanmedian takes a slow path when NaNs are present; a sort puts them last."""
+    ordered = np.sort(np.stack(arrays), axis=0)
+    count = np.isfinite(ordered).sum(axis=0)
+    low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]
+    high = np.take_along_axis(ordered, np.maximum(count // 2, 0)[None], axis=0)[0]
+    return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def _center_scale(values: np.ndarray, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -576,26 +584,37 @@ def _fill_scale(center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _window_hours(windows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each window's first and last hour (hours since the epoch)."""
-    start = naive_utc(windows["window_start"]).to_numpy("datetime64[ns]").view("int64")
-    end = naive_utc(windows["window_end"]).to_numpy("datetime64[ns]").view("int64")
-    return start // _HOUR_NS, (end - 1) // _HOUR_NS
+    end = _epoch_hours(windows["window_end"], nanoseconds=True)
+    return _epoch_hours(windows["window_start"]), (end - 1) // _HOUR_NS
+
+
+def _epoch_hours(times: pd.Series, *, nanoseconds: bool = False) -> np.ndarray:
+    """Whole hours since the epoch (or nanoseconds), of naive-UTC or tz-aware times.
+    (periscope.time.naive_utc goes through pd.to_datetime: half of scoring's time.)"""
+    if not pd.api.types.is_datetime64_any_dtype(times):
+        times = pd.to_datetime(times, utc=True)
+    if isinstance(times.dtype, pd.DatetimeTZDtype):
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    ns = times.to_numpy("datetime64[ns]").view("int64")
+    return ns if nanoseconds else ns // _HOUR_NS
 
 
 def _per_window(
     hour_scores: np.ndarray, grid: HourlyGrid, windows: pd.DataFrame, key: str
 ) -> np.ndarray:
-    """Each window's largest hourly score over the hours it covers (0 without history)."""
-    out = np.zeros(len(windows))
+    """Each window's largest hourly score over the hours it covers (0 without history);
+    `hour_scores` is (detectors x entities x hours), the result (windows x detectors)."""
+    out = np.zeros((len(windows), hour_scores.shape[0]))
     if grid.values.size == 0 or len(windows) == 0:
         return out
-    index = {e: i for i, e in enumerate(grid.entities)}
-    rows = np.array([index.get(e, -1) for e in windows[key].astype(str)])
+    rows = pd.Index(grid.entities).get_indexer(windows[key].astype(str).to_numpy())
     first, last = _window_hours(windows)
     known = rows >= 0
     for k in range(int((last - first).max()) + 1):
         hour = np.minimum(first + k, last) - grid.first_hour
-        inside = known & (hour >= 0) & (hour < hour_scores.shape[1])
-        out[inside] = np.maximum(out[inside], hour_scores[rows[inside], hour[inside]])
+        inside = known & (hour >= 0) & (hour < hour_scores.shape[2])
+        at = hour_scores[:, rows[inside], hour[inside]].T
+        out[inside] = np.maximum(out[inside], at)
     return out
 
 
@@ -640,8 +659,11 @@ class AnomalyModel:
         scores["forest"] = -self.forest.score_samples(self.design(features))
         if self.hourly_stats is not None and hourly is not None and len(hourly):
             grid = HourlyGrid.of(hourly, self.key_field, self.hourly_stats.measures)
-            for detector, hour_scores in self.hourly_stats.scores(grid).items():
-                scores[detector] = _per_window(hour_scores, grid, features, self.key_field)
+            hour_scores = self.hourly_stats.scores(grid)
+            per_window = _per_window(
+                np.stack(list(hour_scores.values())), grid, features, self.key_field
+            )
+            scores[list(hour_scores)] = per_window
         return scores
 
     def combine(self, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
