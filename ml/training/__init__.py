@@ -4,7 +4,7 @@ Models are trained on Ray, evaluated against baselines on the latest data, regis
 and promoted to `champion` only when better. One module per step:
 
 - `run`: one training run (`run_training`): read the lake, split, train, register, promote.
-- `forecasts`: Prophet per (station, measure) in parallel on Ray, and the forecast comparison.
+- `forecasts`: every forecast candidate in parallel on Ray, the forecast comparison, `fit_until`.
 - `anomalies`: the IsolationForest per source, its injected-anomaly test sets and comparison.
 - `trips`: the taxi trip regressor (`ml.trips`) from silver's trips, promoted on duration MAE.
 - `promotion`: the promotion rule and policies (`promote_version` for `models promote`).
@@ -17,7 +17,7 @@ The always-on gold stage (`ml.gold`) does not import this package; both get Ray 
 
 from ml.training.anomalies import AnomalyOutcome, anomaly_test_set, compare_anomaly, train_anomaly
 from ml.training.config import Progress, PromotionPolicy, TrainConfig
-from ml.training.forecasts import ForecastOutcome, compare_forecast, train_forecasts
+from ml.training.forecasts import ForecastOutcome, compare_forecast, fit_until, train_forecasts
 from ml.training.promotion import apply_policy, promote_if_better, promote_version
 from ml.training.run import TrainReport, make_split, run_training
 from ml.training.trips import TripOutcome, train_trip_kind
@@ -34,6 +34,7 @@ __all__ = [
     "apply_policy",
     "compare_anomaly",
     "compare_forecast",
+    "fit_until",
     "make_split",
     "promote_if_better",
     "promote_version",
