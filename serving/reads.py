@@ -276,6 +276,7 @@ class WarmGold:
         self.source = contract.name
         self.key = contract.key_field
         self.refresh_s = refresh_s
+        self._table: Any = None  # the open DeltaTable, once the table exists
         self._files: dict[str, pa.Table] = {}
         self._file_ids: dict[str, int] = {}
         self._next_file_id = 0
@@ -297,6 +298,7 @@ class WarmGold:
                 self._snapshot = self._read()
             except Exception:  # a half-written or vanished table: keep serving the last one
                 log.exception("could not refresh %s", self.path)
+                self._table = None  # and open it afresh next time
             return self._snapshot
 
     def _read(self) -> GoldSnapshot:
@@ -304,10 +306,14 @@ class WarmGold:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            table = DeltaTable(self.path)
+            if self._table is None:
+                self._table = DeltaTable(self.path)
+            else:  # reads only the log entries after the version it holds
+                self._table.update_incremental()
         except TableNotFoundError:
-            self._files = {}
+            self._table, self._files = None, {}
             return empty_snapshot(self.source, self.key)
+        table = self._table
         version = table.version()
         if version == self._snapshot.version:
             return self._snapshot
