@@ -1,9 +1,10 @@
 """Parsers of the real datasets under `settings.data_dir` into long, contract-shaped frames.
 
-Pure functions (polars, no Kafka): each returns one row per (station_id, timestamp) with
-`timestamp` as a UTC `Datetime("us")` and every measure of the source's contract as a
-Float64 column in the contract's units, under the contract's names. Files are read in
-place; see `data/PROVENANCE.md` there for what each file is.
+Pure functions (polars, no Kafka): each returns one row per record of its source, with the
+contract's event-time field as a UTC `Datetime("us")` and every field of the contract under
+its name, measures as Float64 in the contract's units. The sensor sources give one row per
+(station_id, timestamp); taxi gives one row per trip. Files are read in place; see
+`data/PROVENANCE.md` there for what each file is.
 """
 
 from __future__ import annotations
