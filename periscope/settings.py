@@ -168,9 +168,11 @@ class Settings(BaseSettings):
     )
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_refresh_s: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
-        description="How often the API looks for a new version of a lake table it keeps warm.",
+        description="How often the API looks for a new version of a gold table it keeps warm. "
+        "A new version costs ~1.3 s of CPU on 2.2M gold rows (the index is rebuilt), so a "
+        "stream committing every 2 s is followed at most this often.",
     )
 
     # --- behaviour of `periscope services` -----------------------------------------------
