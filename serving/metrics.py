@@ -54,6 +54,6 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             # The template (/predictions/{source}/{entity_id}), not the path: bounded labels.
-            name = getattr(route, "path", "unmatched")
+            name = getattr(route, "path", "other")  # /docs, /openapi.json, unknown paths
             self.requests.labels(scope["method"], name, str(status)).inc()
             self.latency.labels(scope["method"], name).observe(time.perf_counter() - started)
