@@ -366,10 +366,22 @@ def _index_rows(uri: str, columns: list[str], file_id: int) -> pa.Table:
 
 
 def read_forecasts(uri: str, rows: list[int]) -> list[Any]:
-    """The forecasts of some rows of one gold data file, as lists of dicts (fields by name)."""
-    column = pq.read_table(uri, columns=[FORECASTS], use_threads=False).column(0)
-    column = column.cast(_plain(column.type))
-    return column.take(rows).to_pylist()  # type: ignore[no-any-return]
+    """The forecasts of some rows of one gold data file, as lists of dicts (fields by name).
+
+    Reads only the row groups holding those rows (a day of 1,000 stations is 1.7M forecasts).
+    """
+    parquet = pq.ParquetFile(uri)
+    sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    group_of = (np.searchsorted(starts, rows, side="right") - 1).tolist()
+    groups = sorted(set(group_of))
+    column = parquet.read_row_groups(groups, columns=[FORECASTS], use_threads=False).column(0)
+    begins, at = {}, 0  # where each group read begins in `column`
+    for g in groups:
+        begins[g], at = at, at + sizes[g]
+    local = [begins[g] + r - int(starts[g]) for r, g in zip(rows, group_of, strict=True)]
+    # cast first: Arrow has no take for the string views delta-rs' MERGE writes
+    return column.cast(_plain(column.type)).take(local).to_pylist()  # type: ignore[no-any-return]
 
 
 def _last_commit_time(table: Any) -> datetime | None:
