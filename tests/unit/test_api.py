@@ -320,3 +320,15 @@ def test_warm_gold_rereads_only_when_the_version_moves_and_follows_merges(tmp_pa
     assert [w["window_start"] for w in found] == [naive_t0 + timedelta(hours=h) for h in range(6)]
     assert found[4]["anomaly_score"] == 0.5  # the rewritten row, once
     assert second.latest["denver"]["window_start"] == naive_t0 + timedelta(hours=5)
+
+
+def test_read_forecasts_picks_rows_across_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = gold_rows("station_id", STATIONS, range(0, 10), new_columns=True)
+    path = str(tmp_path / "part.parquet")
+    pq.write_table(rows, path, row_group_size=7)  # 30 rows in 5 groups
+    assert pq.ParquetFile(path).num_row_groups == 5
+    wanted = [29, 0, 8, 13, 6, 7]
+    expected = rows.column("forecasts").take(wanted).to_pylist()
+    assert reads.read_forecasts(path, wanted) == expected
