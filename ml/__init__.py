@@ -9,6 +9,7 @@
   the champion models into `gold/<source>_predictions` and `<source>-predictions`.
 - `ray_session`: the Ray runtime (the configured cluster, or a local one with explicit CPUs) that
   both use; gold never imports `training`.
-- Shared by both: `forecast` and `anomaly` (the pure models), `windows` (feature windows without
+- Shared by both: `forecast`, `anomaly` and `trips` (the pure models; `trips` is the taxi trip
+  regressor), `windows` (feature windows without
   Spark), `data` (lake reads), `registry` (MLflow, the `champion` alias); `cli` is the commands.
 """
