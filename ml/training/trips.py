@@ -47,8 +47,8 @@ class TripOutcome:
     """One trip-model training: the fitted model and its test-week comparison."""
 
     training: trips.TripTraining
-    info: ModelInfo | None = None
-    decision: str = ""
+    info: ModelInfo
+    decision: str
 
 
 def read_silver_trips(settings: Settings, contract: SourceContract = TAXI) -> pd.DataFrame:
@@ -112,7 +112,6 @@ def train_trip_kind(
     with ray_session(settings, workers):
         fit = ray.remote(num_cpus=1)(_fit_remote)
         training = ray.get(fit.remote(observed, zones, test_days, validation_days))
-    outcome = TripOutcome(training)
     step("registering")
     registry = Registry(settings)
     split = training.model.split
@@ -125,7 +124,7 @@ def train_trip_kind(
     metrics["duration_mae"] = training.metric("duration_min", "tree")
     with tempfile.TemporaryDirectory() as tmp:
         training.model.save(Path(tmp))
-        outcome.info = registry.log_model(
+        info = registry.log_model(
             source=source,
             kind="trip",
             directory=Path(tmp),
@@ -147,20 +146,19 @@ def train_trip_kind(
                 "validation.csv": training.validation.to_csv(index=False),
             },
         )
-    outcome.decision = _decide(registry, source, outcome, observed, policy)
-    return outcome
+    decision = _decide(registry, source, info, training, observed, policy)
+    return TripOutcome(training, info, decision)
 
 
 def _decide(
     registry: Registry,
     source: str,
-    outcome: TripOutcome,
+    info: ModelInfo,
+    training: trips.TripTraining,
     observed: pd.DataFrame,
     policy: PromotionPolicy,
 ) -> str:
     """Apply the promotion policy to the freshly registered version; say what happened."""
-    info = outcome.info
-    assert info is not None
     if policy == "never":
         return f"registered version {info.version}; champion unchanged (--no-promote)"
     champion_info = registry.resolve(source, "trip")
@@ -172,8 +170,8 @@ def _decide(
             f"registered version {info.version}; a champion exists, so it stays "
             "(use `periscope retrain` to compare)"
         )
-    test_week = _test_week(observed, outcome.training)
-    ours = trips.evaluate_model(outcome.training.model, test_week)["duration_min_mae"]
+    test_week = _test_week(observed, training)
+    ours = trips.evaluate_model(training.model, test_week)["duration_min_mae"]
     theirs = trips.evaluate_model(registry.load(champion_info), test_week)["duration_min_mae"]
     if ours < theirs:
         registry.set_champion(source, "trip", info.version)
