@@ -84,6 +84,7 @@ def _train(
     from ml.data import LakeSlice
     from ml.registry import Registry
     from ml.training import TrainConfig, run_training
+    from ml.training.forecasts import stale_forecast_champion
 
     settings = get_settings()
     config = TrainConfig(
@@ -97,7 +98,12 @@ def _train(
             continue
         if missing_only:
             registry = Registry(settings)
-            chosen = tuple(k for k in chosen if registry.champion_version(source, k) is None)
+            chosen = tuple(
+                k
+                for k in chosen
+                if registry.champion_version(source, k) is None
+                or (k == "forecast" and stale_forecast_champion(registry, source))
+            )
             if not chosen:
                 console.print(f"[bold]{source}[/]: champions exist; nothing to train")
                 continue

@@ -449,6 +449,12 @@ class ForecastBundle:
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
+    @staticmethod
+    def is_current(directory: Path) -> bool:
+        """Whether the bundle saved in `directory` is of the format `load` reads."""
+        manifest = json.loads((Path(directory) / "manifest.json").read_text())
+        return bool(manifest.get("format") == BUNDLE_FORMAT)
+
     @classmethod
     def load(cls, directory: Path) -> ForecastBundle:
         directory = Path(directory)

@@ -364,6 +364,7 @@ def test_a_forecast_without_recent_observations_falls_back_and_says_so(noisy_bun
 def test_bundle_round_trip(noisy, noisy_split, noisy_bundle, tmp_path: Path) -> None:
     noisy_bundle.save(tmp_path)
     loaded = ForecastBundle.load(tmp_path)
+    assert ForecastBundle.is_current(tmp_path)
 
     assert loaded.series() == noisy_bundle.series()
     assert loaded.config == noisy_bundle.config and loaded.split == noisy_split
@@ -373,6 +374,7 @@ def test_bundle_round_trip(noisy, noisy_split, noisy_bundle, tmp_path: Path) -> 
 
 def test_bundles_of_the_old_format_ask_for_a_retrain(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"source": "weather", "series": []}))
+    assert not ForecastBundle.is_current(tmp_path)  # training treats such a champion as none
 
     with pytest.raises(ForecastError, match="retrain it with `periscope train --source weather`"):
         ForecastBundle.load(tmp_path)
