@@ -9,6 +9,7 @@ window). Reads the shared data directly (no lake, no Ray).
 
     python bench/anomaly_eval.py --source weather
     python bench/anomaly_eval.py --source weather --stations denver boston --repeats 2
+    python bench/anomaly_eval.py --source weather --measures temperature humidity pressure
     python bench/anomaly_eval.py --source air_quality --test-days 60 --validation-days 60
 """
 
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--test-end", help="End of the test span (default: end of the data).")
     parser.add_argument("--rate", type=float, default=0.02, help="Share of readings altered.")
     parser.add_argument("--repeats", type=int, default=5, help="Injections per span.")
+    parser.add_argument(
+        "--measures", nargs="*", help="Inject into these measures only (default: all)."
+    )
     parser.add_argument("--max-false-alarm", type=float, default=0.005)
     parser.add_argument("--estimators", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
@@ -96,7 +100,16 @@ def main() -> None:
         a, b = parts[name]
         sets = []
         for r in track(range(args.repeats), description=f"injecting {name}"):
-            sets += injected_sets(hourly, contract, a, b, rate=args.rate, seed=seed + r, repeats=1)
+            sets += injected_sets(
+                hourly,
+                contract,
+                a,
+                b,
+                rate=args.rate,
+                seed=seed + r,
+                repeats=1,
+                measures=args.measures,
+            )
         started = time.perf_counter()
         scores = set_scores(model, sets)
         seconds = time.perf_counter() - started

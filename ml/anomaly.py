@@ -79,6 +79,7 @@ def inject_anomalies(
     seed: int = 0,
     kinds: Sequence[str] = ANOMALY_KINDS,
     magnitudes: Sequence[float] = (1.0,),
+    measures: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Real observations with anomaly episodes injected, and one label row per altered reading.
 
@@ -92,6 +93,7 @@ def inject_anomalies(
       feature windows could see it.
     Each episode draws a magnitude from `magnitudes`, which scales the size of spikes and drifts
     and the length of stuck and dropout episodes (0.5: 2-4 sigma spikes, 2-4 stuck readings).
+    `measures` limits the measures altered (default: every measure with data).
     Values stay within the contract's valid range. Episodes never overlap; they are added
     until about `rate` of the rows carry an altered reading, about equally many per kind.
     Only readings whose value actually changed are labelled (a stuck sensor during a calm hour
@@ -110,7 +112,8 @@ def inject_anomalies(
     key = contract.key_field
     rng = np.random.default_rng(seed)
     altered = observations.sort_values([key, "event_time"], kind="stable").reset_index(drop=True)
-    measures = [m for m in contract.measure_names if altered[m].notna().any()]
+    chosen = contract.measure_names if measures is None else measures
+    measures = [m for m in chosen if altered[m].notna().any()]
     stations = altered[key].to_numpy()
     station_rows = {
         station: np.flatnonzero(stations == station) for station in sorted(set(stations))
@@ -858,6 +861,14 @@ def choose_thresholds(
         if step is None:
             break
         best_f1, d, thresholds[d] = step
+    # Midway between the scores each threshold separates: the same flags, some margin for
+    # unseen windows, and a flagged window's anomaly_score a readable multiple (not 1e300
+    # where every clean score is 0 and the threshold was the smallest float above it).
+    for d, threshold in thresholds.items():
+        passed, stopped = values[d] >= threshold, values[d] < threshold
+        if passed.any():
+            below = values[d][stopped].max() if stopped.any() else 0.0
+            thresholds[d] = float((below + values[d][passed].min()) / 2)
     return thresholds
 
 

@@ -67,13 +67,14 @@ def anomaly_test_set(
     rate: float,
     seed: int,
     magnitudes: Sequence[float] = MAGNITUDES,
+    measures: Sequence[str] | None = None,
 ) -> InjectedSet:
     """Feature windows of real observations in [start, end) with injected anomalies, labelled."""
     observations = observations_between(hourly, start, end)
     if observations.empty:
         raise PeriscopeError(f"no {contract.name} observations between {start} and {end}")
     injected, labels = anomaly.inject_anomalies(
-        observations, contract, rate=rate, seed=seed, magnitudes=magnitudes
+        observations, contract, rate=rate, seed=seed, magnitudes=magnitudes, measures=measures
     )
     features = window_features(injected, anomaly.anomaly_contract(contract))
     # Windows hanging over the edges hold readings from outside the period: leave them out.
@@ -93,11 +94,19 @@ def injected_sets(
     seed: int,
     repeats: int,
     magnitudes: Sequence[float] = MAGNITUDES,
+    measures: Sequence[str] | None = None,
 ) -> list[InjectedSet]:
     """`repeats` independent injections into the same span (seeds seed, seed + 1000, ...)."""
     return [
         anomaly_test_set(
-            hourly, contract, start, end, rate=rate, seed=seed + 1000 * r, magnitudes=magnitudes
+            hourly,
+            contract,
+            start,
+            end,
+            rate=rate,
+            seed=seed + 1000 * r,
+            magnitudes=magnitudes,
+            measures=measures,
         )
         for r in range(repeats)
     ]
