@@ -156,10 +156,10 @@ class ProductionForecaster:
     and the promotion comparison of `compare_forecast` (relative MAE of challenger and
     champion on the challenger's test window, common series only).
 
-    With `workers` > 1 the fits and the comparison's evaluations run in a pool of processes,
-    `series_per_task` series per task, as `train_forecasts` spreads them over Ray; the
-    processes inherit the caller's niceness (Ray runs its workers at 15, which starves them
-    beside other work on a shared machine). Use as a context manager to close the pool.
+    `fit_bundle` fits in this process, so `workers` and `_map` (a pool of processes that
+    inherit the caller's niceness; Ray runs its workers at 15, which starved them beside other
+    work here) are unused until the bundle can take a map of its fits; the Prophet-only
+    adapter this replaced spread its fits over them. Use as a context manager to close the pool.
     """
 
     def __init__(
