@@ -795,7 +795,8 @@ def evaluate(
     workers: Annotated[
         int | None,
         typer.Option(
-            min=1, help="Processes fitting series in parallel (default: PERISCOPE_TRAIN_WORKERS)."
+            min=1,
+            help="Processes for parallel fits (default: PERISCOPE_TRAIN_WORKERS); unused while the bundle fits in one process.",
         ),
     ] = None,
     fmt: FormatOption = "table",
