@@ -41,6 +41,7 @@ from periscope.windows import FEATURE_STATS, feature_columns
 __all__ = [
     "ANOMALY_KINDS",
     "DETECTORS",
+    "LOOKBACK_HOURS",
     "AnomalyModel",
     "HourlyStats",
     "StationStats",

@@ -14,13 +14,14 @@ import pytest
 
 from ml.anomaly import (
     DETECTORS,
+    LOOKBACK_HOURS,
     AnomalyModel,
     choose_thresholds,
     episode_recall,
     fit_anomaly_model,
     inject_anomalies,
 )
-from ml.gold.scoring import LoadedModels, score_windows
+from ml.gold.scoring import LoadedModels, history_window, score_windows
 from ml.windows import window_features
 from periscope.contracts import get_contract
 from periscope.errors import PeriscopeError
@@ -234,3 +235,24 @@ def test_magnitudes_scale_episodes_and_episode_recall_counts_caught_ones():
     every = episode_recall(windows, np.ones(len(windows), bool), labels, WEATHER)
     assert len(none) == labels["episode"].nunique()
     assert not none["caught"].any() and every["caught"].all()
+
+
+def _history(hours: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """What gold reads for these windows: each entity's hours in history_window's span."""
+    spans = history_window(windows, "station_id").set_index("station_id")
+    since = hours["station_id"].map(spans["since"])
+    until = hours["station_id"].map(spans["until"])
+    return hours[(hours["ds"] >= since) & (hours["ds"] < until)]
+
+
+def test_a_window_scores_the_same_in_any_batch_from_gold_history(model, clean_day):
+    hours = _altered(clean_day, "drift")
+    windows = _second_day(_windows(hours))
+    spans = history_window(windows, "station_id").set_index("station_id")["since"]
+    first = windows.groupby("station_id")["window_start"].min()
+    assert (spans <= first - pd.Timedelta(hours=LOOKBACK_HOURS)).all()  # history reaches back
+    whole = model.detector_scores(windows, _history(hours, windows))
+    for part in (windows.iloc[10:14], windows.iloc[[3, 30]], windows.iloc[-2:]):
+        alone = model.detector_scores(part, _history(hours, part))
+        pd.testing.assert_frame_equal(alone, whole.loc[part.index])
+    assert (whole[["residual", "drift"]] > 0).any().all()
