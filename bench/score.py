@@ -3,7 +3,9 @@
 Throughput (default): the source's champion models score the silver feature windows of the
 lake's last `--days` days through the actor pool (`ml.gold.ScorerPool`, what `periscope
 score` runs), `--repeats` times after one warm-up pass (the warm-up fills the per-series
-Prophet caches, as a running scorer has them). Ray start-up and model loading are excluded.
+Prophet caches, as a running scorer has them). Each window gets 72 forecasts from the served
+method of every (measure, horizon bucket): the global model's trees are most of the cost.
+Ray start-up and model loading are excluded.
 Needs history in the lake and champions (see the README: replay, bronze, silver, train).
 
     python bench/score.py --source weather --actors 1 2 --days 90
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from ml.data import LakeSlice, SilverFeed, feature_windows, latest_feature_batch
 from ml.gold import history_for, predictions_path, run_scoring, scoring_pool
-from ml.registry import Registry
+from ml.registry import ModelKind, Registry
 from periscope import get_settings
 from periscope.contracts import WEATHER, WindowSpec, get_contract
 
@@ -64,10 +66,14 @@ def throughput(args: argparse.Namespace) -> None:
             versions = pool.sync_models(contract.name, registry)
             if versions["forecast"] is None:
                 raise SystemExit(f"no {args.source} forecast champion: run `periscope train`")
-            pool.score(contract.name, features, hourly, datetime.now(UTC))  # warm-up
+            pool.score(
+                contract.name, features, hourly, datetime.now(UTC), key=contract.key_field
+            )  # warm-up
             started = time.perf_counter()
             for _ in range(args.repeats):
-                rows = pool.score(contract.name, features, hourly, datetime.now(UTC))
+                rows = pool.score(
+                    contract.name, features, hourly, datetime.now(UTC), key=contract.key_field
+                )
             seconds = time.perf_counter() - started
         rate = rows.num_rows * args.repeats / seconds
         figures[f"rows_per_s_{actors}_actors"] = round(rate)
@@ -90,16 +96,34 @@ def _bench_models(settings, bench, stations: int) -> None:
         raise SystemExit("no weather champions: run `periscope train --source weather` first")
     base = ForecastBundle.load(dev.download(forecast_info))
     real = sorted({station for station, _ in base.series()})
-    models = {
-        (f"station_{i:04d}", measure): base.models[(real[i % len(real)], measure)]
+    # Station i borrows real station i mod n's series (its Prophet, mean); the global models
+    # and the served plans are the measure's own, shared by every station.
+    borrowed = {
+        (f"station_{i:04d}", measure): (real[i % len(real)], measure)
         for i in range(stations)
-        for measure in sorted({m for _, m in base.series()})
-        if (real[i % len(real)], measure) in base.models
+        for measure in base.measures()
+        if (real[i % len(real)], measure) in base.means
     }
-    bundle = ForecastBundle(models, base.config, base.split, source=bench.name)
+    bundle = ForecastBundle(
+        source=bench.name,
+        config=base.config,
+        split=base.split,
+        means={key: base.means[real_key] for key, real_key in borrowed.items()},
+        prophets={
+            key: base.prophets[real_key]
+            for key, real_key in borrowed.items()
+            if real_key in base.prophets
+        },
+        globals_=base.globals,
+        plans=base.plans,
+    )
     anomaly = dataclasses.replace(AnomalyModel.load(dev.download(anomaly_info)), source=bench.name)
     registry = Registry(settings)
-    for kind, model in (("forecast", bundle), ("anomaly", anomaly)):
+    kinds: tuple[tuple[ModelKind, ForecastBundle | AnomalyModel], ...] = (
+        ("forecast", bundle),
+        ("anomaly", anomaly),
+    )
+    for kind, model in kinds:
         directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         model.save(directory)
         info = registry.log_model(
