@@ -37,8 +37,9 @@ FORECAST_TYPE = pa.list_(
             pa.field("yhat_lower", pa.float64(), nullable=False),
             pa.field("yhat_upper", pa.float64(), nullable=False),
             # The forecaster that made this value (ml.forecast.METHOD_NAMES): the one chosen
-            # on validation for the horizon, or the fallback that stood in for it.
-            pa.field("method", pa.string(), nullable=False),
+            # on validation for the horizon, or the fallback that stood in for it. Null only in
+            # rows scored before forecasts named their method.
+            pa.field("method", pa.string()),
         ]
     )
 )
@@ -101,6 +102,8 @@ def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> i
 
     rows = rows.select(gold_columns(key)).cast(gold_schema(key))
     metadata = {"periscope.operation": "score", "periscope.silver_through": str(through)}
+    if DeltaTable.is_deltatable(path):
+        _add_forecast_method(path, key)
     if DeltaTable.is_deltatable(path) and rows.num_rows:
         lowest = pa.compute.min(rows["window_start"]).as_py()
         merge_rows(
@@ -119,3 +122,14 @@ def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> i
         )
         write_deltalake(path, rows, mode="append", commit_properties=commit)
     return DeltaTable(path).version()
+
+
+def _add_forecast_method(path: str, key: str) -> None:
+    """Give a gold table written before forecasts named their `method` that field (null in
+    its old rows): an empty append that merges the schema, so MERGE can write new rows."""
+    from deltalake import DeltaTable, write_deltalake
+
+    schema = pa.schema(DeltaTable(path).schema().to_arrow())
+    item = schema.field("forecasts").type.value_type
+    if item.get_field_index("method") < 0:
+        write_deltalake(path, gold_schema(key).empty_table(), mode="append", schema_mode="merge")

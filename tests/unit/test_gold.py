@@ -200,3 +200,43 @@ def test_prediction_messages_put_forecasts_in_horizon_order_and_refuse_gaps():
             KEY,
         )
     assert prediction_messages(rows.slice(0, 0), KEY) == []
+
+
+def test_write_predictions_adds_the_forecast_method_to_a_gold_table_written_before_it(tmp_path):
+    from deltalake import write_deltalake
+
+    from ml.gold.table import FORECAST_TYPE
+
+    path = str(tmp_path / "gold")
+    item_fields = [f for f in FORECAST_TYPE.value_type if f.name != "method"]
+    old_type = pa.list_(pa.struct([pa.field(f.name, f.type, nullable=False) for f in item_fields]))
+    schema = gold_schema(KEY)
+    old_schema = pa.schema(
+        [
+            pa.field("forecasts", old_type, nullable=False) if f.name == "forecasts" else f
+            for f in schema
+        ]
+    )
+    rows = _rows(["a", "b"], [T0, T0])
+    old_rows = (
+        rows.drop_columns(["forecasts"])
+        .append_column(
+            old_schema.field("forecasts"),
+            pa.array(
+                [
+                    [{k: v for k, v in f.items() if k != "method"} for f in fs]
+                    for fs in rows.column("forecasts").to_pylist()
+                ],
+                old_type,
+            ),
+        )
+        .select(old_schema.names)
+        .cast(old_schema)
+    )
+    write_deltalake(path, old_rows)
+
+    write_predictions(path, _rows(["b"], [T0]), through=1, key=KEY)
+
+    table = DeltaTable(path).to_pyarrow_table().sort_by(KEY)
+    methods = [[f["method"] for f in fs] for fs in table.column("forecasts").to_pylist()]
+    assert methods == [[None], ["gbm"]]  # the old row keeps no method; the new one names it
