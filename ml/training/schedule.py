@@ -64,6 +64,7 @@ def retrain_all(
     One source failing (no data yet, say) is logged and does not stop the others. Each source
     retrained is noted in `last_retrained` (shared with the health check) with the time.
     """
+    from ml.registry import source_kinds
     from ml.training import TrainConfig, run_training
 
     reports = []
@@ -72,6 +73,7 @@ def retrain_all(
             report = run_training(
                 settings or get_settings(),
                 source,
+                kinds=source_kinds(source),  # taxi's trip regressor too
                 policy="if-better",
                 config=config or TrainConfig(),
             )
