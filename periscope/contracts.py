@@ -282,6 +282,9 @@ class SourceContract:
     max_record_bytes: int = 16 * 1024
     # Cross-field checks with their own reason codes (a trip that ends before it starts).
     rules: tuple[Rule, ...] = ()
+    # Measures a model predicts for every event as it arrives (the speed layer: a trip's
+    # duration and fare at pickup). Needs an event id; gold writes `<source>_event_predictions`.
+    event_predictions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self)
@@ -393,6 +396,13 @@ def _check(contract: SourceContract) -> None:
     listed = ", ".join(names)
     if not re.fullmatch(r"[a-z][a-z0-9_]*", contract.name):
         fail("a source name is lowercase letters, digits and _ (it names topics and tables)")
+    for name in contract.event_predictions:
+        if name not in contract.measure_names:
+            fail(
+                f"event prediction {name!r} is not a measure; measures: {', '.join(contract.measure_names)}"
+            )
+    if contract.event_predictions and contract.event_id_field is None:
+        fail("event predictions need an event_id_field (a prediction is keyed by its event)")
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         fail(f"field(s) {', '.join(duplicated)} declared twice")
@@ -582,6 +592,8 @@ TAXI = SourceContract(
     ),
     forecast_targets=(ForecastTarget(None, "count"),),  # trips per zone per hour
     reader="ingest.datasets:TAXI_READER",
+    # The speed layer: each trip's duration and fare predicted from what is known at pickup.
+    event_predictions=("duration_min", "fare_amount"),
     rules=(
         Rule("dropoff_before_pickup", "duration_min < 0", "the trip ends before it starts",
              ("duration_min",), (("duration_min", -7.5),)),

@@ -135,3 +135,13 @@ def test_a_category_whose_levels_collide_or_a_reserved_name_fails():
             fields=(Text("device"), Text("event"), Text("window_start")),
             window=WindowSpec(),
         )
+
+
+def test_event_predictions_name_measures_of_a_contract_with_an_event_id():
+    from periscope.contracts import ContractError
+
+    assert _contract(event_predictions=("reading",)).event_predictions == ("reading",)
+    with pytest.raises(ContractError, match="event prediction 'items' is not a measure"):
+        _contract(event_predictions=("items",))
+    with pytest.raises(ContractError, match="event predictions need an event_id_field"):
+        _contract(event_id_field=None, event_predictions=("reading",))
