@@ -22,12 +22,22 @@ from pathlib import Path
 
 from periscope.contracts import CONTRACTS, SourceContract
 from periscope.errors import MissingDependencyError
-from periscope.settings import PROJECT_DIR, Settings
+from periscope.settings import PROJECT_DIR, Settings, get_settings
 from warehouse.dbt_models import GENERATED_DIRS, generated_files
 
-__all__ = ["DBT_PROJECT_DIR", "SyncResult", "dbt_command", "dbt_env", "run_dbt", "sync_project"]
+__all__ = [
+    "DBT_PROJECT_DIR",
+    "ZONE_LOOKUP",
+    "SyncResult",
+    "dbt_command",
+    "dbt_env",
+    "run_dbt",
+    "sync_project",
+]
 
 DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
+# The TLC's zone lookup (under the settings' data dir), read into the taxi_zones seed.
+ZONE_LOOKUP = Path("nyc_tlc") / "taxi_zone_lookup.csv"
 
 
 def dbt_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -75,13 +85,19 @@ class SyncResult:
 
 
 def sync_project(
-    contracts: Iterable[SourceContract] | None = None, *, project_dir: Path | None = None
+    contracts: Iterable[SourceContract] | None = None,
+    *,
+    project_dir: Path | None = None,
+    data_dir: Path | None = None,
 ) -> SyncResult:
     """Make the project's generated folders hold exactly the files of `contracts` (default:
     every registered contract): new or changed files are written, unchanged ones left alone
-    (dbt's partial parsing keeps them), stale ones (a source no longer registered) removed."""
+    (dbt's partial parsing keeps them), stale ones (a source no longer registered) removed.
+    The zone seed is read from `data_dir` (default: the settings'), empty without the file."""
     root = DBT_PROJECT_DIR if project_dir is None else project_dir
-    wanted = generated_files(CONTRACTS.values() if contracts is None else contracts)
+    lookup = (get_settings().data_dir if data_dir is None else data_dir) / ZONE_LOOKUP
+    zones = lookup.read_text(encoding="utf-8") if lookup.is_file() else None
+    wanted = generated_files(CONTRACTS.values() if contracts is None else contracts, zones)
     result = SyncResult()
     for relative, text in wanted.items():
         path = root / relative

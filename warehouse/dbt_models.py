@@ -41,6 +41,7 @@ __all__ = [
     "feature_columns",
     "generated_files",
     "numeric_fields",
+    "zone_seed",
 ]
 
 # Folders (relative to the dbt project) that hold only generated files: sync owns them whole.
@@ -56,6 +57,19 @@ STAGING_ENTITIES = (
     "feature_values",
     "predictions",
     "forecasts",
+)
+
+# The values gold writes (ml.forecast.METHOD_NAMES, the detectors of ml's anomaly model);
+# repeated here because the warehouse does not import ml. Null: rows written before gold had them.
+FORECAST_METHODS = ("persistence", "seasonal_naive", "prophet", "gbm", "mean")
+METHOD_DOC = (
+    "The forecaster served for this value (chosen on validation for the horizon, or the fallback "
+    "that stood in for it); null in gold rows scored before forecasts named their method."
+)
+ANOMALY_KINDS = ("dropout", "stuck", "residual", "drift", "forest")
+ANOMALY_KIND_DOC = (
+    "The detector that flagged the window; null when not flagged, or scored before gold "
+    "recorded it."
 )
 
 _HEADER = (
@@ -123,12 +137,18 @@ def numeric_fields(contract: SourceContract) -> list[Field]:
     return [f for f in contract.fields if f.numeric and f.name not in naming]
 
 
-def generated_files(contracts: Iterable[SourceContract]) -> dict[str, str]:
-    """Every generated file (path relative to the dbt project -> text) for these contracts."""
+def generated_files(
+    contracts: Iterable[SourceContract], zone_lookup: str | None = None
+) -> dict[str, str]:
+    """Every generated file (path relative to the dbt project -> text) for these contracts;
+    `zone_lookup` is the text of the TLC's taxi_zone_lookup.csv (None: the seed is empty)."""
     chosen = list(contracts)
     files: dict[str, str] = {f"{STAGING_DIR}/_lake__sources.yml": _sources_yaml(chosen)}
     for contract in chosen:
-        for entity, (sql, spec) in _staging(contract).items():
+        models = _staging(contract)
+        if contract.event_predictions:
+            models["event_predictions"] = _stg_event_predictions(contract)
+        for entity, (sql, spec) in models.items():
             name = f"stg_{contract.name}__{entity}"
             files[f"{STAGING_DIR}/{name}.sql"] = sql
             files[f"{STAGING_DIR}/{name}.yml"] = _yaml(
@@ -136,6 +156,7 @@ def generated_files(contracts: Iterable[SourceContract]) -> dict[str, str]:
             )
     files[f"{SEEDS_DIR}/periscope_sources.csv"] = _sources_seed(chosen)
     files[f"{SEEDS_DIR}/periscope_fields.csv"] = _fields_seed(chosen)
+    files[f"{SEEDS_DIR}/taxi_zones.csv"] = zone_seed(zone_lookup)
     files[f"{SEEDS_DIR}/_periscope_seeds.yml"] = _seeds_yaml()
     files[f"{MACROS_DIR}/periscope_contracts.sql"] = _contracts_macro(chosen)
     return files
@@ -170,6 +191,13 @@ def _sources_yaml(contracts: Sequence[SourceContract]) -> str:
                 "description": f"gold/{c.name}_predictions' forecasts; one row per ({key}, window_start, measure, horizon_h).",
             },
         ]
+        if c.event_predictions:
+            tables.append(
+                {
+                    "name": f"{c.name}_event_predictions",
+                    "description": f"gold/{c.name}_event_predictions (the speed layer); one row per {c.event_id_field}.",
+                }
+            )
     tables.append(
         {
             "name": "_load_state",
@@ -263,7 +291,23 @@ def _seeds_yaml() -> str:
             },
         ],
     }
-    return _yaml({"version": 2, "seeds": [sources, fields]})
+    zones = {
+        "name": "taxi_zones",
+        "description": (
+            "Grain: one NYC TLC taxi zone (location_id), from the shared data's "
+            "nyc_tlc/taxi_zone_lookup.csv (read by `periscope dbt sync`, empty when it is absent)."
+        ),
+        "config": {
+            "column_types": {
+                "location_id": "text",
+                "borough": "text",
+                "zone_name": "text",
+                "service_zone": "text",
+            }
+        },
+        "columns": [{"name": "location_id", "data_tests": ["unique", "not_null"]}],
+    }
+    return _yaml({"version": 2, "seeds": [sources, fields, zones]})
 
 
 # --- seeds ---------------------------------------------------------------------------------
@@ -296,6 +340,20 @@ def _sources_seed(contracts: Sequence[SourceContract]) -> str:
             )
             for c in contracts
         ),
+    )
+
+
+def zone_seed(lookup_csv: str | None) -> str:
+    """The taxi_zones seed from the text of taxi_zone_lookup.csv (LocationID, Borough, Zone,
+    service_zone), ids as text like the contract's zone fields; only the header without it.
+
+    >>> zone_seed('"LocationID","Borough","Zone","service_zone"\\n1,"EWR","Newark Airport","EWR"\\n')
+    'location_id,borough,zone_name,service_zone\\n1,EWR,Newark Airport,EWR\\n'
+    """
+    rows = csv.DictReader(io.StringIO(lookup_csv or ""))
+    return _csv(
+        ("location_id", "borough", "zone_name", "service_zone"),
+        ((r["LocationID"].strip(), r["Borough"], r["Zone"], r["service_zone"]) for r in rows),
     )
 
 
@@ -343,6 +401,8 @@ def _contracts_macro(contracts: Sequence[SourceContract]) -> str:
             "entity_label": c.entity_label,
             "numeric_fields": [f.name for f in numeric_fields(c)],
             "feature_count": len(c.feature_columns()),
+            "event_id_field": c.event_id_field,
+            "event_predictions": list(c.event_predictions),
         }
         for c in contracts
     }
@@ -351,7 +411,8 @@ def _contracts_macro(contracts: Sequence[SourceContract]) -> str:
         f"{{#- {_HEADER} -#}}\n"
         "{#- What the models and tests need to know of the contracts when they compile: the sources,\n"
         "    in registry order, each with its entity label, the numeric fields its observations\n"
-        "    unpivot and the number of aggregate columns of its feature windows. -#}\n"
+        "    unpivot, the number of aggregate columns of its feature windows, its event id field\n"
+        "    and the measures its speed layer predicts per event. -#}\n"
         "{% macro periscope_contracts() -%}\n"
         f"    {{{{ return(fromjson('{literal}')) }}}}\n"
         "{%- endmacro %}\n"
@@ -359,6 +420,10 @@ def _contracts_macro(contracts: Sequence[SourceContract]) -> str:
 
 
 # --- staging -------------------------------------------------------------------------------
+def _accepted(values: Sequence[str]) -> dict[str, object]:
+    return {"accepted_values": {"arguments": {"values": list(values)}}}
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -576,6 +641,7 @@ def _stg_predictions(c: SourceContract) -> _Model:
         "window_end": "timestamptz",
         "anomaly_score": "double precision",
         "is_anomaly": "boolean",
+        "anomaly_kind": "text",
         "forecast_origin": "timestamptz",
         "forecast_count": "integer",
         "forecast_model": "text",
@@ -600,8 +666,9 @@ def _stg_predictions(c: SourceContract) -> _Model:
         "columns": [
             {"name": "entity_id", "description": entity_doc, "data_tests": ["not_null"]},
             {"name": "window_start", "data_tests": ["not_null"]},
+            {"name": "anomaly_kind", "description": ANOMALY_KIND_DOC, "data_tests": [_accepted(ANOMALY_KINDS)]},
         ],
-    }
+    }  # fmt: skip
     return predictions, predictions_spec
 
 
@@ -620,6 +687,7 @@ def _stg_forecasts(c: SourceContract) -> _Model:
         "yhat": "double precision",
         "yhat_lower": "double precision",
         "yhat_upper": "double precision",
+        "method": "text",
         "_loaded_at": "timestamptz",
     }
     casts = [(n, t) for n, t in forecast_columns.items() if n not in (c.key_field, "_loaded_at")]
@@ -641,6 +709,50 @@ def _stg_forecasts(c: SourceContract) -> _Model:
             {"name": "entity_id", "description": entity_doc, "data_tests": ["not_null"]},
             {"name": "measure", "data_tests": ["not_null"]},
             {"name": "horizon_h", "data_tests": ["not_null"]},
+            {"name": "method", "description": METHOD_DOC, "data_tests": [_accepted(FORECAST_METHODS)]},
         ],
-    }
+    }  # fmt: skip
     return forecasts, forecasts_spec
+
+
+def _stg_event_predictions(c: SourceContract) -> _Model:
+    """One row per event the speed layer scored: its predicted measures, wide."""
+    assert c.event_id_field is not None, c.name  # the contract checks it
+    header = f"-- {_HEADER}\n"
+    columns = {
+        c.key_field: "text",
+        c.event_id_field: "text",
+        "event_time": "timestamptz",
+        "kafka_timestamp": "timestamptz",
+        **{f"predicted_{m}": "double precision" for m in c.event_predictions},
+        "event_model": "text",
+        "event_model_version": "bigint",
+        "scored_at": "timestamptz",
+        "_loaded_at": "timestamptz",
+    }
+    casts = [
+        (n, t) for n, t in columns.items() if n not in (c.key_field, c.event_id_field, "_loaded_at")
+    ]
+    sql = (
+        f"{header}-- One row per event scored by the speed layer, from lake.{c.name}_event_predictions.\n"
+        "select\n"
+        f"    '{c.name}'::text as source,\n"
+        f"    p.{_q(c.key_field)}::text as entity_id,\n"
+        f"    p.{_q(c.event_id_field)}::text as event_id,\n"
+        + "".join(f"    p.{_q(n)}::{t} as {_q(n)},\n" for n, t in casts)
+        + "    p._loaded_at::timestamptz as loaded_at\n"
+        f"from {_relation(f'{c.name}_event_predictions', columns)} as p\n"
+    )
+    spec: dict[str, object] = {
+        "description": (
+            f"Grain: one {c.name} event scored by the speed layer ({c.event_id_field}): "
+            f"predicted {', '.join(c.event_predictions)}, by which model version."
+        ),
+        "columns": [
+            {"name": "entity_id", "description": f"The {c.entity_label} ({c.key_field} in the lake).", "data_tests": ["not_null"]},
+            {"name": "event_id", "description": f"The event's {c.event_id_field}.", "data_tests": ["unique", "not_null"]},
+            {"name": "event_model", "data_tests": ["not_null"]},
+            {"name": "event_model_version", "data_tests": ["not_null"]},
+        ],
+    }  # fmt: skip
+    return sql, spec

@@ -24,6 +24,7 @@ from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 from warehouse import ddl
 from warehouse.plan import (
+    ALWAYS_COLUMNS,
     LoadPlan,
     TableSpec,
     flatten_forecasts,
@@ -283,6 +284,8 @@ def _batches(dataset: pads.FileSystemDataset, files: Sequence[str], columns: lis
 
 def _ensure_tables(cur: Any, spec: TableSpec, schema: pa.Schema, columns: list[str]) -> None:
     parent = ddl.pg_columns(schema, columns)
+    # Columns an older Delta table lacks (e.g. gold before anomaly_kind) stay null in Postgres.
+    parent += [(n, t) for n, t in ALWAYS_COLUMNS.get(spec.entity, ()) if n not in columns]
     tables = [(spec.name, parent, spec.key)]
     if spec.forecasts_table:
         parent.append(("forecast_count", "integer"))

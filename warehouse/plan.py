@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from periscope.contracts import CONTRACTS, SourceContract, get_contract
 
 __all__ = [
+    "ALWAYS_COLUMNS",
     "ENTITIES",
     "FORECAST_FIELDS",
     "LoadPlan",
@@ -26,29 +27,61 @@ __all__ = [
     "forecast_columns",
     "forecast_counts",
     "forecast_key",
+    "has_entity",
     "loadable_columns",
     "plan_load",
     "table_key",
     "table_specs",
 ]
 
-Entity = Literal["observations", "features", "predictions"]
-ENTITIES: tuple[Entity, ...] = ("observations", "features", "predictions")
+Entity = Literal["observations", "features", "predictions", "event_predictions"]
+ENTITIES: tuple[Entity, ...] = ("observations", "features", "predictions", "event_predictions")
 
-_LAYER = {"observations": "silver", "features": "silver", "predictions": "gold"}
+_LAYER = {
+    "observations": "silver",
+    "features": "silver",
+    "predictions": "gold",
+    "event_predictions": "gold",  # the speed layer: one row per scored event
+}
 # gold's nested `forecasts` list becomes its own table, one row per forecast: the contract's key
-# and window_start of the gold row, then these fields of each forecast.
-FORECAST_FIELDS = ("measure", "horizon_h", "target_time", "yhat", "yhat_lower", "yhat_upper")
+# and window_start of the gold row, then these fields of each forecast. `method` (the forecaster
+# served) is null in gold rows written before forecasts named it.
+FORECAST_FIELDS = (
+    "measure",
+    "horizon_h",
+    "target_time",
+    "yhat",
+    "yhat_lower",
+    "yhat_upper",
+    "method",
+)
+# Scalar columns a lake table always has in Postgres, even when an older Delta table lacks
+# them (null there), so the staging views can read them at every stage of the lake.
+ALWAYS_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "predictions": (("anomaly_kind", "text"),),
+}
+
+
+def has_entity(contract: SourceContract, entity: str) -> bool:
+    """Whether the contract has this lake table: event predictions only where it names some.
+
+    >>> has_entity(get_contract("weather"), "event_predictions")
+    False
+    """
+    return entity != "event_predictions" or bool(contract.event_predictions)
 
 
 def table_key(contract: SourceContract, entity: Entity) -> tuple[str, ...]:
     """The natural key of a lake table, from the contract: observations are unique per event
-    id when the contract has one (silver dedupes on it), else per (key, event time); windows
-    and predictions per (key, window_start).
+    id when the contract has one (silver dedupes on it), else per (key, event time); event
+    predictions per event id; windows and predictions per (key, window_start).
 
     >>> table_key(get_contract("weather"), "observations")
     ('station_id', 'event_time')
     """
+    if entity == "event_predictions":
+        assert contract.event_id_field is not None, contract.name  # the contract checks it
+        return (contract.event_id_field,)
     if entity == "observations":
         if contract.event_id_field is not None:
             return (contract.event_id_field,)
@@ -108,7 +141,8 @@ class TableSpec:
 def table_specs(
     sources: Iterable[str] | None = None, entities: Iterable[str] | None = None
 ) -> list[TableSpec]:
-    """The tables to load, source by source (observations, features, predictions).
+    """The tables to load, source by source (observations, features, predictions, and event
+    predictions for contracts that name some).
 
     >>> [s.name for s in table_specs(["weather"], ["features"])]
     ['weather_features']
@@ -125,7 +159,7 @@ def table_specs(
         TableSpec(source, entity)  # type: ignore[arg-type]  # checked above
         for source in chosen_sources
         for entity in ENTITIES
-        if entity in chosen_entities
+        if entity in chosen_entities and has_entity(CONTRACTS[source], entity)
     ]
 
 
@@ -221,5 +255,8 @@ def flatten_forecasts(batch: pa.RecordBatch | pa.Table, key: str) -> pa.Table:
         "window_start": pc.take(batch.column("window_start"), parents),
     }
     for name in FORECAST_FIELDS:
-        columns[name] = pc.struct_field(values, name)
+        if values.type.get_field_index(name) >= 0:
+            columns[name] = pc.struct_field(values, name)
+        else:  # a field gold gained later (method): null in older rows
+            columns[name] = pa.nulls(len(values), pa.string())
     return pa.table(columns)

@@ -5,12 +5,16 @@
 --   2. per source, the facts hold what the lake holds: a feature-window row per window and a
 --      feature-value row per window and aggregate column, an anomaly row per scored window, a
 --      forecast row per flattened forecast (also equal to the forecast counts of the gold
---      rows), and hourly facts that count every non-null reading of a numeric field.
+--      rows), and hourly facts that count every non-null reading of a numeric field;
+--   3. taxi: fct_trip holds one row per trip of lake.taxi_observations, and as many scored
+--      trips as gold's event predictions hold of those trips.
 {%- set sources = periscope_contracts() %}
 {%- set loaded_tables = [] %}
 {%- for s in sources %}{% for entity in ['observations', 'features', 'predictions'] %}
 {%- do loaded_tables.append(s ~ '_' ~ entity) %}
-{%- endfor %}{% endfor %}
+{%- endfor %}
+{%- if sources[s]['event_predictions'] %}{% do loaded_tables.append(s ~ '_event_predictions') %}{% endif %}
+{%- endfor %}
 {%- set any_row = {'_loaded_at': 'timestamptz'} %}
 
 with lake_tables as (
@@ -89,6 +93,28 @@ per_source as (
     from lake_per_source as l inner join marts_per_source as m on l.source = m.source
 )
 
+{%- if 'taxi' in sources %},
+
+trips as (
+    select 'taxi: fct_trip rows vs lake trips' as check_name,
+        (select count(*) from {{ lake_relation('taxi_observations', any_row) }} as o) as expected,
+        (select count(*) from {{ ref('fct_trip') }}) as actual
+    union all
+    select 'taxi: fct_trip scored trips vs lake event predictions of those trips',
+        (select count(*)
+         from {{ lake_relation('taxi_event_predictions', {'trip_id': 'text'}) }} as p
+         where exists (
+             select from {{ lake_relation('taxi_observations', {'trip_id': 'text'}) }} as o
+             where o.trip_id = p.trip_id
+         )),
+        (select count(*) from {{ ref('fct_trip') }} where model_key is not null)
+)
+{%- endif %}
+
 select * from delta_vs_lake
 union all
 select * from per_source where expected <> actual
+{%- if 'taxi' in sources %}
+union all
+select * from trips where expected <> actual
+{%- endif %}

@@ -25,7 +25,7 @@ from periscope.contracts import (
     get_contract,
 )
 from warehouse import dbt_models, ddl, plan
-from warehouse.dbt import DBT_PROJECT_DIR, dbt_command, dbt_env, sync_project
+from warehouse.dbt import DBT_PROJECT_DIR, ZONE_LOOKUP, dbt_command, dbt_env, sync_project
 from warehouse.plan import (
     TableSpec,
     flatten_forecasts,
@@ -91,7 +91,17 @@ def test_docstring_examples(module):
 # --- tables --------------------------------------------------------------------------------
 def test_table_specs_name_the_delta_tables_and_keys():
     specs = {s.name: s for s in table_specs()}
-    assert set(specs) == {f"{s}_{e}" for s in CONTRACTS for e in plan.ENTITIES}
+    assert set(specs) == {
+        f"{s}_{e}" for s, c in CONTRACTS.items() for e in plan.ENTITIES if plan.has_entity(c, e)
+    }
+    # Only a contract that names event predictions has the speed layer's table.
+    assert "weather_event_predictions" not in specs
+    events = specs["taxi_event_predictions"]
+    assert (events.delta_table, events.key, events.forecasts_table) == (
+        "gold/taxi_event_predictions",
+        ("trip_id",),
+        None,
+    )
     assert specs["weather_observations"].delta_table == "silver/weather_observations"
     assert specs["weather_observations"].key == ("station_id", "event_time")
     assert specs["air_quality_features"].key == ("station_id", "window_start")
@@ -232,6 +242,42 @@ def test_flatten_forecasts_gives_one_row_per_forecast_with_its_window():
     assert forecast_counts(_gold()).to_pylist() == [4, 0, 2]
 
 
+def test_flatten_forecasts_carry_the_method_and_null_where_gold_predates_it():
+    gold = _gold()
+    assert set(flatten_forecasts(gold, "station_id").column("method").to_pylist()) == {None}
+    with_method = pa.Table.from_pylist(
+        [
+            {**row, "forecasts": [{**f, "method": "prophet"} for f in row["forecasts"]]}
+            for row in gold.to_pylist()
+        ],
+        schema=gold.schema,
+    )
+    assert flatten_forecasts(with_method, "station_id").column("method").to_pylist() == (
+        ["prophet"] * 6
+    )
+    # A gold table written before forecasts had a method at all: the column is there, null.
+    item = gold.schema.field("forecasts").type.value_type
+    old_item = pa.struct([f for f in item if f.name != "method"])
+    old = pa.Table.from_pylist(
+        [
+            {
+                **r,
+                "forecasts": [
+                    {k: v for k, v in f.items() if k != "method"} for f in r["forecasts"]
+                ],
+            }
+            for r in gold.to_pylist()
+        ],
+        schema=gold.schema.set(
+            gold.schema.get_field_index("forecasts"), pa.field("forecasts", pa.list_(old_item))
+        ),
+    )
+    flat = flatten_forecasts(old, "station_id")
+    assert flat.column_names == list(plan.forecast_columns(get_contract("weather")))
+    assert flat.schema.field("method").type == pa.string()
+    assert flat.column("method").null_count == flat.num_rows == 6
+
+
 def test_flatten_forecasts_keeps_the_contracts_key():
     flat = flatten_forecasts(_gold(TOY), "zone")
     assert flat.column_names == list(plan.forecast_columns(TOY))
@@ -352,9 +398,17 @@ def test_sync_writes_exactly_the_registered_contracts_files(tmp_path, toy_regist
     stale = tmp_path / "models" / "staging" / "generated" / "stg_gone__observations.sql"
     stale.parent.mkdir(parents=True)
     stale.write_text("select 1")
-    first = sync_project(project_dir=tmp_path)
+    data_dir = tmp_path / "data"
+    (data_dir / ZONE_LOOKUP).parent.mkdir(parents=True)
+    (data_dir / ZONE_LOOKUP).write_text(
+        '"LocationID","Borough","Zone","service_zone"\n7,"Queens","Astoria","Boro Zone"\n'
+    )
+    first = sync_project(project_dir=tmp_path, data_dir=data_dir)
     assert first.removed == ["models/staging/generated/stg_gone__observations.sql"]
-    wanted = dbt_models.generated_files(CONTRACTS.values())
+    wanted = dbt_models.generated_files(CONTRACTS.values(), (data_dir / ZONE_LOOKUP).read_text())
+    assert wanted["seeds/generated/taxi_zones.csv"] == (
+        "location_id,borough,zone_name,service_zone\n7,Queens,Astoria,Boro Zone\n"
+    )
     on_disk = {
         p.relative_to(tmp_path).as_posix(): p.read_text()
         for folder in dbt_models.GENERATED_DIRS
@@ -366,9 +420,9 @@ def test_sync_writes_exactly_the_registered_contracts_files(tmp_path, toy_regist
         for entity in dbt_models.STAGING_ENTITIES:
             assert f"models/staging/generated/stg_{source}__{entity}.yml" in on_disk
     # A second sync changes nothing; dropping the toy source removes its files.
-    assert sync_project(project_dir=tmp_path).written == []
+    assert sync_project(project_dir=tmp_path, data_dir=data_dir).written == []
     CONTRACTS.pop(TOY.name)
-    removed = sync_project(project_dir=tmp_path).removed
+    removed = sync_project(project_dir=tmp_path, data_dir=data_dir).removed
     assert sorted(removed) == sorted(p for p in wanted if "toy_trips__" in p)
 
 
@@ -397,6 +451,30 @@ def test_staging_renames_the_contracts_key_to_entity_id():
         "toy_trips_forecasts",
         "_load_state",
     ]
+
+
+def test_event_predictions_are_staged_for_the_contracts_that_name_them():
+    files = dbt_models.generated_files([get_contract("weather"), get_contract("taxi")])
+    assert "models/staging/generated/stg_weather__event_predictions.sql" not in files
+    sql = files["models/staging/generated/stg_taxi__event_predictions.sql"]
+    assert 'p."trip_id"::text as event_id' in sql and "taxi_event_predictions" in sql
+    for measure in get_contract("taxi").event_predictions:
+        assert f'p."predicted_{measure}"::double precision as "predicted_{measure}"' in sql
+    sources = yaml.safe_load(files["models/staging/generated/_lake__sources.yml"])
+    names = [t["name"] for t in sources["sources"][0]["tables"]]
+    assert "taxi_event_predictions" in names and "weather_event_predictions" not in names
+    # The gold columns added this session reach staging (null in lakes written before them).
+    assert (
+        "p.anomaly_kind::text as anomaly_kind"
+        in files["models/staging/generated/stg_weather__predictions.sql"]
+    )
+    assert (
+        "f.method::text as method" in files["models/staging/generated/stg_weather__forecasts.sql"]
+    )
+    macro = files["macros/generated/periscope_contracts.sql"]
+    assert '"event_predictions": ["duration_min", "fare_amount"]' in macro
+    # Without the lookup file the zone seed is its header alone (dim_zone builds, empty).
+    assert files["seeds/generated/taxi_zones.csv"] == "location_id,borough,zone_name,service_zone\n"
 
 
 def test_the_fields_seed_lists_every_field_and_forecast_series():

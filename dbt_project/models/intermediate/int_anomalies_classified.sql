@@ -7,6 +7,7 @@ with classified as (
         window_end,
         anomaly_score,
         is_anomaly,
+        anomaly_kind,
         anomaly_model,
         anomaly_version,
         scored_at,

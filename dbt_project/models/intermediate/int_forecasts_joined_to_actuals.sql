@@ -55,6 +55,7 @@ select
     f.yhat,
     f.yhat_lower,
     f.yhat_upper,
+    f.method,
     a.actual,
     f.yhat - a.actual as error,
     abs(f.yhat - a.actual) as abs_error,

@@ -13,6 +13,7 @@ select
     f.yhat,
     f.yhat_lower,
     f.yhat_upper,
+    f.method,
     p.forecast_origin,
     p.forecast_model,
     p.forecast_version,

@@ -1,4 +1,5 @@
--- One row per registered model version that scored a window (forecast or anomaly).
+-- One row per registered model version that scored a window (forecast or anomaly) or an event
+-- (the speed layer's per-event regressor).
 with used as (
     select distinct source, forecast_model as model_name, forecast_version as model_version, 'forecast' as kind
     from {{ ref('int_predictions_unioned') }}
@@ -7,6 +8,11 @@ with used as (
     select distinct source, anomaly_model, anomaly_version, 'anomaly'
     from {{ ref('int_predictions_unioned') }}
     where anomaly_model is not null
+    {%- for source_name, facts in periscope_contracts().items() if facts['event_predictions'] %}
+    union
+    select distinct source, event_model, event_model_version, 'event'
+    from {{ ref('stg_' ~ source_name ~ '__event_predictions') }}
+    {%- endfor %}
 )
 
 select

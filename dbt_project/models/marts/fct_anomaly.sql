@@ -20,6 +20,7 @@ select
     window_end,
     anomaly_score,
     is_anomaly,
+    anomaly_kind,
     anomaly_status,
     starts_episode,
     scored_at,

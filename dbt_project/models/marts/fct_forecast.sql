@@ -22,6 +22,7 @@ select
     yhat,
     yhat_lower,
     yhat_upper,
+    method,
     loaded_at
 from {{ ref('int_forecasts_unioned') }}
 {% if is_incremental() %}

@@ -41,6 +41,7 @@ select
     j.yhat,
     j.yhat_lower,
     j.yhat_upper,
+    j.method,
     j.actual,
     j.error,
     j.abs_error,
