@@ -11,12 +11,29 @@ messages out. One module per step:
   per-series forecast caches.
 - `table`: the gold schema, its path, the scored-through mark, the MERGE.
 - `messages`: gold rows as `<source>-predictions` JSON, and publishing them.
+- `events`: the speed layer: each new silver observation of a source with event predictions
+  scored by its per-event champion into `gold/<source>_event_predictions`.
 
 The Ray runtime comes from `ml.ray_session`; nothing here imports `ml.training`.
 """
 
 from ml.gold.actors import ScorerPool, ScoringError, scoring_pool
-from ml.gold.messages import prediction_messages, publish_predictions
+from ml.gold.events import (
+    EVENT_SCORE_APP_ID,
+    EventRoundReport,
+    event_predictions_path,
+    event_rows,
+    event_schema,
+    score_event_round,
+    scored_events_through,
+    write_event_predictions,
+)
+from ml.gold.messages import (
+    event_prediction_messages,
+    prediction_messages,
+    publish_event_predictions,
+    publish_predictions,
+)
 from ml.gold.plan import entity_owner, plan_round, split_by_entity
 from ml.gold.rounds import RoundReport, history_for, pending_after, run_scoring, score_round
 from ml.gold.scoring import HISTORY_HOURS, LoadedModels, history_window, score_windows, to_arrow
@@ -31,6 +48,16 @@ from ml.gold.table import (
 )
 
 __all__ = [
+    "EVENT_SCORE_APP_ID",
+    "EventRoundReport",
+    "event_prediction_messages",
+    "event_predictions_path",
+    "event_rows",
+    "event_schema",
+    "publish_event_predictions",
+    "score_event_round",
+    "scored_events_through",
+    "write_event_predictions",
     "FORECAST_TYPE",
     "HISTORY_HOURS",
     "SCORE_APP_ID",

@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ml.gold.events import event_kind, event_rows, event_schema, predict_events
 from ml.gold.plan import entity_owner, split_by_entity
 from ml.gold.scoring import LoadedModels, score_windows, to_arrow
 from ml.gold.table import gold_schema
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
+from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 
@@ -38,6 +41,8 @@ class ScoringActor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models: dict[str, LoadedModels] = {}
+        # Per-event models (the speed layer): source -> (model, version).
+        self.event_models: dict[str, tuple[Any, int]] = {}
 
     def use(
         self, source: str, wanted: dict[str, int | None], share: tuple[int, int] = (0, 1)
@@ -99,6 +104,35 @@ class ScoringActor:
         models = self.models[source]
         return to_arrow(score_windows(features, hourly, models, scored_at=scored_at, key=key), key)
 
+    def use_event(self, source: str, kind: str, version: int | None) -> str | None:
+        """Hold `version` of the source's per-event model; returns the load error, if any
+        (the version held before stays in use). None drops it."""
+        held = self.event_models.get(source)
+        if (held[1] if held else None) == version:
+            return None
+        if version is None:
+            self.event_models.pop(source, None)
+            return None
+        try:
+            self.event_models[source] = (load_model(self.settings, source, kind, version), version)
+        except Exception as exc:  # keep scoring with the model we have
+            return f"{exc.__class__.__name__}: {exc}"
+        return None
+
+    def event_version(self, source: str) -> int | None:
+        held = self.event_models.get(source)
+        return held[1] if held else None
+
+    def score_events(
+        self, contract: SourceContract, events: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        model, version = self.event_models[contract.name]
+        predicted = predict_events(model, events, contract.event_predictions)
+        name = model_name(contract.name, str(event_kind(contract)))
+        return event_rows(
+            events, predicted, contract, model=name, version=version, scored_at=scored_at
+        )
+
     def ping(self) -> bool:
         return True
 
@@ -117,6 +151,8 @@ class ScorerPool:
     wanted: dict[str, dict[str, int | None]] = field(default_factory=dict)
     # (source, kind, version) loads that failed: logged once, not retried every round.
     failed_loads: set[tuple[str, str, int | None]] = field(default_factory=set)
+    # source -> (kind, version) of the per-event model the actors hold.
+    wanted_events: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.actors = [self._new_actor() for _ in range(self.size)]
@@ -187,6 +223,41 @@ class ScorerPool:
             return gold_schema(key).empty_table()
         return pa.concat_tables(tables)
 
+    def sync_event_model(self, source: str, kind: str, registry: Registry) -> int | None:
+        """Point every actor at the champion per-event model of `source`; returns the version
+        held (None: no champion, or none could be loaded yet)."""
+        version = registry.champion_version(source, kind)  # type: ignore[arg-type]
+        if (source, kind, version) in self.failed_loads:
+            version = self.wanted_events.get(source, (kind, None))[1]
+        errors = self._get([actor.use_event.remote(source, kind, version) for actor in self.actors])
+        for error in {e for e in errors if e is not None}:
+            self.failed_loads.add((source, kind, version))
+            log.warning(
+                "%s version %s could not be loaded (%s); actors keep the version they hold",
+                model_name(source, kind),
+                version,
+                error,
+            )
+        held: int | None = self._get([self.actors[0].event_version.remote(source)])[0]
+        self.wanted_events[source] = (kind, held)
+        return held
+
+    def score_events(
+        self, contract: SourceContract, events: pd.DataFrame, scored_at: datetime
+    ) -> pa.Table:
+        """Gold event rows for `events`, in equal slices over the actors (any actor can score
+        any event); raises ScoringError."""
+        slices = np.array_split(np.arange(len(events)), len(self.actors))
+        calls = [
+            actor.score_events.remote(contract, events.iloc[rows], scored_at)
+            for actor, rows in zip(self.actors, slices, strict=True)
+            if len(rows)
+        ]
+        tables = self._get(calls)
+        if not tables:
+            return event_schema(contract).empty_table()
+        return pa.concat_tables(tables)
+
     def _get(self, calls: list[Any]) -> list[Any]:
         """ray.get, with a dead actor replaced and any failure raised as ScoringError."""
         import ray
@@ -212,6 +283,8 @@ class ScorerPool:
                 self.actors[i] = self._new_actor()
                 for source, versions in self.wanted.items():
                     ray.get(self.actors[i].use.remote(source, versions, (i, len(self.actors))))
+                for source, (kind, version) in self.wanted_events.items():
+                    ray.get(self.actors[i].use_event.remote(source, kind, version))
 
     def kill(self, index: int) -> None:
         """Stop one actor abruptly (what a crashed worker looks like); for failure drills."""

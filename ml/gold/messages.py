@@ -12,7 +12,17 @@ from periscope.contracts import SourceContract
 from periscope.messages import Publisher
 from periscope.settings import Settings
 
-__all__ = ["prediction_messages", "publish_predictions"]
+__all__ = [
+    "EVENT_MESSAGE_KIND",
+    "event_prediction_messages",
+    "prediction_messages",
+    "publish_event_predictions",
+    "publish_predictions",
+]
+
+# Per-event predictions share `<source>-predictions` with the window rows; this field tells
+# a consumer which one it holds (window messages have no `kind`).
+EVENT_MESSAGE_KIND = "event_prediction"
 
 
 def prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
@@ -114,6 +124,34 @@ def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.T
     try:
         return publisher.publish(
             contract.topic("predictions"), prediction_messages(rows, contract.key_field)
+        )
+    finally:
+        publisher.close()
+
+
+def event_prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
+    """(entity, JSON) pairs for `<source>-predictions`, one per gold event row: the row's
+    columns and `"kind": "event_prediction"`; times RFC 3339 (UTC, "Z"), missing values null.
+
+    >>> import pyarrow as pa
+    >>> rows = pa.table({"zone": ["7"], "trip_id": ["t1"], "predicted_fare_amount": [9.5]})
+    >>> event_prediction_messages(rows, "zone")
+    [(b'7', b'{"zone":"7","trip_id":"t1","predicted_fare_amount":9.5,"kind":"event_prediction"}')]
+    """
+    import orjson
+
+    scalars = _with_text_times(rows).to_pylist()
+    return [
+        (str(row[key]).encode(), orjson.dumps({**row, "kind": EVENT_MESSAGE_KIND}))
+        for row in scalars
+    ]
+
+
+def publish_event_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
+    publisher = Publisher(settings, client_id="periscope-score-events")
+    try:
+        return publisher.publish(
+            contract.topic("predictions"), event_prediction_messages(rows, contract.key_field)
         )
     finally:
         publisher.close()

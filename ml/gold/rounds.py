@@ -16,6 +16,9 @@ MERGE the rows into `gold/<source>_predictions` on (key, window_start) (re-scori
 window replaces its row), then publish them to `<source>-predictions` (at least once).
 Before each round the driver looks up the champions; actors that hold another version load
 the new one, and keep the one they have when that fails (the failure is logged once).
+
+A source whose contract predicts measures per event (taxi) also gets an event round after
+each window round, in the same actor pool: `ml.gold.events` (the speed layer).
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ import pandas as pd
 
 from ml.data import LakeSlice, SilverFeed
 from ml.gold.actors import ScorerPool, scoring_pool
+from ml.gold.events import (
+    EVENTS_PER_WINDOW,
+    EventFeed,
+    EventRoundReport,
+    events_pending_after,
+    score_event_round,
+)
 from ml.gold.messages import publish_predictions
 from ml.gold.plan import plan_round
 from ml.gold.scoring import history_window
@@ -174,6 +184,10 @@ def run_scoring(
     failures = 0
     after: dict[str, int] = {}
     missing: set[str] = set()  # sources whose silver has no features table yet (said once)
+    event_feeds = {c.name: EventFeed(settings, c) for c in contracts if c.event_predictions}
+    events_after: dict[str, int] = {}
+    event_failures = 0
+    no_champion: set[str] = set()  # sources without a per-event champion (said once)
     with scoring_pool(settings, actors) as pool:
         while not stop.is_set():
             idle = True
@@ -200,14 +214,43 @@ def run_scoring(
                     stop.wait(min(30.0, settings.score_poll_interval_s * 2**failures))
                     continue
                 failures = 0
-                if report is None:
+                if report is not None:
+                    idle = False
+                    after[contract.name] = report.silver_through
+                    _log_round(report)
+                    reports.append(report)
+                    if on_round is not None:
+                        on_round(report)
+                if not contract.event_predictions:
                     continue
-                idle = False
-                after[contract.name] = report.silver_through
-                _log_round(report)
-                reports.append(report)
-                if on_round is not None:
-                    on_round(report)
+                try:  # the speed layer: its own mark, so a failure here never redoes windows
+                    event_feed = event_feeds[contract.name]
+                    if contract.name not in events_after:
+                        events_after[contract.name] = (
+                            -1 if rescore else events_pending_after(event_feed)
+                        )
+                    event_report = score_event_round(
+                        pool,
+                        registry,
+                        event_feed,
+                        after=events_after[contract.name],
+                        publish=publish,
+                        max_rows=settings.score_round_rows * EVENTS_PER_WINDOW,
+                        no_champion=no_champion,
+                    )
+                except Exception as exc:
+                    event_failures += 1
+                    log.error("%s: event round failed, will retry: %s", contract.name, exc)
+                    if available_now and event_failures >= 3:
+                        raise
+                    idle = False
+                    stop.wait(min(30.0, settings.score_poll_interval_s * 2**event_failures))
+                    continue
+                event_failures = 0
+                if event_report is not None:
+                    idle = False
+                    events_after[contract.name] = event_report.silver_through
+                    _log_event_round(event_report)
             if idle:
                 if available_now:
                     break
@@ -226,6 +269,20 @@ def _has_features(feed: SilverFeed, missing: set[str]) -> bool:
         )
         missing.add(feed.contract.name)
     return False
+
+
+def _log_event_round(report: EventRoundReport) -> None:
+    log.info(
+        "gold %s: %d events (silver batches %d..%d) with %s v%d in %.1f s (scoring %.2f s)",
+        report.source,
+        report.events,
+        report.silver_after + 1,
+        report.silver_through,
+        report.event_model,
+        report.event_model_version,
+        report.seconds,
+        report.scoring_seconds,
+    )
 
 
 def _log_round(report: RoundReport) -> None:
