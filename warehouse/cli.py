@@ -19,7 +19,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 warehouse_app = typer.Typer(
-    help="Copy the lake (silver observations and features, gold predictions) into Postgres.",
+    help=(
+        "Copy the lake (silver observations and features, gold predictions and event "
+        "predictions) into Postgres."
+    ),
     no_args_is_help=True,
 )
 dbt_app = typer.Typer(
@@ -68,7 +71,10 @@ def load(
         typer.Option(
             "--table",
             "-t",
-            help="observations, features and/or predictions (repeatable); default: all three.",
+            help=(
+                "observations, features, predictions and/or event_predictions (repeatable); "
+                "default: all (event_predictions only for sources whose contract names some)."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -80,7 +86,7 @@ def load(
 ) -> None:
     """Copy new lake rows into the Postgres schema `lake`, incrementally and idempotently.
 
-    Tables: silver/<source>_observations, silver/<source>_features and gold/<source>_predictions, whose forecasts list becomes lake.<source>_forecasts (one row per station, window, measure and horizon).
+    Tables: silver/<source>_observations, silver/<source>_features and gold/<source>_predictions, whose forecasts list becomes lake.<source>_forecasts (one row per entity, window, measure and horizon), and for sources whose contract names event predictions the speed layer's gold/<source>_event_predictions (one row per event).
 
     Only rows of the Delta files added since the version recorded in lake._load_state are copied: COPY into a staging table, upsert by key, one transaction per table, so a crash never leaves half a batch. A second run copies nothing. Tables not in the lake yet are skipped; exits 1 when none of the chosen tables exists.
     """
@@ -123,7 +129,10 @@ def load(
                 else (
                     r.rows_loaded,
                     r.rows_changed,
-                    r.forecasts_loaded if r.table.endswith("_predictions") else None,
+                    r.forecasts_loaded
+                    if r.table.endswith("_predictions")
+                    and not r.table.endswith("_event_predictions")
+                    else None,
                     r.delta_rows,
                     r.lake_rows if r.status == "loaded" else None,
                 )
