@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ml.gold.events import event_kind, event_rows, event_schema, predict_events
+from ml.gold.events import event_rows, event_schema, predict_events
 from ml.gold.plan import entity_owner, split_by_entity
 from ml.gold.scoring import LoadedModels, score_windows, to_arrow
 from ml.gold.table import gold_schema
@@ -41,8 +41,8 @@ class ScoringActor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models: dict[str, LoadedModels] = {}
-        # Per-event models (the speed layer): source -> (model, version).
-        self.event_models: dict[str, tuple[Any, int]] = {}
+        # Per-event models (the speed layer): source -> (model, version, registered name).
+        self.event_models: dict[str, tuple[Any, int, str]] = {}
 
     def use(
         self, source: str, wanted: dict[str, int | None], share: tuple[int, int] = (0, 1)
@@ -114,7 +114,8 @@ class ScoringActor:
             self.event_models.pop(source, None)
             return None
         try:
-            self.event_models[source] = (load_model(self.settings, source, kind, version), version)
+            model = load_model(self.settings, source, kind, version)
+            self.event_models[source] = (model, version, model_name(source, kind))
         except Exception as exc:  # keep scoring with the model we have
             return f"{exc.__class__.__name__}: {exc}"
         return None
@@ -126,9 +127,8 @@ class ScoringActor:
     def score_events(
         self, contract: SourceContract, events: pd.DataFrame, scored_at: datetime
     ) -> pa.Table:
-        model, version = self.event_models[contract.name]
+        model, version, name = self.event_models[contract.name]
         predicted = predict_events(model, events, contract.event_predictions)
-        name = model_name(contract.name, str(event_kind(contract)))
         return event_rows(
             events, predicted, contract, model=name, version=version, scored_at=scored_at
         )
