@@ -557,12 +557,16 @@ def score(
     Each window gets an anomaly score and flag and forecasts for the coming hours; re-scoring
     a window replaces its row. Runs until stopped (Ctrl-C), or with --available-now until
     every window silver has written is scored.
+
+    A source whose contract predicts measures per event (taxi: each trip's duration and fare)
+    also has every new silver observation scored once by its per-event champion into
+    gold/<source>_event_predictions (the speed layer); without that champion its events wait.
     """
     import signal
     import threading
 
     from ml.data import SilverFeed
-    from ml.gold import RoundReport, pending_after, run_scoring
+    from ml.gold import EventRoundReport, RoundReport, pending_after, run_scoring
 
     settings = get_settings()
     sources = _sources(source)
@@ -577,6 +581,14 @@ def score(
             f"-> gold version {report.gold_version} in {report.seconds:.1f} s"
         )
 
+    def describe_events(report: EventRoundReport) -> str:
+        return (
+            f"{report.source}: {report.events:,} events (silver batches "
+            f"{report.silver_after + 1}..{report.silver_through}) with {report.event_model} "
+            f"v{report.event_model_version} -> gold version {report.gold_version} "
+            f"in {report.seconds:.1f} s"
+        )
+
     if not available_now:
         console.print(f"scoring {', '.join(sources)} as silver writes; Ctrl-C stops")
         try:
@@ -589,6 +601,7 @@ def score(
                 stop=stop,
                 rescore=rescore,
                 on_round=lambda r: console.print(describe(r)),
+                on_event_round=lambda r: console.print(describe_events(r)),
             )
         except KeyboardInterrupt:
             console.print("scoring stopped")
@@ -622,6 +635,7 @@ def score(
             publish=publish,
             rescore=rescore,
             on_round=advance,
+            on_event_round=lambda r: progress.console.print(describe_events(r)),
         )
     scored = sum(r.windows for r in reports)
     console.print(f"scored {scored:,} windows in {len(reports)} round(s); gold is up to date")

@@ -170,6 +170,7 @@ def run_scoring(
     stop: threading.Event | None = None,
     on_round: Callable[[RoundReport], None] | None = None,
     rescore: bool = False,
+    on_event_round: Callable[[EventRoundReport], None] | None = None,
 ) -> list[RoundReport]:
     """Score rounds until every source is caught up (`available_now`) or `stop` is set.
 
@@ -251,6 +252,8 @@ def run_scoring(
                     idle = False
                     events_after[contract.name] = event_report.silver_through
                     _log_event_round(event_report)
+                    if on_event_round is not None:
+                        on_event_round(event_report)
             if idle:
                 if available_now:
                     break
