@@ -2,7 +2,8 @@
 loaded into the real Postgres by `periscope warehouse load`, modelled by `periscope dbt build`.
 
 One module-scoped lake and database; the tests run in file order and each moves both along:
-first load, a second load that finds nothing, dbt, more silver and a re-scored gold row with a
+first load (the taxi slice's speed-layer table is skipped until gold writes it, then loaded), a
+second load that finds nothing, dbt, more silver and a re-scored gold row with a
 load that crashes half-way and is rerun, dbt again, then what bi_reader may and may not do, and
 last a source of another shape registered in this process, loaded and modelled end to end.
 """
@@ -22,11 +23,13 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from psycopg2 import errors
 
-from ingest.datasets import read_air_quality, read_weather
+from ingest.datasets import read_air_quality, read_taxi, read_weather
 from ingest.producer import encode_record
+from ingest.replay import prepare_frame
 from ml.gold import gold_schema as _gold_schema
 from periscope.contracts import (
     CONTRACTS,
+    TAXI,
     Aggregation,
     Category,
     Count,
@@ -51,7 +54,9 @@ PERISCOPE = str(Path(sys.executable).parent / "periscope")
 STATIONS = ["denver", "boston"]
 FIRST_DAYS = 3
 SOURCES = ("weather", "air_quality")
+TAXI_UNTIL = datetime(2023, 1, 1, 12, tzinfo=UTC)  # the month's first 7 hours (NYC time)
 FACTS = (
+    "fct_trip",
     "fct_observation_hourly",
     "fct_feature_window",
     "fct_feature_value",
@@ -132,6 +137,7 @@ def write_stand_in_gold(settings, source: str, *, mode: str = "overwrite") -> No
                     "window_end": w.window_end,
                     "anomaly_score": None if pd.isna(score) else float(score),
                     "is_anomaly": None if pd.isna(score) else bool(score > 2),
+                    "anomaly_kind": "residual" if not pd.isna(score) and score > 2 else None,
                     "forecast_origin": origin,
                     "forecasts": forecasts,
                     "forecast_model": f"{source}_forecast",
@@ -145,15 +151,91 @@ def write_stand_in_gold(settings, source: str, *, mode: str = "overwrite") -> No
         write_deltalake(path, table, mode=mode if i == 0 else "append")
 
 
+# The speed layer's table, in the schema gold writes (ml.gold's event schema for taxi).
+TAXI_EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("pu_location_id", pa.string(), nullable=False),
+        pa.field("trip_id", pa.string(), nullable=False),
+        pa.field("event_time", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("kafka_timestamp", pa.timestamp("us", tz="UTC")),
+        pa.field("predicted_duration_min", pa.float64()),
+        pa.field("predicted_fare_amount", pa.float64()),
+        pa.field("event_model", pa.string(), nullable=False),
+        pa.field("event_model_version", pa.int64(), nullable=False),
+        pa.field("scored_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+def write_taxi_event_predictions(settings) -> pa.Table:
+    """Gold event predictions for every trip but each fourth (not scored yet): duration and
+    fare predicted as 1 minute and 1 USD above the actual ones, by trip model version 3."""
+    trips = read_delta(settings.lake_path(TAXI.table("silver", "observations"))).to_pandas()
+    trips = trips.sort_values("trip_id").reset_index(drop=True)
+    scored = trips[trips.index % 4 != 0]
+    events = pa.Table.from_pydict(
+        {
+            "pu_location_id": scored["pu_location_id"].tolist(),
+            "trip_id": scored["trip_id"].tolist(),
+            "event_time": scored["event_time"].tolist(),
+            "kafka_timestamp": scored["event_time"].tolist(),
+            "predicted_duration_min": (scored["duration_min"] + 1).tolist(),
+            "predicted_fare_amount": (scored["fare_amount"] + 1).tolist(),
+            "event_model": ["taxi_trip"] * len(scored),
+            "event_model_version": [3] * len(scored),
+            "scored_at": [datetime(2025, 1, 1, tzinfo=UTC)] * len(scored),
+        },
+        schema=TAXI_EVENT_SCHEMA,
+    )
+    write_deltalake(settings.lake_path("gold/taxi_event_predictions"), events, mode="overwrite")
+    return events
+
+
+def write_taxi_demand_gold(settings) -> tuple[str, datetime]:
+    """One gold row of the busiest zone: an event_count forecast for each hour of the slice
+    (a zone demand forecast of 2 trips, method seasonal_naive). Returns the zone and the
+    window start."""
+    trips = read_delta(settings.lake_path(TAXI.table("silver", "observations"))).to_pandas()
+    zone = trips["pu_location_id"].value_counts().index[0]
+    origin = datetime(2023, 1, 1, 5, tzinfo=UTC)  # midnight in New York
+    forecasts = [
+        {
+            "measure": "event_count",
+            "horizon_h": h,
+            "target_time": origin + timedelta(hours=h),
+            "yhat": 2.0,
+            "yhat_lower": 0.0,
+            "yhat_upper": 4.0,
+            "method": "seasonal_naive",
+        }
+        for h in range(1, 8)
+    ]
+    row = {
+        "pu_location_id": zone,
+        "window_start": origin - timedelta(minutes=15),
+        "window_end": origin,
+        "forecast_origin": origin,
+        "forecasts": forecasts,
+        "forecast_model": "taxi_forecast",
+        "forecast_version": 1,
+        "scored_at": datetime(2025, 1, 1, tzinfo=UTC),
+    }
+    gold = pa.Table.from_pylist([row], schema=gold_schema("pu_location_id"))
+    write_deltalake(settings.lake_path("gold/taxi_predictions"), gold, mode="overwrite")
+    return zone, row["window_start"]
+
+
 class Lake:
-    """Silver of two real weather stations and the UCI station, and stand-in gold."""
+    """Silver of two real weather stations, the UCI station and the first hours of the taxi
+    month, and stand-in gold."""
 
     def __init__(self, spark, services, root: Path) -> None:
         self.settings = services.model_copy(update={"lake_root": str(root / "lake")})
         self.session = spark.newSession()
         self.root = root
         self.tables = {
-            s: silver_tables(self.session, root, services, get_contract(s)) for s in SOURCES
+            s: silver_tables(self.session, root, services, get_contract(s))
+            for s in (*SOURCES, "taxi")
         }
         self.history = {s: _history(services, s) for s in SOURCES}
 
@@ -173,6 +255,34 @@ class Lake:
         assert counts["observations"] == len(messages) > 0
         return len(messages)
 
+    def taxi_silver(self) -> int:
+        """The real trips picked up before TAXI_UNTIL through silver; returns the accepted ones
+        (real trips that break a rule are quarantined)."""
+        trips = prepare_frame(read_taxi(self.settings.data_dir), TAXI, until=TAXI_UNTIL)
+        messages = [
+            (
+                row["pu_location_id"].encode(),
+                encode_record(
+                    {
+                        k: v.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(v, datetime) else v
+                        for k, v in row.items()
+                    }
+                ),
+            )
+            for row in trips.iter_rows(named=True)
+        ]
+        counts = process_batch(
+            bronze_frame(self.session, messages, first_offset=0),
+            0,
+            settings=self.settings,
+            contract=TAXI,
+            tables=self.tables["taxi"],
+            app_id="warehouse-test-taxi",
+            publish=False,
+        )
+        assert 0 < counts["observations"] <= len(messages)
+        return int(counts["observations"])
+
     def delta_path(self, table: str) -> str:
         return self.settings.lake_path(table)
 
@@ -183,6 +293,8 @@ def lake(spark, services, tmp_path_factory):
     for source in SOURCES:
         lake.silver_days(source, 0, FIRST_DAYS, batch_id=0)
         write_stand_in_gold(lake.settings, source)
+    lake.taxi_trips = lake.taxi_silver()
+    lake.taxi_demand = write_taxi_demand_gold(lake.settings)
     return lake
 
 
@@ -265,11 +377,48 @@ def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse)
     )
     assert (temperature, humidity) == (first["temperature"], first["humidity"])
 
+    # Taxi: the speed layer's table is skipped (not an error) until gold writes it ...
+    taxi = {r.table: r for r in load_tables(lake.settings, table_specs(["taxi"]))}
+    assert set(taxi) == {
+        f"taxi_{e}" for e in ("observations", "features", "predictions", "event_predictions")
+    }
+    skipped = taxi["taxi_event_predictions"]
+    assert (skipped.status, skipped.reason) == (
+        "skipped",
+        f"no Delta table at {lake.delta_path('gold/taxi_event_predictions')}",
+    )
+    assert taxi["taxi_observations"].rows_loaded == lake.taxi_trips
+    assert taxi["taxi_predictions"].forecasts_loaded == 7
+    # ... and loaded, keyed by trip id, once it does.
+    events = write_taxi_event_predictions(lake.settings)
+    [loaded] = load_tables(lake.settings, table_specs(["taxi"], ["event_predictions"]))
+    assert (loaded.status, loaded.mode, loaded.rows_loaded) == ("loaded", "full", events.num_rows)
+    assert 0 < events.num_rows < lake.taxi_trips
+    assert _query(
+        warehouse, "select count(distinct trip_id), count(*) from lake.taxi_event_predictions"
+    ) == [(events.num_rows, events.num_rows)]
+    # gold rows keep the detector that flagged them; forecasts the method served.
+    assert (
+        _query(
+            warehouse,
+            "select count(*) filter (where is_anomaly), count(anomaly_kind) "
+            "from lake.weather_predictions",
+        )[0][0]
+        == _query(
+            warehouse,
+            "select count(*) from lake.weather_predictions where anomaly_kind = 'residual'",
+        )[0][0]
+        > 0
+    )
+    assert _query(warehouse, "select distinct method from lake.weather_forecasts") == [
+        ("persistence",)
+    ]
+
 
 def test_a_second_load_finds_nothing_new(lake, warehouse, dbt_env):
     before = _state(warehouse)
     output = _periscope(dbt_env, "warehouse", "load").stdout
-    assert output.count("up to date") == 6, output
+    assert output.count("up to date") == 10, output  # 3 tables x 2 sources, 4 of taxi
     assert _state(warehouse) == before
 
 
@@ -283,7 +432,14 @@ def test_dbt_build_passes_on_the_loaded_lake(warehouse, dbt_env):
     entities = _query(
         warehouse, "select source, entity_label, count(*) from marts.dim_entity group by 1, 2"
     )
-    assert sorted(entities) == [("air_quality", "station", 1), ("weather", "station", 2)]
+    zones = _query(warehouse, "select count(distinct pu_location_id) from lake.taxi_observations")[
+        0
+    ][0]
+    assert sorted(entities) == [
+        ("air_quality", "station", 1),
+        ("taxi", "zone", zones),
+        ("weather", "station", 2),
+    ]
     # Every window's aggregates are rows of fct_feature_value (30 for weather: 5 measures x 6).
     [(per_window,)] = _query(
         warehouse,
@@ -291,6 +447,106 @@ def test_dbt_build_passes_on_the_loaded_lake(warehouse, dbt_env):
         "group by feature_window_key",
     )
     assert per_window == len(get_contract("weather").feature_columns())
+
+
+def test_dim_zone_holds_every_tlc_zone_and_its_entity(warehouse):
+    assert _query(
+        warehouse, "select count(*), count(distinct location_id) from marts.dim_zone"
+    ) == [(265, 265)]
+    assert _query(
+        warehouse,
+        "select borough, zone_name, service_zone from marts.dim_zone where location_id = '132'",
+    ) == [("Queens", "JFK Airport", "Airports")]
+    # A taxi entity is a pickup zone: the zones with trips are dim_entity's taxi rows.
+    assert _query(
+        warehouse,
+        "select count(*) from marts.dim_zone z join marts.dim_entity e using (entity_key) "
+        "where e.source = 'taxi' and e.entity_id = z.location_id",
+    ) == _query(warehouse, "select count(*) from marts.dim_entity where source = 'taxi'")
+
+
+def test_fct_trip_has_every_trip_with_its_actual_and_predicted_duration_and_fare(lake, warehouse):
+    trips = read_delta(lake.delta_path("silver/taxi_observations")).to_pandas()
+    events = read_delta(lake.delta_path("gold/taxi_event_predictions")).to_pandas()
+    rows = _query(
+        warehouse,
+        "select t.trip_id, t.actual_duration_min, t.actual_fare_amount, "
+        "t.predicted_duration_min, t.predicted_fare_amount, t.duration_error, t.fare_error, "
+        "t.model_version, m.kind, p.location_id, d.location_id, h.hour_key = "
+        "extract(hour from t.pickup_time at time zone 'UTC') "
+        "from marts.fct_trip t join marts.dim_zone p on t.pickup_zone_key = p.zone_key "
+        "join marts.dim_zone d on t.dropoff_zone_key = d.zone_key "
+        "join marts.dim_hour h on t.pickup_hour_key = h.hour_key "
+        "left join marts.dim_model m using (model_key)",
+    )
+    assert len(rows) == len(trips) == lake.taxi_trips
+    by_id = trips.set_index("trip_id")
+    scored = set(events["trip_id"])
+    for (
+        trip_id,
+        duration,
+        fare,
+        p_duration,
+        p_fare,
+        d_err,
+        f_err,
+        version,
+        kind,
+        pu,
+        do,
+        hour,
+    ) in rows:
+        trip = by_id.loc[trip_id]
+        assert (duration, fare, pu, do, hour) == (
+            trip["duration_min"],
+            trip["fare_amount"],
+            trip["pu_location_id"],
+            trip["do_location_id"],
+            True,
+        )
+        if trip_id in scored:  # the stand-in predicts 1 minute and 1 USD above the actual
+            assert (p_duration, p_fare, version, kind) == (duration + 1, fare + 1, 3, "event")
+            assert (round(d_err, 9), round(f_err, 9)) == (1.0, 1.0)
+        else:  # not scored yet: null predictions, no model
+            assert (p_duration, p_fare, d_err, f_err, version, kind) == (None,) * 6
+
+
+def test_zone_demand_forecasts_are_judged_against_the_zones_hourly_trips(lake, warehouse):
+    zone, window_start = lake.taxi_demand
+    origin = window_start + timedelta(minutes=15)
+    trips = read_delta(lake.delta_path("silver/taxi_observations")).to_pandas()
+    hourly = (
+        trips[trips["pu_location_id"] == zone].groupby(trips["event_time"].dt.floor("h")).size()
+    )
+    accuracy = _query(
+        warehouse,
+        "select a.target_time, a.actual, a.method, m.measure from marts.fct_forecast_accuracy a "
+        "join marts.dim_measure m using (measure_key) where a.source = 'taxi' order by 1",
+    )
+    assert len(accuracy) > 0
+    # One row per forecast hour the zone had trips in (an hour without a trip has no actual).
+    assert [(t, actual) for t, actual, _, _ in accuracy] == [
+        (t.to_pydatetime(), float(n)) for t, n in hourly.items() if t > origin
+    ]
+    assert {(method, measure) for _, _, method, measure in accuracy} == {
+        ("seasonal_naive", "event_count")
+    }
+
+
+def test_the_forecast_method_and_anomaly_kind_reach_the_marts(warehouse):
+    assert _query(
+        warehouse, "select distinct method from marts.fct_forecast where source = 'weather'"
+    ) == [("persistence",)]
+    assert _query(
+        warehouse,
+        "select distinct method from marts.fct_forecast_accuracy where source = 'weather'",
+    ) == [("persistence",)]
+    kinds = _query(
+        warehouse,
+        "select is_anomaly, anomaly_kind, count(*) from marts.fct_anomaly "
+        "where source = 'weather' and is_anomaly is not null group by 1, 2 order by 1",
+    )
+    assert [(flag, kind) for flag, kind, _ in kinds] == [(False, None), (True, "residual")]
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +566,7 @@ def first_marts(warehouse):
 
 def _key(fact: str) -> str:
     return {
+        "fct_trip": "trip_key",
         "fct_observation_hourly": "observation_hourly_key",
         "fct_feature_window": "feature_window_key",
         "fct_feature_value": "feature_value_key",
@@ -553,6 +810,13 @@ def _write_toy_lake(settings) -> None:
         }
         for series in TOY.forecast_names
     ]
+    # Gold as it was before forecasts named their method and rows their anomaly kind.
+    schema = gold_schema("zone")
+    item = schema.field("forecasts").type.value_type
+    old_schema = schema.remove(schema.get_field_index("anomaly_kind")).set(
+        schema.get_field_index("forecasts") - 1,
+        pa.field("forecasts", pa.list_(pa.struct([f for f in item if f.name != "method"]))),
+    )
     gold = pa.Table.from_pylist(
         [
             {
@@ -566,7 +830,7 @@ def _write_toy_lake(settings) -> None:
                 "scored_at": t0,
             }
         ],
-        schema=gold_schema("zone"),
+        schema=old_schema,
     )
     for table, data in (
         ("silver/toy_trips_observations", observations),
@@ -635,6 +899,15 @@ def test_a_source_registered_at_run_time_is_loaded_and_modelled(
             "join marts.dim_measure m using (measure_key) where a.source = 'toy_trips' order by 1",
         )
         assert accuracy == [("event_count", 2.0), ("fare_sum", 10.0)]
+        # A lake older than the forecast method and anomaly kind: null in the marts.
+        assert _query(
+            warehouse,
+            "select count(*), count(method) from marts.fct_forecast where source = 'toy_trips'",
+        ) == [(2, 0)]
+        assert _query(
+            warehouse,
+            "select count(*), count(anomaly_kind) from marts.fct_anomaly where source = 'toy_trips'",
+        ) == [(1, 0)]
     finally:
         CONTRACTS.clear()
         CONTRACTS.update(before)
