@@ -18,6 +18,7 @@ __all__ = [
     "BUCKETS",
     "DAY_HOURS",
     "HISTORY_HOURS",
+    "RECENT_HOURS",
     "ForecastConfig",
     "ForecastError",
     "NotEnoughData",
@@ -34,8 +35,11 @@ __all__ = [
 HOUR = pd.Timedelta(hours=1)
 DAY_HOURS = 24
 # Every forecaster reads at most this many hours up to the origin (the origin included):
-# the latest observation, the last day's shape and "the same hour yesterday".
-HISTORY_HOURS = 24
+# the latest observation, the last day's shape, "the same hour yesterday" and the global
+# model's same hour on each of the last 7 days (gold fetches this much history).
+HISTORY_HOURS = 7 * 24
+# The latest observation counts (persistence, the global model's level) within this many hours.
+RECENT_HOURS = 24
 MIN_TRAIN_DAYS = 3
 _HOUR_NS = 3_600_000_000_000
 # Horizon buckets a method is chosen for: (first, last) hours ahead, both included.
@@ -73,13 +77,17 @@ class ForecastConfig:
     gbm_max_iter: int = 60
     gbm_learning_rate: float = 0.2
     gbm_max_leaf_nodes: int = 31
+    # scikit-learn's loss name: "absolute_error" fits the median change, what MAE judges.
+    gbm_loss: str = "absolute_error"
     candidates: tuple[str, ...] = ("persistence", "seasonal_naive", "prophet", "gbm")
 
     def __post_init__(self) -> None:
         if self.horizon_hours < 1 or self.origin_every_hours < 1:
             raise ValueError("horizon_hours and origin_every_hours must be at least 1")
         if self.horizon_hours > DAY_HOURS:
-            raise ValueError(f"horizon_hours is at most {DAY_HOURS}: the history is one day")
+            raise ValueError(
+                f"horizon_hours is at most {DAY_HOURS}: the global model reads the same hour yesterday"
+            )
         if not 0 < self.interval_width < 1:
             raise ValueError(f"interval_width must be in (0, 1), got {self.interval_width}")
         if not self.decay_grid or any(not 0 <= phi <= 1 for phi in self.decay_grid):
@@ -192,7 +200,7 @@ def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def last_seen(origins: np.ndarray, grid_start: int, observed: np.ndarray) -> np.ndarray:
-    """Grid index of the latest observation in the HISTORY_HOURS up to each origin; -1: none."""
+    """Grid index of the latest observation in the RECENT_HOURS up to each origin; -1: none."""
     at = np.asarray(origins) - grid_start
     if len(observed) == 0:
         return np.full(at.shape, -1)
@@ -200,7 +208,7 @@ def last_seen(origins: np.ndarray, grid_start: int, observed: np.ndarray) -> np.
     latest = np.maximum.accumulate(positions)
     # An origin past the array's end sees all of it; one before its start sees nothing.
     seen = np.where(at >= 0, latest[np.clip(at, 0, len(observed) - 1)], -1)
-    return np.where(seen > at - HISTORY_HOURS, seen, -1)
+    return np.where(seen > at - RECENT_HOURS, seen, -1)
 
 
 def persistence(

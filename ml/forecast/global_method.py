@@ -2,8 +2,9 @@
 
 Direct multi-horizon: one row per (origin, hours ahead), predicting the change from the latest
 observation. Features are what the day up to the origin shows (the latest value, the last 24
-hours relative to it, how old it is), the same hour yesterday, the target hour's calendar
-(hour of day and day of year as sin/cos), the horizon and the entity (categorical).
+hours relative to it, how old it is, its mean against the day before's), the target's hour
+yesterday and on average over the last 3 and 7 days, the target hour's calendar (hour of day
+and day of year as sin/cos), the horizon and the entity (categorical).
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
     return values
 
 
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():  # hours without any observation have no mean: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
 def global_features(
     origins: np.ndarray,
     grid_start: int,
@@ -57,28 +64,37 @@ def global_features(
     entity_code: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(X, last): one feature row per (origin, hours ahead in `ahead`), origin-major, and the
-    latest observation per origin (NaN: none within a day). Reads y only up to each origin."""
+    latest observation per origin (NaN: none within a day). Reads y only up to each origin,
+    at most HISTORY_HOURS back; every level is relative to the latest value."""
     origins = np.asarray(origins)
     n = len(origins)
     at = origins - grid_start
     seen = last_seen(origins, grid_start, observed)
     last = np.where(seen >= 0, _at(observed, seen), np.nan)
     # The last day relative to the latest value: its shape, level-free.
-    lags = _at(observed, at[:, None] - np.arange(HISTORY_HOURS)) - last[:, None]
+    lags = _at(observed, at[:, None] - np.arange(DAY_HOURS)) - last[:, None]
     age = np.where(seen >= 0, at - seen, np.nan).astype(float)
-    with warnings.catch_warnings():  # a day without observations has no mean: NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        day_mean = np.nanmean(lags, axis=1)
-    per_origin = np.column_stack([last, age, lags, day_mean])
+    day_mean = _nanmean(lags, axis=1)
+    # How the level moved: the last day's mean against the day before's (a front passing).
+    day_before = _at(observed, at[:, None] - DAY_HOURS - np.arange(DAY_HOURS)) - last[:, None]
+    day_change = day_mean - _nanmean(day_before, axis=1)
+    per_origin = np.column_stack([last, age, lags, day_mean, day_change])
     horizon = len(ahead)
     target = origins[:, None] + ahead  # hours since the epoch
-    # "The same hour yesterday" is inside the last day for every horizon up to 24 h.
-    yesterday = _at(observed, target - DAY_HOURS - grid_start) - last[:, None]
+    # The target's hour on each of the last 7 days (all at or before the origin for horizons
+    # up to a day): yesterday's alone is noisy, their means carry the daily cycle's level.
+    days_back = DAY_HOURS * np.arange(1, HISTORY_HOURS // DAY_HOURS + 1)
+    same_hour = _at(observed, target[:, :, None] - days_back - grid_start) - last[:, None, None]
+    yesterday = same_hour[:, :, 0]
+    same_hour_3 = _nanmean(same_hour[:, :, :3], axis=2)
+    same_hour_7 = _nanmean(same_hour, axis=2)
     hour_angle = 2 * np.pi * (target % DAY_HOURS) / DAY_HOURS
     year_angle = 2 * np.pi * (target % _YEAR_HOURS) / _YEAR_HOURS
     per_row = np.stack(
         [
             yesterday,
+            same_hour_3,
+            same_hour_7,
             np.sin(hour_angle),
             np.cos(hour_angle),
             np.sin(year_angle),
@@ -186,7 +202,8 @@ def fit_global(
     xs, ys = [], []
     for code, entity_id in enumerate(entities):
         grid_start, y = series[entity_id]
-        first = max(train_start, grid_start) + HISTORY_HOURS - 1
+        # From a day in: the longer look-backs are NaN there, which the trees handle.
+        first = max(train_start, grid_start) + DAY_HOURS - 1
         origins = np.arange(first, train_end - horizon, config.gbm_origin_every_hours)
         if len(origins) == 0:
             continue
@@ -212,6 +229,7 @@ def fit_global(
     categorical = np.zeros(X.shape[1], dtype=bool)
     categorical[-1] = True  # the entity code is the last column
     regressor = HistGradientBoostingRegressor(
+        loss=config.gbm_loss,
         max_iter=config.gbm_max_iter,
         learning_rate=config.gbm_learning_rate,
         max_leaf_nodes=config.gbm_max_leaf_nodes,

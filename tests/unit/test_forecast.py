@@ -15,6 +15,7 @@ from pandas.testing import assert_frame_equal
 from ingest.datasets import read_weather
 from ml.forecast import (
     BUCKETS,
+    HISTORY_HOURS,
     METHOD_NAMES,
     ForecastBundle,
     ForecastConfig,
@@ -31,6 +32,7 @@ from ml.forecast import (
     temporal_split,
     valid_ranges,
 )
+from ml.forecast.global_method import global_features
 from periscope.contracts import get_contract
 from periscope.settings import Settings, get_settings
 
@@ -334,6 +336,32 @@ def test_changing_the_future_changes_no_forecast(noisy, noisy_split, noisy_bundl
         past = np.where(np.arange(len(y)) == origin - grid_start, y + 5.0, y)
         moved = noisy_bundle.forecast_many("y", [("e1", np.array([origin]), grid_start, past)])
         assert not np.array_equal(moved[0].yhat, ours.yhat)
+
+
+def test_global_features_read_the_week_up_to_the_origin_and_nothing_after() -> None:
+    rng = np.random.default_rng(3)
+    y = 10 + np.sin(np.arange(24 * 20) * 2 * np.pi / 24) + rng.normal(0, 0.3, 24 * 20)
+    ahead = np.arange(1, 25)
+    for origin in (24 * 8, 24 * 12 + 7, 24 * 19 - 25):
+        X, last = global_features(np.array([origin]), 0, y, ahead, 0.0)
+        # The future (even its NaNs) changes no feature ...
+        changed = y.copy()
+        changed[origin + 1 :] = np.where(np.arange(len(y) - origin - 1) % 3, 99.0, np.nan)
+        np.testing.assert_array_equal(
+            global_features(np.array([origin]), 0, changed, ahead, 0.0)[0], X
+        )
+        # ... an hour a week back does (the same-hour means and the day-before mean read it),
+        # one beyond HISTORY_HOURS does not.
+        week_back, beyond = y.copy(), y.copy()
+        week_back[origin + 1 - HISTORY_HOURS] += 7.0
+        beyond[origin - HISTORY_HOURS] += 7.0
+        assert not np.array_equal(
+            global_features(np.array([origin]), 0, week_back, ahead, 0.0)[0], X
+        )
+        np.testing.assert_array_equal(
+            global_features(np.array([origin]), 0, beyond, ahead, 0.0)[0], X
+        )
+        assert last[0] == np.float64(y[origin])
 
 
 def test_a_forecast_without_recent_observations_falls_back_and_says_so(noisy_bundle) -> None:

@@ -13,7 +13,14 @@ from pandas.testing import assert_frame_equal
 
 from ingest.datasets import read_weather
 from ml.anomaly import AnomalyModel, fit_anomaly_model
-from ml.forecast import METHOD_NAMES, ForecastBundle, ForecastConfig, fit_bundle, temporal_split
+from ml.forecast import (
+    HISTORY_HOURS,
+    METHOD_NAMES,
+    ForecastBundle,
+    ForecastConfig,
+    fit_bundle,
+    temporal_split,
+)
 from ml.gold.scoring import (
     LoadedModels,
     gold_columns,
@@ -297,7 +304,7 @@ def test_history_window_is_all_the_history_needed(features, hourly, models, scor
     assert window["station_id"].tolist() == ["boston", "denver", "nowhere"]
     denver = window.set_index("station_id").loc["denver"]
     first_origin = features.loc[features["station_id"] == "denver", "window_end"].min() - HOUR
-    assert denver["since"] == first_origin - 23 * HOUR
+    assert denver["since"] == first_origin - (HISTORY_HOURS - 1) * HOUR
     assert denver["until"] == features["window_end"].max()
 
     bounds = hourly.merge(window, on="station_id")
