@@ -316,15 +316,17 @@ def main() -> None:
             console.print(json.dumps(figures["throughput"]))
         if not args.skip_latency:
             console.print(f"producing {args.rate} trips/s for {args.duration:.0f} s")
-            figures["latency"] = latency(
-                settings,
-                contract,
-                month,
-                rate=args.rate,
-                duration=args.duration,
-                warmup=args.warmup,
-                actors=args.actors,
-            )
+            # Ray started here, in the main thread, before Spark: the scorer's thread joins it.
+            with ray_session(settings, workers=args.actors):
+                figures["latency"] = latency(
+                    settings,
+                    contract,
+                    month,
+                    rate=args.rate,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    actors=args.actors,
+                )
         print(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(root, ignore_errors=True)
