@@ -35,6 +35,7 @@ from sklearn.pipeline import Pipeline
 
 from periscope.contracts import Aggregation, Measure, SourceContract
 from periscope.errors import PeriscopeError
+from periscope.predictions import ANOMALY_DETECTORS
 from periscope.time import naive_utc
 from periscope.windows import FEATURE_STATS, feature_columns
 
@@ -56,9 +57,8 @@ __all__ = [
 ]
 
 ANOMALY_KINDS = ("spike", "stuck", "drift", "dropout")
-# The most specific first: a flag names dropout or stuck when they fired, else the detector
-# furthest past its threshold.
-DETECTORS = ("dropout", "stuck", "residual", "drift", "forest")
+# The most specific first (periscope.predictions, which the warehouse reads too).
+DETECTORS = ANOMALY_DETECTORS
 # Saved models carry this; one without it predates the detectors (IsolationForest only).
 MODEL_FORMAT = 2
 

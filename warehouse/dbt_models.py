@@ -33,6 +33,7 @@ from periscope.contracts import (
     SourceContract,
     category_column,
 )
+from periscope.predictions import ANOMALY_DETECTORS, FORECAST_METHODS
 
 __all__ = [
     "GENERATED_DIRS",
@@ -59,14 +60,11 @@ STAGING_ENTITIES = (
     "forecasts",
 )
 
-# The values gold writes (ml.forecast.METHOD_NAMES, the detectors of ml's anomaly model);
-# repeated here because the warehouse does not import ml. Null: rows written before gold had them.
-FORECAST_METHODS = ("persistence", "seasonal_naive", "prophet", "gbm", "mean")
+# The values gold writes come from periscope.predictions. Null: rows written before gold had them.
 METHOD_DOC = (
     "The forecaster served for this value (chosen on validation for the horizon, or the fallback "
     "that stood in for it); null in gold rows scored before forecasts named their method."
 )
-ANOMALY_KINDS = ("dropout", "stuck", "residual", "drift", "forest")
 ANOMALY_KIND_DOC = (
     "The detector that flagged the window; null when not flagged, or scored before gold "
     "recorded it."
@@ -666,7 +664,7 @@ def _stg_predictions(c: SourceContract) -> _Model:
         "columns": [
             {"name": "entity_id", "description": entity_doc, "data_tests": ["not_null"]},
             {"name": "window_start", "data_tests": ["not_null"]},
-            {"name": "anomaly_kind", "description": ANOMALY_KIND_DOC, "data_tests": [_accepted(ANOMALY_KINDS)]},
+            {"name": "anomaly_kind", "description": ANOMALY_KIND_DOC, "data_tests": [_accepted(ANOMALY_DETECTORS)]},
         ],
     }  # fmt: skip
     return predictions, predictions_spec

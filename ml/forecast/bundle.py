@@ -36,6 +36,7 @@ from ml.forecast.core import (
 from ml.forecast.global_method import GlobalModel, fit_global
 from ml.forecast.prophet_method import ProphetSeries, fit_prophet
 from periscope.contracts import Measure, SourceContract
+from periscope.predictions import FORECAST_METHODS
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -56,8 +57,8 @@ __all__ = [
 
 # 3: the global model reads a week of history (same-hour means, the day-before mean).
 BUNDLE_FORMAT = 3
-# Every name a gold row's `method` can hold; "mean" is the last resort, never chosen.
-METHOD_NAMES = ("persistence", "seasonal_naive", "prophet", "gbm", "mean")
+# Every name a gold row's `method` can hold (periscope.predictions, which the warehouse reads too).
+METHOD_NAMES = FORECAST_METHODS
 # What stands in, in order, where the served method gives no forecast.
 FALLBACKS = ("seasonal_naive", "persistence", "mean")
 ERROR_COLUMNS = [
