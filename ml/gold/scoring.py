@@ -113,8 +113,8 @@ def history_window(features: pd.DataFrame, key: str) -> pd.DataFrame:
     """The hourly history `score_windows` needs: per entity, hours in [since, until).
 
     One row per entity (column `key`) of `features`: key, since, until (naive UTC, as
-    `ml.data.LakeSlice` takes them); from 23 hours before its first forecast origin to the
-    hour after its last. Anything outside is ignored by `score_windows`.
+    `ml.data.LakeSlice` takes them); from HISTORY_HOURS - 1 hours (a week) before its first
+    forecast origin to the hour after its last. Anything outside is ignored by `score_windows`.
     """
     if len(features) == 0:
         return pd.DataFrame({key: pd.Series(dtype=str), "since": [], "until": []})

@@ -66,7 +66,10 @@ def read_silver_trips(settings: Settings, contract: SourceContract = TAXI) -> pd
             f"no {contract.name} observations in the lake at {path}: {advice}"
         ) from exc
     # Single-threaded like ml.data's reads (delta-io/delta-rs#2184).
-    rows = table.to_pyarrow_dataset().to_table(columns=list(_COLUMNS), use_threads=False)
+    # Every field too, not only the features: training re-checks the contract's rules on them.
+    present = set(table.schema().to_arrow().names)
+    columns = [c for c in dict.fromkeys([*_COLUMNS, *contract.field_names]) if c in present]
+    rows = table.to_pyarrow_dataset().to_table(columns=columns, use_threads=False)
     if rows.num_rows == 0:
         raise PeriscopeError(f"the {contract.name} observations at {path} are empty: {advice}")
     return naive_utc_columns(rows.to_pandas())

@@ -240,3 +240,20 @@ def test_only_taxi_has_a_trip_model_and_train_picks_kinds_per_source():
     assert _kinds(["trip", "forecast"], "taxi") == ("trip", "forecast")
     with pytest.raises(typer.BadParameter, match="unknown kind"):
         _kinds(["trips"], "taxi")
+
+
+def test_silver_trips_are_read_with_every_field_the_rules_check(tmp_path):
+    from deltalake import write_deltalake
+
+    from ml.training.trips import read_silver_trips
+    from periscope.settings import get_settings
+
+    frame = pd.DataFrame([_trip(trip_id="a"), _trip(trip_id="b", passenger_count=0)])
+    frame = frame.rename(columns={"pickup_time": "event_time"}).assign(offset=[0, 1])
+    settings = get_settings().model_copy(update={"lake_root": str(tmp_path)})
+    write_deltalake(settings.lake_path(TAXI.table("silver", "observations")), frame)
+
+    read = read_silver_trips(settings)
+    assert {"trip_id", "duration_min", "vendor"} <= set(read.columns)
+    assert "offset" not in read.columns
+    assert silver_accepts(read).tolist() == [True, False]
