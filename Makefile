@@ -22,14 +22,15 @@ help: ## List the targets
 
 setup: system-deps $(VENV)/.installed $(JARS)/kafka/.fetched $(JARS)/spark/.fetched .env ## Install everything that is missing (idempotent, quiet when done)
 
-# Java 17 (Kafka, Spark), Maven (fetches the jars), the PostgreSQL server and Chromium (browser tests and
-# dashboard screenshots, driven by Playwright with executable_path), from Debian packages.
+# Java 17 (Kafka, Spark), Maven (fetches the jars), the PostgreSQL server, Chromium (browser tests and
+# dashboard screenshots, driven by Playwright with executable_path) and Prometheus (scrapes the stages), from Debian packages.
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
