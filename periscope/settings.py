@@ -175,6 +175,28 @@ class Settings(BaseSettings):
         "stream committing every 2 s is followed at most this often.",
     )
 
+    # --- metrics (Prometheus) ------------------------------------------------------------
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Interface each stage's Prometheus endpoint binds."
+    )
+    metrics_bronze_port: int = Field(default=9461, ge=0, le=65535, description="0: no endpoint.")
+    metrics_silver_port: int = Field(default=9462, ge=0, le=65535, description="0: no endpoint.")
+    metrics_score_port: int = Field(default=9463, ge=0, le=65535, description="0: no endpoint.")
+    metrics_ingest_port: int = Field(default=9464, ge=0, le=65535, description="0: no endpoint.")
+    prometheus_port: int = Field(
+        default=9090, ge=1, le=65535, description="`periscope services up prometheus` listens here."
+    )
+    prometheus_scrape_interval_s: int = Field(default=5, ge=1)
+
+    # --- the live dashboard (`periscope dashboard`) ----------------------------------------
+    dashboard_host: str = Field(
+        default="127.0.0.1", description="Interface `periscope dashboard` binds."
+    )
+    dashboard_port: int = Field(default=8501, ge=1, le=65535)
+    dashboard_refresh_s: float = Field(
+        default=5.0, ge=1.0, description="How often the dashboard's panels re-read the lake."
+    )
+
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
 
