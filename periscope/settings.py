@@ -197,15 +197,6 @@ class Settings(BaseSettings):
         default=5.0, ge=1.0, description="How often the dashboard's panels re-read the lake."
     )
 
-    # --- the live dashboard (`periscope dashboard`) ----------------------------------------
-    dashboard_host: str = Field(
-        default="127.0.0.1", description="Interface `periscope dashboard` binds."
-    )
-    dashboard_port: int = Field(default=8501, ge=1, le=65535)
-    dashboard_refresh_s: float = Field(
-        default=5.0, ge=1.0, description="How often the dashboard's panels re-read the lake."
-    )
-
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
 
