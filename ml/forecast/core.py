@@ -191,7 +191,7 @@ def bucket_of(horizon: int) -> int:
     raise ValueError(f"horizon {horizon} is in no bucket {BUCKETS}")
 
 
-def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
+def values_at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
     """observed[index], NaN where the index falls outside the array."""
     inside = (index >= 0) & (index < len(observed))
     values = np.full(index.shape, np.nan)
@@ -216,7 +216,7 @@ def persistence(
 ) -> np.ndarray:
     """The latest observation within a day up to each origin, for every hour ahead (NaN: none)."""
     seen = last_seen(origins, grid_start, observed)
-    value = np.where(seen >= 0, _at(observed, seen), np.nan)
+    value = np.where(seen >= 0, values_at(observed, seen), np.nan)
     return np.repeat(value[:, None], horizon, axis=1)
 
 
@@ -226,4 +226,4 @@ def seasonal_naive(
     """y at the same hour on the latest day at or before each origin (NaN where missing)."""
     ahead = np.arange(1, horizon + 1)
     days_back = np.ceil(ahead / DAY_HOURS).astype(int) * DAY_HOURS
-    return _at(observed, np.asarray(origins)[:, None] + ahead - days_back - grid_start)
+    return values_at(observed, np.asarray(origins)[:, None] + ahead - days_back - grid_start)

@@ -24,6 +24,7 @@ from ml.forecast.core import (
     Split,
     hours_since_epoch,
     last_seen,
+    values_at,
 )
 
 __all__ = ["GlobalModel", "fit_global", "global_features"]
@@ -41,13 +42,6 @@ def _one_thread() -> Any:
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="openmp")
-
-
-def _at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
-    inside = (index >= 0) & (index < len(observed))
-    values = np.full(index.shape, np.nan)
-    values[inside] = observed[index[inside]]
-    return values
 
 
 def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
@@ -70,13 +64,13 @@ def global_features(
     n = len(origins)
     at = origins - grid_start
     seen = last_seen(origins, grid_start, observed)
-    last = np.where(seen >= 0, _at(observed, seen), np.nan)
+    last = np.where(seen >= 0, values_at(observed, seen), np.nan)
     # The last day relative to the latest value: its shape, level-free.
-    lags = _at(observed, at[:, None] - np.arange(DAY_HOURS)) - last[:, None]
+    lags = values_at(observed, at[:, None] - np.arange(DAY_HOURS)) - last[:, None]
     age = np.where(seen >= 0, at - seen, np.nan).astype(float)
     day_mean = _nanmean(lags, axis=1)
     # How the level moved: the last day's mean against the day before's (a front passing).
-    day_before = _at(observed, at[:, None] - DAY_HOURS - np.arange(DAY_HOURS)) - last[:, None]
+    day_before = values_at(observed, at[:, None] - DAY_HOURS - np.arange(DAY_HOURS)) - last[:, None]
     day_change = day_mean - _nanmean(day_before, axis=1)
     per_origin = np.column_stack([last, age, lags, day_mean, day_change])
     horizon = len(ahead)
@@ -84,7 +78,9 @@ def global_features(
     # The target's hour on each of the last 7 days (all at or before the origin for horizons
     # up to a day): yesterday's alone is noisy, their means carry the daily cycle's level.
     days_back = DAY_HOURS * np.arange(1, HISTORY_HOURS // DAY_HOURS + 1)
-    same_hour = _at(observed, target[:, :, None] - days_back - grid_start) - last[:, None, None]
+    same_hour = (
+        values_at(observed, target[:, :, None] - days_back - grid_start) - last[:, None, None]
+    )
     yesterday = same_hour[:, :, 0]
     same_hour_3 = _nanmean(same_hour[:, :, :3], axis=2)
     same_hour_7 = _nanmean(same_hour, axis=2)
@@ -215,7 +211,7 @@ def fit_global(
             code if code < _MAX_CATEGORIES else np.nan,
         )
         target = origins[:, None] + np.arange(1, horizon + 1) - grid_start
-        change = (_at(y, target) - last[:, None]).ravel()
+        change = (values_at(y, target) - last[:, None]).ravel()
         keep = ~np.isnan(change)
         xs.append(X[keep])
         ys.append(change[keep])

@@ -114,7 +114,7 @@ def fit_prophet(
 ) -> ProphetSeries:
     """Fit Prophet on the last `prophet_train_days` of the train part, the residual decay on
     validation (lowest MAE over every hourly origin). Raises NotEnoughData."""
-    from ml.forecast.core import hours_since_epoch
+    from ml.forecast.core import hours_since_epoch, values_at
 
     train_end = hours_since_epoch(split.train_end)
     train_start = max(
@@ -123,7 +123,8 @@ def fit_prophet(
         grid_start,
     )
     hours = np.arange(train_start, train_end)
-    values = y[hours - grid_start] if len(hours) else np.zeros(0)
+    # NaN past the series' last hour: a sparse series (a quiet taxi zone) can end before train_end.
+    values = values_at(y, hours - grid_start)
     seen = ~np.isnan(values)
     if seen.sum() < config.min_train_points:
         raise NotEnoughData(

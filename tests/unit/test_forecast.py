@@ -469,3 +469,22 @@ def test_production_split_keeps_most_of_a_short_history_for_training() -> None:
     short = config.split(T0, T0 + pd.Timedelta(days=40))  # a lake of a few weeks
     assert short.validation_end - short.train_end == pd.Timedelta(hours=round(33 / 4 * 24))
     assert short.train_end - short.train_start > pd.Timedelta(days=24)
+
+
+def test_a_series_that_ends_before_the_train_cutoff_still_fits() -> None:
+    """A quiet entity (a taxi zone with no trips in the last days) has a series shorter than the
+    split: Prophet trains on the hours it has and the bundle forecasts it, no IndexError."""
+    rng = np.random.default_rng(3)
+    hours = np.arange(30 * 24)
+    busy = _hourly(10 + 5 * np.sin(hours * 2 * np.pi / 24) + rng.normal(0, 1, len(hours)))
+    quiet = busy.iloc[: 12 * 24].copy()  # stops on day 12, before the train part ends
+    frames = {("a", "trips"): busy, ("b", "trips"): quiet}
+    split = temporal_split(T0, T0 + 30 * 24 * HOUR, test_days=3, validation_days=3)
+    assert quiet["ds"].max() < split.train_end
+    config = ForecastConfig(
+        candidates=("persistence", "seasonal_naive", "prophet"), prophet_train_days=28
+    )
+
+    bundle = fit_bundle(frames, split, config, source="taxi", ranges={"trips": (0, 1e6)})
+
+    assert set(bundle.prophets) == set(frames)
