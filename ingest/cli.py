@@ -111,7 +111,9 @@ def replay_command(
                 param_hint="'--follow-clock'",
             )
         from ingest.replay import describe_follow, replay_follow
+        from periscope.metrics import serve_metrics
 
+        serve_metrics("ingest", get_settings())
         follow = replay_follow(
             get_settings(),
             source,
@@ -130,7 +132,10 @@ def replay_command(
         raise typer.BadParameter("--days only applies with --follow-clock", param_hint="'--days'")
 
     from ingest.replay import replay
+    from periscope.metrics import serve_metrics
 
+    if speedup:  # a paced replay runs for a while: show what it produced
+        serve_metrics("ingest", get_settings())
     report = replay(
         get_settings(),
         source,
@@ -185,9 +190,11 @@ def live_command(
     """Poll Open-Meteo current conditions for the stations and send new observations."""
     from ingest.datasets import load_stations
     from ingest.live import run_live, select_stations
+    from periscope.metrics import serve_metrics
 
     settings = get_settings()
     chosen = select_stations(load_stations(settings.data_dir), stations or settings.live_stations)
+    serve_metrics("ingest", settings)
     report = run_live(settings, stations=chosen, interval_s=interval, max_polls=max_polls)
     console.print(
         f"live: {report.polls} polls, {report.sent} observations sent, "

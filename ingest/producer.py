@@ -15,6 +15,7 @@ import orjson
 
 from periscope import PeriscopeError, Settings
 from periscope.messages import DeliveryReport, Publisher, PublishError
+from periscope.metrics import record_produced
 
 __all__ = [
     "DeliveryReport",
@@ -103,6 +104,7 @@ def send_all(
 ) -> DeliveryReport:
     """Send (key, value) pairs, wait for the broker, and raise unless it acknowledged every one."""
     report = producer.send(topic, messages, on_sent=on_sent)
+    record_produced(topic, report.acknowledged)
     if report.failed or report.unsent:
         raise ProduceError(
             f"{topic}: {report.acknowledged} of {report.sent} records acknowledged, "

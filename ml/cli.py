@@ -567,11 +567,13 @@ def score(
 
     from ml.data import SilverFeed
     from ml.gold import EventRoundReport, RoundReport, pending_after, run_scoring
+    from periscope.metrics import serve_metrics
 
     settings = get_settings()
     sources = _sources(source)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    serve_metrics("score", settings)
 
     def describe(report: RoundReport) -> str:
         return (

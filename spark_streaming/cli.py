@@ -48,9 +48,11 @@ def bronze_run(
     ] = None,
 ) -> None:
     """Stream `<source>-raw` into `lake/bronze/<source>_raw` (one query per source)."""
+    from periscope.metrics import serve_metrics
     from spark_streaming.bronze import run_bronze
 
     settings = get_settings()
+    serve_metrics("bronze", settings)
     landed = run_bronze(
         settings,
         _contracts(source),
@@ -115,8 +117,10 @@ def silver_run(
     ] = None,
 ) -> None:
     """Stream `bronze/<source>_raw` into silver observations, quarantine and features."""
+    from periscope.metrics import serve_metrics
     from spark_streaming.silver import run_silver
 
+    serve_metrics("silver", get_settings())
     processed = run_silver(
         get_settings(),
         _contracts(source),

@@ -8,9 +8,13 @@ server, so the last batches can be missed (or fail) when the process ends.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
+
+from periscope.metrics import record_progress
 
 if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
@@ -44,6 +48,7 @@ def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, i
                 if batch <= last_batch[name]:
                     continue
                 last_batch[name] = batch
+                record_progress(name, progress)  # Prometheus: rows, duration, offsets behind
                 if rows:
                     totals[name] += rows
                     rate = _field(progress, "processedRowsPerSecond") or 0.0
@@ -73,11 +78,25 @@ def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, i
 
 
 def follow_until_stopped(queries: list[StreamingQuery]) -> dict[str, int]:
-    """`follow`, where Ctrl-C stops the queries between micro-batches instead of killing them."""
+    """`follow`, where Ctrl-C or SIGTERM stops the queries between micro-batches, not inside one.
+
+    SIGTERM is what a supervisor sends; it is handled like Ctrl-C. A micro-batch in flight is
+    let finish (it commits) before its query stops; a second signal stops at once.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
     try:
         return follow(queries)
     except KeyboardInterrupt:
-        log.info("stopping %s (Ctrl-C)", ", ".join(q.name for q in queries))
+        log.info("stopping %s after their current micro-batch", ", ".join(q.name for q in queries))
         for query in queries:
+            _wait_for_batch_end(query)
             query.stop()
         return follow(queries)
+
+
+def _wait_for_batch_end(query: StreamingQuery, timeout_s: float = 600.0) -> None:
+    """Wait while the query runs a trigger (a batch is being processed and committed)."""
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+        time.sleep(0.2)

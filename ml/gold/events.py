@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from ml.registry import EVENT_KINDS, ModelKind, Registry, model_name
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 from periscope.lake import merge_rows
+from periscope.metrics import record_gold_round
 from periscope.settings import Settings
 
 __all__ = [
@@ -323,6 +324,16 @@ def score_event_round(
     )
     gold_version = write_event_predictions(
         event_predictions_path(settings, contract), rows, through, contract
+    )
+    record_gold_round(
+        contract.name,
+        kind="event",
+        rows_in=len(events),
+        rows_out=rows.num_rows,
+        seconds=time.perf_counter() - started,
+        since=events.get("kafka_timestamp", []),
+        committed_at=datetime.now(UTC),
+        models={"event": (model_name(contract.name, kind), version)},
     )
     return EventRoundReport(
         source=contract.name,

@@ -45,8 +45,9 @@ from ml.gold.messages import publish_predictions
 from ml.gold.plan import plan_round
 from ml.gold.scoring import history_window
 from ml.gold.table import predictions_path, scored_through, write_predictions
-from ml.registry import Registry
+from ml.registry import Registry, model_name
 from periscope.contracts import SourceContract, get_contract
+from periscope.metrics import record_gold_round
 from periscope.settings import Settings
 
 __all__ = ["RoundReport", "history_for", "pending_after", "run_scoring", "score_round"]
@@ -145,6 +146,16 @@ def score_round(
         predictions_path(settings, contract), rows, through, key=contract.key_field
     )
     phase("write")
+    record_gold_round(
+        contract.name,
+        kind="window",
+        rows_in=len(features),
+        rows_out=rows.num_rows,
+        seconds=time.perf_counter() - started,
+        since=features.get("processed_at", []),
+        committed_at=datetime.now(UTC),
+        models={kind: (model_name(contract.name, kind), v) for kind, v in versions.items()},
+    )
     return RoundReport(
         source=contract.name,
         windows=rows.num_rows,

@@ -43,6 +43,7 @@ from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.lake import append_once, merge_once, read_delta
 from periscope.messages import Publisher, json_messages
+from periscope.metrics import record_silver_batch
 from periscope.windows import (
     WindowAggregations,
     WindowState,
@@ -262,6 +263,11 @@ class BatchProcessor:
         self._write_ledger(counts, batch_id, max_event, watermark, now)
         self._phase("ledger")
         self._remember(batch_id, max_event, late=bool(counts["late"]))
+        record_silver_batch(
+            self.contract.name,
+            observations=counts["observations"],
+            quarantine_reasons=parts[QUARANTINED]["reason"].to_pylist(),
+        )
         return counts
 
     def _validate(self, batch: DataFrame) -> pa.Table:
