@@ -32,15 +32,21 @@ __all__ = [
     "MARTS_SCHEMA",
     "SHEETS",
     "STARS",
+    "TABLEAU_TYPES",
+    "WORKBOOK_FILE",
+    "Calculation",
     "Connection",
     "Dashboard",
     "Join",
     "Sheet",
     "Star",
+    "Use",
+    "datasource_file",
     "mart_columns",
+    "missing_columns",
     "physical_columns",
-    "render_datasource",
     "relation_tables",
+    "render_datasource",
     "render_workbook",
     "tables_of",
     "write_files",
@@ -727,3 +733,22 @@ def relation_tables(xml_text: str) -> set[tuple[str, str]]:
                 raise ValueError(f"not a [schema].[table] relation: {relation.get('table')}")
             found.add((match[1], match[2]))
     return found
+
+
+def missing_columns(xml_text: str, catalog: Mapping[tuple[str, str], str]) -> list[str]:
+    """What a .twb or .tds reads that `catalog` ((table, column) of schema marts -> Postgres
+    type, as information_schema says) lacks or types differently; empty when all is there."""
+    problems = []
+    tables = {table for table, _ in catalog}
+    for schema, table in sorted(relation_tables(xml_text)):
+        if schema != MARTS_SCHEMA or table not in tables:
+            problems.append(f"table {schema}.{table} not found")
+    for table, column, datatype in sorted(physical_columns(xml_text)):
+        pg_type = catalog.get((table, column))
+        if pg_type is None:
+            problems.append(f"column {MARTS_SCHEMA}.{table}.{column} not found")
+        elif TABLEAU_TYPES.get(pg_type) != datatype:
+            problems.append(
+                f"column {MARTS_SCHEMA}.{table}.{column} is {pg_type}, the file says {datatype}"
+            )
+    return problems
