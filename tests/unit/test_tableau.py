@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from warehouse.bi.tableau import (
+from warehouse.bi.tableau_cli import default_connection
+from warehouse.bi.tableau_extract import MartColumn, hyper_type
+from warehouse.bi.tableau_workbook import (
     COMMITTED_DIR,
     DASHBOARDS,
     MARTS_DIR,
@@ -30,8 +32,6 @@ from warehouse.bi.tableau import (
     render_workbook,
     tables_of,
 )
-from warehouse.bi.tableau_cli import default_connection
-from warehouse.bi.tableau_extract import MartColumn, hyper_type
 
 EXPOSURES = Path(__file__).parents[2] / "dbt_project" / "models" / "exposures.yml"
 TITLES = ["Forecast accuracy", "Anomalies", "Observations", "Taxi demand"]
@@ -155,7 +155,7 @@ def test_the_dashboards_mirror_supersets_and_show_every_sheet_once():
 
 
 def test_the_settings_connection_reaches_the_files():
-    from warehouse.bi.tableau import Connection
+    from warehouse.bi.tableau_workbook import Connection
 
     text = render_workbook(Connection("db.example", 6543, "analytics", "bi_reader"))
     [conn] = {

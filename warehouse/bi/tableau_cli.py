@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from periscope import get_settings
 from periscope.settings import Settings
+from warehouse.bi.tableau_workbook import Connection, write_files
 
 __all__ = ["app", "default_connection", "settings_connection"]
 
@@ -25,10 +26,8 @@ app = typer.Typer(
 )
 
 
-def settings_connection(settings: Settings):  # -> warehouse.bi.tableau.Connection
+def settings_connection(settings: Settings) -> Connection:
     """The connection the settings describe (host, port, database, the BI role)."""
-    from warehouse.bi.tableau import Connection
-
     return Connection(
         settings.postgres_host,
         settings.postgres_port,
@@ -37,10 +36,8 @@ def settings_connection(settings: Settings):  # -> warehouse.bi.tableau.Connecti
     )
 
 
-def default_connection():  # -> warehouse.bi.tableau.Connection
+def default_connection() -> Connection:
     """The connection of the settings' defaults: what the committed files name."""
-    from warehouse.bi.tableau import Connection
-
     fields = Settings.model_fields
     return Connection(
         fields["postgres_host"].default,
@@ -70,8 +67,6 @@ def write(
     ] = False,
 ) -> None:
     """Write periscope.twb (sheets and dashboards: Forecast accuracy, Anomalies, Observations, Taxi demand) and one .tds per data source, connecting to your warehouse as bi_reader; no password is written, Tableau asks for it (PERISCOPE_POSTGRES_BI_PASSWORD in .env)."""
-    from warehouse.bi.tableau import write_files
-
     if defaults:
         conn = default_connection()
         folder = out or get_settings().local_dir / "bi" / "tableau"

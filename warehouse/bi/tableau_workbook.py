@@ -1,4 +1,5 @@
-"""The Tableau workbook and data sources on the marts, written as XML from a small spec.
+"""The Tableau workbook and data sources on the marts (warehouse/bi/tableau/), written as XML
+from a small spec.
 
 Each data source is one star: a fact LEFT JOINed to the dimensions its sheets need, every
 column of those tables mapped (`<cols>`) to its physical `[table].[column]`. Column names and
