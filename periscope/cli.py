@@ -46,7 +46,9 @@ app.add_typer(topics_app, name="topics")
 
 ServiceName = Annotated[
     list[str] | None,
-    typer.Argument(help="kafka and/or postgres (default: both).", show_default=False),
+    typer.Argument(
+        help="kafka, postgres and/or superset (default: kafka and postgres).", show_default=False
+    ),
 ]
 
 
@@ -69,10 +71,11 @@ def _settings() -> Settings:
     return get_settings()
 
 
-def _service_names(names: list[str] | None) -> list[str]:
-    from periscope.services import SERVICE_NAMES
+def _service_names(names: list[str] | None, *, every: bool = False) -> list[str]:
+    from periscope.services import DEFAULT_SERVICE_NAMES, SERVICE_NAMES
 
-    chosen = names or list(SERVICE_NAMES)
+    # Without names: kafka and postgres (Superset is opt-in); `down` stops every one.
+    chosen = names or list(SERVICE_NAMES if every else DEFAULT_SERVICE_NAMES)
     unknown = sorted(set(chosen) - set(SERVICE_NAMES))
     if unknown:
         raise typer.BadParameter(
@@ -101,7 +104,7 @@ def services_down(names: ServiceName = None) -> None:
     from periscope.services import get_service
 
     settings = _settings()
-    for name in reversed(_service_names(names)):
+    for name in reversed(_service_names(names, every=True)):
         with console.status(f"stopping {name} ..."):
             outcome = get_service(name, settings).stop()
         console.print(f"[green]✔[/] {name:<9} {outcome}")
