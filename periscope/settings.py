@@ -197,6 +197,31 @@ class Settings(BaseSettings):
         default=5.0, ge=1.0, description="How often the dashboard's panels re-read the lake."
     )
 
+    # --- orchestration (`periscope orchestrate`, `periscope lake maintain`) ---------------
+    dagster_host: str = Field(
+        default="127.0.0.1", description="Interface the Dagster UI binds (0.0.0.0: every one)."
+    )
+    dagster_port: int = Field(default=3000, ge=1, le=65535)
+    dagster_storage: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description="Where Dagster keeps runs and events: SQLite under <local_dir>/dagster, or "
+        "the project's Postgres database (its tables in the owner's schema public).",
+    )
+    warehouse_cron: str = Field(
+        default="5 * * * *",
+        description="When Dagster loads the warehouse and builds dbt (cron, UTC); a sensor "
+        "also does when new silver or gold versions appear.",
+    )
+    maintenance_cron: str = Field(
+        default="30 4 * * *", description="When Dagster runs `lake maintain` (cron, UTC)."
+    )
+    vacuum_retention_hours: int = Field(
+        default=7 * 24,
+        ge=7 * 24,
+        description="Vacuum deletes files older versions held after this long: time travel "
+        "works within it and a stream restarted within it still finds its checkpoint's files.",
+    )
+
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
 
