@@ -14,13 +14,11 @@ import yaml
 
 from warehouse.bi.tableau_cli import default_connection
 from warehouse.bi.tableau_extract import MartColumn, hyper_type
+from warehouse.bi.tableau_sheets import DASHBOARDS, SHEETS, STARS, Connection, tables_of
 from warehouse.bi.tableau_workbook import (
     COMMITTED_DIR,
-    DASHBOARDS,
     MARTS_DIR,
     MARTS_SCHEMA,
-    SHEETS,
-    STARS,
     TABLEAU_TYPES,
     WORKBOOK_FILE,
     datasource_file,
@@ -30,7 +28,6 @@ from warehouse.bi.tableau_workbook import (
     relation_tables,
     render_datasource,
     render_workbook,
-    tables_of,
 )
 
 EXPOSURES = Path(__file__).parents[2] / "dbt_project" / "models" / "exposures.yml"
@@ -155,8 +152,6 @@ def test_the_dashboards_mirror_supersets_and_show_every_sheet_once():
 
 
 def test_the_settings_connection_reaches_the_files():
-    from warehouse.bi.tableau_workbook import Connection
-
     text = render_workbook(Connection("db.example", 6543, "analytics", "bi_reader"))
     [conn] = {
         (c.get("server"), c.get("port"), c.get("dbname"))

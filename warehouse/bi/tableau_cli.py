@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from periscope import get_settings
 from periscope.settings import Settings
-from warehouse.bi.tableau_workbook import Connection, write_files
+from warehouse.bi.tableau_sheets import Connection
+from warehouse.bi.tableau_workbook import write_files
 
 __all__ = ["app", "default_connection", "settings_connection"]
 
