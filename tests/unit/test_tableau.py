@@ -126,6 +126,9 @@ def test_every_shelf_filter_and_formula_names_a_field_of_its_data_source():
         assert source in fields, name
         declared = {c.get("name") for c in deps.findall("./column")}
         assert declared <= fields[source], (name, declared - fields[source])
+        for calc in deps.findall("./column/calculation"):
+            read = set(re.findall(r"\[[^\]]+\]", calc.get("formula", "")))
+            assert read <= declared, (name, read - declared)
         instances = {i.get("name"): i.get("column") for i in deps.findall("./column-instance")}
         assert set(instances.values()) <= declared, name
         texts = [sheet.findtext(".//rows") or "", sheet.findtext(".//cols") or ""]

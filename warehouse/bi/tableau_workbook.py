@@ -276,6 +276,11 @@ def _sheet_uses(sheet: Sheet) -> list[Use]:
     return list(dict.fromkeys(uses))
 
 
+def _formula_fields(calc: Calculation) -> list[str]:
+    """The fields a formula reads: "AVG([abs_error])" reads abs_error."""
+    return re.findall(r"\[([^\]]+)\]", calc.formula)
+
+
 def _worksheet_xml(
     sheet: Sheet, star: Star, columns: Mapping[str, Sequence[tuple[str, str]]]
 ) -> ET.Element:
@@ -290,7 +295,10 @@ def _worksheet_xml(
     ET.SubElement(sources, "datasource", {"caption": star.caption, "name": ds})
     deps = ET.SubElement(view, "datasource-dependencies", {"datasource": ds})
     uses = _sheet_uses(sheet)
-    for name in sorted({u.field for u in uses}):
+    # A sheet depends on its fields and on the columns its calculations read.
+    needed = {u.field for u in uses}
+    needed |= {ref for u in uses if u.field in calcs for ref in _formula_fields(calcs[u.field])}
+    for name in sorted(needed):
         deps.append(_calculation_xml(calcs[name]) if name in calcs else _column_xml(by_name[name]))
     for use in uses:
         ET.SubElement(
