@@ -117,6 +117,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Upper bound of Kafka records per bronze micro-batch (big batches amortise commits).",
     )
+    bronze_engine: Literal["direct", "spark"] = Field(
+        default="direct",
+        description="What `bronze run` uses: `direct` (librdkafka consumer group + delta-rs, "
+        "one machine's fastest) or `spark` (the Spark job, for a cluster's master URL).",
+    )
+    bronze_batch_records: int = Field(
+        default=100_000, ge=1, description="Records per commit of the direct bronze writer."
+    )
+    bronze_batch_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="The direct bronze writer commits at least this often while records arrive.",
+    )
     stream_trigger_interval: str = Field(
         default="2 seconds", description="Micro-batch interval of continuously running streams."
     )
