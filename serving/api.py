@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from periscope.contracts import CONTRACTS, SourceContract
 from periscope.settings import Settings, get_settings
-from serving import health, marts, reads
+from serving import health, lineage, marts, reads
 from serving.metrics import RequestMetrics
 
 __all__ = ["MAX_ANOMALIES", "MAX_HISTORY", "create_app"]
@@ -152,6 +152,28 @@ class Health(BaseModel):
     postgres: Dependency
     lake: list[TableFreshness]
     models: list[ModelVersions]
+
+
+class LineageReading(_Open):
+    # Plus the contract's fields of the reading (its measures, its event id).
+    event_time: datetime
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp: datetime | None
+    silver_batch_id: int
+
+
+class Lineage(BaseModel):
+    source: str
+    entity_id: str
+    window_start: datetime
+    window_end: datetime
+    gold: dict[str, Any]  # table, version, committed_at, scored_at, anomaly score, methods
+    models: dict[str, dict[str, Any]]  # forecast and anomaly: model name and version
+    silver: dict[str, Any] | None  # batch_id, features_version, reading_count, the ledger row
+    bronze: dict[str, Any]
+    observations: list[LineageReading]
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -335,6 +357,29 @@ def create_app(
         return _json(
             reads.anomalies(snaps, _utc(since) if since else None, min(limit, MAX_ANOMALIES))
         )
+
+    @app.get(
+        "/lineage/{source}/{entity_id}/{window_start}",
+        response_model=Lineage,
+        responses=_NOT_FOUND,
+        tags=["lineage"],
+    )
+    async def window_lineage(
+        source: SourceName,
+        entity_id: EntityId,
+        window_start: Annotated[
+            datetime, Path(description="The gold row's window_start (ISO 8601; UTC if naive).")
+        ],
+    ) -> Response:
+        """Where one gold row came from: the silver batch (and features version) that wrote its
+        window, each reading in it with its bronze (topic, partition, offset), and the model
+        versions that scored it. Read from the Delta tables at request time."""
+        found = await run_in_threadpool(
+            lineage.lineage, settings, contract(source), entity_id, _utc(window_start)
+        )
+        if found is None:
+            raise NotFound(f"{source} has no gold row for {entity_id!r} at {window_start}")
+        return _json(found)
 
     @app.get(
         "/accuracy",

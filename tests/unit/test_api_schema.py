@@ -28,6 +28,7 @@ OPERATIONS = (
     "/accuracy",
     "/health",
     "/metrics",
+    "/lineage/{source}/{entity_id}/{window_start}",
 )
 
 # Not schemathesis' not_a_server_error, which fails every 5xx: a documented 503 (a dependency
