@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BRONZE_COLUMNS",
+    "STATS_COLUMNS",
     "BronzeTarget",
     "ensure_bronze_table",
     "read_kafka",
@@ -108,7 +109,7 @@ def read_kafka(
 
 # Statistics only where they help (offset and time lookups): collecting them for the
 # raw key/value bytes costs about a third of bronze's throughput and skips nothing.
-_STATS_COLUMNS = "topic,partition,offset,kafka_timestamp,ingest_time"
+STATS_COLUMNS = "topic,partition,offset,kafka_timestamp,ingest_time"
 
 
 def ensure_bronze_table(spark: SparkSession, table_path: str) -> None:
@@ -142,7 +143,7 @@ def ensure_bronze_table(spark: SparkSession, table_path: str) -> None:
         .location(table_path)
         .addColumns(schema)
         .partitionedBy("ingest_date")
-        .property("delta.dataSkippingStatsColumns", _STATS_COLUMNS)
+        .property("delta.dataSkippingStatsColumns", STATS_COLUMNS)
         .property("delta.appendOnly", "true")  # bronze is a ledger: rows are never changed
         .execute()
     )

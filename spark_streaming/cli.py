@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -43,22 +43,42 @@ def bronze_run(
         int | None,
         typer.Option(
             min=1,
-            help="Records per micro-batch (default: PERISCOPE_BRONZE_MAX_OFFSETS_PER_TRIGGER).",
+            help="Records per micro-batch or commit (default: PERISCOPE_BRONZE_MAX_OFFSETS_PER_TRIGGER "
+            "for spark, PERISCOPE_BRONZE_BATCH_RECORDS for direct).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Literal["direct", "spark"] | None,
+        typer.Option(
+            help="direct: a librdkafka consumer group appending with delta-rs (one machine's "
+            "fastest; run more processes to share the partitions). spark: the Spark job (a "
+            "cluster's master URL). Default: PERISCOPE_BRONZE_ENGINE.",
         ),
     ] = None,
 ) -> None:
-    """Stream `<source>-raw` into `lake/bronze/<source>_raw` (one query per source)."""
+    """Stream `<source>-raw` into `lake/bronze/<source>_raw`, exactly once, with either engine."""
     from periscope.metrics import serve_metrics
-    from spark_streaming.bronze import run_bronze
 
     settings = get_settings()
     serve_metrics("bronze", settings)
-    landed = run_bronze(
-        settings,
-        _contracts(source),
-        available_now=available_now,
-        max_offsets_per_trigger=max_offsets_per_trigger,
-    )
+    if (engine or settings.bronze_engine) == "direct":
+        from spark_streaming.bronze_direct import run_bronze_direct
+
+        landed = run_bronze_direct(
+            settings,
+            _contracts(source),
+            available_now=available_now,
+            batch_records=max_offsets_per_trigger,
+        )
+    else:
+        from spark_streaming.bronze import run_bronze
+
+        landed = run_bronze(
+            settings,
+            _contracts(source),
+            available_now=available_now,
+            max_offsets_per_trigger=max_offsets_per_trigger,
+        )
     for name, rows in landed.items():
         console.print(f"bronze {name}: {rows} records landed in this run")
 
