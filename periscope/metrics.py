@@ -60,7 +60,11 @@ Stage = Literal["bronze", "silver", "score", "ingest"]
 STAGES: tuple[Stage, ...] = ("bronze", "silver", "score", "ingest")
 
 # Python Kafka consumers of the project and the group each joins (lag is exported per group).
-CONSUMER_GROUPS: dict[str, str] = {"dashboard": "dashboard-consumers"}
+# (`periscope-bronze` is the direct bronze writer's default group, spark_streaming.bronze_direct.)
+CONSUMER_GROUPS: dict[str, str] = {
+    "bronze": "periscope-bronze",
+    "dashboard": "dashboard-consumers",
+}
 
 # Micro-batches and scoring rounds take from tens of milliseconds to minutes (a backlog).
 _BATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -140,11 +144,14 @@ def metrics_port(settings: Settings, stage: Stage) -> int:
     return port
 
 
-def serve_metrics(stage: Stage, settings: Settings) -> int | None:
+def serve_metrics(
+    stage: Stage, settings: Settings, *, consumer_groups: Iterable[str] = ()
+) -> int | None:
     """Serve this process's metrics for `stage`; returns the port, None when disabled or taken.
 
-    A port already in use (a second process of the same stage) is logged, not raised: metrics
-    never stop a stream.
+    `consumer_groups`: Kafka groups whose lag this endpoint also exports (asked at each
+    scrape). A port already in use (a second process of the same stage) is logged, not
+    raised: metrics never stop a stream.
     """
     port = metrics_port(settings, stage)
     if not port:
@@ -163,6 +170,8 @@ def serve_metrics(stage: Stage, settings: Settings) -> int | None:
             stage.upper(),
         )
         return None
+    if consumer_groups:
+        REGISTRY.register(ConsumerGroupLag(settings, consumer_groups))
     log.info("%s metrics on http://%s:%d/metrics", stage, settings.metrics_host, port)
     return port
 
@@ -360,8 +369,3 @@ class ConsumerGroupLag(Collector):
         finally:
             consumer.close()
             admin.close()
-
-
-def watch_consumer_groups(settings: Settings, groups: Iterable[str] | None = None) -> None:
-    """Export the lag of these consumer groups (default: every group the project names)."""
-    REGISTRY.register(ConsumerGroupLag(settings, groups or CONSUMER_GROUPS.values()))

@@ -57,10 +57,11 @@ def bronze_run(
     ] = None,
 ) -> None:
     """Stream `<source>-raw` into `lake/bronze/<source>_raw`, exactly once, with either engine."""
-    from periscope.metrics import serve_metrics
+    from periscope.metrics import CONSUMER_GROUPS, serve_metrics
 
     settings = get_settings()
-    serve_metrics("bronze", settings)
+    # The direct writer's consumer group commits offsets: its lag is exported too.
+    serve_metrics("bronze", settings, consumer_groups=[CONSUMER_GROUPS["bronze"]])
     if (engine or settings.bronze_engine) == "direct":
         from spark_streaming.bronze_direct import run_bronze_direct
 
