@@ -47,7 +47,8 @@ app.add_typer(topics_app, name="topics")
 ServiceName = Annotated[
     list[str] | None,
     typer.Argument(
-        help="kafka, postgres and/or superset (default: kafka and postgres).", show_default=False
+        help="kafka, postgres, superset and/or prometheus (default: kafka and postgres).",
+        show_default=False,
     ),
 ]
 

@@ -131,7 +131,7 @@ class PrometheusServer:
             log=self.log_file,
             still_starting=lambda: proc.poll() is None,
         )
-        return f"started (pid {proc.pid}), {self.url}"
+        return f"started (pid {proc.pid})"
 
     def stop(self, timeout_s: float = 30.0) -> str:
         pid = read_pid(self.pidfile)
