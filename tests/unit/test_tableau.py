@@ -1,7 +1,7 @@
 """The Tableau files: committed as the generator writes them, well-formed, internally consistent
 (every shelf names a field of its data source, every dashboard zone a sheet), connected as
 bi_reader without a password, mapping every column of the marts they read; and the dbt
-exposures naming the marts each dashboard reads."""
+exposures naming the marts each dashboard reads (Superset's: as its bundle's datasets say)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from warehouse.bi.tableau_workbook import (
     render_workbook,
 )
 
-EXPOSURES = Path(__file__).parents[2] / "dbt_project" / "models" / "exposures.yml"
+ROOT = Path(__file__).parents[2]
+EXPOSURES = ROOT / "dbt_project" / "models" / "exposures.yml"
+SUPERSET_BUNDLE = ROOT / "warehouse" / "bi" / "superset" / "bundle"
 TITLES = ["Forecast accuracy", "Anomalies", "Observations", "Taxi demand"]
 REGENERATE = "periscope tableau write --defaults --out warehouse/bi/tableau"
 
@@ -186,20 +188,54 @@ def _refs(exposure: dict) -> set[str]:
     return {re.fullmatch(r"ref\('(\w+)'\)", d)[1] for d in exposure["depends_on"]}  # type: ignore[index]
 
 
-def test_exposures_name_each_dashboard_and_the_marts_it_reads():
-    exposures = _exposures()
-    superset = [e for e in exposures.values() if e["name"].startswith("superset_")]
+def _superset_reads() -> dict[str, tuple[str, set[str]]]:
+    """Each Superset dashboard of the bundle: its slug and the marts its charts' datasets read."""
+    datasets = {}
+    for path in SUPERSET_BUNDLE.glob("datasets/*/*.yaml"):
+        dataset = yaml.safe_load(path.read_text(encoding="utf-8"))
+        read = set(re.findall(r"\bmarts\.(\w+)", dataset.get("sql") or ""))
+        datasets[dataset["uuid"]] = read or {dataset["table_name"]}
+    charts = {}
+    for path in SUPERSET_BUNDLE.glob("charts/*.yaml"):
+        chart = yaml.safe_load(path.read_text(encoding="utf-8"))
+        charts[chart["uuid"]] = datasets[chart["dataset_uuid"]]
+    dashboards = {}
+    for path in SUPERSET_BUNDLE.glob("dashboards/*.yaml"):
+        board = yaml.safe_load(path.read_text(encoding="utf-8"))
+        shown = [
+            item["meta"]["uuid"]
+            for item in board["position"].values()
+            if isinstance(item, dict) and item.get("type") == "CHART"
+        ]
+        read = set().union(*(charts[uuid] for uuid in shown))
+        dashboards[board["dashboard_title"]] = (board["slug"], read)
+    return dashboards
+
+
+def test_exposures_name_each_superset_dashboard_and_the_marts_it_reads():
+    superset = [e for e in _exposures().values() if e["name"].startswith("superset_")]
     assert [e["label"] for e in superset] == TITLES
-    stars = {s.name: s for s in STARS}
+    reads = _superset_reads()
+    assert sorted(reads) == sorted(TITLES)
     for exposure, board in zip(superset, DASHBOARDS, strict=True):
+        slug, read = reads[exposure["label"]]
         assert exposure["type"] == "dashboard"
-        assert exposure["url"] == f"http://127.0.0.1:8088/superset/dashboard/{board.slug}/"
-        # The Superset dashboard reads what the Tableau dashboard of the same name reads.
-        read = {t for s in SHEETS if s.name in board.sheets for t in stars[s.star].tables}
+        assert slug == board.slug
+        assert exposure["url"] == f"http://127.0.0.1:8088/superset/dashboard/{slug}/"
         assert _refs(exposure) == read, exposure["name"]
+
+
+def test_the_tableau_exposure_reads_what_the_workbook_maps_and_superset_its_equivalent():
+    exposures = _exposures()
     tableau = exposures["tableau_periscope_workbook"]
     assert tableau["type"] == "dashboard"
     assert _refs(tableau) == set(tables_of(STARS))
+    stars = {s.name: s for s in STARS}
+    for board in DASHBOARDS:
+        # Each Tableau dashboard reads the marts its Superset twin reads.
+        read = {t for s in SHEETS if s.name in board.sheets for t in stars[s.star].tables}
+        [twin] = [e for e in exposures.values() if e.get("label") == board.name]
+        assert _refs(twin) == read, board.name
     for exposure in exposures.values():
         for table in _refs(exposure):
             assert (MARTS_DIR / f"{table}.sql").is_file(), table
