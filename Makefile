@@ -110,6 +110,8 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@echo "  periscope dbt docs && open dbt_project/target/index.html   the star schema's lineage"
 	@echo "  Superset/Tableau: postgresql://bi_reader@127.0.0.1:5433/periscope, schema marts (password in .env)"
 	@echo "  make demo again: only the history that 'happened' since is replayed and loaded"
+	@$(PERISCOPE) bi provision
+	@$(PERISCOPE) bi open
 
 # The tiers, each defined once. The unit tier is bare pytest (pyproject testpaths: the packages'
 # docstring examples under --doctest-modules, then tests/unit); the integration tier goes by path.

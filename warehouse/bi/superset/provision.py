@@ -12,6 +12,8 @@ duplicates.
 from __future__ import annotations
 
 import io
+import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,14 +82,55 @@ def exported_files(export: bytes) -> dict[str, str]:
             if not member.endswith(".yaml"):
                 continue
             name = member.split("/", 1)[1]
-            text = bundle.read(member).decode()
-            if name.startswith("databases/"):
-                config = yaml.safe_load(text)
-                config["sqlalchemy_uri"] = COMMITTED_URI
-                config.pop("password", None)
-                text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-            files[name] = text
+            config = stable_config(name, yaml.safe_load(bundle.read(member)))
+            text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100)
+            files[_without_id(name, files)] = text
     return files
+
+
+def stable_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """An exported file without what differs between Superset instances (the numeric ids an
+    import assigns afresh, the order of a dataset's columns) and without a password."""
+    if name.startswith("databases/"):
+        config["sqlalchemy_uri"] = COMMITTED_URI
+        config.pop("password", None)
+    elif name.startswith("datasets/"):
+        config["columns"] = sorted(config.get("columns") or [], key=lambda c: c["column_name"])
+        config["metrics"] = sorted(config.get("metrics") or [], key=lambda m: m["metric_name"])
+    elif name.startswith("charts/"):
+        _zero_ids(config["params"])
+        if config.get("query_context"):
+            context = json.loads(config["query_context"])
+            context["datasource"] = {"id": 0, "type": "table"}
+            _zero_ids(context.get("form_data") or {})
+            config["query_context"] = json.dumps(context)
+    elif name.startswith("dashboards/"):
+        for item in config["position"].values():
+            if isinstance(item, dict) and item.get("type") == "CHART":
+                item["meta"]["chartId"] = 0
+    return config
+
+
+def _zero_ids(form_data: dict[str, Any]) -> None:
+    if "datasource" in form_data:
+        form_data["datasource"] = "0__table"
+    if "slice_id" in form_data:
+        form_data["slice_id"] = 0
+
+
+def _without_id(name: str, taken: dict[str, str]) -> str:
+    """Superset names exported files `<title>_<id>.yaml`; ids differ between instances, so the
+    bundle drops them (and keeps one only to tell two namesakes apart).
+
+    >>> _without_id("charts/Anomaly_timeline_3.yaml", {})
+    'charts/Anomaly_timeline.yaml'
+    >>> _without_id("databases/Periscope_marts.yaml", {})
+    'databases/Periscope_marts.yaml'
+    """
+    if name.startswith("databases/") or name == "metadata.yaml":
+        return name
+    plain = re.sub(r"_\d+\.yaml$", ".yaml", name)
+    return name if plain in taken else plain
 
 
 def write_bundle(folder: Path, files: dict[str, str]) -> None:
