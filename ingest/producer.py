@@ -103,8 +103,13 @@ def send_all(
     on_sent: Callable[[int], None] | None = None,
 ) -> DeliveryReport:
     """Send (key, value) pairs, wait for the broker, and raise unless it acknowledged every one."""
-    report = producer.send(topic, messages, on_sent=on_sent)
-    record_produced(topic, report.acknowledged)
+
+    def sent(n: int) -> None:  # counted as they go, so a long paced replay shows its progress
+        record_produced(topic, n)
+        if on_sent is not None:
+            on_sent(n)
+
+    report = producer.send(topic, messages, on_sent=sent)
     if report.failed or report.unsent:
         raise ProduceError(
             f"{topic}: {report.acknowledged} of {report.sent} records acknowledged, "

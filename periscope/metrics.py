@@ -119,7 +119,7 @@ MODEL_VERSION = Gauge(
 )
 RECORDS_PRODUCED = Counter(
     "periscope_ingest_records_produced",
-    "Records a producer sent that Kafka acknowledged.",
+    "Records a producer handed to Kafka (a delivery that fails fails the producer's run).",
     ["topic"],
 )
 
@@ -295,9 +295,9 @@ def record_gold_round(
             MODEL_VERSION.labels(source, role, model).set(version)
 
 
-def record_produced(topic: str, acknowledged: int) -> None:
-    """Records a producer got acknowledged by Kafka."""
-    RECORDS_PRODUCED.labels(topic).inc(acknowledged)
+def record_produced(topic: str, sent: int) -> None:
+    """Records a producer handed to Kafka."""
+    RECORDS_PRODUCED.labels(topic).inc(sent)
 
 
 # --- consumer-group lag --------------------------------------------------------------------------
