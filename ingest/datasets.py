@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,12 +27,15 @@ from periscope.contracts import (
     TAXI_VENDORS,
     WEATHER,
     ContractError,
+    Measure,
     SourceContract,
     get_contract,
 )
+from periscope.errors import PeriscopeError
 
 __all__ = [
     "AIR_QUALITY_READER",
+    "DatasetError",
     "TAXI_READER",
     "UCI_STATION_ID",
     "WEATHER_READER",
@@ -67,6 +71,22 @@ _WEATHER_TO_CONTRACT_UNITS: dict[str, Callable[[pl.Expr], pl.Expr]] = {
 }
 
 
+class DatasetError(PeriscopeError):
+    """A dataset file that does not parse; the message names the file and the first problem."""
+
+
+@contextmanager
+def _parsing(path: Path) -> Iterator[None]:
+    """Turn a parser's error into a DatasetError naming the file (one line, no traceback)."""
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        lines = str(exc).strip().splitlines()
+        raise DatasetError(
+            f"cannot parse {path}: {lines[0] if lines else type(exc).__name__}"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Station:
     """A weather station: one city of the Kaggle historical hourly weather dataset."""
@@ -89,10 +109,11 @@ def station_id(name: str) -> str:
 
 def load_stations(data_dir: Path) -> list[Station]:
     """The 36 cities of `weather_hourly/city_attributes.csv`, in file order."""
-    frame = pl.read_csv(
-        Path(data_dir) / _WEATHER_DIR / "city_attributes.csv",
-        schema_overrides={"Latitude": pl.Float64, "Longitude": pl.Float64},
-    )
+    path = Path(data_dir) / _WEATHER_DIR / "city_attributes.csv"
+    with _parsing(path):
+        frame = pl.read_csv(
+            path, schema_overrides={"Latitude": pl.Float64, "Longitude": pl.Float64}
+        )
     return [
         Station(
             station_id(row["City"]), row["City"], row["Country"], row["Latitude"], row["Longitude"]
@@ -112,7 +133,8 @@ def _drop_empty_and_sort(frame: pl.DataFrame, contract: SourceContract) -> pl.Da
 
 def _weather_measure(path: Path, measure: str, wanted: set[str] | None) -> pl.LazyFrame:
     """One wide weather file as long (station_id, timestamp, <measure>) rows."""
-    header = pl.read_csv(path, n_rows=0).columns
+    with _parsing(path):
+        header = pl.read_csv(path, n_rows=0).columns
     cities = [c for c in header[1:] if wanted is None or station_id(c) in wanted]
     to_unit = _WEATHER_TO_CONTRACT_UNITS.get(measure, lambda value: value)
     return (
@@ -152,7 +174,8 @@ def read_weather(data_dir: Path, *, stations: list[str] | None = None) -> pl.Dat
         long = _weather_measure(path, measure.name, wanted)
         joined = long if joined is None else joined.join(long, on=keys, how="full", coalesce=True)
     assert joined is not None  # the contract has measures
-    return _drop_empty_and_sort(joined.collect(), WEATHER)
+    with _parsing(Path(data_dir) / _WEATHER_DIR):  # the files are read here, all at once
+        return _drop_empty_and_sort(joined.collect(), WEATHER)
 
 
 def read_air_quality(data_dir: Path) -> pl.DataFrame:
@@ -163,8 +186,13 @@ def read_air_quality(data_dir: Path) -> pl.DataFrame:
     March and duplicate hours in October that the hourly series does not have.
     """
     source_names = {m.source or m.name: m for m in AIR_QUALITY.measures}
+    with _parsing(Path(data_dir) / _AIR_QUALITY_CSV):
+        return _drop_empty_and_sort(_parse_air_quality(Path(data_dir), source_names), AIR_QUALITY)
+
+
+def _parse_air_quality(data_dir: Path, source_names: dict[str, Measure]) -> pl.DataFrame:
     frame = pl.read_csv(
-        Path(data_dir) / _AIR_QUALITY_CSV,
+        data_dir / _AIR_QUALITY_CSV,
         separator=";",
         decimal_comma=True,
         columns=["Date", "Time", *source_names],
@@ -184,7 +212,7 @@ def read_air_quality(data_dir: Path) -> pl.DataFrame:
             for source, m in source_names.items()
         ),
     )
-    return _drop_empty_and_sort(parsed, AIR_QUALITY)
+    return parsed
 
 
 def _tlc_labels(column: str, levels: tuple[str, ...], codes: tuple[int, ...]) -> pl.Expr:
@@ -283,6 +311,10 @@ class _WeatherReader:
 
     def entities(self, data_dir: Path) -> list[str]:
         return [s.station_id for s in load_stations(data_dir)]
+
+    def locations(self, data_dir: Path) -> dict[str, tuple[float, float]]:
+        """Each station's (latitude, longitude): the dashboard draws them on a map."""
+        return {s.station_id: (s.latitude, s.longitude) for s in load_stations(data_dir)}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`periscope api`: run the REST API with uvicorn."""
+"""`periscope api` runs the REST API with uvicorn; `periscope dashboard` the live dashboard."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 from periscope.settings import get_settings
 
-__all__ = ["api_app"]
+__all__ = ["api_app", "dashboard_app"]
 
 api_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
@@ -35,3 +35,35 @@ def api(
         log_level="info",
         access_log=False,  # /metrics counts requests; a log line per request costs latency
     )
+
+
+dashboard_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+
+
+@dashboard_app.callback()
+def dashboard(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: the dashboard_host setting).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port (default: the dashboard_port setting)."),
+    ] = None,
+) -> None:
+    """Serve the live dashboard (Streamlit): entities, series, anomalies, models, system health."""
+    import os
+    import sys
+
+    from serving.dashboard import APP_PATH
+
+    settings = get_settings()
+    host, port = host or settings.dashboard_host, port or settings.dashboard_port
+    typer.echo(
+        f"dashboard: http://{host}:{port}  (panels refresh every {settings.dashboard_refresh_s:g} s)"
+    )
+    # Streamlit runs its own server around the script: hand this process over to it, so a
+    # signal to `periscope dashboard` stops the server itself.
+    args = [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
+            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--theme.base", "light"]  # fmt: skip
+    os.execv(sys.executable, args)
