@@ -376,6 +376,16 @@ def _add_stage_commands() -> None:
 _add_stage_commands()
 
 
+def _add_supervise_commands() -> None:
+    """`periscope up/down/ps` (periscope/supervise): the live pipeline under supervisord."""
+    from periscope.supervise.cli import register
+
+    register(app)
+
+
+_add_supervise_commands()
+
+
 def main() -> None:
     """Console entry point: user-facing errors print one clear message, not a traceback."""
     try:
