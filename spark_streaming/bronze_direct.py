@@ -249,9 +249,10 @@ class DirectBronzeWriter:
         self.landed = {t: 0 for t in self.targets}
         self.batches = 0
         # Where the wall time goes (seconds), for `bench/bronze_throughput.py`.
-        self.timings = {"kafka_fetch": 0.0, "arrow": 0.0, "delta_commit": 0.0}
+        self.timings = {"group_join": 0.0, "kafka_fetch": 0.0, "arrow": 0.0, "delta_commit": 0.0}
         self.stop_requested = threading.Event()
         self._buffer_started: float | None = None
+        self._run_started = time.perf_counter()
         self._consumer: Consumer | None = None
 
     # --- consumer group -------------------------------------------------------------------
@@ -279,6 +280,8 @@ class DirectBronzeWriter:
         }
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self.assigned_once:
+            self.timings["group_join"] = time.perf_counter() - self._run_started
         self.assigned_once = True
         for tp in partitions:
             table = self.tables[tp.topic]
@@ -338,6 +341,10 @@ class DirectBronzeWriter:
         """Consume and land until stopped (or, with `available_now`, until caught up)."""
         from confluent_kafka import Consumer
 
+        self._run_started = time.perf_counter()
+        # pyarrow's first array from Python objects imports pandas (~1.5 s of CPU): do it while
+        # librdkafka joins the group and fetches (its threads need no GIL), not in batch 1.
+        threading.Thread(target=pa.array, args=([b""],), daemon=True).start()
         consumer = Consumer(self._consumer_config())
         self._consumer = consumer
         consumer.subscribe(
