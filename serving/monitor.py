@@ -7,12 +7,14 @@ totals come from the second scrape, rates from the difference. `parse_exposition
 
 from __future__ import annotations
 
+import json
 import math
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from prometheus_client.parser import text_string_to_metric_families
@@ -226,6 +228,36 @@ def scrape_stages(urls: Mapping[str, str], *, timeout_s: float = 2.0) -> dict[st
     return found
 
 
+def prometheus_samples(result: list[dict[str, Any]]) -> dict[str, Samples]:
+    """Samples per stage from a Prometheus instant query's `data.result` (the job is the stage;
+    the labels Prometheus adds, job and instance, are dropped).
+
+    >>> prometheus_samples([{"metric": {"__name__": "x_total", "job": "bronze",
+    ...     "instance": "127.0.0.1:9461", "source": "w"}, "value": [1.0, "3"]}])
+    {'bronze': {('x_total', (('source', 'w'),)): 3.0}}
+    """
+    found: dict[str, Samples] = {}
+    for series in result:
+        labels = dict(series["metric"])
+        name, job = labels.pop("__name__"), labels.pop("job", "")
+        labels.pop("instance", None)
+        found.setdefault(job, {})[(name, tuple(sorted(labels.items())))] = float(series["value"][1])
+    return found
+
+
+def scrape_prometheus(url: str, *, timeout_s: float = 5.0) -> dict[str, Samples]:
+    """Every periscope series Prometheus scraped last, per stage (empty when it is down)."""
+    query = urllib.parse.urlencode(
+        {"query": '{__name__=~"periscope_(stage|silver|gold|model|ingest|consumer)_.*"}'}
+    )
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=timeout_s) as answer:
+            body = json.loads(answer.read())
+    except OSError:
+        return {}
+    return prometheus_samples(body["data"]["result"])
+
+
 def _figure(value: float | None, fmt: str = "{:,.0f}") -> str:
     return "" if value is None else fmt.format(value)
 
@@ -263,12 +295,20 @@ def render(rows: Iterable[StageRow], down: Iterable[str], seconds: float) -> Tab
     return table
 
 
-def snapshot(settings: Settings, interval_s: float, *, groups: bool) -> Table:
-    """Two scrapes `interval_s` apart, as a table."""
+def snapshot(
+    settings: Settings, interval_s: float, *, groups: bool, prometheus: bool = False
+) -> Table:
+    """Two scrapes `interval_s` apart (of the stages, or of Prometheus), as a table."""
     urls = stage_urls(settings)
-    before = scrape_stages(urls)
-    time.sleep(interval_s)
-    after = scrape_stages(urls)
+    if prometheus:
+        where = f"http://127.0.0.1:{settings.prometheus_port}"
+        before = scrape_prometheus(where)
+        time.sleep(interval_s)
+        after = scrape_prometheus(where)
+    else:
+        before = scrape_stages(urls)
+        time.sleep(interval_s)
+        after = scrape_stages(urls)
     rows = stage_rows(before, after, interval_s)
     if groups:
         from periscope.metrics import CONSUMER_GROUPS
@@ -289,17 +329,31 @@ def monitor(
     groups: Annotated[
         bool, typer.Option(help="Also ask Kafka for the consumer groups' lag.")
     ] = True,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Read the figures from `periscope services up prometheus` instead of the "
+            "stages (use an --interval of at least its scrape interval).",
+        ),
+    ] = False,
 ) -> None:
     """Throughput, lag, batch durations, quarantine and gold latency of the running stages,
     from their Prometheus endpoints (bronze, silver, score, ingest)."""
     settings = get_settings()
     console = Console()
     if once:
-        print_table(snapshot(settings, interval, groups=groups), console=console)
+        print_table(
+            snapshot(settings, interval, groups=groups, prometheus=prometheus), console=console
+        )
         return
-    with Live(snapshot(settings, interval, groups=groups), console=console, screen=False) as live:
+    with Live(
+        snapshot(settings, interval, groups=groups, prometheus=prometheus),
+        console=console,
+        screen=False,
+    ) as live:
         try:
             while True:
-                live.update(snapshot(settings, interval, groups=groups))
+                live.update(snapshot(settings, interval, groups=groups, prometheus=prometheus))
         except KeyboardInterrupt:
             pass
