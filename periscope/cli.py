@@ -201,9 +201,20 @@ def topics_describe(
 
 # --- lake ----------------------------------------------------------------------------------
 lake_app = typer.Typer(
-    help="Inspect the lake: reconcile every record between layers.", no_args_is_help=True
+    help="Inspect and maintain the lake: reconcile every record between layers; compact and vacuum.",
+    no_args_is_help=True,
 )
 app.add_typer(lake_app, name="lake")
+
+
+def _add_orchestration_commands() -> None:
+    """`periscope orchestrate` and `periscope lake maintain` (periscope/orchestration)."""
+    from periscope.orchestration.cli import register
+
+    register(app, lake_app)
+
+
+_add_orchestration_commands()
 
 
 @lake_app.command("audit")

@@ -1,0 +1,214 @@
+"""The Dagster definitions: they load, the lineage runs from Kafka to the marts, the schedules
+and sensors are the intended ones, and the sensor and observations read real Delta tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from periscope.contracts import CONTRACTS, get_contract
+from periscope.orchestration.cli import dagster_command, dagster_yaml
+from periscope.orchestration.dbt import dbt_env_vars
+from periscope.orchestration.definitions import build_definitions, lake_versions, observe_lake
+from periscope.orchestration.graph import lake_nodes, warehouse_tables
+from periscope.settings import Settings
+
+
+def _settings(**values) -> Settings:
+    return Settings(
+        postgres_owner_password="owner-secret",  # type: ignore[arg-type]
+        postgres_bi_password="bi-secret",  # type: ignore[arg-type]
+        **values,
+    )
+
+
+@pytest.fixture(scope="module")
+def lake_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lake")
+
+
+@pytest.fixture(scope="module")
+def defs(tmp_path_factory, lake_root) -> dg.Definitions:
+    """The definitions with their dbt manifest parsed into a temporary folder (a real dbt parse)."""
+    settings = _settings(local_dir=tmp_path_factory.mktemp("local"), lake_root=str(lake_root))
+    return build_definitions(settings)
+
+
+@pytest.fixture(scope="module")
+def graph(defs):
+    return defs.get_repository_def().asset_graph
+
+
+def _key(path: str) -> dg.AssetKey:
+    return dg.AssetKey.from_user_string(path)
+
+
+def _parents(graph, path: str) -> set[str]:
+    return {k.to_user_string() for k in graph.get(_key(path)).parent_keys}
+
+
+def _upstream(graph, path: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [path]
+    while todo:
+        for parent in _parents(graph, todo.pop()):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def test_definitions_load_and_validate(defs):
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert {j.name for j in repository.get_all_jobs()} >= {
+        "warehouse",
+        "retrain",
+        "forecast_health",
+        "lake_maintenance",
+    }
+
+
+@pytest.mark.parametrize("source", sorted(CONTRACTS))
+def test_lineage_runs_from_the_topic_through_the_lake_and_the_load_to_the_marts(graph, source):
+    assert _parents(graph, f"lake/bronze/{source}_raw") == {f"kafka/{source}-raw"}
+    assert _parents(graph, f"lake/silver/{source}_observations") == {f"lake/bronze/{source}_raw"}
+    assert _parents(graph, f"lake/gold/{source}_predictions") == {f"lake/silver/{source}_features"}
+    assert _parents(graph, f"warehouse/lake/{source}_observations") == {
+        f"lake/silver/{source}_observations"
+    }
+    assert _parents(graph, f"warehouse/lake/{source}_forecasts") == {
+        f"lake/gold/{source}_predictions"
+    }
+    assert _parents(graph, f"staging/stg_{source}__forecasts") == {
+        f"warehouse/lake/{source}_forecasts"
+    }
+    forecast = _upstream(graph, "marts/fct_forecast")
+    assert {
+        f"staging/stg_{source}__forecasts",
+        f"warehouse/lake/{source}_forecasts",
+        f"lake/gold/{source}_predictions",
+        f"lake/silver/{source}_features",
+        f"kafka/{source}-raw",
+    } <= forecast
+    assert f"staging/stg_{source}__observations" in _upstream(graph, "marts/fct_observation_hourly")
+
+
+def test_the_load_assets_are_the_loaders_tables():
+    """The graph's copy of the loader's table list matches warehouse.plan's."""
+    from warehouse.plan import table_specs
+
+    expected = []
+    for spec in table_specs():
+        expected.append((spec.name, spec.delta_table))
+        if spec.forecasts_table:
+            expected.append((spec.forecasts_table, spec.delta_table))
+    graph_tables = [
+        (t.name, t.delta_table) for c in CONTRACTS.values() for t in warehouse_tables(c)
+    ]
+    assert sorted(graph_tables) == sorted(expected)
+
+
+def test_dbt_runs_with_the_environment_periscope_dbt_gives_it():
+    from warehouse.dbt import dbt_env
+
+    settings = _settings()
+    assert dbt_env_vars(settings) == dbt_env(settings, base={})
+
+
+def test_schedules_and_sensors(defs):
+    repository = defs.get_repository_def()
+    schedules = {s.name: s for s in repository.schedule_defs}
+    crons = {
+        name: (s.cron_schedule, s.job_name, s.execution_timezone) for name, s in schedules.items()
+    }
+    assert crons == {
+        "warehouse_hourly": ("5 * * * *", "warehouse", "UTC"),
+        "retrain_daily": ("0 3 * * *", "retrain", "UTC"),
+        "forecast_health_hourly": ("20 * * * *", "forecast_health", "UTC"),
+        "lake_maintenance_daily": ("30 4 * * *", "lake_maintenance", "UTC"),
+    }
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
+    sensors = {s.name for s in repository.sensor_defs}
+    assert sensors == {"new_lake_versions", "freshness_checks_sensor"}
+
+
+def test_freshness_checks_watch_gold_and_the_marts(graph):
+    freshness = {
+        k.asset_key.to_user_string() for k in graph.asset_check_keys if "freshness" in k.name
+    }
+    assert {f"lake/gold/{s}_predictions" for s in CONTRACTS} <= freshness
+    assert {"marts/fct_forecast", "marts/fct_anomaly", "marts/mart_forecast_health"} <= freshness
+    assert not any(k.startswith(("staging/", "warehouse/")) for k in freshness)
+
+
+def _features(rows: int) -> pa.Table:
+    return pa.table(
+        {
+            "station_id": ["denver"] * rows,
+            "window_start": [datetime(2024, 1, 1, tzinfo=UTC)] * rows,
+        }
+    )
+
+
+def test_the_sensor_asks_for_a_load_when_silver_or_gold_moves(defs, lake_root):
+    repository = defs.get_repository_def()
+    sensor = repository.get_sensor_def("new_lake_versions")
+    features = str(lake_root / "silver" / "weather_features")
+
+    def tick(cursor):
+        with dg.build_sensor_context(cursor=cursor, repository_def=repository) as context:
+            result = sensor.evaluate_tick(context)
+        return result, result.cursor
+
+    empty, cursor = tick(None)
+    assert empty.run_requests == []
+
+    write_deltalake(features, _features(2))
+    first, cursor = tick(cursor)
+    assert len(first.run_requests) == 1
+    selected = {k.to_user_string() for k in first.run_requests[0].asset_selection}
+    assert {"warehouse/lake/weather_features", "lake/silver/weather_features"} <= selected
+    assert "marts/fct_forecast" in selected
+    assert not any(k.startswith("warehouse/lake/taxi_") for k in selected)
+    assert json.loads(cursor) == {"silver/weather_features": 0}
+
+    again, cursor = tick(cursor)  # nothing new
+    assert again.run_requests == []
+
+    write_deltalake(str(lake_root / "bronze" / "weather_raw"), _features(1))
+    bronze_only, cursor = tick(cursor)  # bronze is not loaded into the warehouse
+    assert bronze_only.run_requests == []
+
+    write_deltalake(features, _features(1), mode="append")
+    second, _ = tick(cursor)
+    assert len(second.run_requests) == 1
+
+
+def test_observations_carry_the_delta_version(tmp_path):
+    settings = _settings(lake_root=str(tmp_path))
+    nodes = [n for n in lake_nodes(get_contract("weather")) if n.table is not None]
+    path = settings.lake_path("gold/weather_predictions")
+    for _ in range(3):
+        write_deltalake(path, _features(1), mode="append")
+    results = list(observe_lake(settings, nodes))
+    assert [r.asset_key.to_user_string() for r in results] == ["lake/gold/weather_predictions"]
+    assert results[0].data_version == dg.DataVersion("2")
+    assert lake_versions(settings, nodes) == {"gold/weather_predictions": 2}
+
+
+def test_dagster_binds_loopback_and_keeps_passwords_out_of_its_yaml(tmp_path):
+    settings = _settings(local_dir=tmp_path, dagster_storage="postgres", dagster_port=3123)
+    command = dagster_command(settings)
+    assert command[1:3] == ["dev", "-m"]
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "3123"
+    text = dagster_yaml(settings)
+    assert "owner-secret" not in text
+    assert "password: {env: PERISCOPE_POSTGRES_OWNER_PASSWORD}" in text
+    assert "base_dir" in dagster_yaml(_settings(local_dir=tmp_path))
