@@ -144,7 +144,10 @@ def render_dashboards(superset: SupersetServer, titles: list[str], shots: Path) 
     }
     failures: dict[str, str] = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+        # As root Chromium's sandbox cannot start; the page only renders without it.
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=["--no-sandbox"]
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{superset.url}/login/")
         page.fill("#username", superset.admin_user)
