@@ -73,9 +73,10 @@ $(JARS)/spark/.fetched: jvm/spark/pom.xml jvm/settings.xml
 # sends only the history that "happened" since (ingest replay --follow-clock), so it adds new data only.
 DEMO_DAYS ?= 40
 DEMO_STATIONS ?= portland,seattle,denver,new_york,jerusalem
-# The sources the demo replays and trains (taxi is registered but not replayed here yet: a source
-# with no history has nothing to train on, and `train` would stop the demo).
-DEMO_TRAIN_SOURCES ?= --source weather --source air_quality
+# Taxi: the first DEMO_TAXI_DAYS of January 2023's green-taxi trips, rebased to end now (the file
+# holds 31 days, so after a few days of wall time a rerun has no more trips to send).
+DEMO_TAXI_DAYS ?= 28
+DEMO_TRAIN_SOURCES ?= --source weather --source air_quality --source taxi
 DEMO_ACCURACY_SQL := select m.source, m.measure, m.unit, a.horizon_h, count(*) as forecasts, \
   round(avg(a.abs_error)::numeric, 2) as mae, round(avg(a.in_interval::int)::numeric, 2) as coverage_80 \
   from marts.fct_forecast_accuracy a join marts.dim_measure m using (measure_key) \
@@ -84,6 +85,19 @@ DEMO_ANOMALIES_SQL := select e.source, e.entity_label || ' ' || e.entity_id as e
   round(f.anomaly_score::numeric, 3) as score, d.model_name, d.model_version \
   from marts.fct_anomaly f join marts.dim_entity e using (entity_key) \
   join marts.dim_model d using (model_key) where f.is_anomaly order by f.anomaly_score desc limit 8
+DEMO_TRIPS_SQL := with t as (select *, pickup_time >= max(pickup_time) over () - interval '3 days' as held_out \
+  from marts.fct_trip where predicted_duration_min is not null) \
+  select case when held_out then 'last 3 days (the model never saw them)' else 'earlier (training weeks)' end as trips, \
+  count(*) as scored, round(avg(abs(duration_error))::numeric, 2) as duration_mae_min, \
+  round(avg(abs(fare_error))::numeric, 2) as fare_mae_usd, max(model_version) as model_version from t group by held_out order by 1
+DEMO_DEMAND_SQL := with busy as (select pickup_zone_key, count(*) as trips from marts.fct_trip \
+  group by 1 order by 2 desc limit 5), \
+  latest as (select distinct on (f.entity_key, f.horizon_h) f.* from marts.fct_forecast f \
+  where f.source = 'taxi' and f.horizon_h in (1, 6, 24) order by f.entity_key, f.horizon_h, f.window_start desc) \
+  select z.zone_name, z.borough, b.trips as trips_so_far, l.horizon_h, l.target_time, round(l.yhat::numeric, 1) as trips_forecast, \
+  round(l.yhat_lower::numeric, 1) as lower_80, round(l.yhat_upper::numeric, 1) as upper_80, l.method \
+  from busy b join marts.dim_zone z on z.zone_key = b.pickup_zone_key \
+  join latest l on l.entity_key = z.entity_key order by b.trips desc, l.horizon_h
 
 demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -> train if needed -> score -> warehouse -> dbt
 	@$(PERISCOPE) services up
@@ -91,6 +105,7 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@$(PERISCOPE) ingest replay --source weather --stations $(DEMO_STATIONS) --follow-clock \
 	  --days $(DEMO_DAYS) --bad-rate 0.01
 	@$(PERISCOPE) ingest replay --source air_quality --follow-clock --days $(DEMO_DAYS) --bad-rate 0.01
+	@$(PERISCOPE) ingest replay --source taxi --follow-clock --days $(DEMO_TAXI_DAYS) --bad-rate 0.01
 	@$(PERISCOPE) bronze run --available-now
 	@$(PERISCOPE) silver run --available-now
 	@$(PERISCOPE) train --missing-only $(DEMO_TRAIN_SOURCES) --test-days 3 --validation-days 3 --max-train-days 30
@@ -102,6 +117,10 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@$(PERISCOPE) warehouse query "$(DEMO_ACCURACY_SQL)"
 	@echo "top anomalies (marts.fct_anomaly):"
 	@$(PERISCOPE) warehouse query "$(DEMO_ANOMALIES_SQL)"
+	@echo "taxi trips scored by the speed layer (marts.fct_trip: mean absolute error against the real trip):"
+	@$(PERISCOPE) warehouse query "$(DEMO_TRIPS_SQL)"
+	@echo "the busiest taxi zones' demand forecast (trips per hour, latest origin, 80% band):"
+	@$(PERISCOPE) warehouse query "$(DEMO_DEMAND_SQL)"
 	@echo
 	@echo "Where to look next:"
 	@echo "  periscope sql --tables                       every lake table (DuckDB views <layer>.<table>)"
