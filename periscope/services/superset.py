@@ -50,7 +50,7 @@ SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]
 SQLALCHEMY_DATABASE_URI = {metadata_uri!r}
 # Charts' results are cached per dataset (each dataset's cache_timeout, set in the bundle).
 DATA_CACHE_CONFIG = {{"CACHE_TYPE": "SimpleCache", "CACHE_DEFAULT_TIMEOUT": 240}}
-# One local user, no mail, no telemetry.
+# One local user, no mail.
 SUPERSET_WEBSERVER_PORT = {port}
 ENABLE_PROXY_FIX = False
 RATELIMIT_STORAGE_URI = "memory://"
