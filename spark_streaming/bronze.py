@@ -9,12 +9,15 @@ committed when a restarted query replays it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from periscope import Settings
 from periscope.contracts import SourceContract
+from periscope.errors import PeriscopeError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -26,6 +29,7 @@ __all__ = [
     "BronzeTarget",
     "ensure_bronze_table",
     "read_kafka",
+    "resume_offsets",
     "run_bronze",
     "start_bronze",
     "to_bronze",
@@ -86,15 +90,15 @@ def read_kafka(
     topic: str,
     *,
     max_offsets_per_trigger: int | None = None,
+    starting_offsets: str = "earliest",
 ) -> DataFrame:
-    """A streaming read of one topic from the earliest offset, failing loudly on data loss."""
+    """A streaming read of one topic (from the earliest offset by default), failing loudly on data loss."""
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
         .option("subscribe", topic)
-        .option(
-            "startingOffsets", "earliest"
-        )  # only used on the first run; then the checkpoint rules
+        # Only used on the first run; then the checkpoint rules.
+        .option("startingOffsets", starting_offsets)
         .option("failOnDataLoss", "true")
         # Bigger fetches: the default 1 MiB per partition makes a backlog a long chain of round trips.
         .option("kafka.max.partition.fetch.bytes", str(8 * 1024 * 1024))
@@ -149,6 +153,61 @@ def ensure_bronze_table(spark: SparkSession, table_path: str) -> None:
     )
 
 
+def _checkpoint_offsets(checkpoint: str, topic: str) -> dict[int, int] | None:
+    """The end offsets of the last micro-batch a local checkpoint planned (None: no checkpoint)."""
+    folder = Path(checkpoint) / "offsets"
+    batches = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit()), reverse=True)
+    if not batches:
+        return None
+    # Lines: the version, the batch metadata, then one offsets JSON per source.
+    sources = (folder / str(batches[0])).read_text().splitlines()[2:]
+    for line in sources:
+        offsets = json.loads(line)
+        if topic in offsets:
+            return {int(p): int(o) for p, o in offsets[topic].items()}
+    return None
+
+
+def resume_offsets(settings: Settings, target: BronzeTarget) -> str:
+    """Spark's `startingOffsets` for a table the direct writer may also have written.
+
+    With a checkpoint, the checkpoint rules, unless the table holds offsets past what the
+    checkpoint planned (the direct engine ran since): that is an error, not a duplicate. With
+    no checkpoint but rows in the table, resume after the last offset landed per partition.
+    """
+    from deltalake import DeltaTable
+
+    from spark_streaming.bronze_direct import app_id, landed_offsets
+
+    if "://" in target.table_path or not DeltaTable.is_deltatable(target.table_path):
+        return "earliest"  # a new table (or a cluster's: Spark's checkpoint alone decides)
+    table = DeltaTable(target.table_path)
+    planned = _checkpoint_offsets(target.checkpoint, target.topic)
+    if planned is not None:
+        for partition, end in planned.items():
+            mark = table.transaction_version(app_id(target.table_path, target.topic, partition))
+            if mark is not None and mark >= end:
+                raise PeriscopeError(
+                    f"{target.topic}[{partition}]: bronze holds offsets up to {mark}, past the "
+                    f"{end} that the Spark checkpoint {target.checkpoint} planned: the direct "
+                    "engine wrote since. Remove that checkpoint to resume from the table."
+                )
+        return "earliest"
+    landed = landed_offsets(table, target.topic)
+    if not landed:
+        return "earliest"
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    partitions = admin.list_topics(target.topic, timeout=30).topics[target.topic].partitions
+    # -2 is Spark's "earliest" for a partition with nothing landed yet.
+    starting = {str(p): landed[p] + 1 if p in landed else -2 for p in sorted(partitions)}
+    log.info(
+        "bronze %s: no checkpoint; resuming after the table's rows: %s", target.source, starting
+    )
+    return json.dumps({target.topic: starting})
+
+
 def start_bronze(
     spark: SparkSession,
     settings: Settings,
@@ -158,11 +217,16 @@ def start_bronze(
     max_offsets_per_trigger: int | None = None,
 ) -> StreamingQuery:
     """Start the bronze query for one source: continuous, or until caught up (`available_now`)."""
+    starting_offsets = resume_offsets(settings, target)
     ensure_bronze_table(spark, target.table_path)
     writer = (
         to_bronze(
             read_kafka(
-                spark, settings, target.topic, max_offsets_per_trigger=max_offsets_per_trigger
+                spark,
+                settings,
+                target.topic,
+                max_offsets_per_trigger=max_offsets_per_trigger,
+                starting_offsets=starting_offsets,
             )
         )
         .writeStream.format("delta")

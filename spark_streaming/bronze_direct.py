@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
+from periscope.metrics import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT
 from spark_streaming.bronze import BRONZE_COLUMNS, STATS_COLUMNS, BronzeTarget
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ __all__ = [
     "app_id",
     "bronze_rows",
     "ensure_bronze_table_direct",
+    "landed_offsets",
     "last_offsets",
     "run_bronze_direct",
     "start_offset",
@@ -203,8 +205,8 @@ def ensure_bronze_table_direct(table_path: str) -> DeltaTable:
     )
 
 
-def _landed_without_marks(table: DeltaTable, topic: str) -> dict[int, int]:
-    """Last offset per partition found in the rows themselves (a table the Spark engine wrote)."""
+def landed_offsets(table: DeltaTable, topic: str) -> dict[int, int]:
+    """Last offset per partition found in the table's rows of one topic (any engine's)."""
     if not table.file_uris():
         return {}
     rows = table.to_pyarrow_dataset().to_table(
@@ -220,6 +222,20 @@ def _landed_without_marks(table: DeltaTable, topic: str) -> dict[int, int]:
             strict=True,
         )
     )
+
+
+def _rows_may_pass_marks(table: DeltaTable, *, look_back: int = 20) -> bool:
+    """Whether rows may lie beyond this writer's marks: the Spark engine (or nobody) wrote last.
+
+    The newest commits say: a direct commit first means the marks are current; a Spark
+    streaming commit first, or neither among the last few, means read the rows to be sure.
+    """
+    for commit in table.history(limit=look_back):  # newest first
+        if commit.get("writer") == "bronze-direct":
+            return False
+        if commit.get("operation") == "STREAMING UPDATE":
+            return True
+    return True
 
 
 class DirectBronzeWriter:
@@ -252,7 +268,7 @@ class DirectBronzeWriter:
         self.timings = {"group_join": 0.0, "kafka_fetch": 0.0, "arrow": 0.0, "delta_commit": 0.0}
         self.stop_requested = threading.Event()
         self._buffer_started: float | None = None
-        self._run_started = time.perf_counter()
+        self._run_started = self._cycle_started = time.perf_counter()
         self._consumer: Consumer | None = None
 
     # --- consumer group -------------------------------------------------------------------
@@ -283,24 +299,37 @@ class DirectBronzeWriter:
         if not self.assigned_once:
             self.timings["group_join"] = time.perf_counter() - self._run_started
         self.assigned_once = True
-        for tp in partitions:
-            table = self.tables[tp.topic]
+        for topic in {tp.topic for tp in partitions}:
+            table, path = self.tables[topic], self.targets[topic].table_path
             table.update_incremental()
-            key = (tp.topic, tp.partition)
-            mark = table.transaction_version(
-                app_id(self.targets[tp.topic].table_path, tp.topic, tp.partition)
+            ours = [tp for tp in partitions if tp.topic == topic]
+            marks = {
+                tp.partition: table.transaction_version(app_id(path, topic, tp.partition))
+                for tp in ours
+            }
+            # Rows the Spark engine landed carry no marks of ours: read the offsets from the
+            # rows themselves when it may have written since, or a partition has no mark yet.
+            landed = (
+                landed_offsets(table, topic)
+                if table.version() > 0 and (None in marks.values() or _rows_may_pass_marks(table))
+                else {}
             )
-            recorded = mark
-            if recorded is None:
-                # No mark: a new table, or rows the Spark engine landed (resume after them).
-                recorded = _landed_without_marks(table, tp.topic).get(tp.partition)
-            low, high = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-            tp.offset = start_offset(
-                recorded, low=low, high=high, topic=tp.topic, partition=tp.partition
-            )
-            self.marks[key] = mark
-            self.position[key] = tp.offset
-            self.end_at_assign[key] = high
+            for tp in ours:
+                known = [
+                    o for o in (marks[tp.partition], landed.get(tp.partition)) if o is not None
+                ]
+                low, high = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+                tp.offset = start_offset(
+                    max(known) if known else None,
+                    low=low,
+                    high=high,
+                    topic=topic,
+                    partition=tp.partition,
+                )
+                key = (topic, tp.partition)
+                self.marks[key] = marks[tp.partition]
+                self.position[key] = tp.offset
+                self.end_at_assign[key] = high
         consumer.assign(partitions)
         if partitions:
             log.info(
@@ -341,7 +370,7 @@ class DirectBronzeWriter:
         """Consume and land until stopped (or, with `available_now`, until caught up)."""
         from confluent_kafka import Consumer
 
-        self._run_started = time.perf_counter()
+        self._run_started = self._cycle_started = time.perf_counter()
         # pyarrow's first array from Python objects imports pandas (~1.5 s of CPU): do it while
         # librdkafka joins the group and fetches (its threads need no GIL), not in batch 1.
         threading.Thread(target=pa.array, args=([b""],), daemon=True).start()
@@ -436,15 +465,21 @@ class DirectBronzeWriter:
             committed += [TopicPartition(topic, p, offset + 1) for p, offset in marks.items()]
             self.batches += 1
             elapsed = time.perf_counter() - started
+            source = self.targets[topic].source
+            RECORDS_IN.labels("bronze", source).inc(len(buffer))
+            RECORDS_OUT.labels("bronze", source).inc(len(buffer))
+            BATCH_SECONDS.labels("bronze", source).observe(elapsed)
             log.info(
                 "bronze_%s (direct): batch %d, +%d rows (%d this run), %.0f rows/s",
                 self.targets[topic].source,
                 self.batches,
                 len(buffer),
                 self.landed[topic],
-                len(buffer) / elapsed if elapsed else 0.0,
+                # Over the whole cycle (fetch + encode + commit), like Spark's processedRowsPerSecond.
+                len(buffer) / max(time.perf_counter() - self._cycle_started, 1e-9),
             )
         self._buffer_started = None
+        self._cycle_started = time.perf_counter()
         if committed and self._consumer is not None:
             # For lag tools only: the table, not these, decides where a writer resumes.
             self._consumer.commit(offsets=committed, asynchronous=True)

@@ -21,6 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from ingest.producer import build_producer, encode_record, send_all
 from periscope.contracts import get_contract
+from periscope.errors import PeriscopeError
 from periscope.lake import delta_row_count, read_delta
 from periscope.topics import TopicSpec, create_topics
 from spark_streaming.bronze import BRONZE_COLUMNS, BronzeTarget, read_kafka, start_bronze, to_bronze
@@ -309,3 +310,23 @@ def test_two_direct_writers_share_partitions_exactly_once(services, tmp_path):
                 process.wait(timeout=60)
     assert second.returncode == 0, second_log.read_text()[-3000:]
     _assert_exactly_once(table_path, _end_offsets(services, topic))
+
+
+def test_engines_take_turns_on_one_table(request, spark, services, tmp_path):
+    """Switching engines on one table neither skips nor repeats: each resumes after the other's
+    rows; a Spark checkpoint the direct writer has overtaken is an error, not a duplicate."""
+    topic = f"test-bronze-{uuid.uuid4().hex[:8]}"
+    create_topics(services, [TopicSpec(topic, 2, 1)])
+    target = BronzeTarget("test", topic, str(tmp_path / "bronze"), str(tmp_path / "checkpoint"))
+    landed = 0
+    for engine, count in (("direct", 300), ("spark", 200), ("direct", 100)):
+        _produce(services, topic, _records(count, start=landed))
+        _land(engine, request, services, target)
+        landed += count
+        assert delta_row_count(target.table_path) == landed, engine
+        _assert_exactly_once(target.table_path, _end_offsets(services, topic))
+
+    _produce(services, topic, _records(50, start=landed))
+    with pytest.raises(PeriscopeError, match="direct engine wrote since"):
+        start_bronze(spark, services, target, available_now=True)
+    assert delta_row_count(target.table_path) == landed
