@@ -258,7 +258,7 @@ def models_page(settings: Settings) -> None:
         try:
             accuracy = pd.DataFrame(marts.accuracy(settings, source=None, measure=None))
         except marts.WarehouseUnavailable as exc:
-            st.info(f"Accuracy {NOT_REPORTED}: the warehouse cannot be reached ({exc}).")
+            st.info(f"Accuracy {NOT_REPORTED}: the marts cannot be read ({exc}).")
             return
         if accuracy.empty:
             st.info("No forecast has been judged yet (the marts hold no accuracy rows).")

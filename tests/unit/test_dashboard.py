@@ -169,7 +169,7 @@ def test_models_page_shows_versions_and_says_the_warehouse_is_unreachable(app):
         ("weather_forecast", 2, 3),
         ("weather_anomaly", 1, 3),
     }
-    assert any("warehouse cannot be reached" in i.value for i in at.info)
+    assert any("the marts cannot be read" in i.value for i in at.info)
 
 
 def test_health_page_reports_throughput_lag_latency_and_quarantine(app):

@@ -1,0 +1,143 @@
+"""The live dashboard's first paint: how long until a browser shows each page's data.
+
+Builds the API benchmark's weather gold table (`--stations` x `--days` of hourly windows, 72
+forecasts a window; bench/api_latency.py's `build_lake`) in a temporary folder, or uses `--lake`.
+Starts `periscope dashboard` on 127.0.0.1 and opens it in headless Chromium (Debian's, driven by
+Playwright). Prints, for each page, the seconds until its data shows, in the first browser
+session after the server started (which loads the gold table into memory, once per server, as
+the API does) and in a later one. Entities is where a visit opens (its time counts from
+navigation: the first paint, target <= 3 s); the other pages count from the click that opens them.
+
+    nice -n 10 .venv/bin/python bench/dashboard_paint.py
+    nice -n 10 .venv/bin/python bench/dashboard_paint.py --stations 1000 --days 14
+    nice -n 10 .venv/bin/python bench/dashboard_paint.py --lake lake     # the project's own lake
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from api_latency import build_lake, free_port  # noqa: E402  (a sibling script)
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+CHROMIUM = "/usr/bin/chromium"
+# page -> what shows once it has drawn its data
+PAGES = {
+    "Entities": '[data-testid="stTable"], [data-testid="stDataFrame"]',
+    "Series": '[data-testid="stVegaLiteChart"]',
+    "Anomalies": '[data-testid="stDataFrame"], [data-testid="stAlert"]',
+    "Models": '[data-testid="stTable"], [data-testid="stAlert"]',
+    "System health": '[data-testid="stTable"]',
+}
+
+
+def start_dashboard(lake_root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PERISCOPE_LAKE_ROOT=str(lake_root.resolve()))
+    env.setdefault("PERISCOPE_POSTGRES_OWNER_PASSWORD", "unused")
+    env.setdefault("PERISCOPE_POSTGRES_BI_PASSWORD", "unused")
+    periscope = Path(sys.executable).with_name("periscope")
+    with log.open("wb") as out:  # a file: an unread pipe would block the server once full
+        return subprocess.Popen(
+            [str(periscope), "dashboard", "--port", str(port)], env=env, stdout=out, stderr=out
+        )
+
+
+def wait_until_up(url: str, server: subprocess.Popen[bytes], timeout_s: float = 300) -> float:
+    started = time.monotonic()
+    with console.status("starting Streamlit ..."):
+        while time.monotonic() - started < timeout_s:
+            if server.poll() is not None:
+                raise SystemExit("the dashboard exited: see its log")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(0.3)
+    raise SystemExit("the dashboard did not answer in time")
+
+
+def paint(page, name: str, started: float) -> float:  # type: ignore[no-untyped-def]
+    """Seconds since `started` until page `name` shows its heading and its data."""
+    heading = "Anomaly feed" if name == "Anomalies" else name
+    page.get_by_role("heading", name=heading).wait_for(timeout=600_000)
+    page.locator(PAGES[name]).first.wait_for(timeout=600_000)
+    return time.monotonic() - started
+
+
+def measure(url: str) -> dict[str, dict[str, float]]:
+    """Per page: `cold` (the first session after the server started) and `warm` (a new
+    session afterwards); Entities is the page a visit opens on, the others one click away."""
+    from playwright.sync_api import sync_playwright
+
+    figures: dict[str, dict[str, float]] = {name: {} for name in PAGES}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            for kind in ("cold", "warm"):
+                page = browser.new_page(viewport={"width": 1400, "height": 1200})
+                started = time.monotonic()
+                page.goto(url)
+                figures["Entities"][kind] = paint(page, "Entities", started)
+                for name in list(PAGES)[1:]:
+                    started = time.monotonic()
+                    page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
+                    figures[name][kind] = paint(page, name, started)
+                page.close()
+        finally:
+            browser.close()
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stations", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--lake", type=Path, help="Use this lake root instead of building one.")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="periscope-dashboard-bench-"))
+    try:
+        root = args.lake
+        if root is None:
+            root = workdir / "lake"
+            build_lake(root, args.stations, args.days)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = start_dashboard(root, port, workdir / "dashboard.log")
+        try:
+            up_s = wait_until_up(url, server)
+            figures = measure(url)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    what = f"lake {args.lake}" if args.lake else f"{args.stations} stations x {args.days} days"
+    table = Table(title=f"dashboard paint ({what}; Streamlit answered after {up_s:.1f} s)")
+    for column in ("page", "first session after start (s)", "a later session (s)"):
+        table.add_column(column, justify="right")
+    for name, f in figures.items():
+        table.add_row(name, f"{f['cold']:.2f}", f"{f['warm']:.2f}")
+    console.print(table)
+    console.print("target: warm first paint <= 3 s (issue 18)")
+
+
+if __name__ == "__main__":
+    main()
