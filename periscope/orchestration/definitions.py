@@ -111,6 +111,11 @@ def observe_lake(settings: Settings, nodes: Sequence[LakeNode]) -> Iterator[dg.O
         assert node.table is not None
         path = settings.lake_path(node.table)
         if not DeltaTable.is_deltatable(path):
+            # Observed as absent (no data version) rather than left out: a run's later steps
+            # count an asset that yields nothing as skipped, and skip themselves.
+            yield dg.ObserveResult(
+                asset_key=_asset_key(node.key), metadata={"path": path, "exists": False}
+            )
             continue
         table = DeltaTable(path)
         last_commit = table.history(1)[0]

@@ -196,9 +196,11 @@ def test_observations_carry_the_delta_version(tmp_path):
     path = settings.lake_path("gold/weather_predictions")
     for _ in range(3):
         write_deltalake(path, _features(1), mode="append")
-    results = list(observe_lake(settings, nodes))
-    assert [r.asset_key.to_user_string() for r in results] == ["lake/gold/weather_predictions"]
-    assert results[0].data_version == dg.DataVersion("2")
+    results = {r.asset_key.to_user_string(): r for r in observe_lake(settings, nodes)}
+    assert results["lake/gold/weather_predictions"].data_version == dg.DataVersion("2")
+    # Tables not in the lake are observed as absent: no data version.
+    assert len(results) == len(nodes)
+    assert results["lake/silver/weather_features"].data_version is None
     assert lake_versions(settings, nodes) == {"gold/weather_predictions": 2}
 
 
