@@ -85,8 +85,16 @@ def _entities_of(settings: Settings, contract: SourceContract) -> None:
     b.metric("anomalous now", flagged)
     c.metric("gold version", snap.version if snap.version is not None else NOT_REPORTED)
     located = frame.dropna(subset=["latitude", "longitude"])
-    if not located.empty:
-        _map(located)
+    # The grid first (left): it is the first paint; the map's deck.gl code loads after it.
+    grid_column, map_column = st.columns(2) if not located.empty else (st.container(), None)
+    with grid_column:
+        _grid(frame, contract)
+    if map_column is not None:
+        with map_column:
+            _map(located)
+
+
+def _grid(frame: pd.DataFrame, contract: SourceContract) -> None:
     grid = frame[["entity_id", "anomaly_score", "is_anomaly", "windows", "last_window_start"]]
     grid = grid.rename(columns={"entity_id": contract.key_field})
     if len(grid) > MAX_STYLED_ROWS:
