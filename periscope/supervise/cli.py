@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         """Start Kafka and PostgreSQL, create the topics, then run every long-running stage under supervisord.
 
         Programs (in start order; `down` stops in the reverse): api, dashboard and the Dagster
-        webserver/daemon when those commands exist, score, silver, bronze, and one ingest per source.
+        webserver (`periscope orchestrate`) when those commands exist, score, silver, bronze, and one ingest per source.
         Crashed programs are restarted (with backoff while they fail during start-up); each logs to
         .local/logs/<program>.log. Running it again applies changed options.
         """

@@ -122,11 +122,8 @@ def plan_programs(
     candidates = [
         Program("api", ("api",), needs=("api",)),
         Program("dashboard", ("dashboard",), needs=("dashboard",)),
-        # The orchestration commands another change adds; included once they exist.
-        Program(
-            "dagster-webserver", ("orchestrate", "webserver"), needs=("orchestrate", "webserver")
-        ),
-        Program("dagster-daemon", ("orchestrate", "daemon"), needs=("orchestrate", "daemon")),
+        # `dagster dev` (web server, daemon, code server) in one process tree; SIGTERM stops it.
+        Program("dagster", ("orchestrate",), needs=("orchestrate",)),
         # score finishes its round on SIGINT (once Ray runs, SIGTERM makes Ray's driver abort).
         Program(
             "score",
