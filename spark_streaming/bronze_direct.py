@@ -270,6 +270,7 @@ class DirectBronzeWriter:
         self._buffer_started: float | None = None
         self._run_started = self._cycle_started = time.perf_counter()
         self._consumer: Consumer | None = None
+        self._gave_up_partitions = False
 
     # --- consumer group -------------------------------------------------------------------
 
@@ -340,6 +341,7 @@ class DirectBronzeWriter:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Land what was read from these partitions while they are still ours.
         self.flush()
+        self._gave_up_partitions = True
         for tp in partitions:
             for table in (self.marks, self.position, self.end_at_assign):
                 table.pop((tp.topic, tp.partition), None)
@@ -348,6 +350,7 @@ class DirectBronzeWriter:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The group moved on without us (session timed out): the records are someone else's now.
         lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._gave_up_partitions = True
         log.warning("bronze direct: lost %s; dropping their buffered records", sorted(lost))
         for topic, buffer in self.buffers.items():
             keep = [i for i, p in enumerate(buffer.partitions) if (topic, p) not in lost]
@@ -421,6 +424,12 @@ class DirectBronzeWriter:
                 else:
                     raise KafkaException(error)
             messages = records
+        if self._gave_up_partitions:
+            # Records fetched before a revoke can come back from the same consume call: they
+            # belong to the partitions' new owner now.
+            self._gave_up_partitions = False
+            owned = self.end_at_assign
+            messages = [m for m in messages if (m.topic(), m.partition()) in owned]
         if len(self.buffers) == 1:
             groups = {next(iter(self.buffers)): messages}
         else:
