@@ -15,7 +15,7 @@ JARS     := .local/jars
 MVN      := mvn -q -B -Dstyle.color=never -s jvm/settings.xml
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps demo test test-unit test-integration lint lock services-up services-down clean distclean
+.PHONY: help setup system-deps demo serve test test-unit test-integration lint lock services-up services-down clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -129,8 +129,12 @@ demo: setup ## The whole main job: replay (rebased to now) -> bronze -> silver -
 	@echo "  periscope dbt docs && open dbt_project/target/index.html   the star schema's lineage"
 	@echo "  Superset/Tableau: postgresql://bi_reader@127.0.0.1:5433/periscope, schema marts (password in .env)"
 	@echo "  make demo again: only the history that 'happened' since is replayed and loaded"
+	@echo "  make serve                                   the REST API and the live dashboard: http://127.0.0.1:8000/docs, http://127.0.0.1:8501"
 	@$(PERISCOPE) bi provision
 	@$(PERISCOPE) bi open
+
+serve: ## The REST API and the live dashboard together (their URLs print as they start; Ctrl-C stops both)
+	@$(PERISCOPE) api & api=$$!; trap "kill $$api 2>/dev/null" EXIT INT TERM; $(PERISCOPE) dashboard
 
 # The tiers, each defined once. The unit tier is bare pytest (pyproject testpaths: the packages'
 # docstring examples under --doctest-modules, then tests/unit); the integration tier goes by path.
