@@ -572,7 +572,14 @@ def score(
     settings = get_settings()
     sources = _sources(source)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def request_stop(*_: object) -> None:
+        """SIGTERM or the first Ctrl-C: finish the round in flight, then stop; a second forces it."""
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
     serve_metrics("score", settings)
 
     def describe(report: RoundReport) -> str:
@@ -592,6 +599,8 @@ def score(
         )
 
     if not available_now:
+        # SIGINT too: once Ray runs, its driver answers SIGTERM by aborting; supervisors send SIGINT.
+        signal.signal(signal.SIGINT, request_stop)
         console.print(f"scoring {', '.join(sources)} as silver writes; Ctrl-C stops")
         try:
             run_scoring(

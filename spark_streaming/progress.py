@@ -29,10 +29,13 @@ def _field(progress, name: str):  # type: ignore[no-untyped-def]
     return progress[name] if isinstance(progress, dict) else getattr(progress, name)
 
 
-def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, int]:
+def follow(
+    queries: list[StreamingQuery], *, poll_s: float = 1.0, stop: threading.Event | None = None
+) -> dict[str, int]:
     """Block until every query stops; return {query name: input rows processed}.
 
-    Raises the first query failure (the others are stopped first).
+    Raises the first query failure (the others are stopped first). When `stop` is set, the
+    queries are stopped between micro-batches.
     """
     last_batch: dict[str, int] = defaultdict(lambda: -1)
     totals: dict[str, int] = defaultdict(int)
@@ -66,6 +69,9 @@ def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, i
         failed = [q for q in queries if not q.isActive and q.exception() is not None]
         if failed:
             break
+        if stop is not None and stop.is_set():
+            _stop_between_batches(queries)
+            continue
         time.sleep(poll_s)
     sweep()
     for query in queries:
@@ -80,23 +86,28 @@ def follow(queries: list[StreamingQuery], *, poll_s: float = 1.0) -> dict[str, i
 def follow_until_stopped(queries: list[StreamingQuery]) -> dict[str, int]:
     """`follow`, where Ctrl-C or SIGTERM stops the queries between micro-batches, not inside one.
 
-    SIGTERM is what a supervisor sends; it is handled like Ctrl-C. A micro-batch in flight is
-    let finish (it commits) before its query stops; a second signal stops at once.
+    SIGTERM is what a supervisor sends; it is handled like Ctrl-C. The handler only sets a
+    flag (an exception raised inside a py4j call would break the gateway); a micro-batch in
+    flight finishes and commits before its query stops. A second signal stops at once.
     """
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
-    try:
-        return follow(queries)
-    except KeyboardInterrupt:
-        log.info("stopping %s after their current micro-batch", ", ".join(q.name for q in queries))
-        for query in queries:
-            _wait_for_batch_end(query)
-            query.stop()
-        return follow(queries)
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+    return follow(queries, stop=stop)
 
 
-def _wait_for_batch_end(query: StreamingQuery, timeout_s: float = 600.0) -> None:
-    """Wait while the query runs a trigger (a batch is being processed and committed)."""
-    deadline = time.monotonic() + timeout_s
-    while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
-        time.sleep(0.2)
+def _stop_between_batches(queries: list[StreamingQuery]) -> None:
+    log.info("stopping %s after their current micro-batch", ", ".join(q.name for q in queries))
+    for query in queries:
+        deadline = time.monotonic() + 600.0
+        # isTriggerActive: a batch is being planned, processed or committed
+        while query.isActive and query.status["isTriggerActive"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        query.stop()

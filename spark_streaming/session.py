@@ -6,6 +6,7 @@ handed to Spark with `spark.jars`; nothing is resolved through Ivy at run time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,9 +77,24 @@ def build_spark_session(
         "spark.sql.warehouse.dir": str(settings.local_dir / "spark-warehouse"),
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_LOG4J2}",
         **DELTA_READER_SAFE_DEFAULTS,
+        **_loopback_only(master or settings.spark_master),
         **(conf or {}),
     }
+    if _loopback_only(master or settings.spark_master):
+        # The web UI binds SPARK_LOCAL_IP (else every interface); read when the JVM starts.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.appName(app_name).master(master or settings.spark_master)
     for key, value in options.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def _loopback_only(master: str) -> dict[str, str]:
+    """A local-mode driver listens on 127.0.0.1 only (its RPC and block manager ports).
+
+    Spark binds the host's address otherwise; a cluster master needs that reachable address,
+    so only `local[...]` is pinned (a `conf` override still wins).
+    """
+    if not master.startswith("local"):
+        return {}
+    return {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}
