@@ -385,8 +385,31 @@ def stage_metrics(settings: Settings, stages: Sequence[str] = METRIC_STAGES) -> 
         }
         if not wanted:
             rows.append({"stage": stage, "metric": NOT_REPORTED, "value": None})
-        rows += [{"stage": stage, "metric": n, "value": v} for n, v in sorted(wanted.items())]
+        rows += [{"stage": stage, "metric": n, "value": v} for n, v in _means(wanted).items()]
     return pd.DataFrame(rows, columns=["stage", "metric", "value"])
+
+
+def _means(samples: Mapping[str, float]) -> dict[str, float]:
+    """A histogram's `_sum` and `_count` as one mean (`<name>_mean{labels}`), the rest as they are.
+
+    >>> _means({"x_seconds_sum{a=1}": 6.0, "x_seconds_count{a=1}": 3.0, "y_behind": 2.0})
+    {'x_seconds_mean{a=1}': 2.0, 'y_behind': 2.0}
+    """
+    found: dict[str, float] = {}
+    for name, value in sorted(samples.items()):
+        base, brace, labels = name.partition("{")
+        if base.endswith("_sum"):
+            count = samples.get(f"{base.removesuffix('_sum')}_count{brace}{labels}")
+            if count:
+                found[f"{base.removesuffix('_sum')}_mean{brace}{labels}"] = value / count
+                continue
+        if (
+            base.endswith("_count")
+            and f"{base.removesuffix('_count')}_sum{brace}{labels}" in samples
+        ):
+            continue
+        found[name] = value
+    return found
 
 
 def _naive(moment: datetime) -> datetime:

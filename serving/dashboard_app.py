@@ -127,6 +127,7 @@ def _map(located: pd.DataFrame) -> None:
                   get_pixel_offset=[0, -16], get_color=[60, 60, 60]),
     ]  # fmt: skip
     view = compute_view(points[position].to_numpy().tolist())
+    view.zoom = max(view.zoom - 1, 0)  # a margin: the outermost entities stay in the frame
     tooltip = {"text": "{entity_id}: anomaly score {anomaly_score}"}
     st.pydeck_chart(
         pdk.Deck(layers=layers, initial_view_state=view, map_style=None, tooltip=tooltip)
