@@ -49,8 +49,14 @@ def gold(settings: Settings, contract: SourceContract) -> reads.GoldSnapshot:
 
 
 def shown(frame: pd.DataFrame) -> pd.DataFrame:
-    """Missing figures read "not reported", never a blank or NaN."""
-    return frame.astype(object).where(frame.notna(), NOT_REPORTED)
+    """Missing figures read "not reported", never a blank or NaN; floats at most 2 decimals."""
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, float):
+            return f"{value:.2f}".rstrip("0").rstrip(".")
+        return value
+
+    return frame.astype(object).where(frame.notna(), NOT_REPORTED).map(cell)
 
 
 def live(settings: Settings, panel: Callable[[], None]) -> None:
@@ -237,7 +243,7 @@ def anomalies_page(settings: Settings) -> None:
         counts = feed.groupby("source").size()
         for column, (source, n) in zip(st.columns(len(counts)), counts.items(), strict=True):
             column.metric(f"{source} flagged (shown)", int(n))
-        st.dataframe(shown(feed), hide_index=True)
+        st.dataframe(feed, hide_index=True)  # numbers stay numbers: sortable in the grid
 
     live(settings, panel)
 
@@ -331,6 +337,7 @@ def health_page(settings: Settings) -> None:
                 behind.append({"source": c.name, **progress})
         if behind:
             st.table(shown(pd.DataFrame(behind)))
+        st.caption("What the stages' Prometheus endpoints report (see the README's Metrics)")
         st.table(shown(dashboard.stage_metrics(settings)))
 
         st.subheader("Window end -> gold latency (newest 500 windows)")
