@@ -232,8 +232,11 @@ def record_progress(query_name: str, progress: Any) -> None:
     stage, _, source = query_name.partition("_")
     figures = progress_figures(progress)
     RECORDS_IN.labels(stage, source).inc(figures.rows_in)
-    if figures.rows_out is not None:
-        RECORDS_OUT.labels(stage, source).inc(figures.rows_out)
+    rows_out = figures.rows_out
+    if rows_out is None and stage == "bronze":
+        rows_out = figures.rows_in  # Spark 4's Delta sink reports -1; bronze lands every record
+    if rows_out is not None:
+        RECORDS_OUT.labels(stage, source).inc(rows_out)
     if figures.rows_in:  # idle triggers would drown the histogram in zeros
         BATCH_SECONDS.labels(stage, source).observe(figures.seconds)
     for stat, offsets in figures.offsets_behind.items():

@@ -65,6 +65,13 @@ def window_readings(
     )
 
 
+def _of_entity(rows: pa.Table, key: str, entity_id: str) -> pa.Table:
+    """The rows of one entity (compared in Python: see `lineage`)."""
+    return rows.filter(
+        pa.array([value == entity_id for value in rows[key].to_pylist()], pa.bool_())
+    )
+
+
 def _commit_time(entry: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(entry["timestamp"] / 1000, UTC)
 
@@ -117,7 +124,9 @@ def lineage(
 
     key = contract.key_field
     start = pa.scalar(_utc(window_start), _UTC_US)
-    this_window = (pc.field(key) == entity_id) & (pc.field("window_start") == start)
+    # The key is compared after the scan: delta-rs' MERGE writes string views, which Arrow's
+    # scan filter cannot compare with a string.
+    this_window = pc.field("window_start") == start
 
     def path(layer: str, entity: str) -> str:
         return settings.lake_path(contract.table(layer, entity))  # type: ignore[arg-type]
@@ -125,7 +134,7 @@ def lineage(
     gold_path = path("gold", "predictions")
     if not DeltaTable.is_deltatable(gold_path):
         return None
-    gold = read_delta(gold_path, None, this_window).to_pylist()
+    gold = _of_entity(read_delta(gold_path, None, this_window), key, entity_id).to_pylist()
     if not gold:
         return None
     row = gold[0]
@@ -134,7 +143,10 @@ def lineage(
         layer: str, entity: str, where: pc.Expression, columns: list[str] | None = None
     ) -> pa.Table | None:
         found = path(layer, entity)  # None: silver has not written this table (yet)
-        return read_delta(found, columns, where) if DeltaTable.is_deltatable(found) else None
+        if not DeltaTable.is_deltatable(found):
+            return None
+        rows = read_delta(found, columns, where)
+        return _of_entity(rows, key, entity_id) if key in rows.column_names else rows
 
     features_found = read("silver", "features", this_window)
     features = features_found.to_pylist() if features_found is not None else []
@@ -143,8 +155,11 @@ def lineage(
     batch = int(window.get("silver_batch_id", -1))
     ledger_found = read("silver", "batches", pc.field("batch_id") == batch)
     ledger = ledger_found.to_pylist() if ledger_found is not None else []
-    observations = read("silver", "observations", pc.field(key) == entity_id)
-    late = read("silver", "late", pc.field(key) == entity_id, _COORDINATES)
+    span = (pc.field("event_time") >= start) & (
+        pc.field("event_time") < pa.scalar(_utc(window["window_end"]), _UTC_US)
+    )
+    observations = read("silver", "observations", span)
+    late = read("silver", "late", span, [*_COORDINATES, key])
     if features and observations is not None:
         readings = window_readings(
             observations, late, start=window_start, end=window["window_end"], through_batch=batch
