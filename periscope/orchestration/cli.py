@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -122,6 +123,10 @@ def orchestrate(
     # `dagster dev` loads a .env of its working directory over the environment it was given;
     # Periscope reads its own .env already, where the environment wins. So: start from home.
     os.chdir(home)
+    # `dagster dev` stops on SIGTERM by treating it as SIGINT; a process started in the
+    # background inherits SIGINT ignored, and would then ignore both. Defaults survive exec.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Replace this process: a supervisor's signals reach `dagster dev`, which stops its children.
     os.execvpe(command[0], command, dagster_env(settings))
 
