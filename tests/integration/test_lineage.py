@@ -1,0 +1,158 @@
+"""Lineage on a small real pipeline: ten days of two weather stations replayed into Kafka (with
+malformed records mixed in), landed by the bronze and silver queries in several micro-batches,
+champions trained, windows scored into gold. One gold row is followed back: its readings
+must be exactly the bronze records at the coordinates lineage names, its versions must be
+the commits that wrote it, and the API and the CLI must answer the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+from fastapi.testclient import TestClient
+
+from ingest.replay import replay
+from ml.gold import run_scoring
+from ml.ray_session import ray_session
+from ml.training import TrainConfig, run_training
+from periscope.contracts import WEATHER
+from periscope.lake import read_delta
+from periscope.topics import create_topics, topic_specs
+from serving.api import create_app
+from serving.lineage import lineage
+from spark_streaming.bronze import run_bronze
+from spark_streaming.silver import run_silver
+
+pytestmark = pytest.mark.integration
+
+PERISCOPE = str(Path(sys.executable).parent / "periscope")
+STATIONS = ["denver", "boston"]
+UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-10-01 13:00
+CONFIG = TrainConfig(test_days=2, validation_days=2, max_train_days=None, anomaly_estimators=50)
+
+
+def _path(settings, layer: str, entity: str) -> str:
+    return settings.lake_path(WEATHER.table(layer, entity))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def scored(services, spark, tmp_path_factory) -> Iterator:
+    root = tmp_path_factory.mktemp("lineage")
+    settings = services.model_copy(
+        update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
+    )
+    create_topics(settings, topic_specs(settings, [WEATHER]))
+    replay(
+        settings,
+        WEATHER.name,
+        stations=STATIONS,
+        until=UNTIL,
+        bad_rate=0.03,
+        seed=5,
+        progress=False,
+    )
+    # Small batches: the window followed below is one of many, written by one of many batches.
+    run_bronze(settings, [WEATHER], available_now=True, max_offsets_per_trigger=100, spark=spark)
+    run_silver(settings, [WEATHER], available_now=True, max_files_per_trigger=1, spark=spark)
+    with ray_session(settings, workers=2):
+        training = run_training(settings, WEATHER.name, config=CONFIG, policy="if-none", workers=2)
+        assert set(training.registered) == {"forecast", "anomaly"}
+        run_scoring(settings, [WEATHER], available_now=True, actors=1, publish=False)
+    yield settings
+
+
+@pytest.fixture(scope="module")
+def followed(scored) -> tuple[dict, dict]:
+    """A gold row of denver in the middle of the run, and its lineage."""
+    gold = read_delta(
+        _path(scored, "gold", "predictions"), None, pc.field("station_id") == "denver"
+    )
+    rows = sorted(gold.to_pylist(), key=lambda r: r["window_start"])
+    row = rows[len(rows) // 2]
+    found = lineage(scored, WEATHER, "denver", row["window_start"])
+    assert found is not None
+    return row, found
+
+
+def test_the_readings_are_the_bronze_records_at_the_coordinates_lineage_names(scored, followed):
+    row, found = followed
+    readings = found["observations"]
+    assert readings and len(readings) == found["silver"]["reading_count"]
+    bronze = read_delta(_path(scored, "bronze", "raw")).to_pylist()
+    at = {(r["topic"], r["partition"], r["offset"]): r for r in bronze}
+    start = row["window_start"]
+    for reading in readings:
+        record = at[(reading["topic"], reading["partition"], reading["offset"])]
+        sent = json.loads(record["value"])
+        assert sent["station_id"] == "denver"
+        event_time = datetime.fromisoformat(reading["event_time"])
+        assert datetime.fromisoformat(sent["timestamp"].replace("Z", "+00:00")) == event_time
+        assert start <= event_time < start + timedelta(hours=3)
+        for measure in WEATHER.measures:
+            if sent.get(measure.name) is not None and reading.get(measure.name) is not None:
+                assert reading[measure.name] == pytest.approx(float(sent[measure.name]))
+
+
+def test_the_silver_batch_and_versions_are_the_commits_that_wrote_the_row(scored, followed):
+    row, found = followed
+    silver, gold = found["silver"], found["gold"]
+    window = (pc.field("station_id") == "denver") & (
+        pc.field("window_start") == row["window_start"]
+    )
+
+    def batch_at(version: int) -> int | None:
+        table = DeltaTable(_path(scored, "silver", "features"), version=version)
+        hits = table.to_pyarrow_dataset().to_table(filter=window, columns=["silver_batch_id"])
+        return hits["silver_batch_id"][0].as_py() if hits.num_rows else None
+
+    assert batch_at(silver["features_version"]) == silver["batch_id"]
+    assert batch_at(silver["features_version"] - 1) != silver["batch_id"]
+    assert silver["batch"]["batch_id"] == silver["batch_id"] and silver["batch"]["observations"] > 0
+
+    def scored_at(version: int) -> datetime | None:
+        table = DeltaTable(_path(scored, "gold", "predictions"), version=version)
+        hits = table.to_pyarrow_dataset().to_table(filter=window, columns=["scored_at"])
+        return hits["scored_at"][0].as_py() if hits.num_rows else None
+
+    assert scored_at(gold["version"]) == row["scored_at"]
+    assert scored_at(gold["version"] - 1) != row["scored_at"]
+
+
+def test_the_models_are_the_ones_in_the_gold_row(followed):
+    row, found = followed
+    assert found["models"] == {
+        "forecast": {"model": "weather_forecast", "version": row["forecast_version"]},
+        "anomaly": {"model": "weather_anomaly", "version": row["anomaly_version"]},
+    }
+    assert row["forecast_version"] is not None and row["anomaly_version"] is not None
+
+
+def test_the_api_and_the_cli_answer_the_same(scored, followed):
+    row, found = followed
+    start = row["window_start"].isoformat()
+    with TestClient(create_app(scored)) as client:
+        answer = client.get(f"/lineage/weather/denver/{start}")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == orjson.loads(orjson.dumps(found))
+        assert client.get(f"/lineage/weather/nowhere/{start}").status_code == 404
+        assert client.get("/lineage/weather/denver/not-a-time").status_code == 422
+    env = {**os.environ, "PERISCOPE_LAKE_ROOT": scored.lake_root}
+    shown = subprocess.run(
+        [PERISCOPE, "lineage", "weather", "denver", start, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(shown.stdout) == found
