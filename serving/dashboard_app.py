@@ -43,6 +43,35 @@ def _locations(source: str, data_dir: str) -> dict[str, tuple[float, float]]:
     return dashboard.entity_locations(CONTRACTS[source], Path(data_dir))
 
 
+# A series panel re-runs every few seconds: its reads of gold's files (forecasts) and of silver
+# are kept until gold's version moves (history) or for a refresh or two (observations).
+@st.cache_data(show_spinner=False, max_entries=64)
+def _history(
+    _snapshot: reads.GoldSnapshot,
+    lake_root: str,
+    source: str,
+    version: int | None,
+    entity_id: str,
+    hours: int,
+) -> list[dict[str, Any]]:
+    return dashboard.read_history(_snapshot, entity_id, hours=hours)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=10)
+def _observed(
+    _settings: Settings,
+    lake_root: str,
+    source: str,
+    entity_id: str,
+    measure: str,
+    start: datetime,
+    end: datetime,
+) -> pd.DataFrame:
+    contract = CONTRACTS[source]
+    target = next(t for t in contract.forecast_targets if t.name == measure)
+    return dashboard.observed_series(_settings, contract, entity_id, target, start, end)
+
+
 def gold(settings: Settings, contract: SourceContract) -> reads.GoldSnapshot:
     path = reads.gold_path(settings, contract)
     return _warm_gold(path, contract.name, settings.dashboard_refresh_s).snapshot()
@@ -166,11 +195,12 @@ def series_page(settings: Settings) -> None:
     a, b = st.columns(2)
     horizon = a.selectbox("forecast made h hours ahead", horizons)
     hours = b.slider("hours of windows", 12, 24 * 14, 72, step=12)
-    target = next(t for t in contract.forecast_targets if t.name == measure)
 
     def panel() -> None:
         snapshot = gold(settings, contract)
-        windows = dashboard.read_history(snapshot, entity_id, hours=hours)
+        windows = _history(
+            snapshot, settings.lake_root, snapshot.source, snapshot.version, entity_id, hours
+        )
         band = dashboard.forecast_band(windows, measure, horizon)
         latest = windows[-1:] if windows else []
         path = pd.concat(
@@ -182,9 +212,9 @@ def series_page(settings: Settings) -> None:
             st.info(f"{entity_id} has no windows in the last {hours} hours of its history.")
             return
         begin, finish = min(starts), max([*ends, *starts]) + timedelta(hours=1)
-        observed = dashboard.observed_series(
-            settings, contract, entity_id, target, begin.replace(tzinfo=UTC),
-            finish.replace(tzinfo=UTC),
+        observed = _observed(
+            settings, settings.lake_root, contract.name, entity_id, measure,
+            begin.replace(tzinfo=UTC), finish.replace(tzinfo=UTC),
         )  # fmt: skip
         flagged = pd.DataFrame(
             {"window_end": [w["window_end"] for w in windows if w.get("is_anomaly")]}
