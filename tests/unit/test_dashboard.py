@@ -250,3 +250,24 @@ def test_scrape_metrics_reads_the_prometheus_text_format():
     finally:
         server.shutdown()
     assert dashboard.scrape_metrics(f"http://127.0.0.1:{closed_port()}/metrics") is None
+
+
+def test_entity_locations_come_from_the_reader_or_not_at_all(tmp_path):
+    located = dashboard.entity_locations(CONTRACTS["weather"], SHARED / "data")
+    assert located["denver"] == pytest.approx((39.74, -104.98), abs=0.01)
+    # air quality's reader has no coordinates; weather's files missing: no map, no error
+    assert dashboard.entity_locations(CONTRACTS["air_quality"], SHARED / "data") == {}
+    assert dashboard.entity_locations(CONTRACTS["weather"], tmp_path) == {}
+
+
+def test_health_reads_of_a_lake_that_has_not_run_report_nothing(tmp_path):
+    now = datetime.now(UTC)
+    assert dashboard.commit_history(str(tmp_path / "silver" / "weather_observations")) == []
+    assert dashboard.silver_progress(str(tmp_path / "silver" / "weather_batches"), now) is None
+    assert dashboard.quarantine_by_reason(str(tmp_path / "silver" / "weather_quarantine")) == {}
+    assert dashboard.stage_throughput([], now) == {
+        "records_per_s": 0.0,
+        "batches": 0,
+        "median_batch_ms": None,
+        "last_commit_age_s": None,
+    }
