@@ -287,10 +287,11 @@ def check_forecast_health(context: OpExecutionContext) -> None:
 
 @dg.op(description="`periscope lake maintain`: compact small files, vacuum old ones.")
 def maintain_lake(context: OpExecutionContext) -> None:
-    result = run_periscope(["lake", "maintain", "--format", "json"], log=context.log)
-    failed = [r for r in json_rows(result.stdout) if r.get("error")]
-    for row in failed:
-        context.log.warning(f"{row['table']}: {row['error']}")
+    # Exit 1: a table failed (the others were still maintained); the rows say which.
+    result = run_periscope(["lake", "maintain", "--format", "json"], log=context.log, ok=(0, 1))
+    failed = [f"{r['table']}: {r['error']}" for r in json_rows(result.stdout) if r.get("error")]
+    if failed or result.returncode:
+        raise dg.Failure(description="; ".join(failed) or result.stderr[-2000:])
 
 
 @dg.job(description="The daily retrain (replaces `periscope scheduler`'s retrain job).")
@@ -310,18 +311,19 @@ def lake_maintenance() -> None:
 
 # --- the sensor ------------------------------------------------------------------------------
 def changed_sources(
-    before: Mapping[str, int], now: Mapping[str, int], nodes: Sequence[LakeNode]
+    before: Mapping[str, int], now: Mapping[str, int], contracts: Sequence[SourceContract]
 ) -> list[str]:
-    """The sources with a silver or gold table whose version moved (or appeared) since `before`.
+    """The sources with a table the warehouse loads (silver observations and features, gold)
+    whose Delta version moved, or which appeared, since `before`.
 
     >>> from periscope.contracts import get_contract
-    >>> nodes = lake_nodes(get_contract("weather"))
-    >>> changed_sources({"silver/weather_features": 3}, {"silver/weather_features": 4}, nodes)
+    >>> weather = [get_contract("weather")]
+    >>> changed_sources({"silver/weather_features": 3}, {"silver/weather_features": 4}, weather)
     ['weather']
-    >>> changed_sources({"bronze/weather_raw": 3}, {"bronze/weather_raw": 9}, nodes)
+    >>> changed_sources({"bronze/weather_raw": 3}, {"bronze/weather_raw": 9}, weather)
     []
     """
-    loaded = {n.table: n.source for n in nodes if n.table and not n.table.startswith("bronze/")}
+    loaded = {t.delta_table: t.source for c in contracts for t in warehouse_tables(c)}
     return sorted({loaded[t] for t, v in now.items() if t in loaded and before.get(t) != v})
 
 
@@ -342,7 +344,7 @@ def _lake_sensor(
     def new_lake_versions(context: SensorEvaluationContext) -> dg.SensorResult:
         before = json.loads(context.cursor) if context.cursor else {}
         now = lake_versions(settings, nodes)
-        sources = changed_sources(before, now, nodes)
+        sources = changed_sources(before, now, contracts)
         if not sources:
             return dg.SensorResult(
                 skip_reason="no new silver or gold version", cursor=json.dumps(now)

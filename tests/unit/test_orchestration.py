@@ -214,3 +214,19 @@ def test_dagster_binds_loopback_and_keeps_passwords_out_of_its_yaml(tmp_path):
     assert "owner-secret" not in text
     assert "password: {env: PERISCOPE_POSTGRES_OWNER_PASSWORD}" in text
     assert "base_dir" in dagster_yaml(_settings(local_dir=tmp_path))
+
+
+def test_the_maintenance_job_compacts_the_lake_through_the_cli(tmp_path, monkeypatch):
+    """The job runs `periscope lake maintain` as a subprocess, on the lake the settings name."""
+    from deltalake import DeltaTable
+
+    from periscope.orchestration.definitions import lake_maintenance
+
+    path = str(tmp_path / "silver" / "weather_features")
+    for _ in range(10):
+        write_deltalake(path, _features(1), mode="append")
+    monkeypatch.setenv("PERISCOPE_LAKE_ROOT", str(tmp_path))
+    result = lake_maintenance.execute_in_process()
+    assert result.success
+    assert DeltaTable(path).get_add_actions(flatten=True).num_rows == 1
+    assert DeltaTable(path).to_pyarrow_table().num_rows == 10
