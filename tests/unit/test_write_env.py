@@ -26,8 +26,11 @@ def test_env_gets_random_private_passwords(tmp_path):
     text = first.read_text()
     assert "change-me" not in text
     passwords = [line.split("=", 1)[1] for line in text.splitlines() if "_PASSWORD=" in line]
-    assert len(passwords) == 2 and all(len(p) >= 20 for p in passwords)
-    assert passwords[0] != passwords[1]
+    # Postgres owner and bi_reader, Superset's admin.
+    assert len(passwords) == 3 and all(len(p) >= 20 for p in passwords)
+    assert len(set(passwords)) == len(passwords)
+    [secret_key] = [line.split("=", 1)[1] for line in text.splitlines() if "_SECRET_KEY=" in line]
+    assert len(secret_key) >= 20 and secret_key not in passwords
     assert passwords != [
         line.split("=", 1)[1] for line in second.read_text().splitlines() if "_PASSWORD=" in line
     ]
