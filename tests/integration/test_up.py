@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
+from periscope.contracts import get_contract
 from periscope.services import KafkaBroker, PostgresServer
 from periscope.services._process import pid_alive
 from periscope.settings import Settings
@@ -116,8 +118,8 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
         assert ps.returncode == 0, ps.stdout + ps.stderr
         assert "bronze" in ps.stdout and "RUNNING" in ps.stdout
 
-        # Every program is up (score's Ray runtime and both Spark drivers listening) before
-        # the sockets are read, so none is missed for not having started yet.
+        # Score's Ray runtime and silver's Spark driver are up before the sockets are read, so
+        # none is missed for not having started yet.
         score_pid = programs["score"].pid
         assert score_pid is not None
         _wait_for(
@@ -125,6 +127,9 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
             240,
             "score's Ray runtime",
         )
+        # silver creates its tables once its Spark driver (RPC, block manager) is up
+        observations = settings.lake_path(get_contract("weather").table("silver", "observations"))
+        _wait_for(lambda: DeltaTable.is_deltatable(observations), 240, "silver's Spark driver")
         supervisord_pid = int(paths.pidfile.read_text())
         tree = descendants(supervisord_pid)
         service_pids = [kafka.status().pid, postgres.status().pid]
