@@ -223,7 +223,12 @@ def lineage(
 
 
 # --- `periscope lineage` -------------------------------------------------------------------------
-lineage_app = typer.Typer(invoke_without_command=True, no_args_is_help=True)
+# Options may follow the arguments (a group stops at its first argument by default).
+lineage_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=True,
+    context_settings={"allow_interspersed_args": True},
+)
 
 
 @lineage_app.callback()
