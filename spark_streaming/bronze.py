@@ -256,19 +256,20 @@ def run_bronze(
     With `available_now` the queries stop once caught up; otherwise they run until
     interrupted (Ctrl-C stops them between micro-batches) or one of them fails.
     """
-    from spark_streaming.progress import follow_until_stopped
+    from spark_streaming.progress import follow_until_stopped, stop_on_signals
     from spark_streaming.session import build_spark_session
 
-    spark = spark or build_spark_session("periscope-bronze", settings=settings)
-    queries = [
-        start_bronze(
-            spark,
-            settings,
-            BronzeTarget.for_contract(settings, contract),
-            available_now=available_now,
-            max_offsets_per_trigger=max_offsets_per_trigger,
-        )
-        for contract in contracts
-    ]
-    landed = follow_until_stopped(queries)
+    with stop_on_signals() as stop:  # a stop asked for during the slow start-up waits for it
+        spark = spark or build_spark_session("periscope-bronze", settings=settings)
+        queries = [
+            start_bronze(
+                spark,
+                settings,
+                BronzeTarget.for_contract(settings, contract),
+                available_now=available_now,
+                max_offsets_per_trigger=max_offsets_per_trigger,
+            )
+            for contract in contracts
+        ]
+        landed = follow_until_stopped(queries, stop=stop)
     return {contract.name: landed[f"bronze_{contract.name}"] for contract in contracts}

@@ -12,6 +12,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from periscope.metrics import record_progress
@@ -19,7 +21,7 @@ from periscope.metrics import record_progress
 if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
-__all__ = ["follow", "follow_until_stopped"]
+__all__ = ["follow", "follow_until_stopped", "stop_on_signals"]
 
 log = logging.getLogger("spark_streaming")
 
@@ -83,24 +85,44 @@ def follow(
     return {q.name: totals[q.name] for q in queries}
 
 
-def follow_until_stopped(queries: list[StreamingQuery]) -> dict[str, int]:
-    """`follow`, where Ctrl-C or SIGTERM stops the queries between micro-batches, not inside one.
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (previous handlers restored).
 
-    SIGTERM is what a supervisor sends; it is handled like Ctrl-C. The handler only sets a
-    flag (an exception raised inside a py4j call would break the gateway); a micro-batch in
-    flight finishes and commits before its query stops. A second signal stops at once.
+    The handler only sets the flag (an exception raised inside a py4j call would break the
+    gateway); a second signal raises KeyboardInterrupt, to stop at once. Installed before the
+    slow start-up, so a stop asked for then waits for the queries instead of breaking it.
     """
     stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
 
     def request_stop(signum: int, _frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-    return follow(queries, stop=stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def follow_until_stopped(
+    queries: list[StreamingQuery], *, stop: threading.Event | None = None
+) -> dict[str, int]:
+    """`follow`, where Ctrl-C or SIGTERM (what a supervisor sends) stops the queries between
+    micro-batches, not inside one: a batch in flight finishes and commits first.
+
+    `stop`: an event from `stop_on_signals` entered before the queries started.
+    """
+    if stop is not None:
+        return follow(queries, stop=stop)
+    with stop_on_signals() as own_stop:
+        return follow(queries, stop=own_stop)
 
 
 def _stop_between_batches(queries: list[StreamingQuery]) -> None:

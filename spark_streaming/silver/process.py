@@ -563,20 +563,21 @@ def run_silver(
     spark: SparkSession | None = None,
 ) -> dict[str, int]:
     """Run one silver query per source; returns bronze rows processed per source in this run."""
-    from spark_streaming.progress import follow_until_stopped
+    from spark_streaming.progress import follow_until_stopped, stop_on_signals
     from spark_streaming.session import build_spark_session
 
-    spark = spark or build_spark_session("periscope-silver", settings=settings)
-    queries = [
-        start_silver(
-            spark,
-            settings,
-            c,
-            SilverTables.for_contract(settings, c),
-            available_now=available_now,
-            max_files_per_trigger=max_files_per_trigger,
-        )
-        for c in contracts
-    ]
-    processed = follow_until_stopped(queries)
+    with stop_on_signals() as stop:  # a stop asked for during the slow start-up waits for it
+        spark = spark or build_spark_session("periscope-silver", settings=settings)
+        queries = [
+            start_silver(
+                spark,
+                settings,
+                c,
+                SilverTables.for_contract(settings, c),
+                available_now=available_now,
+                max_files_per_trigger=max_files_per_trigger,
+            )
+            for c in contracts
+        ]
+        processed = follow_until_stopped(queries, stop=stop)
     return {c.name: processed[f"silver_{c.name}"] for c in contracts}

@@ -179,3 +179,18 @@ def test_repeat_needs_a_command() -> None:
         from periscope.supervise.repeat import main
 
         main(["--every", "5"])
+
+
+def test_spark_stages_turn_a_stop_signal_into_a_flag_and_restore_the_handlers() -> None:
+    import os
+
+    from spark_streaming.progress import stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # a supervisor's stop: no exception, a flag
+        assert stop.wait(5)
+        with pytest.raises(KeyboardInterrupt):  # a second one forces the stop
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGTERM) is before
