@@ -120,6 +120,9 @@ def follow_until_stopped(
     `stop`: an event from `stop_on_signals` entered before the queries started.
     """
     if stop is not None:
+        if threading.current_thread() is threading.main_thread():
+            # SparkContext installed its own SIGINT handler (cancel jobs, raise) since: undo that
+            signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))
         return follow(queries, stop=stop)
     with stop_on_signals() as own_stop:
         return follow(queries, stop=own_stop)

@@ -45,7 +45,8 @@ class Program:
     name: str
     argv: tuple[str, ...]
     needs: tuple[str, ...]
-    # The stages drain on SIGINT (Spark: the micro-batch; score: the round); the rest stop on TERM.
+    # Bronze and silver drain their micro-batch on SIGTERM (SparkContext takes SIGINT over while
+    # starting); score drains its round on SIGINT (Ray's driver aborts on SIGTERM).
     stop_signal: StopSignal = "TERM"
     # How long a stop may take before supervisord SIGKILLs the process group (a batch's worth).
     stop_wait_s: int = 60
@@ -137,7 +138,7 @@ def plan_programs(
             "silver",
             ("silver", "run", *sources),
             needs=("silver", "run"),
-            stop_signal="INT",
+            stop_signal="TERM",
             stop_wait_s=180,
             start_s=15,
         ),
@@ -145,7 +146,7 @@ def plan_programs(
             "bronze",
             ("bronze", "run", *sources),
             needs=("bronze", "run"),
-            stop_signal="INT",
+            stop_signal="TERM",
             stop_wait_s=120,
             start_s=15,
         ),

@@ -80,7 +80,7 @@ def test_config_orders_logs_and_stops_each_program(tmp_path: Path) -> None:
     assert priority["ingest-weather"] > priority["bronze"] > priority["silver"] > priority["score"]
     assert priority["score"] > priority["api"]
     bronze = f"program:{'bronze'}"
-    assert config.get(bronze, "stopsignal") == "INT"  # drain the micro-batch, then stop
+    assert config.get(bronze, "stopsignal") == "TERM"  # drain the micro-batch, then stop
     assert config.get(bronze, "killasgroup") == "true"  # a stop that times out leaves no JVM
     assert config.get(bronze, "autorestart") == "true"
     assert config.get(bronze, "stdout_logfile") == str(tmp_path / "logs" / "bronze.log")
