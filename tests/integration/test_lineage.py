@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,13 +46,43 @@ def _path(settings, layer: str, entity: str) -> str:
     return settings.lake_path(WEATHER.table(layer, entity))  # type: ignore[arg-type]
 
 
+def _fresh_topics(settings) -> None:
+    """Delete and recreate weather's topics: earlier test modules of the session replay into the
+    same `weather-raw`, and this test's bronze reads from the earliest offset, so without this it
+    would land (and silver window, one bronze file per batch) every earlier module's records too."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    names = set(WEATHER.topics.values())
+    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
+    if doomed:
+        for done in admin.delete_topics(doomed, operation_timeout=30).values():
+            done.result()
+    deadline = time.monotonic() + 120
+    while names & set(admin.list_topics(timeout=30).topics):  # deletion is asynchronous
+        assert time.monotonic() < deadline, "weather's topics were not deleted"
+        time.sleep(0.5)
+    while True:
+        try:
+            create_topics(settings, topic_specs(settings, [WEATHER]))
+        except Exception:  # a topic still being deleted refuses creation for a moment
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
+        if names <= set(admin.list_topics(timeout=30).topics):
+            return
+        assert time.monotonic() < deadline, "weather's topics were not recreated"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def scored(services, spark, tmp_path_factory) -> Iterator:
     root = tmp_path_factory.mktemp("lineage")
     settings = services.model_copy(
         update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
     )
-    create_topics(settings, topic_specs(settings, [WEATHER]))
+    _fresh_topics(settings)
     replay(
         settings,
         WEATHER.name,
