@@ -560,7 +560,8 @@ def score(
 
     A source whose contract predicts measures per event (taxi: each trip's duration and fare)
     also has every new silver observation scored once by its per-event champion into
-    gold/<source>_event_predictions (the speed layer); without that champion its events wait.
+    gold/<source>_<event>_predictions (the speed layer; taxi: gold/taxi_trip_predictions);
+    without that champion its events wait.
     """
     import signal
     import threading

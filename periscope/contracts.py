@@ -272,6 +272,8 @@ class SourceContract:
     event_id_field: str | None = None
     # What one entity is called where people read it ("station", "zone", "customer").
     entity_label: str = "station"
+    # What one event is called ("trip", "order"): it names the speed layer's table and marts.
+    event_label: str = "event"
     window: WindowSpec = field(default_factory=WindowSpec)
     forecast_targets: tuple[ForecastTarget, ...] = ()
     # Fields whose window statistics the anomaly model reads; None = every measure with stats.
@@ -283,7 +285,7 @@ class SourceContract:
     # Cross-field checks with their own reason codes (a trip that ends before it starts).
     rules: tuple[Rule, ...] = ()
     # Measures a model predicts for every event as it arrives (the speed layer: a trip's
-    # duration and fare at pickup). Needs an event id; gold writes `<source>_event_predictions`.
+    # duration and fare at pickup). Needs an event id; gold writes `event_predictions_entity`.
     event_predictions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -301,6 +303,16 @@ class SourceContract:
     def table(self, layer: Literal["bronze", "silver", "gold"], entity: str) -> str:
         """A lake table name relative to the lake root, e.g. `silver/weather_features`."""
         return f"{layer}/{self.name}_{entity}"
+
+    @property
+    def event_predictions_entity(self) -> str:
+        """The speed layer's table entity, named by the event: `gold/<source>_<entity>`, the
+        lake and dbt tables after it, and the kind of its messages.
+
+        >>> get_contract("taxi").event_predictions_entity, get_contract("weather").event_predictions_entity
+        ('trip_predictions', 'event_predictions')
+        """
+        return f"{self.event_label}_predictions"
 
     # --- fields ---
     def field(self, name: str) -> Field:
@@ -396,6 +408,10 @@ def _check(contract: SourceContract) -> None:
     listed = ", ".join(names)
     if not re.fullmatch(r"[a-z][a-z0-9_]*", contract.name):
         fail("a source name is lowercase letters, digits and _ (it names topics and tables)")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", contract.event_label):
+        fail(
+            f"event label {contract.event_label!r} is not a lowercase identifier (it names tables)"
+        )
     for name in contract.event_predictions:
         if name not in contract.measure_names:
             fail(
@@ -578,6 +594,7 @@ TAXI = SourceContract(
     event_time_field="pickup_time",
     event_id_field="trip_id",
     entity_label="zone",
+    event_label="trip",  # gold/taxi_trip_predictions, stg_taxi__trip_predictions
     window=WindowSpec(
         "15 minutes",
         "5 minutes",

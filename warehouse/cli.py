@@ -72,7 +72,8 @@ def load(
             "--table",
             "-t",
             help=(
-                "observations, features, predictions and/or event_predictions (repeatable); "
+                "observations, features, predictions and/or event_predictions (repeatable; the "
+                "speed layer's <source>_<event>_predictions, e.g. taxi_trip_predictions); "
                 "default: all (event_predictions only for sources whose contract names some)."
             ),
             show_default=False,
@@ -86,7 +87,7 @@ def load(
 ) -> None:
     """Copy new lake rows into the Postgres schema `lake`, incrementally and idempotently.
 
-    Tables: silver/<source>_observations, silver/<source>_features and gold/<source>_predictions, whose forecasts list becomes lake.<source>_forecasts (one row per entity, window, measure and horizon), and for sources whose contract names event predictions the speed layer's gold/<source>_event_predictions (one row per event).
+    Tables: silver/<source>_observations, silver/<source>_features and gold/<source>_predictions, whose forecasts list becomes lake.<source>_forecasts (one row per entity, window, measure and horizon), and for sources whose contract names event predictions the speed layer's gold/<source>_<event>_predictions (one row per event; taxi: gold/taxi_trip_predictions).
 
     Only rows of the Delta files added since the version recorded in lake._load_state are copied: COPY into a staging table, upsert by key, one transaction per table, so a crash never leaves half a batch. A second run copies nothing. Tables not in the lake yet are skipped; exits 1 when none of the chosen tables exists.
     """
@@ -116,6 +117,7 @@ def load(
 
         results = load_tables(settings, specs, full=full, on_progress=on_progress)
 
+    with_forecasts = {s.name for s in specs if s.forecasts_table}
     rows = [
         (
             r.table,
@@ -129,10 +131,7 @@ def load(
                 else (
                     r.rows_loaded,
                     r.rows_changed,
-                    r.forecasts_loaded
-                    if r.table.endswith("_predictions")
-                    and not r.table.endswith("_event_predictions")
-                    else None,
+                    r.forecasts_loaded if r.table in with_forecasts else None,
                     r.delta_rows,
                     r.lake_rows if r.status == "loaded" else None,
                 )

@@ -145,7 +145,7 @@ def generated_files(
     for contract in chosen:
         models = _staging(contract)
         if contract.event_predictions:
-            models["event_predictions"] = _stg_event_predictions(contract)
+            models[contract.event_predictions_entity] = _stg_event_predictions(contract)
         for entity, (sql, spec) in models.items():
             name = f"stg_{contract.name}__{entity}"
             files[f"{STAGING_DIR}/{name}.sql"] = sql
@@ -192,8 +192,8 @@ def _sources_yaml(contracts: Sequence[SourceContract]) -> str:
         if c.event_predictions:
             tables.append(
                 {
-                    "name": f"{c.name}_event_predictions",
-                    "description": f"gold/{c.name}_event_predictions (the speed layer); one row per {c.event_id_field}.",
+                    "name": f"{c.name}_{c.event_predictions_entity}",
+                    "description": f"gold/{c.name}_{c.event_predictions_entity} (the speed layer); one row per {c.event_id_field}.",
                 }
             )
     tables.append(
@@ -401,6 +401,9 @@ def _contracts_macro(contracts: Sequence[SourceContract]) -> str:
             "feature_count": len(c.feature_columns()),
             "event_id_field": c.event_id_field,
             "event_predictions": list(c.event_predictions),
+            # The speed layer's table entity (`trip_predictions`): lake.<source>_<it>,
+            # stg_<source>__<it>; null where nothing is predicted per event.
+            "event_predictions_entity": c.event_predictions_entity if c.event_predictions else None,
         }
         for c in contracts
     }
@@ -410,7 +413,7 @@ def _contracts_macro(contracts: Sequence[SourceContract]) -> str:
         "{#- What the models and tests need to know of the contracts when they compile: the sources,\n"
         "    in registry order, each with its entity label, the numeric fields its observations\n"
         "    unpivot, the number of aggregate columns of its feature windows, its event id field\n"
-        "    and the measures its speed layer predicts per event. -#}\n"
+        "    and the measures its speed layer predicts per event, and that layer's table entity. -#}\n"
         "{% macro periscope_contracts() -%}\n"
         f"    {{{{ return(fromjson('{literal}')) }}}}\n"
         "{%- endmacro %}\n"
@@ -717,6 +720,7 @@ def _stg_event_predictions(c: SourceContract) -> _Model:
     """One row per event the speed layer scored: its predicted measures, wide."""
     assert c.event_id_field is not None, c.name  # the contract checks it
     header = f"-- {_HEADER}\n"
+    table = f"{c.name}_{c.event_predictions_entity}"
     columns = {
         c.key_field: "text",
         c.event_id_field: "text",
@@ -732,18 +736,18 @@ def _stg_event_predictions(c: SourceContract) -> _Model:
         (n, t) for n, t in columns.items() if n not in (c.key_field, c.event_id_field, "_loaded_at")
     ]
     sql = (
-        f"{header}-- One row per event scored by the speed layer, from lake.{c.name}_event_predictions.\n"
+        f"{header}-- One row per {c.event_label} scored by the speed layer, from lake.{table}.\n"
         "select\n"
         f"    '{c.name}'::text as source,\n"
         f"    p.{_q(c.key_field)}::text as entity_id,\n"
         f"    p.{_q(c.event_id_field)}::text as event_id,\n"
         + "".join(f"    p.{_q(n)}::{t} as {_q(n)},\n" for n, t in casts)
         + "    p._loaded_at::timestamptz as loaded_at\n"
-        f"from {_relation(f'{c.name}_event_predictions', columns)} as p\n"
+        f"from {_relation(table, columns)} as p\n"
     )
     spec: dict[str, object] = {
         "description": (
-            f"Grain: one {c.name} event scored by the speed layer ({c.event_id_field}): "
+            f"Grain: one {c.name} {c.event_label} scored by the speed layer ({c.event_id_field}): "
             f"predicted {', '.join(c.event_predictions)}, by which model version."
         ),
         "columns": [

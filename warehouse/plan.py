@@ -30,6 +30,7 @@ __all__ = [
     "has_entity",
     "loadable_columns",
     "plan_load",
+    "table_entity",
     "table_key",
     "table_specs",
 ]
@@ -69,6 +70,16 @@ def has_entity(contract: SourceContract, entity: str) -> bool:
     False
     """
     return entity != "event_predictions" or bool(contract.event_predictions)
+
+
+def table_entity(contract: SourceContract, entity: Entity) -> str:
+    """The entity in a lake table's name: the plan's own, but the speed layer's table is named
+    by the contract's event.
+
+    >>> table_entity(get_contract("taxi"), "event_predictions")
+    'trip_predictions'
+    """
+    return contract.event_predictions_entity if entity == "event_predictions" else entity
 
 
 def table_key(contract: SourceContract, entity: Entity) -> tuple[str, ...]:
@@ -112,8 +123,9 @@ class TableSpec:
 
     @property
     def name(self) -> str:
-        """The Postgres table (in schema `lake`) and the control row's name, e.g. `weather_features`."""
-        return f"{self.source}_{self.entity}"
+        """The Postgres table (in schema `lake`) and the control row's name, e.g.
+        `weather_features`, `taxi_trip_predictions`."""
+        return f"{self.source}_{table_entity(self.contract, self.entity)}"
 
     @property
     def delta_table(self) -> str:

@@ -13,7 +13,7 @@
 {%- for s in sources %}{% for entity in ['observations', 'features', 'predictions'] %}
 {%- do loaded_tables.append(s ~ '_' ~ entity) %}
 {%- endfor %}
-{%- if sources[s]['event_predictions'] %}{% do loaded_tables.append(s ~ '_event_predictions') %}{% endif %}
+{%- if sources[s]['event_predictions'] %}{% do loaded_tables.append(s ~ '_' ~ sources[s]['event_predictions_entity']) %}{% endif %}
 {%- endfor %}
 {%- set any_row = {'_loaded_at': 'timestamptz'} %}
 
@@ -102,7 +102,7 @@ trips as (
     union all
     select 'taxi: fct_trip scored trips vs lake event predictions of those trips',
         (select count(*)
-         from {{ lake_relation('taxi_event_predictions', {'trip_id': 'text'}) }} as p
+         from {{ lake_relation('taxi_trip_predictions', {'trip_id': 'text'}) }} as p
          where exists (
              select from {{ lake_relation('taxi_observations', {'trip_id': 'text'}) }} as o
              where o.trip_id = p.trip_id

@@ -12,7 +12,8 @@ messages out. One module per step:
 - `table`: the gold schema, its path, the scored-through mark, the MERGE.
 - `messages`: gold rows as `<source>-predictions` JSON, and publishing them.
 - `events`: the speed layer: each new silver observation of a source with event predictions
-  scored by its per-event champion into `gold/<source>_event_predictions`.
+  scored by its per-event champion into `gold/<source>_<event>_predictions`
+  (`gold/taxi_trip_predictions`).
 
 The Ray runtime comes from `ml.ray_session`; nothing here imports `ml.training`.
 """

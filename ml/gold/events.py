@@ -1,6 +1,7 @@
 """The speed layer: every accepted event of a source with `event_predictions` scored once.
 
-Silver observations in, `gold/<source>_event_predictions` rows out: one row per event id
+Silver observations in, `gold/<source>_<event>_predictions` rows out (the contract's
+`event_predictions_entity`, e.g. `gold/taxi_trip_predictions`): one row per event id
 (`contract.event_id_field`) with one `predicted_<measure>` per measure the contract predicts,
 made by the source's per-event champion (`ml.registry.EVENT_KINDS`, e.g. `taxi_trip`).
 
@@ -77,7 +78,7 @@ def event_kind(contract: SourceContract) -> ModelKind | None:
 
 
 def event_schema(contract: SourceContract) -> pa.Schema:
-    """The schema of gold/<source>_event_predictions: one row per event id.
+    """The schema of gold/<source>_<event>_predictions: one row per event id.
 
     >>> from periscope.contracts import get_contract
     >>> event_schema(get_contract("taxi")).names  # doctest: +NORMALIZE_WHITESPACE
@@ -154,7 +155,8 @@ def event_rows(
 
 # --- reads and writes ------------------------------------------------------------------------
 def event_predictions_path(settings: Settings, contract: SourceContract) -> str:
-    return settings.lake_path(contract.table("gold", "event_predictions"))
+    """Where the speed layer writes, e.g. `<lake>/gold/taxi_trip_predictions`."""
+    return settings.lake_path(contract.table("gold", contract.event_predictions_entity))
 
 
 def scored_events_through(path: str) -> int | None:

@@ -13,16 +13,25 @@ from periscope.messages import Publisher
 from periscope.settings import Settings
 
 __all__ = [
-    "EVENT_MESSAGE_KIND",
+    "event_message_kind",
     "event_prediction_messages",
     "prediction_messages",
     "publish_event_predictions",
     "publish_predictions",
 ]
 
-# Per-event predictions share `<source>-predictions` with the window rows; this field tells
-# a consumer which one it holds (window messages have no `kind`).
-EVENT_MESSAGE_KIND = "event_prediction"
+
+def event_message_kind(contract: SourceContract) -> str:
+    """The `kind` of a per-event prediction message, named by the contract's event.
+
+    Per-event predictions share `<source>-predictions` with the window rows; this field tells
+    a consumer which one it holds (window messages have no `kind`).
+
+    >>> from periscope.contracts import get_contract
+    >>> event_message_kind(get_contract("taxi"))
+    'trip_prediction'
+    """
+    return f"{contract.event_label}_prediction"
 
 
 def prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
@@ -129,29 +138,30 @@ def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.T
         publisher.close()
 
 
-def event_prediction_messages(rows: pa.Table, key: str) -> list[tuple[bytes | None, bytes]]:
+def event_prediction_messages(
+    rows: pa.Table, key: str, *, kind: str
+) -> list[tuple[bytes | None, bytes]]:
     """(entity, JSON) pairs for `<source>-predictions`, one per gold event row: the row's
-    columns and `"kind": "event_prediction"`; times RFC 3339 (UTC, "Z"), missing values null.
+    columns and `"kind": kind` (`event_message_kind`); times RFC 3339 (UTC, "Z"), missing
+    values null.
 
     >>> import pyarrow as pa
     >>> rows = pa.table({"zone": ["7"], "trip_id": ["t1"], "predicted_fare_amount": [9.5]})
-    >>> event_prediction_messages(rows, "zone")
-    [(b'7', b'{"zone":"7","trip_id":"t1","predicted_fare_amount":9.5,"kind":"event_prediction"}')]
+    >>> event_prediction_messages(rows, "zone", kind="trip_prediction")
+    [(b'7', b'{"zone":"7","trip_id":"t1","predicted_fare_amount":9.5,"kind":"trip_prediction"}')]
     """
     import orjson
 
     scalars = _with_text_times(rows).to_pylist()
-    return [
-        (str(row[key]).encode(), orjson.dumps({**row, "kind": EVENT_MESSAGE_KIND}))
-        for row in scalars
-    ]
+    return [(str(row[key]).encode(), orjson.dumps({**row, "kind": kind})) for row in scalars]
 
 
 def publish_event_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
     publisher = Publisher(settings, client_id="periscope-score-events")
     try:
         return publisher.publish(
-            contract.topic("predictions"), event_prediction_messages(rows, contract.key_field)
+            contract.topic("predictions"),
+            event_prediction_messages(rows, contract.key_field, kind=event_message_kind(contract)),
         )
     finally:
         publisher.close()

@@ -2,8 +2,9 @@
 
 Pure functions of the contracts (no Dagster objects), so the graph is testable on its own:
 `kafka/<source>-raw` -> `lake/bronze/<source>_raw` -> `lake/silver/<source>_observations`,
-`_quarantine`, `_features` -> `lake/gold/<source>_predictions` (and `_event_predictions` where
-the contract names event predictions) -> `warehouse/lake/<table>` (the loader's Postgres
+`_quarantine`, `_features` -> `lake/gold/<source>_predictions` (and the speed layer's
+`<source>_<event>_predictions`, e.g. `taxi_trip_predictions`, where the contract names event
+predictions) -> `warehouse/lake/<table>` (the loader's Postgres
 tables, a subset per source) -> dbt.
 """
 
@@ -92,7 +93,7 @@ def lake_nodes(contract: SourceContract) -> list[LakeNode]:
         ),
     ]
     if contract.event_predictions:
-        events = contract.table("gold", "event_predictions")
+        events = contract.table("gold", contract.event_predictions_entity)
         nodes.append(
             LakeNode(
                 _lake_key(events),
@@ -120,7 +121,7 @@ def warehouse_tables(contract: SourceContract) -> list[WarehouseTable]:
 
     >>> from periscope.contracts import get_contract
     >>> [t.name for t in warehouse_tables(get_contract("taxi"))][-2:]
-    ['taxi_forecasts', 'taxi_event_predictions']
+    ['taxi_forecasts', 'taxi_trip_predictions']
     """
     name = contract.name
     tables = [
@@ -130,8 +131,8 @@ def warehouse_tables(contract: SourceContract) -> list[WarehouseTable]:
         WarehouseTable(f"{name}_forecasts", contract.table("gold", "predictions"), name),
     ]
     if contract.event_predictions:
-        events = contract.table("gold", "event_predictions")
-        tables.append(WarehouseTable(f"{name}_event_predictions", events, name))
+        entity = contract.event_predictions_entity
+        tables.append(WarehouseTable(f"{name}_{entity}", contract.table("gold", entity), name))
     return tables
 
 

@@ -3,7 +3,7 @@
 Three days of real January 2023 trips are replayed into Kafka and landed in bronze and silver
 in several small silver batches; `score` first runs without a trip champion (windows scored,
 trips wait), then a small trip regressor is trained on silver and registered as champion.
-Then every silver observation must have exactly one row in gold/taxi_event_predictions, a
+Then every silver observation must have exactly one row in gold/taxi_trip_predictions, a
 rerun must add nothing, and a scorer SIGKILLed mid-run and started again must lose and
 duplicate nothing.
 """

@@ -145,3 +145,5 @@ def test_event_predictions_name_measures_of_a_contract_with_an_event_id():
         _contract(event_predictions=("items",))
     with pytest.raises(ContractError, match="event predictions need an event_id_field"):
         _contract(event_id_field=None, event_predictions=("reading",))
+    with pytest.raises(ContractError, match="event label 'Trip' is not a lowercase identifier"):
+        _contract(event_label="Trip")

@@ -15,15 +15,17 @@ import pytest
 from ml.gold.events import (
     EVENT_SCORE_APP_ID,
     event_kind,
+    event_predictions_path,
     event_rows,
     event_schema,
     predict_events,
     scored_events_through,
     write_event_predictions,
 )
-from ml.gold.messages import EVENT_MESSAGE_KIND, event_prediction_messages
+from ml.gold.messages import event_message_kind, event_prediction_messages
 from periscope.contracts import TAXI, Measure, SourceContract, Text, get_contract
 from periscope.errors import PeriscopeError
+from periscope.settings import Settings
 
 SCORED_AT = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
@@ -91,6 +93,28 @@ def test_a_contract_predicting_per_event_without_a_registered_kind_has_no_event_
     assert event_kind(TAXI) == "trip" and event_kind(get_contract("weather")) is None
 
 
+def test_the_speed_layers_table_and_messages_are_named_by_the_contracts_event():
+    settings = Settings(_env_file=None, lake_root="/lake")
+    assert event_predictions_path(settings, TAXI) == "/lake/gold/taxi_trip_predictions"
+    assert event_message_kind(TAXI) == "trip_prediction"
+    orders = SourceContract(
+        "orders",
+        "e-commerce orders",
+        fields=(Text("customer"), Text("order_id"), Measure("total", "USD", 0, 1e4)),
+        key_field="customer",
+        event_id_field="order_id",
+        event_label="order",
+        event_predictions=("total",),
+    )
+    assert event_predictions_path(settings, orders) == "/lake/gold/orders_order_predictions"
+    assert event_message_kind(orders) == "order_prediction"
+    # A contract that names no event keeps the generic name.
+    unnamed = SourceContract(
+        "toy", "a toy", fields=orders.fields, key_field="customer", event_id_field="order_id"
+    )
+    assert event_predictions_path(settings, unnamed) == "/lake/gold/toy_event_predictions"
+
+
 def test_rows_keep_each_event_with_its_predictions_in_order():
     rows = _rows(_observations(), [10.0, 11.0, float("nan")], [9.5, 12.25, 14.0])
     assert rows.schema == event_schema(TAXI)
@@ -135,7 +159,7 @@ def test_predict_events_asks_the_model_for_each_contract_measure_in_row_order():
 
 def test_a_message_is_the_row_with_its_kind_and_utc_times():
     rows = _rows(_observations(2), [10.0, float("nan")], [9.5, 12.0])
-    messages = event_prediction_messages(rows, TAXI.key_field)
+    messages = event_prediction_messages(rows, TAXI.key_field, kind=event_message_kind(TAXI))
     assert [key for key, _ in messages] == [b"74", b"41"]
     first, second = (orjson.loads(value) for _, value in messages)
     assert first == {
@@ -148,7 +172,7 @@ def test_a_message_is_the_row_with_its_kind_and_utc_times():
         "event_model": "taxi_trip",
         "event_model_version": 3,
         "scored_at": "2026-01-05T12:00:00.000000Z",
-        "kind": EVENT_MESSAGE_KIND,
+        "kind": "trip_prediction",
     }
     assert second["predicted_duration_min"] is None
 
@@ -156,7 +180,7 @@ def test_a_message_is_the_row_with_its_kind_and_utc_times():
 def test_merge_on_the_event_id_keeps_one_row_per_event_and_records_the_mark(tmp_path):
     from deltalake import DeltaTable
 
-    path = str(tmp_path / "gold" / "taxi_event_predictions")
+    path = str(tmp_path / "gold" / "taxi_trip_predictions")
     assert scored_events_through(path) is None
     write_event_predictions(path, _rows(_observations(3), [1.0, 2.0, 3.0], [4, 5, 6]), 7, TAXI)
     assert scored_events_through(path) == 7

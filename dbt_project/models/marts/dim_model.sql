@@ -11,7 +11,7 @@ with used as (
     {%- for source_name, facts in periscope_contracts().items() if facts['event_predictions'] %}
     union
     select distinct source, event_model, event_model_version, 'event'
-    from {{ ref('stg_' ~ source_name ~ '__event_predictions') }}
+    from {{ ref('stg_' ~ source_name ~ '__' ~ facts['event_predictions_entity']) }}
     {%- endfor %}
 )
 

@@ -19,7 +19,7 @@ with trips as (
         -- greatest() skips nulls: an unscored trip counts from its observation alone.
         greatest(t.loaded_at, p.loaded_at) as row_loaded_at
     from {{ ref('stg_taxi__trips') }} as t
-    left join {{ ref('stg_taxi__event_predictions') }} as p on t.trip_id = p.event_id
+    left join {{ ref('stg_taxi__trip_predictions') }} as p on t.trip_id = p.event_id
 )
 
 select
