@@ -143,8 +143,8 @@ $(VENV)/bin/ruff check .
 $(VENV)/bin/ruff format --check .
 $(VENV)/bin/mypy
 endef
-UNIT_TESTS := $(PY) -m pytest -q
-INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q
+UNIT_TESTS := $(PY) -m pytest -q --durations=15
+INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q --durations=30
 
 test: setup ## Lint, then the unit tier (with docstring examples), then the integration tier
 	@$(LINT)

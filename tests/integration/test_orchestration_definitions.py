@@ -1,9 +1,13 @@
 """The Dagster definitions: they load, the lineage runs from Kafka to the marts, the schedules
-and sensors are the intended ones, and the sensor and observations read real Delta tables."""
+and sensors are the intended ones, and the sensor and observations read real Delta tables.
+
+No services are needed, but loading the definitions runs a real `dbt parse` (~15 s) and the
+maintenance job a `periscope` subprocess: too slow for the unit tier's budget, so it is here."""
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -17,6 +21,21 @@ from periscope.orchestration.dbt import dbt_env_vars
 from periscope.orchestration.definitions import build_definitions, lake_versions, observe_lake
 from periscope.orchestration.graph import lake_nodes, warehouse_tables
 from periscope.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _explicit_settings():
+    """As in the unit tier: defaults plus what a test sets, not the test services' variables."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(Settings.model_config, "env_file", None)
+        for name in list(os.environ):
+            if name.startswith("PERISCOPE_"):
+                mp.delenv(name)
+        mp.setenv("PERISCOPE_POSTGRES_OWNER_PASSWORD", "owner-secret")
+        mp.setenv("PERISCOPE_POSTGRES_BI_PASSWORD", "bi-secret")
+        yield
 
 
 def _settings(**values) -> Settings:
