@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = Field(default=4, ge=1)
     spark_ui_enabled: bool = True
     ray_address: str = Field(default="", description="Ray cluster address; empty = local Ray.")
+    ray_host: str = Field(
+        default="127.0.0.1",
+        description="Address of a local Ray runtime: a loopback address keeps every Ray server "
+        "(GCS, raylet, workers, agents) on loopback; another address is the node's own, and Ray "
+        "then listens on every interface (its default).",
+    )
 
     # --- models --------------------------------------------------------------------------
     mlflow_tracking_uri: str = Field(
