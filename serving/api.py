@@ -354,9 +354,10 @@ def create_app(
         """Windows the anomaly models flagged, newest first."""
         names = [source] if source is not None else list(sources)
         snaps = [snapshot(name) for name in names]
-        return _json(
-            reads.anomalies(snaps, _utc(since) if since else None, min(limit, MAX_ANOMALIES))
+        body = reads.anomalies_json(
+            snaps, _utc(since) if since else None, min(limit, MAX_ANOMALIES)
         )
+        return Response(body, media_type="application/json")
 
     @app.get(
         "/lineage/{source}/{entity_id}/{window_start}",

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -37,6 +38,7 @@ __all__ = [
     "GoldSnapshot",
     "WarmGold",
     "anomalies",
+    "anomalies_json",
     "build_snapshot",
     "empty_snapshot",
     "entities",
@@ -81,6 +83,8 @@ class GoldSnapshot:
     flagged_order: list[int] = field(repr=False)
     # The data files the index rows came from, by the id in their `_file` column.
     files: dict[int, str] = field(default_factory=dict, repr=False)
+    # The API's JSON of `flagged` rows, by row number, made on first use (see anomalies_json).
+    flagged_json: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
 def empty_snapshot(source: str, key: str) -> GoldSnapshot:
@@ -124,6 +128,7 @@ def build_snapshot(
     flagged = index.filter(pc.fill_null(index.column("is_anomaly"), False))
     flagged = flagged.sort_by([(WINDOW_START, "descending"), (key, "ascending")])
     order = [-m for m in _micros(flagged.column(WINDOW_START))]
+    flagged = flagged.drop(_PRIVATE)
     return GoldSnapshot(
         source,
         key,
@@ -132,7 +137,7 @@ def build_snapshot(
         index,
         spans,
         latest,
-        flagged.drop(_PRIVATE),
+        flagged,
         order,
         files,
     )
@@ -242,19 +247,57 @@ def history(
 
 def anomalies(snapshots: Iterable[GoldSnapshot], since: datetime | None, limit: int) -> list[Row]:
     """Flagged windows of the given sources, newest first, window_start >= since, at most `limit`."""
-    found: list[Row] = []
+    keyed: list[tuple[tuple[int, str, str], Row]] = []
     for snap in snapshots:
-        end = len(snap.flagged_order)
-        if since is not None:
-            end = bisect.bisect_right(snap.flagged_order, -_to_micros(since))
-        for row in snap.flagged.slice(0, min(end, limit)).to_pylist():
-            shown = _public(row, snap.key)
-            shown["source"] = snap.source
-            found.append(shown)
-    # Newest first; within a window, by source and entity (the order of each snapshot's slice).
-    found.sort(key=lambda r: (r["source"], r["entity_id"]))
-    found.sort(key=lambda r: r[WINDOW_START], reverse=True)
-    return found[:limit]
+        end = _flagged_end(snap, since, limit)
+        for order, row in zip(
+            snap.flagged_order[:end], snap.flagged.slice(0, end).to_pylist(), strict=True
+        ):
+            shown = _flagged_row(snap, row)
+            keyed.append(((order, snap.source, shown["entity_id"]), shown))
+    keyed.sort(key=lambda item: item[0])  # newest first; within a window by source, entity
+    return [row for _, row in keyed[:limit]]
+
+
+def anomalies_json(snapshots: Iterable[GoldSnapshot], since: datetime | None, limit: int) -> bytes:
+    """`anomalies` as a JSON array (the API's body), from rows serialised once per snapshot.
+
+    Why: turning Arrow timestamps into Python datetimes costs ~3 µs each, 1-2 ms of CPU for an
+    answer of 100 rows; a flagged row of one gold version never changes, so its JSON is kept
+    (on first use: the rows asked for, not all of them) until the version moves.
+    """
+    keyed: list[tuple[tuple[int, str, str], bytes]] = []
+    for snap in snapshots:
+        end = _flagged_end(snap, since, limit)
+        entities = snap.flagged.column(snap.key).slice(0, end).to_pylist()
+        cached = snap.flagged_json
+        missing = [i for i in range(end) if i not in cached]
+        if missing:  # one slice covering them: usually the rows after an earlier answer's
+            lo, hi = missing[0], missing[-1] + 1
+            for i, row in enumerate(snap.flagged.slice(lo, hi - lo).to_pylist(), lo):
+                cached[i] = orjson.dumps(_flagged_row(snap, row), option=orjson.OPT_NAIVE_UTC)
+        keyed += [
+            ((order, snap.source, entity), cached[i])
+            for i, (order, entity) in enumerate(
+                zip(snap.flagged_order[:end], entities, strict=True)
+            )
+        ]
+    keyed.sort(key=lambda item: item[0])
+    return b"[" + b",".join(body for _, body in keyed[:limit]) + b"]"
+
+
+def _flagged_end(snap: GoldSnapshot, since: datetime | None, limit: int) -> int:
+    """How many of `snap.flagged` (newest first) start at or after `since`, at most `limit`."""
+    end = len(snap.flagged_order)
+    if since is not None:
+        end = bisect.bisect_right(snap.flagged_order, -_to_micros(since))
+    return min(end, limit)
+
+
+def _flagged_row(snap: GoldSnapshot, row: Row) -> Row:
+    shown = _public(row, snap.key)
+    shown["source"] = snap.source
+    return shown
 
 
 def _to_micros(moment: datetime) -> int:

@@ -6,14 +6,15 @@ must say so (503), the lake endpoints must not care.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import orjson
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
-from periscope.contracts import WEATHER
+from periscope.contracts import AIR_QUALITY, WEATHER
 from serving import reads
 from serving.api import MAX_ANOMALIES, create_app
 from tests.unit.test_api_lake import (
@@ -181,6 +182,21 @@ def test_anomaly_limit_is_capped(tmp_path):
     with TestClient(create_app(lake_settings(tmp_path))) as c:
         found = c.get("/anomalies", params={"limit": 5000}).json()
     assert len(found) == MAX_ANOMALIES == 1000 < many.num_rows
+
+
+def test_anomaly_json_is_the_rows_of_anomalies_whatever_its_cache_holds(lake):
+    settings = lake_settings(lake)
+    snaps = [
+        reads.WarmGold(reads.gold_path(settings, c), c, refresh_s=0).refresh()
+        for c in (WEATHER, AIR_QUALITY)
+    ]
+    # Overlapping asks in an order that leaves gaps in the cache between them.
+    asks = [(_iso(40), 2), (None, 3), (_iso(10), 100), (None, 100), (_iso(0), 1), (_iso(47), 5)]
+    for since, limit in asks:
+        moment = None if since is None else datetime.fromisoformat(since)
+        expected = orjson.dumps(reads.anomalies(snaps, moment, limit), option=orjson.OPT_NAIVE_UTC)
+        assert reads.anomalies_json(snaps, moment, limit) == expected
+    assert len(snaps[0].flagged_json) == snaps[0].flagged.num_rows  # all asked for by now
 
 
 # --- bad input ---------------------------------------------------------------------------------
