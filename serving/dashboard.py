@@ -29,8 +29,10 @@ from serving import reads
 
 __all__ = [
     "APP_PATH",
+    "MAX_STYLED_ROWS",
     "NOT_REPORTED",
     "STAGE_TABLES",
+    "TOP_ROWS",
     "anomaly_feed",
     "commit_history",
     "entity_frame",
@@ -57,6 +59,12 @@ STAGE_TABLES: tuple[tuple[Literal["bronze", "silver", "gold"], str], ...] = (
     ("silver", "observations"),
     ("gold", "predictions"),
 )
+# An Entities grid of more than MAX_STYLED_ROWS is a plain (virtualised) data frame, after a
+# coloured table of the TOP_ROWS most anomalous: that table is the first paint, drawn before
+# the browser has the grid's code (~1.5 MB of JavaScript Streamlit fetches when a page first
+# shows a data frame: 1-2 s of a busy 2-core machine).
+MAX_STYLED_ROWS = 300
+TOP_ROWS = 20
 # Stages that may serve Prometheus metrics (settings `metrics_<stage>_port`, 0 = none).
 METRIC_STAGES = ("ingest", "bronze", "silver", "score")
 

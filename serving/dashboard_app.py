@@ -20,7 +20,6 @@ from periscope.settings import Settings, get_settings
 from serving import dashboard, health, marts, reads
 
 NOT_REPORTED = dashboard.NOT_REPORTED
-MAX_STYLED_ROWS = 300  # above this an entity grid is a plain (virtualised) data frame
 
 
 # --- cached resources: one warm gold table per source, as the API keeps them -------------------
@@ -132,11 +131,19 @@ def _entities_of(settings: Settings, contract: SourceContract) -> None:
 def _grid(frame: pd.DataFrame, contract: SourceContract) -> None:
     grid = frame[["entity_id", "anomaly_score", "is_anomaly", "windows", "last_window_start"]]
     grid = grid.rename(columns={"entity_id": contract.key_field})
-    if len(grid) > MAX_STYLED_ROWS:
-        st.dataframe(grid, hide_index=True)
+    if len(grid) <= dashboard.MAX_STYLED_ROWS:
+        st.table(_coloured(grid, frame["colour"]))
         return
-    colours = frame["colour"]
-    styled = grid.style.apply(
+    # `frame` is sorted most anomalous first
+    st.caption(f"The {dashboard.TOP_ROWS} most anomalous of {len(grid)} {contract.entity_label}s")
+    st.table(_coloured(grid.head(dashboard.TOP_ROWS), frame["colour"].head(dashboard.TOP_ROWS)))
+    st.caption(f"Every {contract.entity_label}")
+    st.dataframe(grid, hide_index=True)
+
+
+def _coloured(grid: pd.DataFrame, colours: pd.Series) -> Any:
+    """The grid with each anomaly score's cell in its colour."""
+    return grid.style.apply(
         lambda column: (
             [f"background-color: {c}" for c in colours]
             if column.name == "anomaly_score"
@@ -144,7 +151,6 @@ def _grid(frame: pd.DataFrame, contract: SourceContract) -> None:
         ),
         axis=0,
     ).format({"anomaly_score": "{:.3f}"}, na_rep=NOT_REPORTED)
-    st.table(styled)
 
 
 def _map(located: pd.DataFrame) -> None:

@@ -19,7 +19,16 @@ from streamlit.testing.v1 import AppTest
 from periscope.contracts import CONTRACTS
 from periscope.settings import PROJECT_DIR, get_settings
 from serving import dashboard
-from tests.unit.test_api_lake import HOURS, STATIONS, T0, closed_port, score, write_gold_lake, yhat
+from tests.unit.test_api_lake import (
+    HOURS,
+    STATIONS,
+    T0,
+    closed_port,
+    gold_rows,
+    score,
+    write_gold_lake,
+    yhat,
+)
 
 APP = str(dashboard.APP_PATH)
 SHARED = PROJECT_DIR.parent / "shared"
@@ -130,6 +139,29 @@ def test_entities_page_shows_every_source_and_colours_stations_by_score(app):
     assert len(points) == 3 and all(-180 <= p["longitude"] <= 180 for p in points)
     assert not air_tab.get("deck_gl_json_chart")  # no coordinates: a grid only
     assert [i.value for i in taxi_tab.info] == ["No zone of taxi has a gold window yet."]
+
+
+def test_many_entities_show_the_most_anomalous_first_then_all_in_a_grid(tmp_path, monkeypatch):
+    many = [f"s{i:04d}" for i in range(dashboard.MAX_STYLED_ROWS + 1)]
+    scores = [(i * 7919) % len(many) / len(many) for i in range(len(many))]  # shuffled
+    rows = gold_rows("station_id", tuple(many), range(0, 1), new_columns=True)
+    rows = rows.set_column(
+        rows.schema.get_field_index("anomaly_score"), "anomaly_score", pa.array(scores)
+    )
+    write_deltalake(str(tmp_path / "gold" / "weather_predictions"), rows)
+    monkeypatch.setenv("PERISCOPE_LAKE_ROOT", str(tmp_path))
+    monkeypatch.setenv("PERISCOPE_LOCAL_DIR", str(tmp_path / ".local"))
+    monkeypatch.setenv("PERISCOPE_SHARED_DIR", str(tmp_path))  # no coordinates: no map
+    get_settings.cache_clear()
+    try:
+        at = open_page(AppTest.from_file(APP, default_timeout=60), "Entities")
+    finally:
+        get_settings.cache_clear()
+    weather_tab = at.tabs[0]
+    by_score = [s for _, s in sorted(zip(scores, many, strict=True), reverse=True)]
+    top = weather_tab.table[0].value
+    assert list(top["station_id"]) == by_score[: dashboard.TOP_ROWS]
+    assert sorted(weather_tab.dataframe[0].value["station_id"]) == many
 
 
 def test_series_page_draws_observations_forecasts_and_flags(app):
