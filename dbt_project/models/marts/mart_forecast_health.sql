@@ -12,6 +12,9 @@
 {%- set max_relative_mae = var('forecast_health_max_relative_mae', 1.0) %}
 {%- set min_coverage = var('forecast_health_min_coverage', 0.7) %}
 {%- set max_coverage = var('forecast_health_max_coverage', 0.9) %}
+{#- Fewer forecasts than this are no evidence either way: a day of 1-24 h forecasts of one series
+    is 24 (a fresh deployment or a new station has fewer, and one bad hour would flag it). -#}
+{%- set min_forecasts = var('forecast_health_min_forecasts', 24) %}
 
 with accuracy as (
     select
@@ -114,9 +117,14 @@ figures as (
 flagged as (
     select
         f.*,
-        coalesce(f.relative_mae > {{ max_relative_mae }}, false) as is_relative_mae_breached,
         coalesce(
-            f.coverage < {{ min_coverage }} or f.coverage > {{ max_coverage }}, false
+            f.forecasts_judged >= {{ min_forecasts }} and f.relative_mae > {{ max_relative_mae }},
+            false
+        ) as is_relative_mae_breached,
+        coalesce(
+            f.forecasts >= {{ min_forecasts }}
+            and (f.coverage < {{ min_coverage }} or f.coverage > {{ max_coverage }}),
+            false
         ) as is_coverage_breached
     from figures as f
 )
@@ -137,6 +145,7 @@ select
     {{ max_relative_mae }}::double precision as max_relative_mae,
     {{ min_coverage }}::double precision as min_coverage,
     {{ max_coverage }}::double precision as max_coverage,
+    {{ min_forecasts }} as min_forecasts,
     f.is_relative_mae_breached,
     f.is_coverage_breached,
     f.is_relative_mae_breached or f.is_coverage_breached as is_breached
