@@ -10,10 +10,12 @@ dbt models. Jobs and when they run:
 | `forecast_health` | `periscope models health`; retrain breaching sources (once a day at most) | hourly at :20 |
 | `lake_maintenance` | `periscope lake maintain` (compaction, vacuum) | `maintenance_cron` (daily) |
 
-Freshness checks on gold and the marts run from their own sensor.
+Freshness: the marts carry a FreshnessPolicy (Dagster's daemon judges their last build); gold,
+an observed source asset Dagster never materialises, has a last-update check with its own sensor.
 """
 
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -220,7 +222,18 @@ def _load_asset(contracts: Sequence[SourceContract]) -> dg.AssetsDefinition:
 
 # --- dbt -------------------------------------------------------------------------------------
 class PeriscopeDbtTranslator(DagsterDbtTranslator):
-    """Keys from `dbt_key` (lake sources are the loader's tables), groups by folder."""
+    """Keys from `dbt_key` (lake sources are the loader's tables), groups by folder, and a
+    freshness policy on the marts."""
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: Any
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if spec.key.path[0] != "marts":
+            return spec
+        return spec.replace_attributes(
+            freshness_policy=dg.FreshnessPolicy.time_window(fail_window=MARTS_FRESHNESS)
+        )
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         return _asset_key(dbt_key(dbt_resource_props))
@@ -380,11 +393,17 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         description="Observe the lake, load the warehouse, build dbt.",
     )
     gold_keys = [_asset_key(n.key) for n in nodes if n.key[1] == "gold"]
-    mart_keys = [k for k in dbt_keys if k.path[0] == "marts"]
-    freshness = [
-        *dg.build_last_update_freshness_checks(assets=gold_keys, lower_bound_delta=GOLD_FRESHNESS),
-        *dg.build_last_update_freshness_checks(assets=mart_keys, lower_bound_delta=MARTS_FRESHNESS),
-    ]
+    with warnings.catch_warnings():
+        # Superseded by FreshnessPolicy, which Dagster 1.13 judges by materialisations only:
+        # gold is observed (its Delta commit time is the observation's last-update metadata),
+        # never materialised, so a policy would stay UNKNOWN. The check and its sensor read it.
+        warnings.simplefilter("ignore", dg.SupersessionWarning)
+        freshness = dg.build_last_update_freshness_checks(
+            assets=gold_keys, lower_bound_delta=GOLD_FRESHNESS
+        )
+        freshness_sensor = dg.build_sensor_for_freshness_checks(
+            freshness_checks=freshness, default_status=dg.DefaultSensorStatus.RUNNING
+        )
     running = dg.DefaultScheduleStatus.RUNNING
     schedules = [
         dg.ScheduleDefinition(
@@ -418,9 +437,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ]
     sensors = [
         _lake_sensor(settings, contracts, nodes, dbt_keys),
-        dg.build_sensor_for_freshness_checks(
-            freshness_checks=freshness, default_status=dg.DefaultSensorStatus.RUNNING
-        ),
+        freshness_sensor,
     ]
     return dg.Definitions(
         assets=[*topics, lake, load, dbt],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pyarrow as pa
@@ -157,13 +157,24 @@ def test_schedules_and_sensors(defs):
     assert sensors == {"new_lake_versions", "freshness_checks_sensor"}
 
 
-def test_freshness_checks_watch_gold_and_the_marts(graph):
-    freshness = {
+def test_freshness_is_watched_on_gold_and_the_marts(graph):
+    # gold (observed, never materialised): a last-update check on its Delta commit time
+    checked = {
         k.asset_key.to_user_string() for k in graph.asset_check_keys if "freshness" in k.name
     }
-    assert {f"lake/gold/{s}_predictions" for s in CONTRACTS} <= freshness
-    assert {"marts/fct_forecast", "marts/fct_anomaly", "marts/mart_forecast_health"} <= freshness
-    assert not any(k.startswith(("staging/", "warehouse/")) for k in freshness)
+    assert {f"lake/gold/{s}_predictions" for s in CONTRACTS} <= checked
+    assert all(key.startswith("lake/gold/") for key in checked)
+    # the marts (built by dbt): a policy Dagster's daemon judges by their last build
+    policies = {
+        key.to_user_string(): graph.get(key).freshness_policy
+        for key in graph.materializable_asset_keys
+        if graph.get(key).freshness_policy is not None
+    }
+    assert {"marts/fct_forecast", "marts/fct_anomaly", "marts/mart_forecast_health"} <= set(
+        policies
+    )
+    assert all(key.startswith("marts/") for key in policies)
+    assert {p.fail_window.to_timedelta() for p in policies.values()} == {timedelta(hours=2)}
 
 
 def _features(rows: int) -> pa.Table:
