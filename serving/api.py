@@ -24,9 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict
 
 from periscope.contracts import CONTRACTS, SourceContract
+from periscope.metrics import CONSUMER_GROUPS
 from periscope.settings import Settings, get_settings
 from serving import health, lineage, marts, reads
-from serving.metrics import RequestMetrics
+from serving.metrics import BackgroundGroupLag, RequestMetrics
 
 __all__ = ["MAX_ANOMALIES", "MAX_HISTORY", "create_app"]
 
@@ -234,6 +235,7 @@ def create_app(
     )
     registry = CollectorRegistry()
     app.add_middleware(RequestMetrics, registry=registry)
+    registry.register(BackgroundGroupLag(settings, CONSUMER_GROUPS.values()))
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -432,7 +434,9 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus metrics: periscope_api_requests_total, ..._request_duration_seconds."""
+        """Prometheus metrics: periscope_api_requests_total, ..._request_duration_seconds, and
+        periscope_consumer_group_lag of the project's Kafka consumer groups (asked in the
+        background every few seconds)."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

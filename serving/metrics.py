@@ -1,4 +1,5 @@
-"""Prometheus metrics of the API: requests by route and status, and their latency.
+"""Prometheus metrics of the API: requests by route and status, their latency, and the lag of
+the project's Kafka consumer groups.
 
 A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which adds a task per request).
 Each app has its own registry, so several apps (tests) never collide.
@@ -6,12 +7,44 @@ Each app has its own registry, so several apps (tests) never collide.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["RequestMetrics"]
+from periscope.metrics import ConsumerGroupLag
+from periscope.settings import Settings
+
+__all__ = ["BackgroundGroupLag", "RequestMetrics"]
+
+
+class BackgroundGroupLag(ConsumerGroupLag):
+    """`periscope_consumer_group_lag` as last asked: Kafka is asked in a background thread at
+    most every `every_s`, so a scrape of the API never waits on the broker (its admin client
+    takes seconds to give up when Kafka is down). Empty until the first answer."""
+
+    def __init__(self, settings: Settings, groups: Iterable[str], *, every_s: float = 5.0) -> None:
+        super().__init__(settings, groups)
+        self.every_s = every_s
+        self._known: dict[str, dict[str, int]] = {}
+        self._asked_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def lags(self) -> dict[str, dict[str, int]]:
+        if time.monotonic() - self._asked_at >= self.every_s and not self._lock.locked():
+            self._asked_at = time.monotonic()
+            threading.Thread(target=self.ask, name="group-lag", daemon=True).start()
+        return self._known
+
+    def ask(self) -> dict[str, dict[str, int]]:
+        """Ask Kafka now (blocking); the next scrapes show the answer."""
+        with self._lock:
+            self._known = ConsumerGroupLag.lags(self)
+            self._asked_at = time.monotonic()
+            return self._known
+
 
 # Milliseconds matter here: the latency targets are 50 ms and 200 ms at p95.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)

@@ -290,6 +290,14 @@ def test_metrics_count_requests_by_route_and_status(client):
     assert "periscope_api_request_duration_seconds_bucket" in client.get("/metrics").text
 
 
+def test_metrics_export_consumer_group_lag_without_waiting_on_kafka(client):
+    # Kafka is down here: the family is declared, with no sample until Kafka answers (the
+    # lag itself is checked against a real broker in tests/integration/test_api_metrics.py).
+    text = client.get("/metrics").text
+    assert "# TYPE periscope_consumer_group_lag gauge" in text
+    assert "\nperiscope_consumer_group_lag{" not in text
+
+
 def test_openapi_docs_are_served(client):
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
