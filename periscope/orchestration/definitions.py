@@ -265,7 +265,17 @@ def _dbt_assets(settings: Settings) -> dg.AssetsDefinition:
 
 
 # --- ops run as jobs -------------------------------------------------------------------------
-@dg.op(description="`periscope retrain`: a challenger per source, promoted only if better.")
+# Ray's start gives its agents 15-30 s to come up; on two busy cores (load 14) they missed it and
+# `ray.init` failed ("The current node timed out during startup"). A second try two minutes
+# later costs nothing when the first failed there, and a retrain redone is still only promoted
+# if better.
+RAY_RETRY = dg.RetryPolicy(max_retries=1, delay=120)
+
+
+@dg.op(
+    description="`periscope retrain`: a challenger per source, promoted only if better.",
+    retry_policy=RAY_RETRY,
+)
 def retrain_every_source(context: OpExecutionContext) -> None:
     run_periscope(["retrain"], log=context.log)
     settings = get_settings()
@@ -275,7 +285,8 @@ def retrain_every_source(context: OpExecutionContext) -> None:
 
 @dg.op(
     description="`periscope models health`: the forecasts' 7-day accuracy from the marts; the "
-    "breaching sources are retrained (each at most once a day)."
+    "breaching sources are retrained (each at most once a day).",
+    retry_policy=RAY_RETRY,
 )
 def check_forecast_health(context: OpExecutionContext) -> None:
     settings = get_settings()
