@@ -17,7 +17,7 @@ import streamlit as st
 
 from periscope.contracts import CONTRACTS, SourceContract
 from periscope.settings import Settings, get_settings
-from serving import dashboard, health, marts, reads
+from serving import dashboard, health, live_feed, marts, reads
 
 NOT_REPORTED = dashboard.NOT_REPORTED
 
@@ -28,6 +28,13 @@ def _warm_gold(path: str, source: str, refresh_s: float) -> reads.WarmGold:
     table = reads.WarmGold(path, CONTRACTS[source], refresh_s=refresh_s)
     table.refresh()  # the first paint shows data, not an empty table
     return table
+
+
+@st.cache_resource(show_spinner=False)
+def _live_feed(_settings: Settings, bootstrap: str) -> live_feed.LiveFeed:
+    """One consumer per dashboard server, from the first visit of the Live feed page on."""
+    topics = [c.topic("predictions") for c in CONTRACTS.values()]
+    return live_feed.LiveFeed(_settings, topics).start()
 
 
 @st.cache_resource(show_spinner=False)
@@ -284,6 +291,25 @@ def anomalies_page(settings: Settings) -> None:
     live(settings, panel)
 
 
+def live_feed_page(settings: Settings) -> None:
+    st.header("Live feed")
+    feed = _live_feed(settings, settings.kafka_bootstrap_servers)
+    st.caption(
+        f"The newest messages on every source's predictions topic, as gold publishes them, read "
+        f"by the `{feed.group}` consumer group (its lag: the API's /metrics, `periscope monitor`)."
+    )
+    limit = st.slider("show at most", 10, 500, 100, step=10, key="feed_limit")
+
+    def panel() -> None:
+        rows = live_feed.feed_rows(feed.newest(limit), CONTRACTS.values())
+        if not rows:
+            st.info(f"No prediction has arrived since the feed started ({feed.status}).")
+            return
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+    live(settings, panel)
+
+
 def models_page(settings: Settings) -> None:
     st.header("Models")
 
@@ -409,6 +435,7 @@ PAGES: dict[str, Callable[[Settings], None]] = {
     "Entities": entities_page,
     "Series": series_page,
     "Anomalies": anomalies_page,
+    "Live feed": live_feed_page,
     "Models": models_page,
     "System health": health_page,
 }

@@ -193,6 +193,13 @@ def test_anomaly_feed_lists_flagged_windows_newest_first(app):
     assert set(frame["anomaly_score"]) == {0.95}
 
 
+
+def test_live_feed_page_says_nothing_arrived_while_kafka_is_down(app):
+    at = open_page(app, "Live feed")
+    assert "dashboard-consumers" in at.caption[0].value
+    (note,) = at.info
+    assert note.value.startswith("No prediction has arrived since the feed started")
+
 def test_models_page_shows_versions_and_says_the_warehouse_is_unreachable(app):
     at = open_page(app, "Models")
     versions = at.table[0].value
