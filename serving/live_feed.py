@@ -85,8 +85,11 @@ class LiveFeed:
                 "auto.commit.interval.ms": 1000,
                 # topics created after the feed started are found within seconds
                 "topic.metadata.refresh.interval.ms": 5000,
+                # Kafka down: poll's error events say so (`status`); librdkafka would also log
+                # every refused connection
+                "log_level": 2,
             },
-            logger=log,  # librdkafka's complaints (Kafka down) through logging, not stderr
+            logger=log,
         )
         try:
             consumer.subscribe(self.topics)
