@@ -25,7 +25,7 @@ from dagster import AssetExecutionContext, OpExecutionContext, SensorEvaluationC
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, dbt_assets
 
 from periscope.contracts import CONTRACTS, SourceContract
-from periscope.orchestration.commands import json_rows, run_periscope
+from periscope.orchestration.commands import CommandFailed, json_rows, run_periscope
 from periscope.orchestration.dbt import (
     dbt_env_vars,
     dbt_key,
@@ -53,6 +53,7 @@ __all__ = [
     "build_definitions",
     "changed_sources",
     "defs",
+    "sources_with_observations",
 ]
 
 # Hourly, off the hour: the warehouse run of the hour (:05) has usually finished by then.
@@ -272,15 +273,46 @@ def _dbt_assets(settings: Settings) -> dg.AssetsDefinition:
 RAY_RETRY = dg.RetryPolicy(max_retries=1, delay=120)
 
 
+def sources_with_observations(settings: Settings, contracts: Sequence[SourceContract]) -> list[str]:
+    """The sources whose silver observations table holds data: the ones `retrain` can train.
+
+    Silver creates every source's tables on its first run, so a source that was never fed has
+    an empty table (no files), not a missing one.
+    """
+    from deltalake import DeltaTable
+
+    found = []
+    for contract in contracts:
+        path = settings.lake_path(contract.table("silver", "observations"))
+        if DeltaTable.is_deltatable(path) and DeltaTable(path).get_add_actions().num_rows > 0:
+            found.append(contract.name)
+    return found
+
+
 @dg.op(
-    description="`periscope retrain`: a challenger per source, promoted only if better.",
+    description="`periscope retrain --source` for each source with silver observations: a "
+    "challenger per source, promoted only if better.",
     retry_policy=RAY_RETRY,
 )
 def retrain_every_source(context: OpExecutionContext) -> None:
-    run_periscope(["retrain"], log=context.log)
+    # One source at a time: `periscope retrain` of every source stops at the first source that
+    # has no data (a pipeline run for weather alone, say), and the job failed every day.
     settings = get_settings()
-    now = datetime.now(UTC)
-    write_retrained(settings, {s: now for s in CONTRACTS})
+    sources = sources_with_observations(settings, list(CONTRACTS.values()))
+    idle = sorted(set(CONTRACTS) - set(sources))
+    if idle:
+        context.log.info(f"no silver observations, not retrained: {', '.join(idle)}")
+    failed = []
+    for source in sources:
+        try:
+            run_periscope(["retrain", "--source", source], log=context.log)
+        except CommandFailed as error:
+            context.log.error(str(error))
+            failed.append(source)
+            continue
+        write_retrained(settings, {source: datetime.now(UTC)})
+    if failed:
+        raise dg.Failure(description=f"retrain failed for {', '.join(failed)} (see the log)")
 
 
 @dg.op(

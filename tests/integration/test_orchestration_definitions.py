@@ -260,3 +260,15 @@ def test_the_maintenance_job_compacts_the_lake_through_the_cli(tmp_path, monkeyp
     assert result.success
     assert DeltaTable(path).get_add_actions(flatten=True).num_rows == 1
     assert DeltaTable(path).to_pyarrow_table().num_rows == 10
+
+
+def test_the_retrain_job_trains_only_sources_with_observations(tmp_path):
+    """Silver creates every source's tables on its first run: a source never fed has an empty
+    table, and `periscope retrain` of it fails, which failed the whole daily job."""
+    from periscope.orchestration.definitions import sources_with_observations
+
+    settings = _settings(lake_root=str(tmp_path))
+    weather, taxi = get_contract("weather"), get_contract("taxi")
+    write_deltalake(settings.lake_path(weather.table("silver", "observations")), _features(3))
+    write_deltalake(settings.lake_path(taxi.table("silver", "observations")), _features(0))
+    assert sources_with_observations(settings, list(CONTRACTS.values())) == ["weather"]
