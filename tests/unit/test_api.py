@@ -199,6 +199,18 @@ def test_anomaly_json_is_the_rows_of_anomalies_whatever_its_cache_holds(lake):
     assert len(snaps[0].flagged_json) == snaps[0].flagged.num_rows  # all asked for by now
 
 
+def test_prediction_json_is_latest_prediction_with_its_ages_of_now(lake):
+    settings = lake_settings(lake)
+    snap = reads.WarmGold(reads.gold_path(settings, WEATHER), WEATHER, refresh_s=0).refresh()
+    for now in (T0 + timedelta(days=3), T0 + timedelta(days=4, seconds=0.5)):  # cached: new ages
+        for station in STATIONS:
+            expected = reads.latest_prediction(snap, station, now)
+            found = reads.latest_prediction_json(snap, station, now)
+            assert found == orjson.dumps(expected, option=orjson.OPT_NAIVE_UTC)
+    assert set(snap.latest_json) == set(STATIONS)
+    assert reads.latest_prediction_json(snap, "atlantis", T0) is None
+
+
 # --- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url",
