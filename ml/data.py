@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -274,7 +275,9 @@ _UTC = pa.timestamp("us", tz="UTC")
 def series_frames(
     hourly: pd.DataFrame, contract: SourceContract
 ) -> dict[tuple[str, str], pd.DataFrame]:
-    """One `ds`/`y` frame per (entity, forecast target) on a complete hourly grid (gaps NaN).
+    """One `ds`/`y` frame per (entity, forecast target) on a complete hourly grid from the
+    entity's first hour to its last. An hour without observations is 0 for a count or sum
+    target (no trips in a zone that hour) and NaN for a mean (nothing was measured).
 
     A complete grid keeps "the same hour yesterday" 24 rows back and shows Prophet the gaps.
     """
@@ -282,10 +285,13 @@ def series_frames(
     for entity, rows in hourly.groupby(contract.key_field, sort=True):
         grid = pd.date_range(rows["ds"].min(), rows["ds"].max(), freq="h")
         indexed = rows.set_index("ds").reindex(grid)
-        for target in contract.forecast_names:
-            y = indexed[target].astype(float)
-            if y.notna().any():
-                frames[(str(entity), target)] = pd.DataFrame({"ds": grid, "y": y.to_numpy()})
+        empty = ~grid.isin(rows["ds"])
+        for target in contract.forecast_targets:
+            y = np.array(indexed[target.name], dtype=float)  # a copy: empty hours are set below
+            if target.zero_when_empty:
+                y[empty] = 0.0
+            if not np.isnan(y).all():
+                frames[(str(entity), target.name)] = pd.DataFrame({"ds": grid, "y": y})
     return frames
 
 

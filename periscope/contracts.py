@@ -214,6 +214,16 @@ class ForecastTarget:
             return "event_count"
         return self.field if self.aggregate == "mean" else f"{self.field}_{self.aggregate}"
 
+    @property
+    def zero_when_empty(self) -> bool:
+        """Whether an hour without events is 0 on the series' hourly grid: a count (or sum) of
+        nothing is 0, while a mean of nothing stays missing.
+
+        >>> ForecastTarget(None, "count").zero_when_empty, ForecastTarget("temperature").zero_when_empty
+        (True, False)
+        """
+        return self.aggregate in ("count", "sum")
+
 
 @runtime_checkable
 class DatasetReader(Protocol):
