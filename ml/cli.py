@@ -298,7 +298,20 @@ models_app = typer.Typer(
 )
 
 Source = Annotated[str, source_argument("The source.")]
-Kind = Annotated[str, typer.Argument(help="forecast or anomaly.")]
+Kind = Annotated[
+    str, typer.Argument(help="forecast, anomaly, or trip (taxi's per-trip regressor).")
+]
+
+
+def _model_kind(source: str, kind: str) -> str:
+    """The kind, checked against the kinds this source has (a clear error, not MLflow's)."""
+    from ml.registry import source_kinds
+
+    if kind not in source_kinds(source):
+        raise typer.BadParameter(
+            f"{source} has no {kind!r} model; its kinds: {', '.join(source_kinds(source))}"
+        )
+    return kind
 
 
 def _registry():
@@ -360,7 +373,7 @@ def models_show(
     """Parameters, metrics and tags of one version (default: the champion)."""
     from periscope.errors import PeriscopeError
 
-    info = _registry().resolve(get_contract(source).name, kind, version)
+    info = _registry().resolve(get_contract(source).name, _model_kind(source, kind), version)
     if info is None:
         raise PeriscopeError(f"{source}_{kind} has no {version} yet: run `periscope train`")
     console.print(
@@ -385,18 +398,24 @@ def models_promote(
         bool, typer.Option("--force", help="Skip the comparison with the champion.")
     ] = False,
 ) -> None:
-    """Promote a version to champion if it beats the champion on its own test window."""
+    """Promote a version to champion if it beats the champion on its own test window.
+
+    The rule `retrain` applies: forecasts on relative MAE, anomalies on F1, taxi's trip
+    regressor on duration MAE (on the lake's trips of the version's test window); ties keep
+    the champion. `periscope models promote taxi trip 3`.
+    """
     from ml.training import promote_version
 
+    name = get_contract(source).name
     console.print(
-        promote_version(get_settings(), get_contract(source).name, kind, version, force=force)
+        promote_version(get_settings(), name, _model_kind(name, kind), version, force=force)
     )
 
 
 @models_app.command("rollback")
 def models_rollback(source: Source, kind: Kind) -> None:
     """Move `champion` back to the version that held it before."""
-    before, after = _registry().rollback(get_contract(source).name, kind)
+    before, after = _registry().rollback(get_contract(source).name, _model_kind(source, kind))
     console.print(f"{source}_{kind}: champion moved back from version {before} to {after}")
 
 

@@ -3,8 +3,9 @@
 The rule (the same for `retrain` and `models promote`): the challenger and the champion are
 scored on the challenger's test window, on the same observations, and the challenger is
 promoted only when it is strictly better: a lower relative MAE for forecasts (mean over the
-series both know of Prophet's MAE / the seasonal-naive MAE) and a higher F1 for anomalies (on
-the same injected test set, each at its own threshold). Ties keep the champion.
+series both know of Prophet's MAE / the seasonal-naive MAE), a higher F1 for anomalies (on
+the same injected test set, each at its own threshold) and a lower duration MAE for the taxi
+trip regressor (on the same trips, `ml.training.trips`). Ties keep the champion.
 """
 
 from __future__ import annotations
@@ -163,6 +164,11 @@ def promote_version(
         return f"promoted version {version}" + (
             " (forced, no comparison)" if force and champion_info else ""
         )
+    if kind == "trip":
+        # Imported here: ml.training.trips applies this module's rule (promote_if_better).
+        from ml.training.trips import promote_trip_version
+
+        return promote_trip_version(settings, source, info, champion_info)
     split = forecast.Split.from_dict(
         {k: info.params[k] for k in ("train_start", "train_end", "validation_end", "test_end")}
     )

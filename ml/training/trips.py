@@ -1,9 +1,10 @@
 """The taxi trip regressor's training run: silver's taxi observations -> `ml.trips` on Ray ->
 MLflow (`taxi_trip`) -> champion if better.
 
-The challenger is promoted when there is no champion yet, or (policy `if-better`) when its
-duration MAE on the test week of the current lake data is strictly lower than the
-champion's on the same trips.
+The challenger is promoted when there is no champion yet, or (policy `if-better`, and
+`periscope models promote <source> trip <version>`) when its duration MAE on its own test
+window (from its `test_start`, New York time, through the last trip it was trained with) is
+strictly lower than the champion's on the same trips of the lake; ties keep the champion.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from ml import trips
 from ml.ray_session import ray_session
 from ml.registry import ModelInfo, Registry
 from ml.training.config import PromotionPolicy
-from periscope.contracts import TAXI, SourceContract
+from ml.training.promotion import promote_if_better
+from periscope.contracts import TAXI, SourceContract, get_contract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 from periscope.time import naive_utc_columns
 
-__all__ = ["TripOutcome", "read_silver_trips", "read_zone_lookup", "train_trip_kind"]
+__all__ = [
+    "TripOutcome",
+    "compare_trip_models",
+    "promote_trip_version",
+    "read_silver_trips",
+    "read_zone_lookup",
+    "train_trip_kind",
+    "trip_test_window",
+]
 
 # The TLC zone lookup (location_id -> borough) beside the trip file in the shared data folder.
 ZONE_LOOKUP = Path("nyc_tlc") / "taxi_zone_lookup.csv"
@@ -171,27 +181,65 @@ def _decide(
     if policy == "if-none":
         return (
             f"registered version {info.version}; a champion exists, so it stays "
-            "(use `periscope retrain` to compare)"
+            "(use `periscope retrain` or `periscope models promote` to compare)"
         )
-    test_week = _test_week(observed, training)
-    ours = trips.evaluate_model(training.model, test_week)["duration_min_mae"]
-    theirs = trips.evaluate_model(registry.load(champion_info), test_week)["duration_min_mae"]
-    if ours < theirs:
-        registry.set_champion(source, "trip", info.version)
-        return (
-            f"version {info.version} promoted: duration MAE {ours:.3f} < champion "
-            f"version {champion_info.version}'s {theirs:.3f} on the test week"
-        )
+    return _compare_and_decide(registry, source, info, training.model, champion_info, observed)
+
+
+def trip_test_window(observed: pd.DataFrame, info: ModelInfo) -> pd.DataFrame:
+    """The trips of a registered trip model's own test window: pickups from its `test_start`
+    (New York time, a run param) through the last trip it was trained with (`data_until`)."""
+    if "test_start" not in info.params:
+        raise PeriscopeError(f"{info.name} version {info.version} records no test window")
+    times = pd.to_datetime(observed["event_time"])  # naive UTC, as silver's reads give them
+    local = times.dt.tz_localize("UTC").dt.tz_convert(trips.LOCAL_TZ)
+    keep = local >= pd.Timestamp(info.params["test_start"])
+    if info.tags.get("data_until"):
+        keep &= times <= pd.Timestamp(info.tags["data_until"])
+    return observed[keep.to_numpy()]
+
+
+def compare_trip_models(
+    challenger: trips.TripModel, champion: trips.TripModel, test_window: pd.DataFrame
+) -> tuple[float, float]:
+    """(challenger, champion) duration MAE on the same trips (those silver accepts)."""
+    if test_window.empty:
+        raise PeriscopeError("no trips in the test window to compare the trip models on")
     return (
-        f"registered version {info.version}; champion version {champion_info.version} stays "
-        f"(duration MAE {theirs:.3f} <= {ours:.3f} on the test week)"
+        trips.evaluate_model(challenger, test_window)["duration_min_mae"],
+        trips.evaluate_model(champion, test_window)["duration_min_mae"],
     )
 
 
-def _test_week(observed: pd.DataFrame, training: trips.TripTraining) -> pd.DataFrame:
-    split = training.model.split
-    assert split is not None
-    local = (
-        pd.to_datetime(observed["event_time"]).dt.tz_localize("UTC").dt.tz_convert(trips.LOCAL_TZ)
+def _compare_and_decide(
+    registry: Registry,
+    source: str,
+    info: ModelInfo,
+    challenger: trips.TripModel,
+    champion_info: ModelInfo,
+    observed: pd.DataFrame,
+) -> str:
+    ours, theirs = compare_trip_models(
+        challenger, registry.load(champion_info), trip_test_window(observed, info)
     )
-    return observed[(local >= split.test_start).to_numpy()]
+    return promote_if_better(
+        registry,
+        source,
+        "trip",
+        info,
+        champion_info,
+        ours,
+        theirs,
+        "duration MAE",
+        lower_is_better=True,
+    )
+
+
+def promote_trip_version(
+    settings: Settings, source: str, info: ModelInfo, champion_info: ModelInfo
+) -> str:
+    """`periscope models promote <source> trip <version>`: the retrain rule on the lake's
+    trips of the chosen version's own test window."""
+    registry = Registry(settings)
+    observed = read_silver_trips(settings, get_contract(source))
+    return _compare_and_decide(registry, source, info, registry.load(info), champion_info, observed)
