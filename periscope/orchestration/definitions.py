@@ -302,6 +302,11 @@ def retrain_every_source(context: OpExecutionContext) -> None:
     idle = sorted(set(CONTRACTS) - set(sources))
     if idle:
         context.log.info(f"no silver observations, not retrained: {', '.join(idle)}")
+    if context.retry_number:
+        # A retry: the sources this run retrained before it failed are not trained again.
+        started = context.instance.get_run_stats(context.run_id).start_time or 0.0
+        done = {s for s, at in read_retrained(settings).items() if at.timestamp() >= started}
+        sources = [s for s in sources if s not in done]
     failed = []
     for source in sources:
         try:
