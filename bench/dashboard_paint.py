@@ -7,8 +7,8 @@ Playwright). Prints, for each page, the seconds until its data shows, in the fir
 session after the server started (which loads the gold table into memory, once per server, as
 the API does) and in a later one. Entities is where a visit opens (its time counts from
 navigation: the first paint, target <= 3 s: with more than 300 entities its table of the most
-anomalous, then "every entity (grid)" once the grid shows); the other pages count from the click
-that opens them.
+anomalous; "open every entity" times its grid of all from the click on its expander); the other
+pages count from the click that opens them.
 On a lake it built, it then appends a day of windows to gold while a session shows Entities and
 prints how long the open page takes to show the new version (target: data at most 15 s old).
 
@@ -104,9 +104,13 @@ def measure(url: str) -> dict[str, dict[str, float]]:
                 heading[kind] = time.monotonic() - started
                 figures["Entities"][kind] = paint(page, "Entities", started)
                 # Many entities: the first paint is a table of the most anomalous; the grid of
-                # all of them follows once the browser has its code.
+                # all of them opens from an expander (timed from the click)
                 if page.get_by_text("most anomalous of", exact=False).count():
-                    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=600_000)
+                    started = time.monotonic()
+                    page.locator('[data-testid="stExpander"] summary').first.click()
+                    page.locator('[data-testid="stDataFrame"] canvas').first.wait_for(
+                        timeout=600_000
+                    )
                     grid[kind] = time.monotonic() - started
                 for name in list(PAGES)[1:]:
                     started = time.monotonic()
@@ -117,7 +121,7 @@ def measure(url: str) -> dict[str, dict[str, float]]:
             browser.close()
     entities = {"Entities: heading only": heading, "Entities": figures.pop("Entities")}
     if grid:
-        entities["Entities: every entity (grid)"] = grid
+        entities["Entities: open every entity (grid)"] = grid
     return entities | figures
 
 
