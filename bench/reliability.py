@@ -367,7 +367,6 @@ def run_chaos(
         if stop.wait(max(0.0, started + event.at_s - time.monotonic())):
             log.errors.append(f"stopped before {event.kind} {event.target}")
             return
-        moment = time.monotonic() - started
         try:
             if event.kind == "kill":
                 pid = kill_stage(settings, event.target, killed)
@@ -375,8 +374,10 @@ def run_chaos(
                     log.errors.append(f"{event.target} never RUNNING to be killed")
                     continue
                 log.kills[event.target] += 1
+                moment = time.monotonic() - started  # when it fell, after waiting for RUNNING
                 log.lines.append(f"{moment:7.1f} s  SIGKILL {event.target} (pid {pid})")
             else:
+                moment = time.monotonic() - started
                 downtime = restart_broker(settings)
                 log.broker_downtime_s.append(downtime)
                 log.lines.append(f"{moment:7.1f} s  Kafka broker restarted ({downtime:.1f} s)")
