@@ -92,13 +92,16 @@ def test_docstring_examples(module):
 def test_table_specs_name_the_delta_tables_and_keys():
     specs = {s.name: s for s in table_specs()}
     assert set(specs) == {
-        f"{s}_{e}" for s, c in CONTRACTS.items() for e in plan.ENTITIES if plan.has_entity(c, e)
+        f"{s}_{plan.table_entity(c, e)}"
+        for s, c in CONTRACTS.items()
+        for e in plan.ENTITIES
+        if plan.has_entity(c, e)
     }
     # Only a contract that names event predictions has the speed layer's table.
     assert "weather_event_predictions" not in specs
-    events = specs["taxi_event_predictions"]
+    events = specs["taxi_trip_predictions"]  # named by the contract's event
     assert (events.delta_table, events.key, events.forecasts_table) == (
-        "gold/taxi_event_predictions",
+        "gold/taxi_trip_predictions",
         ("trip_id",),
         None,
     )
@@ -456,13 +459,14 @@ def test_staging_renames_the_contracts_key_to_entity_id():
 def test_event_predictions_are_staged_for_the_contracts_that_name_them():
     files = dbt_models.generated_files([get_contract("weather"), get_contract("taxi")])
     assert "models/staging/generated/stg_weather__event_predictions.sql" not in files
-    sql = files["models/staging/generated/stg_taxi__event_predictions.sql"]
-    assert 'p."trip_id"::text as event_id' in sql and "taxi_event_predictions" in sql
+    assert "models/staging/generated/stg_taxi__event_predictions.sql" not in files
+    sql = files["models/staging/generated/stg_taxi__trip_predictions.sql"]
+    assert 'p."trip_id"::text as event_id' in sql and "taxi_trip_predictions" in sql
     for measure in get_contract("taxi").event_predictions:
         assert f'p."predicted_{measure}"::double precision as "predicted_{measure}"' in sql
     sources = yaml.safe_load(files["models/staging/generated/_lake__sources.yml"])
     names = [t["name"] for t in sources["sources"][0]["tables"]]
-    assert "taxi_event_predictions" in names and "weather_event_predictions" not in names
+    assert "taxi_trip_predictions" in names and "weather_event_predictions" not in names
     # The gold columns added this session reach staging (null in lakes written before them).
     assert (
         "p.anomaly_kind::text as anomaly_kind"
@@ -473,6 +477,7 @@ def test_event_predictions_are_staged_for_the_contracts_that_name_them():
     )
     macro = files["macros/generated/periscope_contracts.sql"]
     assert '"event_predictions": ["duration_min", "fare_amount"]' in macro
+    assert '"event_predictions_entity": "trip_predictions"' in macro
     # Without the lookup file the zone seed is its header alone (dim_zone builds, empty).
     assert files["seeds/generated/taxi_zones.csv"] == "location_id,borough,zone_name,service_zone\n"
 
