@@ -252,10 +252,14 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Train Prophet forecasts and an IsolationForest per source on silver data, on Ray.
+    """Train each source's models on silver data, on Ray.
 
-    Registers every model in MLflow with its metrics beside the seasonal-naive and
-    persistence baselines; the first version of a model becomes `champion`.
+    Forecasts: per measure and horizon, the best on validation of Prophet, a
+    global boosted-trees model and the seasonal-naive and persistence baselines
+    (never one worse than seasonal-naive), with conformal bands. Anomalies: an
+    IsolationForest with residual, stuck, drift and dropout detectors. Taxi also
+    trains its trip regressor. Every model is registered in MLflow with its
+    metrics; the first version of a model becomes `champion`.
     """
     _train(
         source,
