@@ -11,12 +11,20 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
+import psycopg2
 import pytest
 
 from periscope.services import KafkaBroker, PostgresServer
 from periscope.settings import PROJECT_DIR, Settings, get_settings
+from periscope.topics import create_topics, topic_specs
 
 # A second test run beside the first (PERISCOPE_TEST_INSTANCE=1, 2, ...) gets its own state
 # folder and ports, so two checkouts or two developers' runs never stop each other's services.
@@ -75,3 +83,161 @@ def spark(test_settings: Settings):
     session.sparkContext.setLogLevel("WARN")
     yield session
     session.stop()
+
+
+def fresh_topics(settings, contract) -> None:
+    """Delete and recreate the source's topics: test modules of the session replay into the same
+    topics (`weather-raw`, ...), and a bronze that reads from the earliest offset would land (and
+    silver window, one bronze file per batch) every earlier module's records too."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    names = set(contract.topics.values())
+    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
+    if doomed:
+        for done in admin.delete_topics(doomed, operation_timeout=30).values():
+            done.result()
+    deadline = time.monotonic() + 120
+    while names & set(admin.list_topics(timeout=30).topics):  # deletion is asynchronous
+        assert time.monotonic() < deadline, "the source's topics were not deleted"
+        time.sleep(0.5)
+    while True:
+        try:
+            create_topics(settings, topic_specs(settings, [contract]))
+        except Exception:  # a topic still being deleted refuses creation for a moment
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
+        if names <= set(admin.list_topics(timeout=30).topics):
+            return
+        assert time.monotonic() < deadline, "the source's topics were not recreated"
+        time.sleep(0.5)
+
+
+# The session's small real weather pipeline, read by the lineage and the dashboard tests.
+PIPELINE_STATIONS = ["denver", "boston"]
+PIPELINE_UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-10-01 13:00
+
+
+@pytest.fixture(scope="session")
+def scored_weather(services: Settings, spark, tmp_path_factory) -> Settings:
+    """Eleven days of two real weather stations replayed into fresh topics (3% malformed),
+    landed by the bronze and silver queries in small micro-batches (so a window is one of many,
+    written by one of many batches), champions trained on Ray, windows scored into gold.
+    The settings of that lake; read it, do not change it."""
+    from ingest.replay import replay
+    from ml.gold import run_scoring
+    from ml.ray_session import ray_session
+    from ml.training import TrainConfig, run_training
+    from periscope.contracts import WEATHER
+    from spark_streaming.bronze import run_bronze
+    from spark_streaming.silver import run_silver
+
+    root = tmp_path_factory.mktemp("scored_weather")
+    settings = services.model_copy(
+        update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
+    )
+    fresh_topics(settings, WEATHER)
+    replay(
+        settings,
+        WEATHER.name,
+        stations=PIPELINE_STATIONS,
+        until=PIPELINE_UNTIL,
+        bad_rate=0.03,
+        seed=5,
+        progress=False,
+    )
+    run_bronze(settings, [WEATHER], available_now=True, max_offsets_per_trigger=100, spark=spark)
+    run_silver(settings, [WEATHER], available_now=True, max_files_per_trigger=1, spark=spark)
+    config = TrainConfig(test_days=2, validation_days=2, max_train_days=None, anomaly_estimators=50)
+    with ray_session(settings, workers=2):
+        training = run_training(settings, WEATHER.name, config=config, policy="if-none", workers=2)
+        assert set(training.registered) == {"forecast", "anomaly"}
+        run_scoring(settings, [WEATHER], available_now=True, actors=1, publish=False)
+    return settings
+
+
+def fresh_warehouse(settings: Settings) -> Settings:
+    """The test database without the schemas of earlier tests, bootstrapped as `services up`
+    does (roles, grants)."""
+    with psycopg2.connect(settings.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+        for schema in ("lake", "staging", "intermediate", "marts", "analytics"):
+            cur.execute(f"drop schema if exists {schema} cascade")
+    PostgresServer(settings).bootstrap()
+    return settings
+
+
+def run_periscope(env: dict[str, str], *args: str) -> str:
+    """`periscope <args>` as a user runs it; its output, or a failure that shows it."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "periscope"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"periscope {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="session")
+def warehouse_lake(spark, services: Settings, tmp_path_factory):
+    """test_warehouse.py's lake (silver of two weather stations, the UCI station and the first
+    taxi hours; stand-in gold), built once by the real silver batch code. Shared: read it, or
+    copy it before adding to it (test_warehouse.py does)."""
+    from tests.integration.test_warehouse import build_lake
+
+    return build_lake(spark, services, tmp_path_factory.mktemp("warehouse_lake"))
+
+
+@dataclass
+class BuiltMarts:
+    """`warehouse_lake` loaded and modelled by `periscope warehouse load` and `dbt build`."""
+
+    settings: Settings
+    env: dict[str, str]  # the environment of `periscope` subprocesses on this lake
+    rows: dict[str, int] = field(default_factory=dict)  # mart -> rows, as built
+
+    def _marts(self) -> dict[str, int]:
+        with psycopg2.connect(self.settings.postgres_dsn("owner")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "select table_name from information_schema.tables "
+                "where table_schema = 'marts' and table_type = 'BASE TABLE'"
+            )
+            tables = [t for (t,) in cur.fetchall()]
+            rows = {}
+            for table in tables:
+                cur.execute(f"select count(*) from marts.{table}")
+                rows[table] = cur.fetchone()[0]
+        return rows
+
+    def build(self) -> None:
+        fresh_warehouse(self.settings)
+        run_periscope(self.env, "warehouse", "load")
+        run_periscope(self.env, "dbt", "build")
+        self.rows = self._marts()
+
+    def ensure(self) -> BuiltMarts:
+        """Rebuilt if a module in between dropped or changed the marts (test_warehouse does)."""
+        if self._marts() != self.rows:
+            self.build()
+        return self
+
+
+@pytest.fixture(scope="session")
+def built_marts(warehouse_lake, tmp_path_factory) -> BuiltMarts:
+    """The marts of `warehouse_lake`, for the BI tests (Superset, Tableau), which only read
+    them (a test that renames a column renames it back). Use `built_marts.ensure()`."""
+    out = tmp_path_factory.mktemp("built_marts")
+    env = {
+        **os.environ,
+        "COLUMNS": "200",  # rich tables at full width
+        "PERISCOPE_LAKE_ROOT": warehouse_lake.settings.lake_root,
+        "DBT_TARGET_PATH": str(out / "target"),
+        "DBT_LOG_PATH": str(out / "logs"),
+    }
+    marts = BuiltMarts(warehouse_lake.settings, env)
+    marts.build()
+    return marts

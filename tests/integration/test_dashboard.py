@@ -1,8 +1,8 @@
 """The live dashboard rendered in a real browser after a small real pipeline run.
 
-Silver is built by the real batch code from 10 days of two real weather stations (test_gold's
-`Lake`), champions are trained on Ray and `run_scoring` writes gold. Then `periscope dashboard`
-runs as a subprocess and headless Chromium (Debian's, driven by Playwright) opens each page:
+The lake is conftest.py's `scored_weather` (shared with the lineage test): ten days of two real
+weather stations through Kafka, bronze, silver, champions trained on Ray, gold scored. Then
+`periscope dashboard` runs as a subprocess and headless Chromium (Debian's, driven by Playwright) opens each page:
 the stations must show and no page may show an exception or an error box. Screenshots are kept
 in <local_dir>/artifacts/ (the entities page is docs/img/dashboard.png in the README).
 """
@@ -21,10 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.gold import run_scoring
-from ml.ray_session import ray_session
-from ml.training import run_training
-from tests.integration.test_gold import CONFIG, CONTRACT, FIRST_DAYS, STATIONS, Lake
+from periscope.settings import Settings
+from tests.integration.conftest import PIPELINE_STATIONS as STATIONS
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +38,6 @@ PAGES = {  # page -> its heading, and what shows once it has drawn its data
 }
 
 
-@pytest.fixture(scope="module")
-def scored_lake(spark, services, tmp_path_factory) -> Lake:
-    lake = Lake(spark, services, tmp_path_factory.mktemp("dashboard"))
-    lake.add_days(0, FIRST_DAYS)
-    with ray_session(lake.settings, workers=2):
-        report = run_training(lake.settings, "weather", config=CONFIG, policy="if-none", workers=2)
-        assert set(report.registered) == {"forecast", "anomaly"}
-        rounds = run_scoring(lake.settings, [CONTRACT], available_now=True, actors=1, publish=False)
-    assert sum(r.windows for r in rounds) > 0
-    return lake
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -59,16 +45,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dashboard_url(scored_lake: Lake) -> Iterator[str]:
+def dashboard_url(scored_weather: Settings) -> Iterator[str]:
     """`periscope dashboard` over the scored lake, until the module ends."""
     port = _free_port()
     env = {
         **os.environ,
-        "PERISCOPE_LAKE_ROOT": scored_lake.settings.lake_root,
-        "PERISCOPE_LOCAL_DIR": str(scored_lake.settings.local_dir),
+        "PERISCOPE_LAKE_ROOT": scored_weather.lake_root,
+        "PERISCOPE_LOCAL_DIR": str(scored_weather.local_dir),
         "PERISCOPE_DASHBOARD_REFRESH_S": "5",
     }
-    log = scored_lake.settings.local_dir / "dashboard.log"
+    log = scored_weather.local_dir / "dashboard.log"
     with log.open("w") as out:
         server = subprocess.Popen(
             [PERISCOPE, "dashboard", "--port", str(port)], env=env, stdout=out, stderr=out
@@ -96,9 +82,7 @@ def dashboard_url(scored_lake: Lake) -> Iterator[str]:
             server.wait()
 
 
-def test_every_page_renders_in_chromium_with_the_stations_and_no_error(
-    dashboard_url, scored_lake, services
-):
+def test_every_page_renders_in_chromium_with_the_stations_and_no_error(dashboard_url, services):
     from playwright.sync_api import sync_playwright
 
     artifacts = Path(services.local_dir) / "artifacts"

@@ -1,8 +1,9 @@
-"""Lineage on a small real pipeline: ten days of two weather stations replayed into Kafka (with
-malformed records mixed in), landed by the bronze and silver queries in several micro-batches,
-champions trained, windows scored into gold. One gold row is followed back: its readings
-must be exactly the bronze records at the coordinates lineage names, its versions must be
-the commits that wrote it, and the API and the CLI must answer the same.
+"""Lineage on a small real pipeline (conftest.py's `scored_weather`): ten days of two weather
+stations replayed into Kafka (with malformed records mixed in), landed by the bronze and silver
+queries in several micro-batches, champions trained, windows scored into gold. One gold row is
+followed back: its readings must be exactly the bronze records at the coordinates lineage
+names, its versions must be the commits that wrote it, and the API and the CLI must answer
+the same.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -22,84 +21,24 @@ import pytest
 from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
-from ingest.replay import replay
-from ml.gold import run_scoring
-from ml.ray_session import ray_session
-from ml.training import TrainConfig, run_training
 from periscope.contracts import WEATHER
 from periscope.lake import read_delta
-from periscope.topics import create_topics, topic_specs
 from serving.api import create_app
 from serving.lineage import lineage
-from spark_streaming.bronze import run_bronze
-from spark_streaming.silver import run_silver
 
 pytestmark = pytest.mark.integration
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
-STATIONS = ["denver", "boston"]
-UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-10-01 13:00
-CONFIG = TrainConfig(test_days=2, validation_days=2, max_train_days=None, anomaly_estimators=50)
 
 
 def _path(settings, layer: str, entity: str) -> str:
     return settings.lake_path(WEATHER.table(layer, entity))  # type: ignore[arg-type]
 
 
-def _fresh_topics(settings) -> None:
-    """Delete and recreate weather's topics: earlier test modules of the session replay into the
-    same `weather-raw`, and this test's bronze reads from the earliest offset, so without this it
-    would land (and silver window, one bronze file per batch) every earlier module's records too."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    names = set(WEATHER.topics.values())
-    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
-    if doomed:
-        for done in admin.delete_topics(doomed, operation_timeout=30).values():
-            done.result()
-    deadline = time.monotonic() + 120
-    while names & set(admin.list_topics(timeout=30).topics):  # deletion is asynchronous
-        assert time.monotonic() < deadline, "weather's topics were not deleted"
-        time.sleep(0.5)
-    while True:
-        try:
-            create_topics(settings, topic_specs(settings, [WEATHER]))
-        except Exception:  # a topic still being deleted refuses creation for a moment
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-            continue
-        if names <= set(admin.list_topics(timeout=30).topics):
-            return
-        assert time.monotonic() < deadline, "weather's topics were not recreated"
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
-def scored(services, spark, tmp_path_factory) -> Iterator:
-    root = tmp_path_factory.mktemp("lineage")
-    settings = services.model_copy(
-        update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
-    )
-    _fresh_topics(settings)
-    replay(
-        settings,
-        WEATHER.name,
-        stations=STATIONS,
-        until=UNTIL,
-        bad_rate=0.03,
-        seed=5,
-        progress=False,
-    )
-    # Small batches: the window followed below is one of many, written by one of many batches.
-    run_bronze(settings, [WEATHER], available_now=True, max_offsets_per_trigger=100, spark=spark)
-    run_silver(settings, [WEATHER], available_now=True, max_files_per_trigger=1, spark=spark)
-    with ray_session(settings, workers=2):
-        training = run_training(settings, WEATHER.name, config=CONFIG, policy="if-none", workers=2)
-        assert set(training.registered) == {"forecast", "anomaly"}
-        run_scoring(settings, [WEATHER], available_now=True, actors=1, publish=False)
-    yield settings
+def scored(scored_weather):
+    """The session's small real weather pipeline (conftest.py), shared with the dashboard test."""
+    return scored_weather
 
 
 @pytest.fixture(scope="module")

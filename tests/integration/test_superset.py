@@ -1,9 +1,9 @@
 """Superset on the real marts: the bundle provisioned into the project's Superset service, every
 chart's data requested through the REST API, every dashboard rendered in headless Chromium.
 
-The marts are filled the way test_warehouse.py fills them (its module's lake fixture: real silver
-of two weather stations, the UCI station and the first taxi hours, stand-in gold), loaded and
-built by `periscope warehouse load` and `periscope dbt build`. Superset's venv and metadata are
+The marts are conftest.py's `built_marts` (test_warehouse.py's lake: real silver of two weather
+stations, the UCI station and the first taxi hours, stand-in gold, loaded and built by
+`periscope warehouse load` and `periscope dbt build`), shared with the Tableau test. Superset's venv and metadata are
 cached under .local (first run: install and migrations; later runs only start the server).
 Screenshots go to a temp folder, or to $PERISCOPE_SUPERSET_SCREENSHOTS (docs/img for the README).
 """
@@ -37,10 +37,6 @@ from warehouse.bi.superset.provision import (
 
 pytestmark = pytest.mark.integration
 
-# test_warehouse's module fixtures, reused here: its lake, a clean database, the CLI environment.
-lake = test_warehouse.lake
-warehouse = test_warehouse.warehouse
-dbt_env = test_warehouse.dbt_env
 _periscope = test_warehouse._periscope
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
@@ -57,11 +53,15 @@ READS_ABS_ERROR = {"MAE by measure and horizon", "MAE over time by measure"}
 
 
 @pytest.fixture(scope="module")
-def marts(lake, warehouse, dbt_env):
-    """The marts of test_warehouse's lake, loaded and built by the CLI."""
-    _periscope(dbt_env, "warehouse", "load")
-    _periscope(dbt_env, "dbt", "build")
-    return warehouse
+def marts(built_marts):
+    """The session's built marts (conftest.py); their settings."""
+    return built_marts.ensure().settings
+
+
+@pytest.fixture(scope="module")
+def dbt_env(built_marts):
+    """The environment of `periscope` subprocesses on that lake and warehouse."""
+    return built_marts.env
 
 
 @pytest.fixture(scope="module")

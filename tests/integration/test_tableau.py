@@ -1,133 +1,37 @@
-"""Tableau on the real warehouse: two days of two real weather stations and stand-in gold
-(forecasts and anomaly scores) loaded and modelled by `periscope dbt build`; then, as
+"""Tableau on the real warehouse: conftest.py's `built_marts` (real silver of two weather
+stations, the UCI station and the first taxi hours, stand-in gold, loaded and modelled by
+`periscope warehouse load` and `periscope dbt build`; shared with the Superset test); then, as
 bi_reader, every table and column the committed workbook and data sources map exists in
 `marts` with the type they say (a column renamed by the owner is reported by name), bi_reader
 reads nothing outside `marts`, and `periscope tableau extract` writes every mart with its rows.
-
-Gold is written as Delta by hand (a stand-in for `periscope score`, as in test_warehouse.py);
-no Spark is started, which keeps this module to the cost of one dbt build.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
 import psycopg2
-import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
 from psycopg2 import errors
 
-from ingest.datasets import read_weather
-from ml.gold import gold_schema
-from periscope.contracts import get_contract
-from periscope.predictions import FORECAST_METHODS
-from tests.integration.test_warehouse import _query, warehouse  # noqa: F401  (a fixture)
+from tests.integration.test_warehouse import _query
 from warehouse.bi.tableau_extract import extract_counts
 from warehouse.bi.tableau_workbook import COMMITTED_DIR, MARTS_SCHEMA, missing_columns
-from warehouse.loader import load_tables
-from warehouse.plan import table_specs
 
 pytestmark = pytest.mark.integration
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
-STATIONS = ["denver", "boston"]
-DAYS = 2
-
-
-def _write_weather_lake(settings) -> None:
-    """Silver observations of DAYS days of two stations, and gold: per station and hour, a
-    forecast of each measure 1-3 h ahead (yhat = actual + 1, interval +-2) and an anomaly
-    score (how far the hour's temperature is from the station's mean, in its stddevs)."""
-    contract = get_contract("weather")
-    frame = read_weather(settings.data_dir, stations=STATIONS).to_pandas()
-    start = frame["timestamp"].min().ceil("D")
-    readings = frame[
-        (frame["timestamp"] >= start) & (frame["timestamp"] < start + pd.Timedelta(days=DAYS))
-    ]
-    observations = readings.rename(columns={"timestamp": "event_time"})[
-        ["station_id", "event_time", *(m.name for m in contract.measures)]
-    ]
-    write_deltalake(
-        settings.lake_path(contract.table("silver", "observations")),
-        pa.Table.from_pandas(observations.reset_index(drop=True), preserve_index=False),
-        mode="overwrite",
-    )
-    hourly = observations.assign(hour=observations["event_time"].dt.floor("h"))
-    means = hourly.groupby(["station_id", "hour"])[list(contract.forecast_names)].mean()
-    scored_at = datetime(2025, 1, 1, tzinfo=UTC)
-    rows = []
-    for station, series in means.groupby(level="station_id"):
-        temperature = series[contract.forecast_names[0]]
-        for (_, hour), values in series.iterrows():
-            score = abs(values.iloc[0] - temperature.mean()) / temperature.std()
-            forecasts = [
-                {
-                    "measure": measure,
-                    "horizon_h": h,
-                    "target_time": hour + pd.Timedelta(hours=h),
-                    "yhat": float(actual) + 1,
-                    "yhat_lower": float(actual) - 1,
-                    "yhat_upper": float(actual) + 3,
-                    "method": FORECAST_METHODS[0],
-                }
-                for measure, actual in values.items()
-                if not pd.isna(actual)
-                for h in (1, 2, 3)
-            ]
-            rows.append(
-                {
-                    "station_id": station,
-                    "window_start": hour - pd.Timedelta(hours=1),
-                    "window_end": hour,
-                    "anomaly_score": None if pd.isna(score) else float(score),
-                    "is_anomaly": None if pd.isna(score) else bool(score > 1.5),
-                    "anomaly_kind": "residual" if not pd.isna(score) and score > 1.5 else None,
-                    "forecast_origin": hour,
-                    "forecasts": forecasts,
-                    "forecast_model": "weather_forecast",
-                    "forecast_version": 1,
-                    "anomaly_model": "weather_anomaly",
-                    "anomaly_version": 1,
-                    "scored_at": scored_at,
-                }
-            )
-    write_deltalake(
-        settings.lake_path(contract.table("gold", "predictions")),
-        pa.Table.from_pylist(rows, schema=gold_schema("station_id")),
-        mode="overwrite",
-    )
 
 
 @pytest.fixture(scope="module")
-def marts(services, warehouse, tmp_path_factory):  # noqa: F811  (the fixture above)
-    """The test lake loaded and modelled; the settings and the `periscope` environment."""
-    root = tmp_path_factory.mktemp("tableau")
-    settings = warehouse.model_copy(update={"lake_root": str(root / "lake")})
-    _write_weather_lake(settings)
-    loaded = load_tables(settings, table_specs(["weather"]))
-    assert {r.table for r in loaded if r.status == "loaded"} == {
-        "weather_observations",
-        "weather_predictions",
-    }
-    env = {
-        **os.environ,
-        "COLUMNS": "200",
-        "PERISCOPE_LAKE_ROOT": settings.lake_root,
-        "DBT_TARGET_PATH": str(root / "dbt" / "target"),
-        "DBT_LOG_PATH": str(root / "dbt" / "logs"),
-    }
-    build = subprocess.run(
-        [PERISCOPE, "dbt", "build"], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
-    return settings, env, root
+def marts(built_marts, tmp_path_factory):
+    """The session's built marts (conftest.py): the settings, the `periscope` environment, and
+    a folder for this module's files."""
+    built_marts.ensure()
+    return built_marts.settings, built_marts.env, tmp_path_factory.mktemp("tableau")
 
 
 def _catalog(settings) -> dict[tuple[str, str], str]:

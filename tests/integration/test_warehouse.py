@@ -11,6 +11,7 @@ last a source of another shape registered in this process, loaded and modelled e
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -41,8 +42,8 @@ from periscope.contracts import (
     get_contract,
 )
 from periscope.lake import delta_row_count, read_delta
-from periscope.services import PostgresServer
 from spark_streaming.silver import process_batch
+from tests.integration.conftest import fresh_warehouse
 from tests.integration.silver_helpers import bronze_frame, silver_tables
 from warehouse.dbt import run_dbt, sync_project
 from warehouse.loader import load_tables
@@ -187,7 +188,7 @@ def write_taxi_event_predictions(settings) -> pa.Table:
         },
         schema=TAXI_EVENT_SCHEMA,
     )
-    write_deltalake(settings.lake_path("gold/taxi_event_predictions"), events, mode="overwrite")
+    write_deltalake(settings.lake_path("gold/taxi_trip_predictions"), events, mode="overwrite")
     return events
 
 
@@ -287,9 +288,9 @@ class Lake:
         return self.settings.lake_path(table)
 
 
-@pytest.fixture(scope="module")
-def lake(spark, services, tmp_path_factory):
-    lake = Lake(spark, services, tmp_path_factory.mktemp("warehouse"))
+def build_lake(spark, services, root: Path) -> Lake:
+    """The first FIRST_DAYS days of each source through silver, stand-in gold, the taxi hours."""
+    lake = Lake(spark, services, root)
     for source in SOURCES:
         lake.silver_days(source, 0, FIRST_DAYS, batch_id=0)
         write_stand_in_gold(lake.settings, source)
@@ -299,13 +300,19 @@ def lake(spark, services, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lake(warehouse_lake, spark, services, tmp_path_factory):
+    """A copy of the session's lake of this shape (conftest.py): the tests here add to it."""
+    root = tmp_path_factory.mktemp("warehouse")
+    shutil.copytree(Path(warehouse_lake.settings.lake_root), root / "lake")
+    lake = Lake(spark, services, root)
+    lake.taxi_trips, lake.taxi_demand = warehouse_lake.taxi_trips, warehouse_lake.taxi_demand
+    return lake
+
+
+@pytest.fixture(scope="module")
 def warehouse(services):
     """A database without the schemas of earlier runs, bootstrapped as `services up` does."""
-    with psycopg2.connect(services.postgres_dsn("owner")) as conn, conn.cursor() as cur:
-        for schema in ("lake", "staging", "intermediate", "marts", "analytics"):
-            cur.execute(f"drop schema if exists {schema} cascade")
-    PostgresServer(services).bootstrap()
-    return services
+    return fresh_warehouse(services)
 
 
 @pytest.fixture(scope="module")
@@ -380,12 +387,12 @@ def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse)
     # Taxi: the speed layer's table is skipped (not an error) until gold writes it ...
     taxi = {r.table: r for r in load_tables(lake.settings, table_specs(["taxi"]))}
     assert set(taxi) == {
-        f"taxi_{e}" for e in ("observations", "features", "predictions", "event_predictions")
+        f"taxi_{e}" for e in ("observations", "features", "predictions", "trip_predictions")
     }
-    skipped = taxi["taxi_event_predictions"]
+    skipped = taxi["taxi_trip_predictions"]
     assert (skipped.status, skipped.reason) == (
         "skipped",
-        f"no Delta table at {lake.delta_path('gold/taxi_event_predictions')}",
+        f"no Delta table at {lake.delta_path('gold/taxi_trip_predictions')}",
     )
     assert taxi["taxi_observations"].rows_loaded == lake.taxi_trips
     assert taxi["taxi_predictions"].forecasts_loaded == 7
@@ -395,7 +402,7 @@ def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse)
     assert (loaded.status, loaded.mode, loaded.rows_loaded) == ("loaded", "full", events.num_rows)
     assert 0 < events.num_rows < lake.taxi_trips
     assert _query(
-        warehouse, "select count(distinct trip_id), count(*) from lake.taxi_event_predictions"
+        warehouse, "select count(distinct trip_id), count(*) from lake.taxi_trip_predictions"
     ) == [(events.num_rows, events.num_rows)]
     # gold rows keep the detector that flagged them; forecasts the method served.
     assert (
@@ -467,7 +474,7 @@ def test_dim_zone_holds_every_tlc_zone_and_its_entity(warehouse):
 
 def test_fct_trip_has_every_trip_with_its_actual_and_predicted_duration_and_fare(lake, warehouse):
     trips = read_delta(lake.delta_path("silver/taxi_observations")).to_pandas()
-    events = read_delta(lake.delta_path("gold/taxi_event_predictions")).to_pandas()
+    events = read_delta(lake.delta_path("gold/taxi_trip_predictions")).to_pandas()
     rows = _query(
         warehouse,
         "select t.trip_id, t.actual_duration_min, t.actual_fare_amount, "
