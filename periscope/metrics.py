@@ -91,8 +91,8 @@ BATCH_SECONDS = Histogram(
 )
 OFFSETS_BEHIND = Gauge(
     "periscope_stage_offsets_behind_latest",
-    "Kafka offsets between a Spark query and the end of its topic, over partitions "
-    "(stat: min, max, avg), from the query's last progress.",
+    "Kafka offsets between a stage and the end of its topic, over partitions "
+    "(stat: min, max, avg), from a Spark query's last progress or the direct writer's last fetch.",
     ["stage", "source", "stat"],
 )
 FILES_BEHIND = Gauge(

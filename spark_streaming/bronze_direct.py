@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
-from periscope.metrics import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT
+from periscope.metrics import BATCH_SECONDS, OFFSETS_BEHIND, RECORDS_IN, RECORDS_OUT
 from spark_streaming.bronze import BRONZE_COLUMNS, STATS_COLUMNS, BronzeTarget
 
 if TYPE_CHECKING:
@@ -492,6 +492,26 @@ class DirectBronzeWriter:
         if committed and self._consumer is not None:
             # For lag tools only: the table, not these, decides where a writer resumes.
             self._consumer.commit(offsets=committed, asynchronous=True)
+            self._export_offsets_behind()
+
+    def _export_offsets_behind(self) -> None:
+        """How far each source is behind the end of its topic (min, max, avg over partitions),
+        as the Spark engine reports it: from the high watermark of the last fetch (no request)."""
+        from confluent_kafka import TopicPartition
+
+        assert self._consumer is not None
+        behind: dict[str, list[int]] = defaultdict(list)
+        for (topic, partition), position in self.position.items():
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high >= 0:  # librdkafka's "not known yet" is negative
+                behind[topic].append(max(high - position, 0))
+        for topic, offsets in behind.items():
+            source = self.targets[topic].source
+            figures = {"min": min(offsets), "max": max(offsets), "avg": sum(offsets) / len(offsets)}
+            for stat, value in figures.items():
+                OFFSETS_BEHIND.labels("bronze", source, stat).set(value)
 
     def _append(self, topic: str, rows: pa.Table, marks: Mapping[int, int]) -> None:
         """One delta-rs append carrying every partition's mark, fenced against other writers."""

@@ -517,8 +517,11 @@ def start_silver(
     available_now: bool = False,
     max_files_per_trigger: int | None = None,
     publish: bool = True,
+    processors: list[BatchProcessor] | None = None,
 ) -> StreamingQuery:
-    """Start the silver query for one source (its own Spark session: MERGE tokens are per session)."""
+    """Start the silver query for one source (its own Spark session: MERGE tokens are per session).
+    Its batch processor is appended to `processors`, for the caller to close once the query ends
+    (the processor's Kafka producer otherwise outlives the query)."""
     session = spark.newSession()
     ensure_silver_tables(session, tables, contract)
     app_id_holder: dict[str, str] = {}
@@ -536,6 +539,8 @@ def start_silver(
     run_batch = BatchProcessor(
         settings=settings, contract=contract, tables=tables, app_id=app_id, publish=publish
     )
+    if processors is not None:
+        processors.append(run_batch)
 
     reader = session.readStream.format("delta")
     if max_files_per_trigger:
@@ -566,18 +571,24 @@ def run_silver(
     from spark_streaming.progress import follow_until_stopped, stop_on_signals
     from spark_streaming.session import build_spark_session
 
+    processors: list[BatchProcessor] = []
     with stop_on_signals() as stop:  # a stop asked for during the slow start-up waits for it
         spark = spark or build_spark_session("periscope-silver", settings=settings)
-        queries = [
-            start_silver(
-                spark,
-                settings,
-                c,
-                SilverTables.for_contract(settings, c),
-                available_now=available_now,
-                max_files_per_trigger=max_files_per_trigger,
-            )
-            for c in contracts
-        ]
-        processed = follow_until_stopped(queries, stop=stop)
+        try:
+            queries = [
+                start_silver(
+                    spark,
+                    settings,
+                    c,
+                    SilverTables.for_contract(settings, c),
+                    available_now=available_now,
+                    max_files_per_trigger=max_files_per_trigger,
+                    processors=processors,
+                )
+                for c in contracts
+            ]
+            processed = follow_until_stopped(queries, stop=stop)
+        finally:
+            for processor in processors:
+                processor.close()
     return {c.name: processed[f"silver_{c.name}"] for c in contracts}
