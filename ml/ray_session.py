@@ -17,9 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
 from periscope.settings import Settings
 
 __all__ = ["local_ray_node", "ray_session", "worker_runtime_env"]
+
+log = logging.getLogger(__name__)
 
 
 _LOOPBACK = "loopback"
@@ -68,13 +72,26 @@ def ray_session(settings: Settings, workers: int | None = None) -> Iterator[None
     if settings.ray_address:
         ray.init(address=settings.ray_address, logging_level=logging.WARNING)
     else:
-        ray.init(
-            num_cpus=workers or settings.train_workers,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            _node_ip_address=None if node_ip == _LOOPBACK else node_ip,
-        )
+        # Ray gives a new local node 30 s (not configurable) to register with its GCS; on two
+        # busy cores that can pass, and a second start then succeeds: try up to three times.
+        def start_again(_: RetryCallState) -> None:
+            log.warning("Ray's local node did not start within its 30 s; starting it again")
+            ray.shutdown()
+
+        for attempt in Retrying(
+            stop=stop_after_attempt(3),
+            retry=retry_if_exception(lambda e: "timed out during startup" in str(e)),
+            before_sleep=start_again,
+            reraise=True,
+        ):
+            with attempt:
+                ray.init(
+                    num_cpus=workers or settings.train_workers,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    _node_ip_address=None if node_ip == _LOOPBACK else node_ip,
+                )
     try:
         yield
     finally:
