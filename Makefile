@@ -15,7 +15,7 @@ JARS     := .local/jars
 MVN      := mvn -q -B -Dstyle.color=never -s jvm/settings.xml
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps demo serve test test-unit test-integration lint lock services-up services-down clean distclean
+.PHONY: help setup system-deps demo serve test test-unit test-integration test-reliability lint lock services-up services-down clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -144,7 +144,7 @@ $(VENV)/bin/ruff format --check .
 $(VENV)/bin/mypy
 endef
 UNIT_TESTS := $(PY) -m pytest -q --durations=15
-INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q --durations=30
+INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q --durations=30 -m "not reliability"
 
 test: setup ## Lint, then the unit tier (with docstring examples), then the integration tier
 	@$(LINT)
@@ -156,6 +156,9 @@ test-unit: setup ## The fast tier: docstring examples and tests/unit (no service
 
 test-integration: setup ## Real Kafka, PostgreSQL, Spark + Delta, Ray (starts the test services it needs, stops them)
 	@$(INTEGRATION_TESTS)
+
+test-reliability: setup ## Opt-in: the reliability suite's small run under `periscope up` (kills, a broker restart; ~6 min)
+	@$(PY) -m pytest tests/integration/test_reliability.py -q -m reliability
 
 lint: setup ## ruff check, ruff format --check, mypy
 	@$(LINT)

@@ -32,7 +32,9 @@ import pytest
 
 from periscope.settings import Settings, get_settings
 
-pytestmark = pytest.mark.integration
+# Opt-in (`make test-reliability`): its start-ups and crash recovery (386 s measured at load
+# average 15-27) do not fit the 30-minute budget of `make test` beside the rest of the tier.
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 RECORDS = 5_000
 KILLS = 5
