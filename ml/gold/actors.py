@@ -20,7 +20,7 @@ from ml.gold.scoring import LoadedModels, score_windows, to_arrow
 from ml.gold.table import gold_schema
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
-from periscope.contracts import SourceContract
+from periscope.contracts import SourceContract, get_contract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 
@@ -102,7 +102,13 @@ class ScoringActor:
         key: str,
     ) -> pa.Table:
         models = self.models[source]
-        return to_arrow(score_windows(features, hourly, models, scored_at=scored_at, key=key), key)
+        zeros = frozenset(
+            t.name for t in get_contract(source).forecast_targets if t.zero_when_empty
+        )
+        rows = score_windows(
+            features, hourly, models, scored_at=scored_at, key=key, zero_when_empty=zeros
+        )
+        return to_arrow(rows, key)
 
     def use_event(self, source: str, kind: str, version: int | None) -> str | None:
         """Hold `version` of the source's per-event model; returns the load error, if any

@@ -143,6 +143,7 @@ def score_windows(
     *,
     scored_at: datetime,
     key: str,
+    zero_when_empty: frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
     """Gold prediction rows (`gold_columns(key)`) for silver feature windows.
 
@@ -159,7 +160,8 @@ def score_windows(
       detectors read `hourly`'s measure means of the LOOKBACK_HOURS before each window.
     - forecasts: for each (station, measure) the bundle knows, horizons 1..horizon_hours
       from forecast_origin, measure by measure; empty for a station it does not know, or
-      without a forecast model.
+      without a forecast model. The targets named in `zero_when_empty` (counts, sums) are 0
+      in an hour of the entity's history without rows, as training saw them; others NaN.
     The same inputs and scored_at always give the same rows.
     """
     windows = _windows(features, key)
@@ -185,7 +187,9 @@ def score_windows(
             "forecast_origin": utc(_naive_hours(origins)),
             "forecasts": pd.Series(
                 pd.arrays.ArrowExtensionArray(
-                    _forecasts(windows[key].to_numpy(), origins, hourly, models, key)
+                    _forecasts(
+                        windows[key].to_numpy(), origins, hourly, models, key, zero_when_empty
+                    )
                 )
             ),
             "forecast_model": pd.Series([models.forecast_model] * n, dtype=object),
@@ -204,6 +208,7 @@ def _forecasts(
     hourly: pd.DataFrame,
     models: LoadedModels,
     key: str,
+    zero_when_empty: frozenset[str] = frozenset(),
 ) -> pa.ListArray:
     """The forecasts column: rows are grouped by entity, as score_windows sorts them.
 
@@ -218,7 +223,8 @@ def _forecasts(
     counts = np.zeros(len(stations), dtype="int64")
     if bundle is None or not len(stations):
         return _forecast_lists([], counts, names)
-    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names, key)
+    zeros = np.array([m in zero_when_empty for m in names], dtype=bool)
+    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names, key, zeros)
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]
     bounds = np.r_[np.flatnonzero(new_station), len(stations)]
@@ -307,10 +313,15 @@ def _forecast_lists(
 
 
 def _hourly(
-    hourly: pd.DataFrame, stations: list[str], measures: list[str], key: str
+    hourly: pd.DataFrame,
+    stations: list[str],
+    measures: list[str],
+    key: str,
+    zero_when_empty: np.ndarray | None = None,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Per station: its first hour (since the epoch) and the hourly means of `measures` from
-    that hour on, an (hours x measures) array with NaN where nothing was observed.
+    that hour on, an (hours x measures) array with NaN where nothing was observed, or 0 for
+    the measures `zero_when_empty` marks (a count of nothing).
 
     Averaging again is a no-op on hourly rows and tolerates duplicate or finer rows; inf is
     no observation a forecast could start from.
@@ -344,7 +355,12 @@ def _hourly(
         np.add.at(sums, at, np.where(seen, values[a:b], 0.0))
         np.add.at(counts, at, seen)
         with np.errstate(invalid="ignore", divide="ignore"):
-            history[str(names[codes[a]])] = (start, sums / counts)  # 0/0: NaN
+            means = sums / counts  # 0/0: NaN
+        if zero_when_empty is not None:
+            means[:, zero_when_empty] = np.where(
+                counts[:, zero_when_empty] == 0, 0.0, means[:, zero_when_empty]
+            )
+        history[str(names[codes[a]])] = (start, means)
     return history
 
 

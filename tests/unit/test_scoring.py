@@ -23,6 +23,7 @@ from ml.forecast import (
 )
 from ml.gold.scoring import (
     LoadedModels,
+    _hourly,
     gold_columns,
     gold_schema,
     history_window,
@@ -409,3 +410,22 @@ def test_history_rows_finer_than_hours_and_infinities_change_nothing(
     )
     assert without["forecasts"].map(len).tolist() == scored["forecasts"].map(len).tolist()
     assert not without["forecasts"].equals(scored["forecasts"])
+
+
+def test_an_hour_without_rows_is_zero_for_a_count_and_missing_for_a_mean():
+    """As training's grid (ml.data.series_frames): a zone with no trips that hour had 0 trips,
+    but its mean fare is unknown, not 0."""
+    hourly = pd.DataFrame(
+        {
+            "zone": ["a", "a"],
+            "ds": pd.to_datetime(["2024-01-01 00:00", "2024-01-01 02:00"], utc=True),
+            "fare_mean": [10.0, 12.0],
+            "trips": [5.0, 7.0],
+        }
+    )
+    zeros = np.array([False, True])
+    [(_, values)] = _hourly(hourly, ["a"], ["fare_mean", "trips"], "zone", zeros).values()
+    assert values[:, 1].tolist() == [5.0, 0.0, 7.0]
+    assert values[0, 0] == 10.0 and np.isnan(values[1, 0]) and values[2, 0] == 12.0
+    [(_, means)] = _hourly(hourly, ["a"], ["fare_mean", "trips"], "zone").values()
+    assert np.isnan(means[1]).all()  # without the flags, every empty hour is missing
