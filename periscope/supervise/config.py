@@ -66,7 +66,7 @@ def _program_section(
         "stopwaitsecs": str(program.stop_wait_s),
         # The signal goes to the stage's own process (it drains, then stops its children);
         # the SIGKILL after stopwaitsecs goes to the whole group, so no JVM or Ray worker is left.
-        "stopasgroup": "false",
+        "stopasgroup": "true" if program.stop_as_group else "false",
         "killasgroup": "true",
         "redirect_stderr": "true",
         "stdout_logfile": str(paths.program_log(program.name)),

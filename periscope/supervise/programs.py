@@ -54,6 +54,9 @@ class Program:
     start_s: int = 10
     every_s: float | None = None  # a one-shot command, re-run on this interval
     env: dict[str, str] = field(default_factory=dict)
+    # The stop signal goes to the whole process group, for a program whose children do not
+    # stop with it (`dagster dev` left its code server and an in-flight run for 1-2 minutes).
+    stop_as_group: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ def plan_programs(
         Program("api", ("api",), needs=("api",)),
         Program("dashboard", ("dashboard",), needs=("dashboard",)),
         # `dagster dev` (web server, daemon, code server) in one process tree; SIGTERM stops it.
-        Program("dagster", ("orchestrate",), needs=("orchestrate",)),
+        Program("dagster", ("orchestrate",), needs=("orchestrate",), stop_as_group=True),
         # score finishes its round on SIGINT (once Ray runs, SIGTERM makes Ray's driver abort).
         Program(
             "score",

@@ -86,6 +86,8 @@ def test_config_orders_logs_and_stops_each_program(tmp_path: Path) -> None:
     assert config.get(bronze, "stdout_logfile") == str(tmp_path / "logs" / "bronze.log")
     assert config.get("program:score", "stopsignal") == "INT"  # finishes its round
     assert config.get("program:api", "stopsignal") == "TERM"
+    assert config.get(bronze, "stopasgroup") == "false"  # bronze drains, then stops its JVM
+    assert config.get("program:dagster", "stopasgroup") == "true"  # code server, runs too
 
 
 def test_config_escapes_percent_and_writes_no_secret(tmp_path: Path) -> None:
