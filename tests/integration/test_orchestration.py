@@ -47,7 +47,7 @@ def test_the_warehouse_job_loads_the_lake_and_fills_the_marts(run_settings):
     prepare_dbt_project(run_settings, log=logging.getLogger(__name__))
     defs = build_definitions(run_settings)
     with dg.instance_for_test() as instance:
-        result = defs.get_job_def("warehouse").execute_in_process(instance=instance)
+        result = defs.resolve_job_def("warehouse").execute_in_process(instance=instance)
     assert result.success
 
     lake = run_settings.lake_path
