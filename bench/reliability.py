@@ -59,6 +59,7 @@ from rich.table import Table  # noqa: E402
 
 from periscope.contracts import SourceContract, get_contract  # noqa: E402
 from periscope.settings import Settings  # noqa: E402
+from periscope.topics import recreate_topics  # noqa: E402
 
 SOURCE = "weather"
 STAGES = ("bronze", "silver", "score")
@@ -213,39 +214,6 @@ def periscope(
         check=False,
         env={**os.environ, **(env or {})},
     )
-
-
-def fresh_topics(settings: Settings, contract: SourceContract, *, timeout_s: float = 120) -> None:
-    """Delete and recreate the source's topics, so `weather-raw` holds only what this run sends
-    (a test session's broker has earlier modules' records in it)."""
-    from confluent_kafka.admin import AdminClient
-
-    from periscope.topics import create_topics, topic_specs
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    names = set(contract.topics.values())
-    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
-    if doomed:
-        for done in admin.delete_topics(doomed, operation_timeout=30).values():
-            done.result()
-    deadline = time.monotonic() + timeout_s
-    while names & set(admin.list_topics(timeout=30).topics):  # deletion is asynchronous
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{sorted(names)} were not deleted within {timeout_s:.0f} s")
-        time.sleep(0.5)
-    while True:
-        try:
-            create_topics(settings, topic_specs(settings, [contract]))
-        except Exception:  # a topic still being deleted refuses creation for a moment
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-            continue
-        if names <= set(admin.list_topics(timeout=30).topics):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{sorted(names)} were not recreated within {timeout_s:.0f} s")
-        time.sleep(0.5)
 
 
 def park_follow_clock(settings: Settings) -> None:
@@ -727,7 +695,7 @@ def run(settings: Settings, config: Config, *, work_dir: Path) -> Report:
     t0 = time.monotonic()
     for service in (KafkaBroker(settings), PostgresServer(settings)):
         service.start()
-    fresh_topics(settings, contract)
+    recreate_topics(settings, [contract])  # weather-raw holds only what this run sends
     start_pipeline(settings)
     report.timings["up"] = time.monotonic() - t0
 

@@ -20,6 +20,7 @@ __all__ = [
     "describe_topics",
     "list_topics",
     "records_written",
+    "recreate_topics",
     "topic_specs",
 ]
 
@@ -116,6 +117,43 @@ def create_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> d
         return {spec.name: outcome[spec.name] for spec in specs}
     finally:
         admin.close()
+
+
+def recreate_topics(
+    settings: Settings, contracts: list[SourceContract], *, timeout_s: float = 120
+) -> None:
+    """Delete the contracts' topics and create them again, empty (a test or benchmark that
+    must see only its own records on a broker earlier runs wrote to). Deleting is asynchronous
+    on the broker, so this waits until the names are gone and then until creation succeeds."""
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    specs = topic_specs(settings, contracts)
+    names = {spec.name for spec in specs}
+    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
+    if doomed:
+        for done in admin.delete_topics(doomed, operation_timeout=30).values():
+            done.result()
+    deadline = time.monotonic() + timeout_s
+    while names & set(admin.list_topics(timeout=30).topics):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{sorted(names)} were not deleted within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    while True:
+        try:
+            create_topics(settings, specs)
+        except Exception:  # a topic still being deleted refuses creation for a moment
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+            continue
+        if names <= set(admin.list_topics(timeout=30).topics):
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{sorted(names)} were not recreated within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def list_topics(settings: Settings, *, include_internal: bool = False) -> list[str]:

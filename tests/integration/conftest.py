@@ -13,7 +13,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ import pytest
 
 from periscope.services import KafkaBroker, PostgresServer
 from periscope.settings import PROJECT_DIR, Settings, get_settings
-from periscope.topics import create_topics, topic_specs
+from periscope.topics import recreate_topics
 
 # A second test run beside the first (PERISCOPE_TEST_INSTANCE=1, 2, ...) gets its own state
 # folder and ports, so two checkouts or two developers' runs never stop each other's services.
@@ -85,36 +84,6 @@ def spark(test_settings: Settings):
     session.stop()
 
 
-def fresh_topics(settings, contract) -> None:
-    """Delete and recreate the source's topics: test modules of the session replay into the same
-    topics (`weather-raw`, ...), and a bronze that reads from the earliest offset would land (and
-    silver window, one bronze file per batch) every earlier module's records too."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    names = set(contract.topics.values())
-    doomed = sorted(names & set(admin.list_topics(timeout=30).topics))
-    if doomed:
-        for done in admin.delete_topics(doomed, operation_timeout=30).values():
-            done.result()
-    deadline = time.monotonic() + 120
-    while names & set(admin.list_topics(timeout=30).topics):  # deletion is asynchronous
-        assert time.monotonic() < deadline, "the source's topics were not deleted"
-        time.sleep(0.5)
-    while True:
-        try:
-            create_topics(settings, topic_specs(settings, [contract]))
-        except Exception:  # a topic still being deleted refuses creation for a moment
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-            continue
-        if names <= set(admin.list_topics(timeout=30).topics):
-            return
-        assert time.monotonic() < deadline, "the source's topics were not recreated"
-        time.sleep(0.5)
-
-
 # The session's small real weather pipeline, read by the lineage and the dashboard tests.
 PIPELINE_STATIONS = ["denver", "boston"]
 PIPELINE_UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-10-01 13:00
@@ -138,7 +107,9 @@ def scored_weather(services: Settings, spark, tmp_path_factory) -> Settings:
     settings = services.model_copy(
         update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
     )
-    fresh_topics(settings, WEATHER)
+    # Earlier modules of the session replay into the same `weather-raw`, and this bronze reads
+    # from the earliest offset: it starts from empty topics.
+    recreate_topics(settings, [WEATHER])
     replay(
         settings,
         WEATHER.name,
