@@ -20,7 +20,7 @@ from ml.gold.scoring import LoadedModels, score_windows, to_arrow
 from ml.gold.table import gold_schema
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
-from periscope.contracts import SourceContract, get_contract
+from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 
@@ -100,13 +100,11 @@ class ScoringActor:
         hourly: pd.DataFrame,
         scored_at: datetime,
         key: str,
+        zero_when_empty: frozenset[str] = frozenset(),
     ) -> pa.Table:
         models = self.models[source]
-        zeros = frozenset(
-            t.name for t in get_contract(source).forecast_targets if t.zero_when_empty
-        )
         rows = score_windows(
-            features, hourly, models, scored_at=scored_at, key=key, zero_when_empty=zeros
+            features, hourly, models, scored_at=scored_at, key=key, zero_when_empty=zero_when_empty
         )
         return to_arrow(rows, key)
 
@@ -213,9 +211,12 @@ class ScorerPool:
         scored_at: datetime,
         *,
         key: str,
+        zero_when_empty: frozenset[str] = frozenset(),
     ) -> pa.Table:
         """Gold rows for `features`, entities (column `key`) spread over the actors; raises
-        ScoringError."""
+        ScoringError. `zero_when_empty`: the forecast targets that are 0 in an hour without
+        rows (from the caller's contract: a source registered at run time is unknown to the
+        actors' processes)."""
         parts = split_by_entity(features, len(self.actors), key)
         calls = []
         for actor, part in zip(self.actors, parts, strict=True):
@@ -223,7 +224,7 @@ class ScorerPool:
                 continue
             entities = part[key].astype(str).unique()
             history = hourly[hourly[key].astype(str).isin(entities)]
-            calls.append(actor.score.remote(source, part, history, scored_at, key))
+            calls.append(actor.score.remote(source, part, history, scored_at, key, zero_when_empty))
         tables = self._get(calls)
         if not tables:
             return gold_schema(key).empty_table()

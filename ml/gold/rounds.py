@@ -137,7 +137,14 @@ def score_round(
     phase("history")
     versions = pool.sync_models(contract.name, registry)
     phase("models")
-    rows = pool.score(contract.name, features, hourly, datetime.now(UTC), key=contract.key_field)
+    rows = pool.score(
+        contract.name,
+        features,
+        hourly,
+        datetime.now(UTC),
+        key=contract.key_field,
+        zero_when_empty=frozenset(t.name for t in contract.forecast_targets if t.zero_when_empty),
+    )
     phase("score")
     # Published before the commit: a crash in between republishes (at least once), never skips.
     published = publish_predictions(settings, contract, rows) if publish and rows.num_rows else 0
