@@ -58,7 +58,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from periscope.contracts import SourceContract, get_contract  # noqa: E402
-from periscope.settings import Settings  # noqa: E402
+from periscope.settings import Settings, instance_ports  # noqa: E402
 from periscope.topics import recreate_topics  # noqa: E402
 
 SOURCE = "weather"
@@ -73,27 +73,18 @@ console = Console()
 
 
 def instance_env(instance: int, *, local_dir: Path, lake_root: Path) -> dict[str, str]:
-    """Environment for a run on a test instance's ports (as tests/integration/conftest.py and
-    test_up.py shift them: 1000 x instance), with its own state folder and lake."""
-    shift = 1000 * instance
-    env = {
+    """Environment for a run on a test instance's ports (`instance_ports`, as the integration
+    tests use them), with its own state folder and lake."""
+    return {
         "PERISCOPE_LOCAL_DIR": str(local_dir),
         "PERISCOPE_LAKE_ROOT": str(lake_root),
         "PERISCOPE_JARS_DIR": str(PROJECT_DIR / ".local" / "jars"),
         "PERISCOPE_KAFKA_BOOTSTRAP_SERVERS": "",
-        "PERISCOPE_KAFKA_PORT": str(19092 + shift),
-        "PERISCOPE_KAFKA_CONTROLLER_PORT": str(19093 + shift),
-        "PERISCOPE_POSTGRES_PORT": str(15433 + shift),
+        **instance_ports(instance),
         "PERISCOPE_SPARK_UI_ENABLED": "false",
         "PERISCOPE_SPARK_SHUFFLE_PARTITIONS": "2",
         "PERISCOPE_SPARK_MASTER": "local[2]",
-        "PERISCOPE_API_PORT": str(18000 + shift),
-        "PERISCOPE_DASHBOARD_PORT": str(18501 + shift),
-        "PERISCOPE_DAGSTER_PORT": str(13000 + shift),
     }
-    for offset, stage in enumerate(("bronze", "silver", "score", "ingest")):
-        env[f"PERISCOPE_METRICS_{stage.upper()}_PORT"] = str(19461 + shift + offset)
-    return env
 
 
 # --- producing -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from periscope.errors import PeriscopeError
 
-__all__ = ["PROJECT_DIR", "Settings", "get_settings"]
+__all__ = ["PROJECT_DIR", "Settings", "get_settings", "instance_ports"]
 
 # The checkout this package was installed from (`pip install -e .`).
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -129,6 +129,17 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         description="The direct bronze writer commits at least this often while records arrive.",
+    )
+    silver_engine: Literal["direct", "spark"] = Field(
+        default="spark",
+        description="What `silver run` uses: `direct` (delta-rs reads bronze's log, Arrow "
+        "validation, no JVM) or `spark` (the Spark query, for a cluster's master URL).",
+    )
+    silver_batch_records: int = Field(
+        default=250_000, ge=1, description="Bronze records per batch of the direct silver engine."
+    )
+    silver_poll_seconds: float = Field(
+        default=0.25, gt=0, description="How often the direct silver engine looks for new bronze."
     )
     stream_trigger_interval: str = Field(
         default="2 seconds", description="Micro-batch interval of continuously running streams."
@@ -288,6 +299,35 @@ class Settings(BaseSettings):
             f"postgresql://{quote(user, safe='')}:{secret}"
             f"@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
         )
+
+
+# A test instance's ports: these base ports plus 1000 x instance, so the integration tests and
+# the benches of one instance never collide with another's, nor with the defaults of a demo.
+_INSTANCE_BASE_PORTS = {
+    "PERISCOPE_KAFKA_PORT": 19092,
+    "PERISCOPE_KAFKA_CONTROLLER_PORT": 19093,
+    "PERISCOPE_POSTGRES_PORT": 15433,
+    "PERISCOPE_API_PORT": 18000,
+    "PERISCOPE_DASHBOARD_PORT": 18501,
+    "PERISCOPE_DAGSTER_PORT": 13000,
+    "PERISCOPE_SUPERSET_PORT": 18088,
+    "PERISCOPE_METRICS_BRONZE_PORT": 19461,
+    "PERISCOPE_METRICS_SILVER_PORT": 19462,
+    "PERISCOPE_METRICS_SCORE_PORT": 19463,
+    "PERISCOPE_METRICS_INGEST_PORT": 19464,
+}
+
+
+def instance_ports(instance: int) -> dict[str, str]:
+    """The `PERISCOPE_*_PORT` overrides of test instance `instance` (0, 1, 2, ...): every port a
+    service or stage listens on, shifted by 1000 x instance (`PERISCOPE_TEST_INSTANCE`).
+
+    >>> instance_ports(2)["PERISCOPE_KAFKA_PORT"], instance_ports(0)["PERISCOPE_POSTGRES_PORT"]
+    ('21092', '15433')
+    """
+    if instance < 0:
+        raise ValueError(f"a test instance is 0 or more, not {instance}")
+    return {name: str(port + 1000 * instance) for name, port in _INSTANCE_BASE_PORTS.items()}
 
 
 @lru_cache(maxsize=1)

@@ -1,9 +1,9 @@
 """Integration fixtures: the project's real Kafka broker and PostgreSQL server, real Spark.
 
-The tests run their own service instances (state in `.local/test`, ports 19092/19093/15433)
-so they never touch the data of a `make demo` that may be running beside them. Services
-the session starts it also stops; one that already ran (a previous `--keep` session,
-say) is reused and left running.
+The tests run their own service instances (state in `.local/test`, ports 19092/19093/15433 and
+the others of `periscope.settings.instance_ports`) so they never touch the data of a `make demo`
+that may be running beside them. Services the session starts it also stops; one that already
+ran (a previous `--keep` session, say) is reused and left running.
 """
 
 from __future__ import annotations
@@ -22,22 +22,19 @@ import psycopg2
 import pytest
 
 from periscope.services import KafkaBroker, PostgresServer
-from periscope.settings import PROJECT_DIR, Settings, get_settings
+from periscope.settings import PROJECT_DIR, Settings, get_settings, instance_ports
 from periscope.topics import recreate_topics
 
 # A second test run beside the first (PERISCOPE_TEST_INSTANCE=1, 2, ...) gets its own state
 # folder and ports, so two checkouts or two developers' runs never stop each other's services.
 _INSTANCE = int(os.environ.get("PERISCOPE_TEST_INSTANCE", "0"))
 _SUFFIX = str(_INSTANCE) if _INSTANCE else ""
-_PORT_SHIFT = 1000 * _INSTANCE
 
 TEST_ENV = {
     "PERISCOPE_LOCAL_DIR": str(PROJECT_DIR / ".local" / f"test{_SUFFIX}"),
     "PERISCOPE_JARS_DIR": str(PROJECT_DIR / ".local" / "jars"),
     "PERISCOPE_KAFKA_BOOTSTRAP_SERVERS": "",
-    "PERISCOPE_KAFKA_PORT": str(19092 + _PORT_SHIFT),
-    "PERISCOPE_KAFKA_CONTROLLER_PORT": str(19093 + _PORT_SHIFT),
-    "PERISCOPE_POSTGRES_PORT": str(15433 + _PORT_SHIFT),
+    **instance_ports(_INSTANCE),
     "PERISCOPE_SPARK_UI_ENABLED": "false",
     "PERISCOPE_SPARK_SHUFFLE_PARTITIONS": "2",
     "PERISCOPE_SPARK_MASTER": "local[2]",

@@ -25,7 +25,6 @@ from periscope.supervise import SupervisePaths, Supervisor
 from periscope.supervise.sockets import descendants, listening_sockets
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
-_SHIFT = 1000 * int(os.environ.get("PERISCOPE_TEST_INSTANCE", "0"))
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -52,13 +51,9 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.fixture
-def up_env(test_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """This instance's ports for the API and the stages' metrics too, so runs never collide."""
-    monkeypatch.setenv("PERISCOPE_API_PORT", str(18000 + _SHIFT))
-    monkeypatch.setenv("PERISCOPE_DASHBOARD_PORT", str(18501 + _SHIFT))
-    monkeypatch.setenv("PERISCOPE_DAGSTER_PORT", str(13000 + _SHIFT))
-    for offset, stage in enumerate(("bronze", "silver", "score", "ingest")):
-        monkeypatch.setenv(f"PERISCOPE_METRICS_{stage.upper()}_PORT", str(19461 + _SHIFT + offset))
+def up_env(test_settings: Settings) -> Settings:
+    """The test instance's settings: its ports for the API, the UIs and the stages' metrics
+    too (conftest's `instance_ports`), so runs never collide."""
     return test_settings
 
 
@@ -130,7 +125,7 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
         service_pids = [kafka.status().pid, postgres.status().pid]
         listeners = listening_sockets([*tree, *(pid for pid in service_pids if pid)])
         ports = {listener.port for listener in listeners}
-        assert {settings.kafka_port, settings.postgres_port, 18000 + _SHIFT} <= ports
+        assert {settings.kafka_port, settings.postgres_port, settings.api_port} <= ports
         # Ray's servers are among them (PERISCOPE_RAY_HOST keeps them on loopback).
         assert any("gcs_server" in _cmdline(listener.pid) for listener in listeners)
         assert any("raylet" in _cmdline(listener.pid) for listener in listeners)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from periscope.settings import PROJECT_DIR, Settings, get_settings
+from periscope.settings import PROJECT_DIR, Settings, get_settings, instance_ports
 
 
 def test_local_defaults_describe_one_machine():
@@ -69,3 +69,27 @@ def test_env_example_lists_every_setting():
         if name == "project_dir":
             continue
         assert f"PERISCOPE_{name.upper()}=" in example, name
+
+
+def test_instance_ports_shift_every_listening_port_and_name_real_settings(monkeypatch):
+    from periscope.services.superset import SupersetSettings
+
+    base, third = instance_ports(0), instance_ports(3)
+    assert base["PERISCOPE_KAFKA_PORT"] == "19092"
+    assert base["PERISCOPE_POSTGRES_PORT"] == "15433"
+    assert {name: int(third[name]) - int(base[name]) for name in base} == dict.fromkeys(base, 3000)
+    assert len(set(third.values())) == len(third)  # no two services of one instance share a port
+    assert not set(base.values()) & set(third.values())
+    for name, port in third.items():
+        monkeypatch.setenv(name, port)
+    settings, superset = Settings(), SupersetSettings()
+    applied = {
+        f"PERISCOPE_{field.upper()}": str(getattr(settings, field))
+        for field in Settings.model_fields
+        if field.endswith("_port") and f"PERISCOPE_{field.upper()}" in third
+    }
+    applied["PERISCOPE_SUPERSET_PORT"] = str(superset.port)
+    assert applied == third  # each override is a setting the services read
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:22092"
+    with pytest.raises(ValueError, match="0 or more"):
+        instance_ports(-1)
