@@ -9,21 +9,12 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import shutil
-import signal
 import subprocess
-import time
 import uuid
 
 from periscope.errors import MissingDependencyError, ServiceError
-from periscope.services._process import (
-    ServiceStatus,
-    ensure_ports_free,
-    pid_alive,
-    read_pid,
-    wait_until,
-)
+from periscope.services._process import BackgroundService, ensure_ports_free
 from periscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +34,7 @@ logger.request.level = WARN
 """
 
 
-class KafkaBroker:
+class KafkaBroker(BackgroundService):
     """The project's single-node Kafka broker."""
 
     name = "kafka"
@@ -63,20 +54,14 @@ class KafkaBroker:
     def address(self) -> str:
         return f"{self.settings.kafka_host}:{self.settings.kafka_port}"
 
+    @property
+    def detail(self) -> str:
+        return f"KRaft, data in {self.data_dir}"
+
     def start(self) -> str:
         """Start the broker unless it runs already; wait until it answers a metadata request."""
-        pid = read_pid(self.pidfile)
-        if pid_alive(pid):
-            wait_until(
-                self.healthy,
-                service=self.name,
-                timeout_s=self.settings.service_start_timeout_s,
-                log=self.log_file,
-                still_starting=lambda: pid_alive(pid),
-            )
-            return f"already running (pid {pid})"
-        self.pidfile.unlink(missing_ok=True)
-
+        if running := self._already_running():
+            return running
         java = self._java()
         ensure_ports_free(
             self.name,
@@ -91,54 +76,9 @@ class KafkaBroker:
         self.log4j_file.write_text(_LOG4J2)
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage(java)
-
-        with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(
-                [*self._java_command(java), "kafka.Kafka", str(self.config_file)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the CLI; `down` stops it
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
-        wait_until(
-            self.healthy,
-            service=self.name,
-            timeout_s=self.settings.service_start_timeout_s,
-            log=self.log_file,
-            still_starting=lambda: proc.poll() is None,
-        )
-        return f"started (pid {proc.pid})"
-
-    def stop(self, timeout_s: float = 30.0) -> str:
-        """Stop the broker cleanly (SIGTERM: controlled shutdown), forcing it after a timeout."""
-        pid = read_pid(self.pidfile)
-        if not pid_alive(pid):
-            self.pidfile.unlink(missing_ok=True)
-            return "not running"
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            log.warning("kafka did not stop within %.0f s; killing pid %d", timeout_s, pid)
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return f"stopped (pid {pid})"
-
-    def status(self) -> ServiceStatus:
-        pid = read_pid(self.pidfile)
-        running = pid_alive(pid)
-        return ServiceStatus(
-            name=self.name,
-            running=running,
-            healthy=running and self.healthy(),
-            address=self.address,
-            pid=pid if running else None,
-            log=self.log_file,
-            detail=f"KRaft, data in {self.data_dir}",
-        )
+        # SIGTERM on stop is the broker's controlled shutdown.
+        process = self._launch([*self._java_command(java), "kafka.Kafka", str(self.config_file)])
+        return f"started (pid {process.pid})"
 
     def healthy(self) -> bool:
         """True when the broker answers a metadata request."""

@@ -8,28 +8,15 @@ data in `<local_dir>/prometheus/` (git-ignored).
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
-import signal
-import subprocess
-import time
 import urllib.request
 
 from periscope.errors import MissingDependencyError
 from periscope.metrics import STAGES, metrics_port
-from periscope.services._process import (
-    ServiceStatus,
-    ensure_ports_free,
-    pid_alive,
-    read_pid,
-    wait_until,
-)
+from periscope.services._process import BackgroundService, ensure_ports_free
 from periscope.settings import Settings
 
 __all__ = ["PrometheusServer", "scrape_targets", "prometheus_config"]
-
-log = logging.getLogger(__name__)
 
 # Debian's package puts the binary on PATH; the web UI's assets are compiled in.
 _BINARY = "prometheus"
@@ -72,7 +59,7 @@ def prometheus_config(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-class PrometheusServer:
+class PrometheusServer(BackgroundService):
     """The project's Prometheus server."""
 
     name = "prometheus"
@@ -93,11 +80,15 @@ class PrometheusServer:
     def url(self) -> str:
         return f"http://{self.address}"
 
+    @property
+    def detail(self) -> str:
+        jobs = ", ".join(scrape_targets(self.settings))
+        return f"scrapes {jobs}; data in {self.data_dir}"
+
     def start(self) -> str:
         """Start Prometheus unless it runs; wait until it says it is ready."""
-        pid = read_pid(self.pidfile)
-        if pid_alive(pid):
-            return f"already running (pid {pid})"
+        if running := self._already_running():
+            return running
         binary = shutil.which(_BINARY)
         if binary is None:
             raise MissingDependencyError(
@@ -109,59 +100,16 @@ class PrometheusServer:
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(prometheus_config(self.settings))
-        with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={self.config_file}",
-                    f"--storage.tsdb.path={self.data_dir}",
-                    f"--web.listen-address={self.address}",
-                    "--storage.tsdb.retention.time=7d",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # survives the CLI; `down` stops it
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
-        wait_until(
-            self.healthy,
-            service=self.name,
-            timeout_s=self.settings.service_start_timeout_s,
-            log=self.log_file,
-            still_starting=lambda: proc.poll() is None,
+        process = self._launch(
+            [
+                binary,
+                f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.data_dir}",
+                f"--web.listen-address={self.address}",
+                "--storage.tsdb.retention.time=7d",
+            ]
         )
-        return f"started (pid {proc.pid})"
-
-    def stop(self, timeout_s: float = 30.0) -> str:
-        pid = read_pid(self.pidfile)
-        if not pid_alive(pid):
-            self.pidfile.unlink(missing_ok=True)
-            return "not running"
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            log.warning("prometheus did not stop within %.0f s; killing pid %d", timeout_s, pid)
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return f"stopped (pid {pid})"
-
-    def status(self) -> ServiceStatus:
-        pid = read_pid(self.pidfile)
-        running = pid_alive(pid)
-        jobs = ", ".join(scrape_targets(self.settings))
-        return ServiceStatus(
-            name=self.name,
-            running=running,
-            healthy=running and self.healthy(),
-            address=self.address,
-            pid=pid if running else None,
-            log=self.log_file,
-            detail=f"scrapes {jobs}; data in {self.data_dir}",
-        )
+        return f"started (pid {process.pid})"
 
     def healthy(self) -> bool:
         """True when Prometheus answers its readiness probe."""

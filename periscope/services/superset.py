@@ -17,23 +17,15 @@ import hmac
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from periscope.errors import MissingDependencyError, ServiceError
-from periscope.services._process import (
-    ServiceStatus,
-    ensure_ports_free,
-    pid_alive,
-    read_pid,
-    wait_until,
-)
+from periscope.services._process import BackgroundService, ensure_ports_free
 from periscope.settings import PROJECT_DIR, Settings
 
 log = logging.getLogger(__name__)
@@ -97,10 +89,11 @@ def lock_digest(lock_text: str, python: str) -> str:
     return hashlib.sha256(f"{python}\n{lock_text}".encode()).hexdigest()
 
 
-class SupersetServer:
+class SupersetServer(BackgroundService):
     """The project's Superset web server."""
 
     name = "superset"
+    kill_group_on_timeout = True  # gunicorn's workers too
 
     def __init__(self, settings: Settings, superset: SupersetSettings | None = None) -> None:
         self.settings = settings
@@ -140,19 +133,14 @@ class SupersetServer:
         seed = self.settings.postgres_owner_password.get_secret_value()
         return derived_secret(seed, "secret-key")
 
+    @property
+    def detail(self) -> str:
+        return f"{self.url}, login {self.admin_user}, metadata in {self.metadata_db}"
+
     def start(self) -> str:
         """Install (once per lock), set up the metadata (once per version), start, wait."""
-        pid = read_pid(self.pidfile)
-        if pid_alive(pid):
-            wait_until(
-                self.healthy,
-                service=self.name,
-                timeout_s=self.settings.service_start_timeout_s,
-                log=self.log_file,
-                still_starting=lambda: pid_alive(pid),
-            )
-            return f"already running (pid {pid})"
-        self.pidfile.unlink(missing_ok=True)
+        if running := self._already_running():
+            return running
         ensure_ports_free(self.name, self.superset.host, {"superset_port": self.superset.port})
 
         self.root.mkdir(parents=True, exist_ok=True)
@@ -161,72 +149,30 @@ class SupersetServer:
             _CONFIG.format(metadata_uri=f"sqlite:///{self.metadata_db}", port=self.superset.port)
         )
         self.set_up_metadata()
-
-        with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    str(self.venv / "bin" / "gunicorn"),
-                    "--bind",
-                    self.address,
-                    "--workers",
-                    str(self.superset.workers),
-                    "--worker-class",
-                    "gthread",
-                    "--threads",
-                    "8",
-                    "--timeout",
-                    "120",
-                    "--limit-request-line",
-                    "0",
-                    "superset.app:create_app()",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                cwd=self.root,
-                start_new_session=True,  # survives the CLI; `down` stops it
-            )
-        self.pidfile.write_text(f"{proc.pid}\n")
-        wait_until(
-            self.healthy,
-            service=self.name,
+        # SIGTERM on stop lets gunicorn's workers finish their requests.
+        process = self._launch(
+            [
+                str(self.venv / "bin" / "gunicorn"),
+                "--bind",
+                self.address,
+                "--workers",
+                str(self.superset.workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "8",
+                "--timeout",
+                "120",
+                "--limit-request-line",
+                "0",
+                "superset.app:create_app()",
+            ],
+            env=self.environment(),
+            cwd=self.root,
             timeout_s=max(self.settings.service_start_timeout_s, 120.0),
-            log=self.log_file,
-            still_starting=lambda: proc.poll() is None,
         )
         how = "installed and started" if installed else "started"
-        return f"{how} (pid {proc.pid}), login {self.admin_user}"
-
-    def stop(self, timeout_s: float = 30.0) -> str:
-        """Stop gunicorn (SIGTERM: workers finish their requests), forcing it after a timeout."""
-        pid = read_pid(self.pidfile)
-        if not pid_alive(pid):
-            self.pidfile.unlink(missing_ok=True)
-            return "not running"
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if pid_alive(pid):
-            log.warning("superset did not stop within %.0f s; killing group %d", timeout_s, pid)
-            os.killpg(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
-        return f"stopped (pid {pid})"
-
-    def status(self) -> ServiceStatus:
-        pid = read_pid(self.pidfile)
-        running = pid_alive(pid)
-        return ServiceStatus(
-            name=self.name,
-            running=running,
-            healthy=running and self.healthy(),
-            address=self.address,
-            pid=pid if running else None,
-            log=self.log_file,
-            detail=f"{self.url}, login {self.admin_user}, metadata in {self.metadata_db}",
-        )
+        return f"{how} (pid {process.pid}), login {self.admin_user}"
 
     def healthy(self) -> bool:
         """True when the web server answers its health check."""
