@@ -134,19 +134,51 @@ def silver_run(
     ] = False,
     max_files_per_trigger: Annotated[
         int | None,
-        typer.Option(min=1, help="Bronze files per micro-batch (default: Delta's 1000)."),
+        typer.Option(
+            min=1, help="Bronze files per micro-batch (default: Delta's 1000; direct: no limit)."
+        ),
+    ] = None,
+    max_records_per_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="direct only: bronze records per batch, whole files (default: "
+            "PERISCOPE_SILVER_BATCH_RECORDS).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Literal["direct", "spark"] | None,
+        typer.Option(
+            help="direct: bronze's Delta log read with delta-rs, Arrow validation, no JVM (one "
+            "machine's fastest). spark: the Spark query (a cluster's master URL). Both write the "
+            "same tables; a lake stays with the engine that started it. Default: "
+            "PERISCOPE_SILVER_ENGINE.",
+        ),
     ] = None,
 ) -> None:
     """Stream `bronze/<source>_raw` into silver observations, quarantine and features."""
     from periscope.metrics import serve_metrics
-    from spark_streaming.silver import run_silver
 
-    serve_metrics("silver", get_settings())
-    processed = run_silver(
-        get_settings(),
-        _contracts(source),
-        available_now=available_now,
-        max_files_per_trigger=max_files_per_trigger,
-    )
+    settings = get_settings()
+    serve_metrics("silver", settings)
+    if (engine or settings.silver_engine) == "direct":
+        from spark_streaming.silver.direct import run_silver_direct
+
+        processed = run_silver_direct(
+            settings,
+            _contracts(source),
+            available_now=available_now,
+            max_files_per_trigger=max_files_per_trigger,
+            max_records=max_records_per_batch,
+        )
+    else:
+        from spark_streaming.silver import run_silver
+
+        processed = run_silver(
+            settings,
+            _contracts(source),
+            available_now=available_now,
+            max_files_per_trigger=max_files_per_trigger,
+        )
     for name, rows in processed.items():
         console.print(f"silver {name}: {rows} bronze records processed in this run")

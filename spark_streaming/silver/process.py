@@ -219,6 +219,11 @@ class BatchProcessor:
                 ", ".join(f"{k} {v:.1f}" for k, v in self.phase_seconds.items()),
             )
 
+    def forget_windows(self) -> None:
+        """Drop the open windows' statistics (a failed batch may have added to them): the next
+        batch rebuilds them from the tables."""
+        self._windows = None
+
     def _load_ledger_facts(self, batch_id: int) -> None:
         if self._known_through == batch_id:
             return
@@ -230,8 +235,19 @@ class BatchProcessor:
 
     def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
         """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
+        self.start_batch()
+        return self.process_validated(self._validate(batch), batch_id)
+
+    def start_batch(self) -> None:
+        """Start timing a batch's phases (validation, done by the caller, is the first)."""
         self.phase_seconds, self._phase_started = {}, time.perf_counter()
-        validated = self._validate(batch)
+
+    def process_validated(self, validated: pa.Table, batch_id: int) -> dict[str, int]:
+        """Silver after validation: `validated` holds what `_validate` returns for the batch's
+        bronze rows (Spark's job, or `validate_arrow` on the direct engine); returns the counts.
+
+        Call `start_batch` before validating, so the batch's log line times validation too.
+        """
         if validated.num_rows == 0:
             return {"bronze_rows": 0}
         self._load_ledger_facts(batch_id)
