@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 if str(PROJECT_DIR) not in sys.path:  # run as a script: the project's packages beside bench/
@@ -116,6 +117,29 @@ def paced(
         yield item
 
 
+def replay_rows(
+    ordered: pl.DataFrame, time_field: str, *, rows: int, skip: int = 0
+) -> pl.DataFrame:
+    """Rows `skip` .. `skip + rows` of a frame in event-time order; past its end the rows go
+    on as copies shifted by whole days past its last event time, so a long soak can send more
+    records than the dataset holds (each copy's records are new: later event times).
+
+    >>> frame = pl.DataFrame({"t": [datetime(2020, 1, 1), datetime(2020, 1, 2)]})
+    >>> replay_rows(frame, "t", rows=2, skip=1)["t"].dt.strftime("%F").to_list()
+    ['2020-01-02', '2020-01-03']
+    """
+    needed = skip + rows
+    if needed <= ordered.height or ordered.height == 0:
+        return ordered.slice(skip, rows)
+    times = ordered.get_column(time_field)
+    first, last = times.min(), times.max()
+    assert isinstance(first, datetime) and isinstance(last, datetime)
+    shift = timedelta(days=(last - first).days + 1)
+    copies = -(-needed // ordered.height)
+    shifted = [ordered.with_columns(pl.col(time_field) + shift * k) for k in range(copies)]
+    return pl.concat(shifted).slice(skip, rows)
+
+
 def good_records_for(total: int, bad_rate: float) -> int:
     """Dataset records to take so that, with the replay's malformed share added, about `total`
     go out (the replay adds round(good * r / (1 - r)) malformed ones)."""
@@ -154,19 +178,22 @@ def produce(
     bad_rate: float,
     seed: int,
     on_start: Callable[[], None] = lambda: None,
+    skip: int = 0,
 ) -> Produced:
     """Replay the first records of every weather station (event-time order) into weather-raw,
     paced, with malformed ones mixed in; raises unless Kafka acknowledged every record.
-    `on_start` is called when sending starts (after the dataset is read and encoded)."""
+    `on_start` is called when sending starts (after the dataset is read and encoded);
+    `skip` good records are passed over first (a second call goes on where one left off)."""
     from ingest.datasets import read_source
     from ingest.producer import send_with_progress
     from ingest.replay import build_messages, prepare_frame
 
     contract = get_contract(SOURCE)
-    frame = prepare_frame(
-        read_source(SOURCE, settings.data_dir),
-        contract,
-        limit=good_records_for(records, bad_rate),
+    frame = replay_rows(
+        prepare_frame(read_source(SOURCE, settings.data_dir), contract),
+        contract.event_time_field,
+        rows=good_records_for(records, bad_rate),
+        skip=skip,
     )
     messages = list(build_messages(frame, contract, bad_rate=bad_rate, seed=seed))
     digests = [record_digest(m.key, m.value) for m in messages]
@@ -817,6 +844,27 @@ def print_report(report: Report) -> None:
     )
 
 
+def fresh_instance(instance: int, *, local_dir: Path, lake_root: Path) -> Settings:
+    """This process's settings for a run on `instance` (exported to the environment, which the
+    `periscope` subprocesses read), with a fresh broker and database: bronze must start from
+    an empty topic. New random PostgreSQL passwords each run."""
+    env = instance_env(instance, local_dir=local_dir, lake_root=lake_root)
+    env["PERISCOPE_POSTGRES_OWNER_PASSWORD"] = secrets.token_urlsafe(16)
+    env["PERISCOPE_POSTGRES_BI_PASSWORD"] = secrets.token_urlsafe(16)
+    os.environ.update(env)
+    from periscope.services import KafkaBroker, PostgresServer
+    from periscope.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    for service in (KafkaBroker(settings), PostgresServer(settings)):
+        if service.status().running:
+            service.stop()
+        shutil.rmtree(service.root, ignore_errors=True)
+    (local_dir / "replay").mkdir(parents=True, exist_ok=True)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -863,22 +911,7 @@ def main(argv: list[str] | None = None) -> int:
 
     local_dir = PROJECT_DIR / ".local" / f"reliability{args.instance}"
     work_dir = Path(tempfile.mkdtemp(prefix="periscope-reliability-"))
-    env = instance_env(args.instance, local_dir=local_dir, lake_root=work_dir / "lake")
-    env["PERISCOPE_POSTGRES_OWNER_PASSWORD"] = secrets.token_urlsafe(16)
-    env["PERISCOPE_POSTGRES_BI_PASSWORD"] = secrets.token_urlsafe(16)
-    os.environ.update(env)  # the `periscope` subprocesses read the same settings
-    from periscope.settings import get_settings
-
-    get_settings.cache_clear()
-    settings = get_settings()
-    # A fresh broker and database each run: bronze must start from an empty topic.
-    from periscope.services import KafkaBroker, PostgresServer
-
-    for service in (KafkaBroker(settings), PostgresServer(settings)):
-        if service.status().running:
-            service.stop()
-        shutil.rmtree(service.root, ignore_errors=True)
-    (local_dir / "replay").mkdir(parents=True, exist_ok=True)
+    settings = fresh_instance(args.instance, local_dir=local_dir, lake_root=work_dir / "lake")
     config = Config(
         records=args.records,
         rate=args.rate,
