@@ -6,23 +6,22 @@ project's git-ignored `generated/` folders, exactly as `CONTRACTS` holds them no
 process: a contract registered at run time gets its models on the next `run_dbt`.
 
 dbt's `profiles.yml` (inside the project) reads `PERISCOPE_POSTGRES_*` with `env_var()`; this
-module fills those variables from `get_settings()`, so `.env` works for dbt as for the rest.
-dbt runs as a subprocess of the venv's own `dbt`: its logging and exit code stay its own.
+module fills those variables from the settings (`periscope.dbt`, shared with Dagster's dbt
+assets), so `.env` works for dbt as for the rest. dbt runs as a subprocess of the venv's own
+`dbt`: its logging and exit code stay its own.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from periscope.contracts import CONTRACTS, SourceContract
-from periscope.errors import MissingDependencyError
-from periscope.settings import PROJECT_DIR, Settings, get_settings
+from periscope.dbt import DBT_PROJECT_DIR, dbt_env_vars, dbt_executable
+from periscope.settings import Settings, get_settings
 from warehouse.dbt_models import GENERATED_DIRS, generated_files
 
 __all__ = [
@@ -35,27 +34,13 @@ __all__ = [
     "sync_project",
 ]
 
-DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
 # The TLC's zone lookup (under the settings' data dir), read into the taxi_zones seed.
 ZONE_LOOKUP = Path("nyc_tlc") / "taxi_zone_lookup.csv"
 
 
 def dbt_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment dbt runs with: `base` (default: ours) plus the warehouse connection."""
-    env = dict(os.environ if base is None else base)
-    env.update(
-        {
-            "PERISCOPE_POSTGRES_HOST": settings.postgres_host,
-            "PERISCOPE_POSTGRES_PORT": str(settings.postgres_port),
-            "PERISCOPE_POSTGRES_DB": settings.postgres_db,
-            "PERISCOPE_POSTGRES_OWNER_USER": settings.postgres_owner_user,
-            "PERISCOPE_POSTGRES_OWNER_PASSWORD": settings.postgres_owner_password.get_secret_value(),
-            "PERISCOPE_POSTGRES_BI_USER": settings.postgres_bi_user,
-            # dbt's anonymous usage statistics would try to reach the internet.
-            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        }
-    )
-    return env
+    return {**(os.environ if base is None else base), **dbt_env_vars(settings)}
 
 
 def dbt_command(args: Sequence[str], *, executable: str | None = None) -> list[str]:
@@ -66,7 +51,7 @@ def dbt_command(args: Sequence[str], *, executable: str | None = None) -> list[s
     """
     folder = str(DBT_PROJECT_DIR)
     return [
-        executable or _dbt_executable(),
+        executable or dbt_executable(),
         *args,
         "--project-dir",
         folder,
@@ -124,13 +109,3 @@ def run_dbt(settings: Settings, args: Sequence[str], *, sync: bool = True) -> in
     if sync:
         sync_project()
     return subprocess.run(dbt_command(args), env=dbt_env(settings), check=False).returncode
-
-
-def _dbt_executable() -> str:
-    beside = Path(sys.executable).parent / "dbt"  # the venv's dbt, even when not on PATH
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dbt")
-    if found:
-        return found
-    raise MissingDependencyError("dbt was not found; `make setup` installs dbt-postgres")

@@ -3,23 +3,22 @@
 The manifest Dagster reads is parsed into `<local_dir>/dagster/dbt/` (not dbt_project/target, so
 a developer's own dbt runs and Dagster's never share a target folder) after `periscope dbt sync`
 has written the files the contracts generate. `periscope orchestrate` prepares it on every start;
-the definitions prepare it when it is missing.
+the definitions prepare it when it is missing. The connection and the dbt executable are
+`periscope.dbt`'s, the ones `periscope dbt` uses.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from periscope.errors import MissingDependencyError
+from periscope.dbt import DBT_PROJECT_DIR, dbt_env_vars, dbt_executable
 from periscope.orchestration.commands import run_periscope
 from periscope.orchestration.graph import warehouse_key
-from periscope.settings import PROJECT_DIR, Settings
+from periscope.settings import Settings
 
 if TYPE_CHECKING:
     from dagster_dbt import DbtCliResource, DbtProject
@@ -34,22 +33,6 @@ __all__ = [
     "prepare_dbt_project",
     "with_env",
 ]
-
-DBT_PROJECT_DIR = PROJECT_DIR / "dbt_project"
-
-
-def dbt_env_vars(settings: Settings) -> dict[str, str]:
-    """What dbt's profiles.yml reads (the warehouse connection), as warehouse.dbt.dbt_env sets it."""
-    return {
-        "PERISCOPE_POSTGRES_HOST": settings.postgres_host,
-        "PERISCOPE_POSTGRES_PORT": str(settings.postgres_port),
-        "PERISCOPE_POSTGRES_DB": settings.postgres_db,
-        "PERISCOPE_POSTGRES_OWNER_USER": settings.postgres_owner_user,
-        "PERISCOPE_POSTGRES_OWNER_PASSWORD": settings.postgres_owner_password.get_secret_value(),
-        "PERISCOPE_POSTGRES_BI_USER": settings.postgres_bi_user,
-        # dbt's anonymous usage statistics would try to reach the internet.
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-    }
 
 
 @contextmanager
@@ -83,17 +66,7 @@ def dbt_resource(settings: Settings) -> DbtCliResource:
     """dagster-dbt's resource running the venv's dbt on the project (profiles.yml inside it)."""
     from dagster_dbt import DbtCliResource
 
-    return DbtCliResource(project_dir=dbt_project(settings), dbt_executable=_dbt_executable())
-
-
-def _dbt_executable() -> str:
-    beside = Path(sys.executable).parent / "dbt"  # the venv's dbt, even when not on PATH
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dbt")
-    if found:
-        return found
-    raise MissingDependencyError("dbt was not found; `make setup` installs dbt-postgres")
+    return DbtCliResource(project_dir=dbt_project(settings), dbt_executable=dbt_executable())
 
 
 def prepare_dbt_project(settings: Settings, *, log: Any) -> Path:
