@@ -60,8 +60,8 @@ STAGE_TABLES: tuple[tuple[Literal["bronze", "silver", "gold"], str], ...] = (
     ("gold", "predictions"),
 )
 # An Entities grid of more than MAX_STYLED_ROWS is a coloured table of the TOP_ROWS most
-# anomalous (the first paint) and a plain (virtualised) data frame of all in a closed expander:
-# a page showing a data frame waits for its code (~1.5 MB of JavaScript Streamlit fetches with
+# anomalous (the first paint) and a plain (virtualised) data frame of all behind a toggle:
+# a page showing a data frame, even in a closed expander, waits for its code (~1.5 MB of JavaScript Streamlit fetches with
 # the first one: 1-2 s of a busy 2-core machine), and a styled table of 1,000 rows takes 15 s.
 MAX_STYLED_ROWS = 300
 TOP_ROWS = 20

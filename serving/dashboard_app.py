@@ -141,11 +141,12 @@ def _grid(frame: pd.DataFrame, contract: SourceContract) -> None:
     if len(grid) <= dashboard.MAX_STYLED_ROWS:
         st.table(_coloured(grid, frame["colour"]))
         return
-    # `frame` is sorted most anomalous first. The grid of all sits in a closed expander: shown
-    # beside the table, it held the table back until the browser had the grid's code.
+    # `frame` is sorted most anomalous first. The grid of all is drawn only when asked for: on
+    # the page (even in a closed expander) it held the table back until the browser had loaded
+    # the grid's ~1.5 MB of code.
     st.caption(f"The {dashboard.TOP_ROWS} most anomalous of {len(grid)} {contract.entity_label}s")
     st.table(_coloured(grid.head(dashboard.TOP_ROWS), frame["colour"].head(dashboard.TOP_ROWS)))
-    with st.expander(f"Every {contract.entity_label} ({len(grid)})"):
+    if st.toggle(f"Show every {contract.entity_label} ({len(grid)})", key=f"all-{contract.name}"):
         st.dataframe(grid, hide_index=True)
 
 
