@@ -99,11 +99,14 @@ class FittedForecast(Protocol):
         origins: np.ndarray,
         grid_start: int,
         observed: np.ndarray,
+        context: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, lower, upper (origins x horizon) from each origin (hours since the epoch).
 
         `observed` is y on the hours from `grid_start` up to max(origins), NaN where missing:
-        nothing after the last origin is given.
+        nothing after the last origin is given. `context`: every entity's (grid_start,
+        observed) of the measure on the same terms (a model may read other entities up to
+        each origin, as gold gives it every station's recent hours).
         """
         ...
 
@@ -141,9 +144,10 @@ class _ProductionModel:
         origins: np.ndarray,
         grid_start: int,
         observed: np.ndarray,
+        context: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The bundle's own vectorised forecast: the code gold's scorer runs.
-        return self.bundle.forecast(entity_id, measure, origins, grid_start, observed)
+        return self.bundle.forecast(entity_id, measure, origins, grid_start, observed, context)
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -322,19 +326,31 @@ def _score_period(
     champion: int,
 ) -> list[pd.DataFrame]:
     """The champion's forecasts and both baselines from every origin, with their actuals."""
+    from ml.forecast import HISTORY_HOURS
+
     frames = []
     ahead = np.arange(1, horizon + 1)
     days_back = np.ceil(ahead / 24).astype(int) * 24
+    # From a week before the first origin (the model's and the baselines' look-back) to the
+    # last origin: nothing later reaches a forecast.
+    grid_start = int(origins[0]) + 1 - HISTORY_HOURS
+    seen_by = {
+        (entity_id, measure): _window(
+            grid, list(measures).index(measure), grid_start, int(origins[-1]) + 1
+        )
+        for entity_id, grid in grids.items()
+        for measure in measures
+    }
     for entity_id, measure in model.series():
         if entity_id not in grids or measure not in measures:
             continue
         grid = grids[entity_id]
-        # From a day before the first origin (the model's and the baselines' look-back) to the
-        # last origin: nothing later reaches a forecast.
-        grid_start = int(origins[0]) - 23 - int(days_back[-1])
         column = list(measures).index(measure)
-        seen = _window(grid, column, grid_start, int(origins[-1]) + 1)
-        yhat, lower, upper = model.forecast(entity_id, measure, origins, grid_start, seen)
+        seen = seen_by[(entity_id, measure)]
+        context = {e: (grid_start, y) for (e, m), y in seen_by.items() if m == measure}
+        yhat, lower, upper = model.forecast(
+            entity_id, measure, origins, grid_start, seen, context=context
+        )
         at = origins - grid_start
         targets = origins[:, None] + ahead
         actual = _window(grid, column, int(origins[0]) + 1, int(origins[-1]) + horizon + 1)[

@@ -56,7 +56,8 @@ __all__ = [
 ]
 
 # 3: the global model reads a week of history (same-hour means, the day-before mean).
-BUNDLE_FORMAT = 3
+# 4: ... and its neighbours' recent departures (GlobalModel.neighbours).
+BUNDLE_FORMAT = 4
 # Every name a gold row's `method` can hold (periscope.predictions, which the warehouse reads too).
 METHOD_NAMES = FORECAST_METHODS
 # What stands in, in order, where the served method gives no forecast.
@@ -196,15 +197,18 @@ class ForecastBundle:
         requests: list[tuple[str, np.ndarray, int, np.ndarray]],
         *,
         needed: np.ndarray | None = None,
+        context: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> list[np.ndarray]:
         """One method's raw yhat (origins x horizon, NaN: no forecast) for each request
         (entity, origins, grid_start, observed), reading y only up to each origin. `needed`
-        (a mask over the horizons) lets the costly global model skip the others."""
+        (a mask over the horizons) lets the costly global model skip the others; `context`
+        (entity -> (grid_start, observed) of this measure) is what the global model reads
+        the neighbours from, by default the requests themselves."""
         horizon = self.config.horizon_hours
         if method == "gbm":
             model = self.globals.get(measure)
             if model is not None:
-                return model.forecast_many(requests, horizon, needed=needed)
+                return model.forecast_many(requests, horizon, needed=needed, context=context)
         out = []
         for entity_id, origins, grid_start, observed in requests:
             shape = (len(origins), horizon)
@@ -222,16 +226,25 @@ class ForecastBundle:
         return out
 
     def forecast_many(
-        self, measure: str, requests: list[tuple[str, np.ndarray, int, np.ndarray]]
+        self,
+        measure: str,
+        requests: list[tuple[str, np.ndarray, int, np.ndarray]],
+        *,
+        context: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> list[SeriesForecast]:
         """Served forecasts with bands, clipped to the valid range, for each request
         (entity_id, origins: hours since the epoch, grid_start, observed y from grid_start
-        with NaN where missing, reaching back at least a day before the first origin)."""
+        with NaN where missing, reaching back a week before the first origin). `context`:
+        other entities' (grid_start, observed) of the measure, read up to each origin (the
+        global model's neighbours); by default the requests' own."""
         plan = self.plans[measure]
         served = np.array([METHOD_NAMES.index(m) for m in plan.served])
         needed = [m for m in METHOD_NAMES if m in plan.served or m in FALLBACKS]
         served_as = np.array(plan.served)
-        values = {m: self.candidate(m, measure, requests, needed=served_as == m) for m in needed}
+        values = {
+            m: self.candidate(m, measure, requests, needed=served_as == m, context=context)
+            for m in needed
+        }
         results = []
         for i in range(len(requests)):
             method = np.broadcast_to(served, values["mean"][i].shape).copy()
@@ -261,9 +274,12 @@ class ForecastBundle:
         origins: np.ndarray,
         grid_start: int,
         observed: np.ndarray,
+        context: dict[str, tuple[int, np.ndarray]] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """yhat, yhat_lower, yhat_upper (origins x horizon) of one series: see forecast_many."""
-        f = self.forecast_many(measure, [(entity_id, np.asarray(origins), grid_start, observed)])[0]
+        f = self.forecast_many(
+            measure, [(entity_id, np.asarray(origins), grid_start, observed)], context=context
+        )[0]
         return f.yhat, f.lower, f.upper
 
     def predict(

@@ -79,6 +79,12 @@ class ForecastConfig:
     gbm_max_leaf_nodes: int = 31
     # scikit-learn's loss name: "absolute_error" fits the median change, what MAE judges.
     gbm_loss: str = "absolute_error"
+    # Other entities' recent departures the global model reads (0: none): the k whose
+    # departure from the same hour yesterday best foretells an entity's own a day later on
+    # train (for weather, the stations upwind).
+    gbm_neighbours: int = 0
+    # The target hour a week before and its weekday as features (traffic's weekly cycle).
+    gbm_week_cycle: bool = False
     candidates: tuple[str, ...] = ("persistence", "seasonal_naive", "prophet", "gbm")
 
     def __post_init__(self) -> None:
@@ -199,8 +205,10 @@ def values_at(observed: np.ndarray, index: np.ndarray) -> np.ndarray:
     return values
 
 
-def last_seen(origins: np.ndarray, grid_start: int, observed: np.ndarray) -> np.ndarray:
-    """Grid index of the latest observation in the RECENT_HOURS up to each origin; -1: none."""
+def last_seen(
+    origins: np.ndarray, grid_start: int, observed: np.ndarray, *, within: int = RECENT_HOURS
+) -> np.ndarray:
+    """Grid index of the latest observation in the `within` hours up to each origin; -1: none."""
     at = np.asarray(origins) - grid_start
     if len(observed) == 0:
         return np.full(at.shape, -1)
@@ -208,7 +216,7 @@ def last_seen(origins: np.ndarray, grid_start: int, observed: np.ndarray) -> np.
     latest = np.maximum.accumulate(positions)
     # An origin past the array's end sees all of it; one before its start sees nothing.
     seen = np.where(at >= 0, latest[np.clip(at, 0, len(observed) - 1)], -1)
-    return np.where(seen > at - RECENT_HOURS, seen, -1)
+    return np.where(seen > at - within, seen, -1)
 
 
 def persistence(

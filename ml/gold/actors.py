@@ -217,13 +217,16 @@ class ScorerPool:
         ScoringError. `zero_when_empty`: the forecast targets that are 0 in an hour without
         rows (from the caller's contract: a source registered at run time is unknown to the
         actors' processes)."""
+        import ray
+
         parts = split_by_entity(features, len(self.actors), key)
+        # Every actor gets every entity's history: the global forecast model reads other
+        # stations' recent hours (its neighbours), whichever actor scores them.
+        history = ray.put(hourly)  # stored once, not once per actor
         calls = []
         for actor, part in zip(self.actors, parts, strict=True):
             if part.empty:
                 continue
-            entities = part[key].astype(str).unique()
-            history = hourly[hourly[key].astype(str).isin(entities)]
             calls.append(actor.score.remote(source, part, history, scored_at, key, zero_when_empty))
         tables = self._get(calls)
         if not tables:

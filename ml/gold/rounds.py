@@ -74,13 +74,15 @@ class RoundReport:
 
 
 def history_for(feed: SilverFeed, features: pd.DataFrame) -> pd.DataFrame:
-    """The hourly observations the forecasts of these feature windows start from."""
+    """The hourly observations the forecasts of these feature windows start from, of every
+    station (the global forecast model reads its neighbours' hours too)."""
     key = feed.contract.key_field
     spans = history_window(features, key)
     if len(spans) == 0:
         return pd.DataFrame({key: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
     lake_slice = LakeSlice(
-        stations=tuple(spans[key]),
+        # Every station's: the global forecast model reads its neighbours' hours too.
+        stations=None,
         since=pd.Timestamp(spans["since"].min()).to_pydatetime(),
         until=pd.Timestamp(spans["until"].max()).to_pydatetime(),
     )

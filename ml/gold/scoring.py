@@ -9,8 +9,10 @@ Forecasts are batched: for each measure, every station's origins go to the bundl
 `forecast_many` in one call (`ml.forecast`, the code training and evaluation use), which
 serves the method chosen per horizon bucket with its conformal band, clipped to the valid
 range; each item names its method. Prophet's point forecasts are kept per series in blocks of
-hours inside the loaded bundle, so later batches reuse them. A window's row depends only on the
-window, its history and the models, never on which other windows share the batch.
+hours inside the loaded bundle, so later batches reuse them. The global model also reads other
+stations' recent hours (its learnt neighbours: where the weather comes from), so every station's
+history is passed to every call. A window's row depends only on the window, the history up to
+its origin and the models, never on which other windows share the batch.
 """
 
 from __future__ import annotations
@@ -149,9 +151,9 @@ def score_windows(
 
     `features`: silver feature rows (the entity column `key`, window_start, window_end, the
     feature columns; times naive UTC or tz-aware). `hourly`: observations per (key, ds) hour,
-    the forecast targets as columns, ds naive UTC or tz-aware; only the hours
-    `history_window` names are used, so a window's row never sees observations after its
-    origin. Returns one row per (key, window_start), the last one given, sorted by
+    the forecast targets as columns, ds naive UTC or tz-aware, of the windows' entities and
+    any others (the global model's neighbours: give every entity's for the same rows whatever
+    the batch); only the hours up to a window's origin reach its row. Returns one row per (key, window_start), the last one given, sorted by
     both; times are UTC and `forecasts` is an Arrow list column (`to_arrow` writes it as is).
 
     - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
@@ -167,7 +169,9 @@ def score_windows(
     windows = _windows(features, key)
     n = len(windows)
     if models.anomaly is not None and n:
-        score, kind = models.anomaly.detect(windows, hourly)
+        # The detectors read a station's own hours; other stations' are the forecasts' context.
+        own = hourly[hourly[key].astype(str).isin(set(windows[key]))] if len(hourly) else hourly
+        score, kind = models.anomaly.detect(windows, own)
         anomaly_score = pd.Series(score, dtype="float64")
         is_anomaly = pd.Series(score >= models.anomaly.threshold, dtype="boolean")
         anomaly_kind = pd.Series(kind, dtype=object)
@@ -224,7 +228,8 @@ def _forecasts(
     if bundle is None or not len(stations):
         return _forecast_lists([], counts, names)
     zeros = np.array([m in zero_when_empty for m in names], dtype=bool)
-    history = _hourly(hourly, sorted(set(stations) & set(by_station)), names, key, zeros)
+    # Every known station's: the global model reads its neighbours' hours up to each origin.
+    history = _hourly(hourly, sorted(by_station), names, key, zeros)
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]
     bounds = np.r_[np.flatnonzero(new_station), len(stations)]
@@ -241,7 +246,12 @@ def _forecasts(
     for measure in names:
         using = [s for s in segments if measure in by_station[s[2]]]
         requests = [(s[2], s[3], s[5], s[6][:, names.index(measure)]) for s in using]
-        for s, result in zip(using, bundle.forecast_many(measure, requests), strict=True):
+        column = names.index(measure)
+        context = {
+            station: (start, means[:, column]) for station, (start, means) in history.items()
+        }
+        results = bundle.forecast_many(measure, requests, context=context)
+        for s, result in zip(using, results, strict=True):
             served[(s[0], measure)] = result
     parts: list[dict[str, np.ndarray]] = []
     for first, last, station, _, row_origin, _, _ in segments:

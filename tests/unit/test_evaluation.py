@@ -57,7 +57,7 @@ class _Constant:
     def series(self) -> list[tuple[str, str]]:
         return [("denver", "temperature")]
 
-    def forecast(self, entity_id, measure, origins, grid_start, observed):
+    def forecast(self, entity_id, measure, origins, grid_start, observed, context=None):
         yhat = np.full((len(origins), 24), float(self.number))
         return yhat, yhat - 1, yhat + 1
 

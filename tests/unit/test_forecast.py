@@ -3,6 +3,7 @@ the whole bundle (Prophet, the global model, baselines) on real Denver weather."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -30,9 +31,15 @@ from ml.forecast import (
     relative_mae,
     seasonal_naive,
     temporal_split,
+    to_grid,
     valid_ranges,
 )
-from ml.forecast.global_method import global_features
+from ml.forecast.global_method import (
+    choose_neighbours,
+    fit_global,
+    global_features,
+    neighbour_features,
+)
 from periscope.contracts import get_contract
 from periscope.settings import Settings, get_settings
 
@@ -400,12 +407,110 @@ def test_bundle_round_trip(noisy, noisy_split, noisy_bundle, tmp_path: Path) -> 
     assert_frame_equal(loaded.evaluate(noisy, start, end), noisy_bundle.evaluate(noisy, start, end))
 
 
-def test_bundles_of_the_old_format_ask_for_a_retrain(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text(json.dumps({"source": "weather", "series": []}))
+@pytest.mark.parametrize("saved", [{}, {"format": 3}])  # Prophet-only; before the neighbours
+def test_bundles_of_the_old_format_ask_for_a_retrain(tmp_path: Path, saved: dict) -> None:
+    manifest = {"source": "weather", "series": [], **saved}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert not ForecastBundle.is_current(tmp_path)  # training treats such a champion as none
 
     with pytest.raises(ForecastError, match="retrain it with `periscope train --source weather`"):
         ForecastBundle.load(tmp_path)
+
+
+# --- the global model's neighbours ---------------------------------------------------------
+
+
+def _travelling_weather(days: int = 60, seed: int = 7) -> dict[str, tuple[int, np.ndarray]]:
+    """Three entities: `east` gets `west`'s day-to-day swings 18 h later; `island` its own."""
+    rng = np.random.default_rng(seed)
+    hours = days * 24 + 18
+    swings = np.convolve(rng.normal(0, 1.0, hours), np.ones(36) / 6, mode="same")
+    cycle = 3 * np.sin(2 * np.pi * np.arange(hours) / 24)
+    west = 10 + cycle + swings + rng.normal(0, 0.2, hours)
+    east = 12 + cycle + np.r_[np.zeros(18), swings[:-18]] + rng.normal(0, 0.2, hours)
+    island = 20 + cycle + np.convolve(rng.normal(0, 1.0, hours), np.ones(36) / 6, mode="same")
+    return {"west": (0, west[18:]), "east": (0, east[18:]), "island": (0, island[18:])}
+
+
+def test_neighbours_are_the_entities_whose_swings_arrive_later() -> None:
+    series = _travelling_weather()
+
+    chosen = choose_neighbours(series, 0, 60 * 24, k=1)
+
+    assert chosen["east"] == ["west"]
+    assert choose_neighbours(series, 0, 60 * 24, k=0) == {e: [] for e in series}
+    # Hours outside [start, end) are not read: the same choice from a copy blanked there.
+    blanked = {
+        e: (g, np.where(np.arange(len(y)) < 30 * 24, y, np.nan)) for e, (g, y) in series.items()
+    }
+    assert choose_neighbours(blanked, 0, 30 * 24, k=1) == choose_neighbours(series, 0, 30 * 24, k=1)
+
+
+def test_neighbour_features_read_each_neighbour_up_to_the_origin_only() -> None:
+    series = _travelling_weather()
+    _, west = series["west"]
+    for origin in (24 * 5, 24 * 30 + 7, 24 * 59):
+        features = neighbour_features(np.array([origin]), [series["west"], None], k=2)
+        assert features.shape == (1, 6) and np.isnan(features[0, 3:]).all()
+        np.testing.assert_allclose(
+            features[0, :3],
+            [
+                west[origin] - west[origin - 24],
+                west[origin] - west[origin - 6],
+                west[origin] - west[origin - np.array([24, 48, 72])].mean(),
+            ],
+        )
+        # The future (even its NaNs) changes nothing; the neighbour's last hour does.
+        future = west.copy()
+        future[origin + 1 :] = np.where(np.arange(len(west) - origin - 1) % 2, 50.0, np.nan)
+        np.testing.assert_array_equal(
+            neighbour_features(np.array([origin]), [(0, future), None], k=2), features
+        )
+        moved = west.copy()
+        moved[origin] += 1.0
+        assert not np.array_equal(
+            neighbour_features(np.array([origin]), [(0, moved), None], k=2), features
+        )
+        # A neighbour whose latest hours have not arrived is read at its last one (within 3 h).
+        late = west[: origin - 1]
+        expected = neighbour_features(np.array([origin - 2]), [(0, west)], k=1)
+        np.testing.assert_array_equal(
+            neighbour_features(np.array([origin]), [(0, late)], k=1), expected
+        )
+        assert np.isnan(
+            neighbour_features(np.array([origin]), [(0, west[: origin - 3])], k=1)
+        ).all()
+
+
+def test_the_global_model_reads_its_neighbours_up_to_the_origin_and_nothing_after() -> None:
+    series = _travelling_weather()
+    frames = {(e, "y"): _hourly(y) for e, (_, y) in series.items()}
+    split = temporal_split(T0, T0 + pd.Timedelta(days=60) - HOUR, test_days=7, validation_days=7)
+    config = dataclasses.replace(QUICK, gbm_neighbours=3)
+    model = fit_global("y", {e: to_grid(f) for (e, _), f in frames.items()}, split, config)
+    assert model.neighbours["east"][0] == "west"
+    grid_start = hours_since_epoch(T0)
+    context = {e: (grid_start, y) for e, (_, y) in series.items()}
+    _, east = series["east"]
+    for origin in grid_start + np.array([24 * 50, 24 * 55 + 9]):
+        request = [("east", np.array([origin]), grid_start, east)]
+        yhat = model.forecast_many(request, 24, context=context)[0]
+        # Every entity's future (even NaN) changes nothing ...
+        future = {
+            e: (g, np.where(np.arange(len(y)) > origin - g, np.nan, y))
+            for e, (g, y) in context.items()
+        }
+        np.testing.assert_array_equal(model.forecast_many(request, 24, context=future)[0], yhat)
+        # ... the neighbour's present does (a swing that has not reached `east` yet).
+        _, west = context["west"]
+        swung = dict(
+            context,
+            west=(
+                grid_start,
+                np.where(np.arange(len(west)) == origin - grid_start, west - 8.0, west),
+            ),
+        )
+        assert not np.array_equal(model.forecast_many(request, 24, context=swung)[0], yhat)
 
 
 # --- every candidate on real Denver weather ------------------------------------------------
