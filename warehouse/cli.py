@@ -72,9 +72,10 @@ def load(
             "--table",
             "-t",
             help=(
-                "observations, features, predictions and/or event_predictions (repeatable; the "
-                "speed layer's <source>_<event>_predictions, e.g. taxi_trip_predictions); "
-                "default: all (event_predictions only for sources whose contract names some)."
+                "observations, features, predictions and/or the speed layer's "
+                "<event>_predictions (taxi: trip_predictions; only for sources whose contract "
+                "names event predictions), repeatable; default: all. The generic "
+                "event_predictions still picks every speed layer (deprecated)."
             ),
             show_default=False,
         ),
@@ -82,6 +83,14 @@ def load(
     full: Annotated[
         bool,
         typer.Option("--full", help="Reload the chosen tables in full instead of incrementally."),
+    ] = False,
+    drop_orphans: Annotated[
+        bool,
+        typer.Option(
+            "--drop-orphans",
+            help="Drop the Postgres tables (and _load_state rows) left under an older name "
+            "(taxi_event_predictions, now taxi_trip_predictions); a load only warns of them.",
+        ),
     ] = False,
     fmt: FormatOption = "table",
 ) -> None:
@@ -92,12 +101,14 @@ def load(
     Only rows of the Delta files added since the version recorded in lake._load_state are copied: COPY into a staging table, upsert by key, one transaction per table, so a crash never leaves half a batch. A second run copies nothing. Tables not in the lake yet are skipped; exits 1 when none of the chosen tables exists.
     """
     from warehouse.loader import load_tables
-    from warehouse.plan import TableSpec, table_specs
+    from warehouse.plan import TableSpec, generic_table_note, table_specs
 
     try:
         specs = table_specs(source, table)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if note := generic_table_note(source, table):
+        err_console.print(f"[yellow]{note}[/]", soft_wrap=True)
     settings = get_settings()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -115,7 +126,9 @@ def load(
                 tasks[spec.name] = progress.add_task(spec.name, total=total)
             progress.update(tasks[spec.name], completed=done, total=total)  # type: ignore[arg-type]
 
-        results = load_tables(settings, specs, full=full, on_progress=on_progress)
+        results = load_tables(
+            settings, specs, full=full, on_progress=on_progress, drop_orphans=drop_orphans
+        )
 
     with_forecasts = {s.name for s in specs if s.forecasts_table}
     rows = [

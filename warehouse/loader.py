@@ -20,16 +20,20 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
+from periscope.contracts import CONTRACTS
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings
 from warehouse import ddl
 from warehouse.plan import (
     ALWAYS_COLUMNS,
     LoadPlan,
+    Orphan,
     TableSpec,
     flatten_forecasts,
     forecast_counts,
     loadable_columns,
+    orphan_warning,
+    orphans,
     plan_load,
 )
 
@@ -71,11 +75,13 @@ def load_tables(
     full: bool = False,
     on_progress: ProgressCallback | None = None,
     before_upsert: Callable[[TableSpec], None] | None = None,
+    drop_orphans: bool = False,
 ) -> list[LoadResult]:
     """Load each table (own transaction each); tables not in the lake yet are skipped.
 
-    `before_upsert` runs after the COPY and before the upsert of each table: tests use it
-    to crash a load half-way.
+    Tables left under an older name (`plan.orphans`) are named in a warning with what drops
+    them, or dropped from Postgres with `drop_orphans`. `before_upsert` runs after the COPY
+    and before the upsert of each table: tests use it to crash a load half-way.
     """
     import psycopg2
 
@@ -90,6 +96,7 @@ def load_tables(
         with conn, conn.cursor() as cur:
             cur.execute(f"create schema if not exists {ddl.ident(ddl.LAKE_SCHEMA)}")
             cur.execute(ddl.create_state_sql())
+            _report_orphans(cur, settings, drop=drop_orphans)
         return [
             _load_table(
                 conn,
@@ -103,6 +110,40 @@ def load_tables(
         ]
     finally:
         conn.close()
+
+
+def _report_orphans(cur: Any, settings: Settings, *, drop: bool) -> list[Orphan]:
+    """Warn about (or with `drop`, drop from Postgres) the tables left under an older name."""
+    cur.execute(
+        "select table_name from information_schema.tables where table_schema = %s",
+        (ddl.LAKE_SCHEMA,),
+    )
+    tables = {row[0] for row in cur.fetchall()}
+    cur.execute(f"select table_name from {ddl.ident(ddl.LAKE_SCHEMA, ddl.STATE_TABLE)}")
+    state_rows = {row[0] for row in cur.fetchall()}
+    candidates = orphans(CONTRACTS.values(), [f"{c}_event_predictions" for c in CONTRACTS])
+    in_delta = {
+        o.name for o in candidates if DeltaTable.is_deltatable(settings.lake_path(o.delta_table))
+    }
+    found = orphans(CONTRACTS.values(), tables | state_rows | in_delta)
+    for orphan in found:
+        in_postgres = orphan.name in tables or orphan.name in state_rows
+        if drop and in_postgres:
+            for statement in orphan.drop_sql():
+                cur.execute(statement)
+        log.warning(
+            "%s",
+            orphan_warning(
+                orphan,
+                table=orphan.name in tables,
+                state_row=orphan.name in state_rows,
+                delta_path=settings.lake_path(orphan.delta_table)
+                if orphan.name in in_delta
+                else None,
+                dropped=drop and in_postgres,
+            ),
+        )
+    return found
 
 
 def _load_table(

@@ -16,12 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from periscope.contracts import CONTRACTS, SourceContract, get_contract
+from warehouse.ddl import LAKE_SCHEMA, STATE_TABLE
 
 __all__ = [
     "ALWAYS_COLUMNS",
     "ENTITIES",
     "FORECAST_FIELDS",
     "LoadPlan",
+    "Orphan",
     "TableSpec",
     "flatten_forecasts",
     "forecast_columns",
@@ -29,9 +31,13 @@ __all__ = [
     "forecast_key",
     "has_entity",
     "loadable_columns",
+    "generic_table_note",
+    "orphan_warning",
+    "orphans",
     "plan_load",
     "table_entity",
     "table_key",
+    "table_names",
     "table_specs",
 ]
 
@@ -150,29 +156,138 @@ class TableSpec:
         return forecast_columns(self.contract)
 
 
+def table_names(contract: SourceContract) -> dict[str, Entity]:
+    """The contract's lake tables as `--table` names them (the table's name without the
+    source) -> the plan's entity.
+
+    >>> table_names(get_contract("taxi"))["trip_predictions"]
+    'event_predictions'
+    """
+    return {table_entity(contract, e): e for e in ENTITIES if has_entity(contract, e)}
+
+
 def table_specs(
-    sources: Iterable[str] | None = None, entities: Iterable[str] | None = None
+    sources: Iterable[str] | None = None, tables: Iterable[str] | None = None
 ) -> list[TableSpec]:
     """The tables to load, source by source (observations, features, predictions, and event
-    predictions for contracts that name some).
+    predictions for contracts that name some). `tables` are the names `table_names` gives
+    (`trip_predictions`) or the plan's entities (`event_predictions`: every source's speed
+    layer, whatever its event).
 
     >>> [s.name for s in table_specs(["weather"], ["features"])]
     ['weather_features']
+    >>> [s.name for s in table_specs(None, ["trip_predictions"])]
+    ['taxi_trip_predictions']
     """
     chosen_sources = list(sources) if sources is not None else list(CONTRACTS)
-    chosen_entities = list(entities) if entities is not None else list(ENTITIES)
     for source in chosen_sources:
         if source not in CONTRACTS:
             raise ValueError(f"unknown source {source!r}; known: {', '.join(CONTRACTS)}")
-    for entity in chosen_entities:
-        if entity not in ENTITIES:
-            raise ValueError(f"unknown table {entity!r}; known: {', '.join(ENTITIES)}")
+    names = {s: table_names(CONTRACTS[s]) for s in chosen_sources}
+    chosen = set(tables) if tables is not None else set(ENTITIES)
+    known = {name for by_name in names.values() for name in by_name}
+    for table in sorted(chosen - known - set(ENTITIES)):
+        raise ValueError(f"unknown table {table!r}; known: {', '.join(sorted(known))}")
     return [
-        TableSpec(source, entity)  # type: ignore[arg-type]  # checked above
+        TableSpec(source, entity)
         for source in chosen_sources
-        for entity in ENTITIES
-        if entity in chosen_entities and has_entity(CONTRACTS[source], entity)
+        for name, entity in names[source].items()
+        if name in chosen or entity in chosen
     ]
+
+
+def generic_table_note(sources: Iterable[str] | None, tables: Iterable[str] | None) -> str | None:
+    """A note for `--table event_predictions` where a chosen source names that table by its
+    event: the generic name still works, the table's own name is the one to use.
+
+    >>> print(generic_table_note(["taxi"], ["event_predictions"]))
+    --table event_predictions is deprecated: the speed layer's tables are named by their event; use --table trip_predictions (taxi)
+    >>> generic_table_note(None, ["features"]) is None
+    True
+    """
+    if tables is None or "event_predictions" not in tables:
+        return None
+    named = {
+        s: CONTRACTS[s].event_predictions_entity
+        for s in (CONTRACTS if sources is None else sources)
+        if s in CONTRACTS and has_entity(CONTRACTS[s], "event_predictions")
+    }
+    renamed = {s: name for s, name in named.items() if name != "event_predictions"}
+    if not renamed:
+        return None
+    use = ", ".join(f"--table {name} ({s})" for s, name in renamed.items())
+    return (
+        "--table event_predictions is deprecated: the speed layer's tables are named by their "
+        f"event; use {use}"
+    )
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A lake table left under an older name: the speed layer's `<source>_event_predictions`,
+    named by the contract's event since (taxi: `taxi_trip_predictions`). Nothing loads or
+    reads it any more."""
+
+    name: str
+    renamed_to: str
+    delta_table: str
+
+    def drop_sql(self) -> tuple[str, ...]:
+        """What removes it from Postgres (cascade: the old staging view built on it goes too).
+
+        >>> Orphan("taxi_event_predictions", "taxi_trip_predictions", "gold/x").drop_sql()[1]
+        "delete from lake._load_state where table_name = 'taxi_event_predictions'"
+        """
+        return (
+            f"drop table if exists {LAKE_SCHEMA}.{self.name} cascade",
+            f"delete from {LAKE_SCHEMA}.{STATE_TABLE} where table_name = '{self.name}'",
+        )
+
+
+def orphans(contracts: Iterable[SourceContract], present: Iterable[str]) -> list[Orphan]:
+    """Which of the `present` names (Postgres tables of the schema `lake`, its `_load_state`
+    rows, Delta tables) are the old generic names of a speed layer's table.
+
+    >>> orphans([get_contract("taxi"), get_contract("weather")], ["taxi_event_predictions"])
+    [Orphan(name='taxi_event_predictions', renamed_to='taxi_trip_predictions', delta_table='gold/taxi_event_predictions')]
+    """
+    seen = set(present)
+    found = []
+    for contract in contracts:
+        old_name = f"{contract.name}_event_predictions"  # the name before tables had events
+        if not has_entity(contract, "event_predictions") or old_name not in seen:
+            continue
+        new_name = TableSpec(contract.name, "event_predictions").name
+        if new_name != old_name:
+            found.append(Orphan(old_name, new_name, f"{_LAYER['event_predictions']}/{old_name}"))
+    return found
+
+
+def orphan_warning(
+    orphan: Orphan, *, table: bool, state_row: bool, delta_path: str | None, dropped: bool
+) -> str:
+    """What `warehouse load` says of an orphan found in Postgres (`table`, `state_row`) and in
+    the lake (`delta_path`): where it is and what removes it, or that it dropped it."""
+    postgres = [
+        *([f"{LAKE_SCHEMA}.{orphan.name}"] if table else []),
+        *([f"its row in {LAKE_SCHEMA}.{STATE_TABLE}"] if state_row else []),
+    ]
+    why = (
+        f"left from before the speed layer's table was named by its event (now {orphan.renamed_to})"
+    )
+    if dropped:
+        text = f"dropped {' and '.join(postgres)}: {why}."
+    else:
+        found = ", ".join([*postgres, *([delta_path] if delta_path else [])])
+        text = f"{orphan.name} is {why}; nothing loads or reads it. Found: {found}."
+        if postgres:
+            text += (
+                " Drop it from Postgres with `periscope warehouse load --drop-orphans` or, as "
+                f"the owner: {'; '.join(orphan.drop_sql())}."
+            )
+    if delta_path:
+        text += f" Remove its Delta table by hand: rm -r {delta_path}"
+    return text
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,49 @@ def test_table_specs_choose_and_reject():
         table_specs(None, ["raw"])
 
 
+def test_tables_are_chosen_by_the_names_the_contract_gives_them():
+    assert [s.name for s in table_specs(None, ["trip_predictions"])] == ["taxi_trip_predictions"]
+    # The generic entity still picks every speed layer, with a note naming the table to use.
+    assert [s.name for s in table_specs(None, ["event_predictions"])] == ["taxi_trip_predictions"]
+    assert "use --table trip_predictions (taxi)" in str(
+        plan.generic_table_note(None, ["event_predictions"])
+    )
+    assert plan.generic_table_note(["weather"], ["event_predictions"]) is None
+    assert plan.generic_table_note(None, ["trip_predictions"]) is None
+    # A name only another source has is unknown for the chosen ones, and the error lists them.
+    with pytest.raises(ValueError, match="'trip_predictions'; known: features, observations, "):
+        table_specs(["weather"], ["trip_predictions"])
+    with pytest.raises(ValueError, match="known: .*trip_predictions"):
+        table_specs(None, ["taxi_trip_predictions"])
+
+
+def test_old_speed_layer_names_are_found_as_orphans():
+    contracts = list(CONTRACTS.values())
+    found = plan.orphans(contracts, ["taxi_event_predictions", "weather_event_predictions", "x"])
+    assert found == [
+        plan.Orphan(
+            "taxi_event_predictions", "taxi_trip_predictions", "gold/taxi_event_predictions"
+        )
+    ]
+    assert plan.orphans(contracts, ["taxi_trip_predictions", "weather_features"]) == []
+    [orphan] = found
+    warning = plan.orphan_warning(
+        orphan, table=True, state_row=True, delta_path="/lake/gold/taxi_event_predictions",
+        dropped=False,
+    )  # fmt: skip
+    assert "Found: lake.taxi_event_predictions, its row in lake._load_state, /lake/gold/" in warning
+    assert "drop table if exists lake.taxi_event_predictions cascade" in warning
+    assert "--drop-orphans" in warning and "rm -r /lake/gold/taxi_event_predictions" in warning
+    only_delta = plan.orphan_warning(
+        orphan, table=False, state_row=False, delta_path="/lake/gold/x", dropped=False
+    )
+    assert "drop table" not in only_delta and "rm -r /lake/gold/x" in only_delta
+    dropped = plan.orphan_warning(
+        orphan, table=True, state_row=False, delta_path=None, dropped=True
+    )
+    assert dropped.startswith("dropped lake.taxi_event_predictions: left from before")
+
+
 # --- plans ---------------------------------------------------------------------------------
 def test_first_load_is_full():
     p = plan_load(
