@@ -1,0 +1,164 @@
+"""Silver validation speed: the Arrow/DuckDB validator beside Spark's, on the same bronze rows.
+
+Builds M records per source the way the replay builds them (the real datasets through
+`ingest.replay.build_messages`, 1% malformed from the chaos hooks; the dataset repeated when it
+holds fewer rows, as taxi's January does), as one bronze Arrow table, then times
+`validate_arrow` (best of `--repeat`) and, with `--spark`, Spark's path on the same table:
+`validate(...)` plus the select and `toArrow()` that `BatchProcessor._validate` runs. Spark's
+figure excludes the JVM and session start-up (printed on its own line) and the conversion of
+the Arrow table into a Spark DataFrame (also printed), so both figures are the validation work
+on rows already in the engine. With `--spark` it also checks the two outputs are equal.
+
+    python bench/silver_validate.py                          # 1M weather and 1M taxi records
+    python bench/silver_validate.py --records 200000 --spark # beside Spark (needs its jars)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime
+from itertools import islice
+
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import track
+
+console = Console()
+
+
+def bronze_table(source: str, records: int, *, bad_rate: float = 0.01, seed: int = 7) -> pa.Table:
+    """`records` replay messages of `source` as a bronze table (4 partitions, offsets in order)."""
+    import polars as pl
+
+    from ingest.datasets import read_source
+    from ingest.replay import build_messages, prepare_frame
+    from periscope import get_settings
+    from periscope.contracts import get_contract
+    from spark_streaming.bronze_direct import BRONZE_ARROW_SCHEMA
+
+    contract = get_contract(source)
+    frame = prepare_frame(read_source(source, get_settings().data_dir), contract)
+    good = round(records * (1 - bad_rate))
+    if frame.height < good:  # repeat the history (validation does not care about repeats)
+        frame = pl.concat([frame] * (good // frame.height + 1))
+    messages = list(
+        islice(
+            track(
+                build_messages(frame.head(good), contract, bad_rate=bad_rate, seed=seed),
+                total=records,
+                description=f"{source}: building {records:,} records",
+                console=console,
+                transient=True,
+            ),
+            records,
+        )
+    )
+    n = len(messages)
+    now = datetime.now(UTC)
+    return pa.Table.from_arrays(
+        [
+            pa.array([m.key for m in messages], pa.binary()),
+            pa.array([m.value for m in messages], pa.binary()),
+            pa.array([contract.topic("raw")] * n),
+            pa.array([i % 4 for i in range(n)], pa.int32()),
+            pa.array([i // 4 for i in range(n)], pa.int64()),
+            pa.array([now] * n, pa.timestamp("us", "UTC")),
+            pa.array([now] * n, pa.timestamp("us", "UTC")),
+            pa.array([now.date()] * n, pa.date32()),
+        ],
+        schema=BRONZE_ARROW_SCHEMA,
+    )
+
+
+def time_arrow(bronze: pa.Table, source: str, repeat: int) -> tuple[float, pa.Table]:
+    from periscope.contracts import get_contract
+    from spark_streaming.silver.validate_arrow import validate_arrow
+
+    contract = get_contract(source)
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = validate_arrow(bronze, contract)
+        best = min(best, time.perf_counter() - started)
+    assert result is not None
+    return best, result
+
+
+def spark_validated(spark, bronze: pa.Table, source: str) -> tuple[float, float, pa.Table]:
+    """(seconds to load the table into Spark, seconds of validate + toArrow, the result)."""
+    from pyspark.sql import functions as F
+
+    from periscope.contracts import get_contract
+    from spark_streaming.silver.columns import observation_columns
+    from spark_streaming.silver.validate import validate
+
+    contract = get_contract(source)
+    started = time.perf_counter()
+    frame = spark.createDataFrame(bronze).cache()
+    frame.count()
+    loaded = time.perf_counter() - started
+    extra = ["reason", "reason_detail"]
+    parsed = [c for c in observation_columns(contract) if c not in extra]
+    good = F.col("reason").isNull()
+    started = time.perf_counter()
+    result = (
+        validate(frame, contract)
+        .select(
+            *parsed,
+            *extra,
+            F.when(~good, F.col("key")).alias("key"),
+            F.when(~good, F.col("value")).alias("value"),
+        )
+        .toArrow()
+    )
+    took = time.perf_counter() - started
+    frame.unpersist()
+    return loaded, took, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000, help="records per source")
+    parser.add_argument("--sources", nargs="+", default=["weather", "taxi"])
+    parser.add_argument("--repeat", type=int, default=3, help="validate_arrow runs (best)")
+    parser.add_argument("--spark", action="store_true", help="time Spark's path beside it")
+    args = parser.parse_args()
+
+    spark = None
+    if args.spark:
+        from spark_streaming.session import build_spark_session
+
+        started = time.perf_counter()
+        spark = build_spark_session(
+            "bench-silver-validate",
+            conf={"spark.ui.enabled": "false", "spark.sql.execution.arrow.pyspark.enabled": "true"},
+        )
+        spark.sparkContext.setLogLevel("ERROR")
+        console.print(f"spark: JVM + session start-up {time.perf_counter() - started:.1f} s")
+    for source in args.sources:
+        started = time.perf_counter()
+        bronze = bronze_table(source, args.records)
+        built = time.perf_counter() - started
+        console.print(f"{source}: {bronze.num_rows:,} bronze rows built in {built:.1f} s")
+        took, ours = time_arrow(bronze, source, args.repeat)
+        quarantined = bronze.num_rows - ours["reason"].null_count
+        console.print(
+            f"{source}: validate_arrow {took:.2f} s = {bronze.num_rows / took:,.0f} records/s "
+            f"(best of {args.repeat}; {quarantined:,} quarantined)"
+        )
+        if spark is not None:
+            loaded, spark_took, theirs = spark_validated(spark, bronze, source)
+            console.print(
+                f"{source}: spark validate + toArrow {spark_took:.2f} s = "
+                f"{bronze.num_rows / spark_took:,.0f} records/s "
+                f"(table into Spark first: {loaded:.1f} s, not counted)"
+            )
+            same = ours.equals(theirs)
+            console.print(f"{source}: outputs equal: {same}")
+    if spark is not None:
+        spark.stop()
+
+
+if __name__ == "__main__":
+    main()
