@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,8 +258,8 @@ def plan_batch(
     max_records: int,
     max_files: int | None = None,
 ) -> tuple[BatchPlan | None, int]:
-    """The next batch from `start`: whole files up to `max_records` rows (at least one file),
-    read no further than `through_version`. Returns (the plan, or None when nothing is new;
+    """The next batch from `start`: whole files up to `max_records` rows (one file at least,
+    even a larger one), read no further than `through_version`. Returns (the plan, or None when nothing is new;
     the files left after it, for the metrics).
 
     A plan's end passes the versions after its last file that added no rows, so an idle
@@ -270,11 +271,16 @@ def plan_batch(
     full = False
     while position.version <= through_version and not full:
         files = bronze.files(position.version, snapshot=position.snapshot)
-        while position.index < len(files) and not full:
+        while position.index < len(files):
+            size = max(files[position.index].records, 0)
+            if taken and (
+                records + size > max_records or (max_files is not None and len(taken) >= max_files)
+            ):
+                full = True
+                break
             taken.append(files[position.index])
-            records += max(files[position.index].records, 0)
+            records += size
             position = Position(position.version, position.index + 1, position.snapshot)
-            full = records >= max_records or (max_files is not None and len(taken) >= max_files)
         if position.index >= len(files):
             position = Position(position.version + 1)
     behind = 0
@@ -412,6 +418,13 @@ def read_bronze_files(table_path: str, files: Iterable[BronzeFile]) -> pa.Table:
 
 
 # --- the loop ----------------------------------------------------------------------------------
+@dataclass
+class _Prefetched:
+    plan: BatchPlan
+    behind: int
+    validated: Future[tuple[pa.Table, int, float]]
+
+
 def _default_validate(bronze: pa.Table, contract: SourceContract) -> pa.Table:
     from spark_streaming.silver.validate_arrow import validate_arrow
 
@@ -453,6 +466,8 @@ class DirectSilver:
             publish=publish,
         )
         self._replay, self.next_batch_id, self.position = self.plan_log.resume()
+        self._next: _Prefetched | None = None  # the next batch, read and validated ahead
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"silver-{contract.name}-read")
         self.processed = 0  # bronze rows in this run
         self.batches = 0
 
@@ -469,31 +484,52 @@ class DirectSilver:
 
     def step(self, *, through_version: int | None = None) -> int | None:
         """Process the next batch (a planned one left unfinished first); returns its bronze rows,
-        or None when bronze holds nothing new (up to `through_version`, when given)."""
-        plan = self._replay or self._plan(through_version)
-        if plan is None:
-            return None
-        if self._replay is None:
-            self.plan_log.write_plan(plan)
-        else:
+        or None when bronze holds nothing new (up to `through_version`, when given).
+
+        While bronze has more than one batch waiting (a backfill), the next batch is planned
+        and its files read and validated in a thread while this one is processed: validation
+        is Python (it holds the GIL), the rest is mostly DuckDB, Arrow and delta-rs (they let
+        it go), so two cores share the work. The next plan is written only when its turn comes.
+        """
+        loading = None
+        if self._replay is not None:
+            plan, behind = self._replay, 0
             log.info(
                 "silver %s: replaying planned batch %d (%d files)",
                 self.contract.name,
                 plan.batch_id,
                 len(plan.files),
             )
-        rows = self._process(plan)
+        else:
+            if self._next is not None:
+                plan, behind, loading = self._next.plan, self._next.behind, self._next.validated
+                self._next = None
+            else:
+                planned = self._plan(through_version)
+                if planned is None:
+                    return None
+                plan, behind = planned
+            self.plan_log.write_plan(plan)  # durable before anything of the batch is written
+            if behind:
+                self._prefetch(plan.end, plan.batch_id + 1, through_version)
+        rows = self._process(plan, loading)
         self.plan_log.mark_done(plan.batch_id)
         self._replay = None
         self.position, self.next_batch_id = plan.end, plan.batch_id + 1
         self.bronze.forget_before(plan.end.version)
         return rows
 
-    def _plan(self, through_version: int | None) -> BatchPlan | None:
+    def _bound(self, through_version: int | None) -> int | None:
         latest = self.bronze.latest_version()
         if latest is None:
             return None
-        bound = latest if through_version is None else min(latest, through_version)
+        return latest if through_version is None else min(latest, through_version)
+
+    def _plan(self, through_version: int | None) -> tuple[BatchPlan, int] | None:
+        """The next batch from `self.position` and the files left after it, or None."""
+        bound = self._bound(through_version)
+        if bound is None:
+            return None
         if self.position is None:  # a fresh checkpoint: the table as it is now, then its commits
             self.position = Position(bound, 0, snapshot=True)
         plan, behind = plan_batch(
@@ -505,43 +541,67 @@ class DirectSilver:
             max_files=self.max_files,
         )
         FILES_BEHIND.labels("silver", self.contract.name).set(behind)
-        if plan is None and self.position.version <= bound:
-            # Versions without new rows (compaction, metadata): move past them (in memory; a
-            # restart reads them again from the last plan's end, and finds nothing again).
-            self.position = Position(bound + 1)
-        return plan
+        if plan is None:
+            if self.position.version <= bound:
+                # Versions without new rows (compaction, metadata): move past them (in memory;
+                # a restart reads them again from the last plan's end, and finds nothing again).
+                self.position = Position(bound + 1)
+            return None
+        return plan, behind
 
-    def _process(self, plan: BatchPlan) -> int:
+    def _prefetch(self, start: Position, batch_id: int, through_version: int | None) -> None:
+        bound = self._bound(through_version)
+        assert bound is not None
+        plan, behind = plan_batch(
+            self.bronze,
+            start,
+            batch_id=batch_id,
+            through_version=bound,
+            max_records=self.max_records,
+            max_files=self.max_files,
+        )
+        if plan is not None:
+            self._next = _Prefetched(plan, behind, self._pool.submit(self._load, plan))
+
+    def _load(self, plan: BatchPlan) -> tuple[pa.Table, int, float]:
+        """(validated rows, bronze rows, seconds): read and validate a plan's files."""
+        started = time.perf_counter()
+        bronze = read_bronze_files(self.tables.bronze, plan.files)
+        validated = self.validate(bronze, self.contract)
+        return validated, bronze.num_rows, time.perf_counter() - started
+
+    def _process(self, plan: BatchPlan, loading: Future[tuple[pa.Table, int, float]] | None) -> int:
         started = time.perf_counter()
         self.processor.start_batch()
-        bronze = read_bronze_files(self.tables.bronze, plan.files)
-        self.processor.phase_seconds["read"] = time.perf_counter() - started
-        validated = self.validate(bronze, self.contract)
+        validated, rows, load_s = loading.result() if loading is not None else self._load(plan)
         try:
             counts = self.processor.process_validated(validated, plan.batch_id)
         except BaseException:
             self.processor.forget_windows()
             raise
         elapsed = time.perf_counter() - started
-        rows = bronze.num_rows
         self.processed += rows
         self.batches += 1
         RECORDS_IN.labels("silver", self.contract.name).inc(rows)
         if rows:
             BATCH_SECONDS.labels("silver", self.contract.name).observe(elapsed)
         log.info(
-            "silver_%s (direct): batch %d, +%d rows (%d this run), %.0f rows/s: %s (%s)",
+            "silver_%s (direct): batch %d, +%d rows (%d this run), %.0f rows/s: %s "
+            "(read+validate %.2f%s, %s)",
             self.contract.name,
             plan.batch_id,
             rows,
             self.processed,
             rows / max(elapsed, 1e-9),
             counts,
+            load_s,
+            " ahead" if loading is not None else "",
             ", ".join(f"{k} {v:.2f}" for k, v in self.processor.phase_seconds.items()),
         )
         return rows
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.processor.close()
 
 

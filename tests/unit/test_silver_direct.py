@@ -146,7 +146,7 @@ def test_plans_take_whole_files_up_to_the_record_cap(lake):
     log = BronzeLog(tables.bronze)
     assert log.latest_version() == 4
     plan, behind = plan_batch(
-        log, Position(1), batch_id=0, through_version=4, max_records=70, max_files=None
+        log, Position(1), batch_id=0, through_version=4, max_records=80, max_files=None
     )
     assert plan is not None
     assert [f.records for f in plan.files] == [40, 40] and plan.end == Position(3)
@@ -157,7 +157,10 @@ def test_plans_take_whole_files_up_to_the_record_cap(lake):
     # The first start reads the snapshot, in a fixed order, the same when planned again.
     first, _ = plan_batch(log, Position(4, 0, True), batch_id=0, through_version=4, max_records=90)
     again, _ = plan_batch(log, Position(4, 0, True), batch_id=0, through_version=4, max_records=90)
-    assert first == again and first is not None and first.end == Position(4, 3, True)
+    assert first == again and first is not None and first.end == Position(4, 2, True)
+    # One file larger than the cap still makes a batch.
+    single, _ = plan_batch(log, Position(1), batch_id=0, through_version=4, max_records=10)
+    assert single is not None and single.records == 40
 
 
 def test_plan_log_round_trip_and_resume(tmp_path):
