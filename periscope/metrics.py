@@ -43,10 +43,14 @@ __all__ = [
     "ConsumerGroupLag",
     "ProgressFigures",
     "Stage",
+    "consumer_groups",
     "group_lag",
     "metrics_port",
+    "offsets_behind_figures",
     "progress_figures",
+    "record_bronze_batch",
     "record_gold_round",
+    "record_offsets_behind",
     "record_produced",
     "record_progress",
     "record_silver_batch",
@@ -60,11 +64,17 @@ Stage = Literal["bronze", "silver", "score", "ingest"]
 STAGES: tuple[Stage, ...] = ("bronze", "silver", "score", "ingest")
 
 # Python Kafka consumers of the project and the group each joins (lag is exported per group).
-# (`periscope-bronze` is the direct bronze writer's default group, spark_streaming.bronze_direct.)
+# (`periscope-bronze`: the default of the direct bronze writers' group, setting `bronze_group`.)
 CONSUMER_GROUPS: dict[str, str] = {
     "bronze": "periscope-bronze",
     "dashboard": "dashboard-consumers",
 }
+
+
+def consumer_groups(settings: Settings) -> dict[str, str]:
+    """`CONSUMER_GROUPS` with the groups these settings name (the direct bronze writers')."""
+    return {**CONSUMER_GROUPS, "bronze": settings.bronze_group}
+
 
 # Micro-batches and scoring rounds take from tens of milliseconds to minutes (a backlog).
 _BATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -243,6 +253,36 @@ def record_progress(query_name: str, progress: Any) -> None:
         OFFSETS_BEHIND.labels(stage, source, stat).set(offsets)
     if figures.files_behind is not None:
         FILES_BEHIND.labels(stage, source).set(figures.files_behind)
+
+
+# --- the direct bronze writer (no Spark progress: it reports its batches itself) -----------------
+def record_bronze_batch(source: str, *, records: int, seconds: float) -> None:
+    """One commit of the direct bronze writer, exported as `record_progress` exports a Spark
+    bronze micro-batch: every record read is landed, and the batch took `seconds`."""
+    RECORDS_IN.labels("bronze", source).inc(records)
+    RECORDS_OUT.labels("bronze", source).inc(records)
+    if records:
+        BATCH_SECONDS.labels("bronze", source).observe(seconds)
+
+
+def offsets_behind_figures(offsets: Iterable[int]) -> dict[str, float]:
+    """min, max and avg over partitions of the offsets behind the end, as Spark reports them.
+
+    >>> offsets_behind_figures([0, 10, 2])
+    {'min': 0, 'max': 10, 'avg': 4.0}
+    >>> offsets_behind_figures([])
+    {}
+    """
+    values = list(offsets)
+    if not values:
+        return {}
+    return {"min": min(values), "max": max(values), "avg": sum(values) / len(values)}
+
+
+def record_offsets_behind(stage: Stage, source: str, offsets: Iterable[int]) -> None:
+    """How far a stage is behind the end of its topic, from each partition's offsets behind."""
+    for stat, value in offsets_behind_figures(offsets).items():
+        OFFSETS_BEHIND.labels(stage, source, stat).set(value)
 
 
 # --- silver, score, ingest -----------------------------------------------------------------------

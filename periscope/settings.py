@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     bronze_batch_records: int = Field(
         default=100_000, ge=1, description="Records per commit of the direct bronze writer."
     )
+    bronze_group: str = Field(
+        default="periscope-bronze",
+        min_length=1,
+        description="Kafka consumer group of the direct bronze writers: processes in one group "
+        "share the partitions; another group (a second lake, a bench) reads the topics again.",
+    )
     bronze_batch_seconds: float = Field(
         default=1.0,
         gt=0,

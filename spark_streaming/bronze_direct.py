@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from periscope import Settings
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
-from periscope.metrics import BATCH_SECONDS, OFFSETS_BEHIND, RECORDS_IN, RECORDS_OUT
+from periscope.metrics import record_bronze_batch, record_offsets_behind
 from spark_streaming.bronze import BRONZE_COLUMNS, STATS_COLUMNS, BronzeTarget
 
 if TYPE_CHECKING:
@@ -79,8 +79,6 @@ BRONZE_ARROW_SCHEMA = pa.schema(
     ]
 )
 assert tuple(BRONZE_ARROW_SCHEMA.names) == BRONZE_COLUMNS
-
-DEFAULT_GROUP_ID = "periscope-bronze"
 
 
 class BronzeOffsetError(PeriscopeError):
@@ -246,13 +244,13 @@ class DirectBronzeWriter:
         settings: Settings,
         targets: list[BronzeTarget],
         *,
-        group_id: str = DEFAULT_GROUP_ID,
+        group_id: str | None = None,
         batch_records: int | None = None,
         batch_seconds: float | None = None,
     ) -> None:
         self.settings = settings
         self.targets = {t.topic: t for t in targets}
-        self.group_id = group_id
+        self.group_id = group_id or settings.bronze_group
         self.batch_records = batch_records or settings.bronze_batch_records
         self.batch_seconds = batch_seconds or settings.bronze_batch_seconds
         self.tables = {t.topic: ensure_bronze_table_direct(t.table_path) for t in targets}
@@ -457,7 +455,9 @@ class DirectBronzeWriter:
         """Land every buffered record: one append per table, offsets marked in the same commit."""
         from confluent_kafka import TopicPartition
 
-        started = time.perf_counter()
+        # A batch lasts from its first record buffered to its commit (Spark's micro-batch
+        # duration counts its fetch too); a flush without a buffering clock times itself.
+        batch_started = self._buffer_started or time.monotonic()
         committed: list[TopicPartition] = []
         for topic, buffer in self.buffers.items():
             if not len(buffer):
@@ -473,11 +473,11 @@ class DirectBronzeWriter:
             self.landed[topic] += len(buffer)
             committed += [TopicPartition(topic, p, offset + 1) for p, offset in marks.items()]
             self.batches += 1
-            elapsed = time.perf_counter() - started
-            source = self.targets[topic].source
-            RECORDS_IN.labels("bronze", source).inc(len(buffer))
-            RECORDS_OUT.labels("bronze", source).inc(len(buffer))
-            BATCH_SECONDS.labels("bronze", source).observe(elapsed)
+            record_bronze_batch(
+                self.targets[topic].source,
+                records=len(buffer),
+                seconds=time.monotonic() - batch_started,
+            )
             log.info(
                 "bronze_%s (direct): batch %d, +%d rows (%d this run), %.0f rows/s",
                 self.targets[topic].source,
@@ -508,10 +508,7 @@ class DirectBronzeWriter:
             if high >= 0:  # librdkafka's "not known yet" is negative
                 behind[topic].append(max(high - position, 0))
         for topic, offsets in behind.items():
-            source = self.targets[topic].source
-            figures = {"min": min(offsets), "max": max(offsets), "avg": sum(offsets) / len(offsets)}
-            for stat, value in figures.items():
-                OFFSETS_BEHIND.labels("bronze", source, stat).set(value)
+            record_offsets_behind("bronze", self.targets[topic].source, offsets)
 
     def _append(self, topic: str, rows: pa.Table, marks: Mapping[int, int]) -> None:
         """One delta-rs append carrying every partition's mark, fenced against other writers."""
@@ -573,10 +570,11 @@ def run_bronze_direct(
     contracts: list[SourceContract],
     *,
     available_now: bool = False,
-    group_id: str = DEFAULT_GROUP_ID,
+    group_id: str | None = None,
     batch_records: int | None = None,
 ) -> dict[str, int]:
     """Land every source's raw topic in bronze with one direct writer; records landed per source.
+    The writer joins the consumer group `group_id` (default: the `bronze_group` setting).
 
     Runs until SIGINT/SIGTERM (which land what is buffered first) or, with `available_now`,
     until the partitions it owns are caught up.
@@ -590,7 +588,7 @@ def run_bronze_direct(
         "bronze direct: %s -> %s (group %s)",
         ", ".join(t.topic for t in targets),
         ", ".join(t.table_path for t in targets),
-        group_id,
+        writer.group_id,
     )
     landed = writer.run(available_now=available_now)
     by_topic = {t.topic: t.source for t in targets}

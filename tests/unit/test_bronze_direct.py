@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime
 
 import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from prometheus_client import REGISTRY
 
-from spark_streaming.bronze import BRONZE_COLUMNS, STATS_COLUMNS
+from periscope.contracts import SourceContract, get_contract
+from periscope.metrics import consumer_groups
+from periscope.settings import Settings
+from spark_streaming.bronze import BRONZE_COLUMNS, STATS_COLUMNS, BronzeTarget
 from spark_streaming.bronze_direct import (
     BRONZE_ARROW_SCHEMA,
     BronzeOffsetError,
+    DirectBronzeWriter,
     PartitionBuffer,
     app_id,
     bronze_rows,
@@ -123,3 +129,47 @@ def test_direct_table_has_the_spark_tables_shape_and_keeps_marks(tmp_path):
     assert reopened.version() == 1
     assert DeltaTable(path).transaction_version(app_id(path, "weather-raw", 1)) == 5
     assert DeltaTable(path).to_pyarrow_table().num_rows == 4
+
+
+def _sample(name: str, source: str) -> float:
+    return REGISTRY.get_sample_value(name, {"stage": "bronze", "source": source}) or 0.0
+
+
+def test_the_writers_group_is_a_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERISCOPE_LAKE_ROOT", str(tmp_path))
+    assert Settings().bronze_group == "periscope-bronze"
+    monkeypatch.setenv("PERISCOPE_BRONZE_GROUP", "lake-b-bronze")
+    settings = Settings()
+    target = BronzeTarget.for_contract(settings, get_contract("weather"))
+    assert DirectBronzeWriter(settings, [target])._consumer_config()["group.id"] == "lake-b-bronze"
+    explicit = DirectBronzeWriter(settings, [target], group_id="bench")
+    assert explicit._consumer_config()["group.id"] == "bench"
+    # Its lag is exported under the group it joins.
+    assert consumer_groups(settings)["bronze"] == "lake-b-bronze"
+
+
+def test_a_commit_exports_records_in_and_out_and_the_batch_duration(tmp_path):
+    """The metrics the Spark bronze exports, from the direct writer's own commits."""
+    weather = get_contract("weather")
+    # A source of its own, so other tests' bronze series do not move these.
+    contract = SourceContract(**{**weather.__dict__, "name": "unit_direct_metrics"})
+    settings = Settings(lake_root=str(tmp_path))  # type: ignore[call-arg]
+    target = BronzeTarget.for_contract(settings, contract)
+    writer = DirectBronzeWriter(settings, [target])
+    names = (
+        "periscope_stage_records_in_total",
+        "periscope_stage_records_out_total",
+        "periscope_stage_batch_duration_seconds_count",
+        "periscope_stage_batch_duration_seconds_sum",
+    )
+    before = {n: _sample(n, contract.name) for n in names}
+    writer.buffers[target.topic] = _buffer()
+    writer._buffer_started = time.monotonic() - 0.5  # the batch's first record came 0.5 s ago
+    writer.flush()
+    writer.flush()  # nothing buffered: no batch
+    moved = {n: _sample(n, contract.name) - before[n] for n in names}
+    assert moved["periscope_stage_records_in_total"] == 4
+    assert moved["periscope_stage_records_out_total"] == 4
+    assert moved["periscope_stage_batch_duration_seconds_count"] == 1
+    assert 0.5 <= moved["periscope_stage_batch_duration_seconds_sum"] < 30
+    assert DeltaTable(target.table_path).to_pyarrow_table().num_rows == 4
