@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from periscope.contracts import (
 )
 from periscope.lake import delta_row_count, read_delta
 from spark_streaming.silver import process_batch
-from tests.integration.conftest import fresh_warehouse
+from tests.integration.conftest import fresh_warehouse, run_periscope
 from tests.integration.silver_helpers import bronze_frame, silver_tables
 from warehouse.dbt import run_dbt, sync_project
 from warehouse.loader import load_tables
@@ -51,7 +49,6 @@ from warehouse.plan import table_specs
 
 pytestmark = pytest.mark.integration
 
-PERISCOPE = str(Path(sys.executable).parent / "periscope")
 STATIONS = ["denver", "boston"]
 FIRST_DAYS = 3
 SOURCES = ("weather", "air_quality")
@@ -328,16 +325,6 @@ def dbt_env(lake, warehouse, tmp_path_factory):
     }
 
 
-def _periscope(env, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [PERISCOPE, *args], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, (
-        f"periscope {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    )
-    return result
-
-
 def _query(settings, statement: str, params=None, role: str = "owner") -> list[tuple]:
     with psycopg2.connect(settings.postgres_dsn(role)) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
@@ -424,13 +411,13 @@ def test_first_load_copies_every_table_and_records_delta_counts(lake, warehouse)
 
 def test_a_second_load_finds_nothing_new(lake, warehouse, dbt_env):
     before = _state(warehouse)
-    output = _periscope(dbt_env, "warehouse", "load").stdout
+    output = run_periscope(dbt_env, "warehouse", "load")
     assert output.count("up to date") == 10, output  # 3 tables x 2 sources, 4 of taxi
     assert _state(warehouse) == before
 
 
 def test_dbt_build_passes_on_the_loaded_lake(warehouse, dbt_env):
-    output = _periscope(dbt_env, "dbt", "build").stdout
+    output = run_periscope(dbt_env, "dbt", "build")
     assert "assert_lake_and_marts_reconcile" in output
     assert "ERROR=0" in output and "PASS=" in output
     counts = {fact: _query(warehouse, f"select count(*) from marts.{fact}")[0][0] for fact in FACTS}
@@ -678,7 +665,7 @@ def test_new_silver_and_a_rescored_window_load_exactly_once_even_after_a_crash(
 
 
 def test_a_second_dbt_build_adds_only_the_new_fact_rows(warehouse, dbt_env, first_marts):
-    _periscope(dbt_env, "dbt", "build")
+    run_periscope(dbt_env, "dbt", "build")
     last_run = max(max(rows.values()) for rows in first_marts.values())
     for fact, before in first_marts.items():
         key = "forecast_key" if fact.startswith("fct_forecast") else _key(fact)
@@ -713,7 +700,7 @@ def test_a_second_dbt_build_adds_only_the_new_fact_rows(warehouse, dbt_env, firs
 
 
 def test_dbt_docs_generate(dbt_env):
-    _periscope(dbt_env, "dbt", "docs")
+    run_periscope(dbt_env, "dbt", "docs")
     assert (Path(dbt_env["DBT_TARGET_PATH"]) / "catalog.json").is_file()
 
 
