@@ -134,6 +134,33 @@ def services_status(names: ServiceName = None) -> None:
         raise typer.Exit(1)
 
 
+@services_app.command("watch")
+def services_watch(
+    names: ServiceName = None,
+    every: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between looks at the services.")
+    ] = 5.0,
+) -> None:
+    """Restart a service that crashed (its process gone without a stop), until stopped.
+
+    `periscope up` runs this under supervisord; a service stopped on purpose (`services down`)
+    stays stopped.
+    """
+    import signal
+    import threading
+
+    from periscope.services import get_service
+    from periscope.supervise.watchdog import watch
+
+    settings = _settings()
+    services = [get_service(name, settings) for name in _service_names(names)]
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    for watched in watch(services, every_s=every, stop=stop):
+        console.print(f"{watched.service.name:<9} restarted {watched.restarts} time(s)")
+
+
 @services_app.command("logs")
 def services_logs(
     name: Annotated[str, typer.Argument(help="kafka or postgres.")],

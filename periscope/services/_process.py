@@ -150,6 +150,12 @@ class BackgroundService:
         pid = read_pid(self.pidfile)
         return pid if pid_alive(pid) else None
 
+    def crashed(self) -> bool:
+        """True when the pid file names a process that is gone: it died without a stop (a
+        stop removes the pid file), which the watchdog of `periscope up` restarts."""
+        pid = read_pid(self.pidfile)
+        return pid is not None and not pid_alive(pid)
+
     def stop(self, timeout_s: float = 30.0) -> str:
         """Stop the process (SIGTERM: a clean shutdown), forcing it with SIGKILL after a timeout."""
         pid = self.running_pid()

@@ -24,7 +24,13 @@ from contextlib import closing
 from pathlib import Path
 
 from periscope.errors import MissingDependencyError, ServiceError
-from periscope.services._process import ServiceStatus, ensure_ports_free, tail, wait_until
+from periscope.services._process import (
+    ServiceStatus,
+    ensure_ports_free,
+    pid_alive,
+    tail,
+    wait_until,
+)
 from periscope.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +144,12 @@ class PostgresServer:
             log=self.log_file,
             detail=f"database {self.settings.postgres_db}, data in {self.data_dir}",
         )
+
+    def crashed(self) -> bool:
+        """True when `postmaster.pid` names a server that is gone: it died without a stop (a
+        clean shutdown removes the file), which the watchdog of `periscope up` restarts."""
+        pid = self._pid()
+        return pid is not None and not pid_alive(pid)
 
     def healthy(self) -> bool:
         """True when the owner role can log in over TCP with its password."""

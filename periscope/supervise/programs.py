@@ -124,6 +124,8 @@ def plan_programs(
     """
     sources = _source_flags(plan.sources)
     candidates = [
+        # First to start, last to stop: restarts Kafka or PostgreSQL when they crash.
+        Program("services", ("services", "watch"), needs=("services", "watch"), stop_wait_s=10),
         Program("api", ("api",), needs=("api",)),
         Program("dashboard", ("dashboard",), needs=("dashboard",)),
         # `dagster dev` (web server, daemon, code server) in one process tree; SIGTERM stops it.

@@ -1,5 +1,6 @@
 """`periscope up` / `ps` / `down` for real: every listening socket on loopback, a SIGKILLed stage
-restarted by supervisord, and nothing left running after `down`.
+restarted by supervisord, a SIGKILLed Kafka and PostgreSQL restarted by the services' watchdog,
+and nothing left running after `down`.
 
 One short run on this test instance's ports (about 2-3 minutes on two cores): Kafka, Postgres,
 ingest (follow-clock replay of half a day of one station), bronze, silver, score and the API.
@@ -77,7 +78,7 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         programs = {p.name: p for p in supervisor.programs()}
-        assert set(programs) >= {"api", "score", "silver", "bronze", "ingest-weather"}
+        assert set(programs) >= {"services", "api", "score", "silver", "bronze", "ingest-weather"}
         assert all(p.state == "RUNNING" for p in programs.values()), programs
         for name in programs:
             assert paths.program_log(name).exists()
@@ -135,10 +136,36 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
             if not listener.loopback
         ]
         assert not exposed, f"listening beyond loopback: {exposed}"
+
+        # The services' watchdog (supervised like the stages) restarts a crashed Kafka and
+        # PostgreSQL: each SIGKILLed comes back under a new pid and answers again.
+        for service in (kafka, postgres):
+            crashed_pid = service.status().pid
+            assert crashed_pid is not None
+            os.kill(crashed_pid, signal.SIGKILL)
+            _wait_for(
+                lambda service=service, crashed_pid=crashed_pid: (
+                    (st := service.status()).healthy and st.pid != crashed_pid
+                ),
+                180,
+                f"the watchdog to restart {service.name}",
+            )
+        assert "restarted" in paths.program_log("services").read_text()
     finally:
-        pids_before_down = (
-            descendants(int(paths.pidfile.read_text())) if paths.pidfile.exists() else []
-        )
+        # A service the watchdog restarted is its child, yet a service: down may keep it.
+        services_now = {
+            pid
+            for service_pid in (kafka.status().pid, postgres.status().pid)
+            if service_pid
+            for pid in descendants(service_pid)
+        }
+        pids_before_down = [
+            pid
+            for pid in (
+                descendants(int(paths.pidfile.read_text())) if paths.pidfile.exists() else []
+            )
+            if pid not in services_now
+        ]
         down_args = ["down", "--keep-services"] if services_were_running else ["down"]
         down = _run(*down_args, timeout=900)
     assert down.returncode == 0, down.stdout + down.stderr
