@@ -12,7 +12,10 @@ from periscope.supervise.programs import Program, command_line
 __all__ = ["SupervisePaths", "render_config"]
 
 # supervisord starts a program's retries 1, 2, 3, ... s apart (its backoff), then gives up (FATAL).
-START_RETRIES = 5
+# 30 tries span about 8 minutes: a stage whose start-up keeps failing while Kafka restarts or a
+# loaded machine times Ray out is not given up on within 15 s (5 tries did), yet a stage that
+# can never start still ends FATAL, where `ps` shows it.
+START_RETRIES = 30
 
 
 @dataclass(frozen=True)
