@@ -87,6 +87,9 @@ from bench.reliability import (  # noqa: E402
     stop_pipeline,
     wait_caught_up,
 )
+
+# silver_latency imports the Spark stages: a broken import fails here, not after the soak
+from bench.silver_latency import latency_summary  # noqa: E402
 from periscope.contracts import get_contract  # noqa: E402
 from periscope.settings import Settings  # noqa: E402
 from periscope.topics import recreate_topics  # noqa: E402
@@ -345,11 +348,11 @@ def event_to_gold(settings: Settings) -> pd.DataFrame:
 
 def latency_slices(latency: pd.DataFrame, start: float, end: float) -> pd.DataFrame:
     """p50/p95/max per 5-minute slice of send time in [start, end) (epoch s)."""
-    from bench.silver_latency import latency_summary
-
     rows = []
-    for lo in np.arange(0.0, end - start, SLICE_S):
-        hi = min(lo + SLICE_S, end - start)
+    span = end - start
+    # a tail under 30 s (the producer's last flush) joins the slice before it
+    for lo in np.arange(0.0, max(span - 30.0, 1.0), SLICE_S):
+        hi = span if lo + SLICE_S >= span - 30.0 else lo + SLICE_S
         sent = latency["sent"] - start
         values = latency.loc[(sent >= lo) & (sent < hi), "latency_s"]
         summary = latency_summary(values.dropna().tolist())
@@ -539,15 +542,15 @@ def _combined(first: Produced, second: Produced) -> Produced:
     )
 
 
-def run(settings: Settings, config: SoakConfig) -> SoakResult:
+def run(settings: Settings, result: SoakResult) -> None:
     """Start the pipeline, prime it, produce for `config.minutes` while sampling and maintaining,
-    wait until the lake caught up, then account for every record. The pipeline is left running."""
+    wait until the lake caught up, then account for every record, filling `result` as it goes
+    (what was measured survives a failure). The pipeline is left running."""
     from periscope.services import KafkaBroker, PostgresServer
     from periscope.supervise import SupervisePaths, Supervisor
 
-    result = SoakResult(
-        config, engines=f"bronze {settings.bronze_engine}, silver {settings.silver_engine}"
-    )
+    config = result.config
+    result.engines = f"bronze {settings.bronze_engine}, silver {settings.silver_engine}"
     for service in (KafkaBroker(settings), PostgresServer(settings)):
         service.start()
     recreate_topics(settings, [get_contract(SOURCE)])
@@ -636,7 +639,6 @@ def run(settings: Settings, config: SoakConfig) -> SoakResult:
             result.checks.append(Check(name, False, f"{exc.__class__.__name__}: {exc}"))
     with console.status("event -> gold latency of every observation ..."):
         result.latency = event_to_gold(settings)
-    return result
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -653,7 +655,9 @@ def slice_table(result: SoakResult) -> pd.DataFrame:
             column = f"behind_{stage}"
             slices.loc[index, column] = inside[column].max() if column in inside else np.nan
             column = f"rss_mb_{stage}"
-            slices.loc[index, column] = inside[column].iloc[-1] if column in inside else np.nan
+            slices.loc[index, column] = (
+                inside[column].iloc[-1] if column in inside and len(inside) else np.nan
+            )
         for table in TABLES:
             column = f"files_{table}"
             slices.loc[index, column] = inside[column].max() if column in inside else np.nan
@@ -729,7 +733,7 @@ def print_report(result: SoakResult, slices: pd.DataFrame, verdict_list: list[Ve
         maintenance.add_row(
             f"{run_.at_s / 60:.1f} min", f"{run_.seconds:.0f} s", str(run_.exit_code),
             *(
-                f"{by_table[t].get('files_before', '?'):,} -> {by_table[t].get('files_after', '?'):,}"
+                f"{by_table[t].get('files before')} -> {by_table[t].get('files after')}"
                 if t in by_table else "-"
                 for t in TABLES
             ),
@@ -916,8 +920,9 @@ def main(argv: list[str] | None = None) -> int:
         highlight=False,
     )
     ok = False
+    result = SoakResult(config)
     try:
-        result = run(settings, config)
+        run(settings, result)
         slices = slice_table(result)
         verdict_list = verdicts(
             pd.DataFrame(result.samples),
@@ -931,8 +936,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict_list.append(
                 Verdict("caught up", False, f"not within {config.catch_up_timeout_s:.0f} s")
             )
-        print_report(result, slices, verdict_list)
         save(result, slices, out)
+        print_report(result, slices, verdict_list)
         ok = all(v.ok for v in verdict_list)
         console.print(f"series, slices, maintenance CSVs and soak.png in {out}", highlight=False)
     finally:
@@ -940,6 +945,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print(stop_pipeline(keep_services=False).strip(), highlight=False, markup=False)
             shutil.rmtree(work_dir, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
+        if not (out / "series.csv").exists():  # a failed run: keep what was sampled
+            pd.DataFrame(result.samples).to_csv(out / "series.csv", index=False)
         (out / "report.txt").write_text(console.export_text())
     return 0 if ok else 1
 
