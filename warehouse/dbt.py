@@ -13,6 +13,7 @@ assets), so `.env` works for dbt as for the rest. dbt runs as a subprocess of th
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from periscope.contracts import CONTRACTS, SourceContract
 from periscope.dbt import DBT_PROJECT_DIR, dbt_env_vars, dbt_executable
+from periscope.errors import PeriscopeError
 from periscope.settings import Settings, get_settings
 from warehouse.dbt_models import GENERATED_DIRS, generated_files
 
@@ -30,9 +32,12 @@ __all__ = [
     "SyncResult",
     "dbt_command",
     "dbt_env",
+    "entity_locations",
     "run_dbt",
     "sync_project",
 ]
+
+log = logging.getLogger(__name__)
 
 # The TLC's zone lookup (under the settings' data dir), read into the taxi_zones seed.
 ZONE_LOOKUP = Path("nyc_tlc") / "taxi_zone_lookup.csv"
@@ -78,11 +83,14 @@ def sync_project(
     """Make the project's generated folders hold exactly the files of `contracts` (default:
     every registered contract): new or changed files are written, unchanged ones left alone
     (dbt's partial parsing keeps them), stale ones (a source no longer registered) removed.
-    The zone seed is read from `data_dir` (default: the settings'), empty without the file."""
+    The zone seed is read from `data_dir` (default: the settings'), empty without the file;
+    the entity locations from the contracts' dataset readers that know them."""
     root = DBT_PROJECT_DIR if project_dir is None else project_dir
-    lookup = (get_settings().data_dir if data_dir is None else data_dir) / ZONE_LOOKUP
+    data = get_settings().data_dir if data_dir is None else data_dir
+    lookup = data / ZONE_LOOKUP
     zones = lookup.read_text(encoding="utf-8") if lookup.is_file() else None
-    wanted = generated_files(CONTRACTS.values() if contracts is None else contracts, zones)
+    chosen = list(CONTRACTS.values() if contracts is None else contracts)
+    wanted = generated_files(chosen, zones, entity_locations(chosen, data))
     result = SyncResult()
     for relative, text in wanted.items():
         path = root / relative
@@ -101,6 +109,25 @@ def sync_project(
                 path.unlink()
                 result.removed.append(relative)
     return result
+
+
+def entity_locations(
+    contracts: Iterable[SourceContract], data_dir: Path
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each source's entity -> (latitude, longitude), from its dataset reader's `locations`
+    (weather's stations); sources whose reader has none, or whose data is absent, have none."""
+    found: dict[str, dict[str, tuple[float, float]]] = {}
+    for contract in contracts:
+        if contract.reader is None:
+            continue
+        locations = getattr(contract.dataset_reader(), "locations", None)
+        if locations is None:
+            continue
+        try:
+            found[contract.name] = dict(locations(data_dir))
+        except (OSError, PeriscopeError) as exc:  # no dataset here: the map stays empty
+            log.warning("no locations of %s's entities (%s)", contract.name, exc)
+    return found
 
 
 def run_dbt(settings: Settings, args: Sequence[str], *, sync: bool = True) -> int:

@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import yaml
@@ -41,6 +41,7 @@ __all__ = [
     "FeatureColumn",
     "feature_columns",
     "generated_files",
+    "locations_seed",
     "numeric_fields",
     "zone_seed",
 ]
@@ -136,10 +137,13 @@ def numeric_fields(contract: SourceContract) -> list[Field]:
 
 
 def generated_files(
-    contracts: Iterable[SourceContract], zone_lookup: str | None = None
+    contracts: Iterable[SourceContract],
+    zone_lookup: str | None = None,
+    locations: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
 ) -> dict[str, str]:
     """Every generated file (path relative to the dbt project -> text) for these contracts;
-    `zone_lookup` is the text of the TLC's taxi_zone_lookup.csv (None: the seed is empty)."""
+    `zone_lookup` is the text of the TLC's taxi_zone_lookup.csv (None: the seed is empty),
+    `locations` each source's entity -> (latitude, longitude) where its reader knows them."""
     chosen = list(contracts)
     files: dict[str, str] = {f"{STAGING_DIR}/_lake__sources.yml": _sources_yaml(chosen)}
     for contract in chosen:
@@ -155,6 +159,7 @@ def generated_files(
     files[f"{SEEDS_DIR}/periscope_sources.csv"] = _sources_seed(chosen)
     files[f"{SEEDS_DIR}/periscope_fields.csv"] = _fields_seed(chosen)
     files[f"{SEEDS_DIR}/taxi_zones.csv"] = zone_seed(zone_lookup)
+    files[f"{SEEDS_DIR}/entity_locations.csv"] = locations_seed(locations or {})
     files[f"{SEEDS_DIR}/_periscope_seeds.yml"] = _seeds_yaml()
     files[f"{MACROS_DIR}/periscope_contracts.sql"] = _contracts_macro(chosen)
     return files
@@ -305,7 +310,26 @@ def _seeds_yaml() -> str:
         },
         "columns": [{"name": "location_id", "data_tests": ["unique", "not_null"]}],
     }
-    return _yaml({"version": 2, "seeds": [sources, fields, zones]})
+    locations = {
+        "name": "entity_locations",
+        "description": (
+            "Grain: one entity with coordinates (source, entity_id): where a source's dataset "
+            "reader knows them (weather stations), written by `periscope dbt sync`."
+        ),
+        "config": {
+            "column_types": {
+                "source": "text",
+                "entity_id": "text",
+                "latitude": "double precision",
+                "longitude": "double precision",
+            }
+        },
+        "columns": [
+            {"name": "source", "data_tests": ["not_null"]},
+            {"name": "entity_id", "data_tests": ["not_null"]},
+        ],
+    }
+    return _yaml({"version": 2, "seeds": [sources, fields, zones, locations]})
 
 
 # --- seeds ---------------------------------------------------------------------------------
@@ -352,6 +376,22 @@ def zone_seed(lookup_csv: str | None) -> str:
     return _csv(
         ("location_id", "borough", "zone_name", "service_zone"),
         ((r["LocationID"].strip(), r["Borough"], r["Zone"], r["service_zone"]) for r in rows),
+    )
+
+
+def locations_seed(locations: Mapping[str, Mapping[str, tuple[float, float]]]) -> str:
+    """The entity_locations seed: source -> entity -> (latitude, longitude), sorted.
+
+    >>> locations_seed({"weather": {"denver": (39.74, -104.98)}})
+    'source,entity_id,latitude,longitude\\nweather,denver,39.74,-104.98\\n'
+    """
+    return _csv(
+        ("source", "entity_id", "latitude", "longitude"),
+        (
+            (source, entity, _number(lat), _number(lon))
+            for source in sorted(locations)
+            for entity, (lat, lon) in sorted(locations[source].items())
+        ),
     )
 
 

@@ -39,7 +39,7 @@ def test_the_bundle_holds_exactly_the_four_dashboards_the_exposures_name():
 def test_every_dataset_caches_for_less_than_every_dashboard_refreshes():
     refreshes = [d["metadata"]["refresh_frequency"] for d in _configs("dashboards/")]
     timeouts = [d["cache_timeout"] for d in _configs("datasets/")]
-    assert len(timeouts) == 4 and all(t for t in timeouts)
+    assert len(timeouts) == 5 and all(t for t in timeouts)
     assert all(r > 0 for r in refreshes)
     assert max(timeouts) < min(refreshes)
 

@@ -586,3 +586,31 @@ def test_marts_are_contracted_and_facts_incremental():
         if sql_file.stem.startswith("fct_"):
             text = sql_file.read_text()
             assert "materialized='incremental'" in text and "unique_key=" in text, sql_file.name
+
+
+def test_entity_locations_come_from_the_readers_that_know_them(tmp_path):
+    from periscope.settings import get_settings
+    from warehouse.dbt import entity_locations
+
+    data_dir = get_settings().data_dir  # the real stations file
+    found = entity_locations([get_contract("weather"), get_contract("taxi")], data_dir)
+    assert list(found) == ["weather"]  # taxi's reader knows no coordinates
+    assert len(found["weather"]) == 36
+    lat, lon = found["weather"]["denver"]
+    assert 39 < lat < 40.5 and -105.5 < lon < -104.5
+    seed = dbt_models.generated_files([get_contract("weather")], None, found)[
+        "seeds/generated/entity_locations.csv"
+    ]
+    rows = list(csv.DictReader(io.StringIO(seed)))
+    assert len(rows) == 36 and {r["source"] for r in rows} == {"weather"}
+    assert {"entity_id": "denver", "latitude": repr(lat)}.items() <= next(
+        r for r in rows if r["entity_id"] == "denver"
+    ).items()
+    # Without the dataset the seed is its header alone (dim_entity builds, no coordinates).
+    assert entity_locations([get_contract("weather")], tmp_path) == {}
+    assert (
+        dbt_models.generated_files([get_contract("weather")])[
+            "seeds/generated/entity_locations.csv"
+        ]
+        == "source,entity_id,latitude,longitude\n"
+    )

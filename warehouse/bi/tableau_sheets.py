@@ -209,6 +209,14 @@ SHEETS: tuple[Sheet, ...] = (
         color=Use("entity_id"),
     ),
     Sheet(
+        "Where the entities are",
+        "observations",
+        cols=(Use("longitude", "Avg", False),),
+        rows=(Use("latitude", "Avg", False),),
+        mark="Circle",
+        color=Use("entity_id"),
+    ),
+    Sheet(
         "Trips per zone and hour",
         "taxi_demand",
         cols=(Use("pickup_time", _HOUR),),
@@ -242,7 +250,9 @@ DASHBOARDS: tuple[Dashboard, ...] = (
         "anomalies",
         ("Anomaly timeline", "Top anomalous windows", "Anomalies by entity"),
     ),
-    Dashboard("Observations", "observations", ("Hourly series per entity",)),
+    Dashboard(
+        "Observations", "observations", ("Hourly series per entity", "Where the entities are")
+    ),
     Dashboard("Taxi demand", "taxi-demand", ("Trips per zone and hour", "Trips per hour")),
 )
 

@@ -175,19 +175,27 @@ def _relation(star: Star) -> ET.Element:
     return relation
 
 
+# Columns Tableau places on a map: with these roles, latitude and longitude on the shelves draw
+# a map instead of a scatter plot.
+_GEOGRAPHIC_ROLES = {
+    "latitude": "[Geographical].[Latitude]",
+    "longitude": "[Geographical].[Longitude]",
+}
+
+
 def _column_xml(f: _Field) -> ET.Element:
-    return ET.Element(
-        "column",
-        {
-            "caption": _caption(f.column)
-            if f.name == f.column
-            else f"{_caption(f.column)} ({f.table})",
-            "datatype": f.datatype,
-            "name": f"[{f.name}]",
-            "role": f.role,
-            "type": f.kind,
-        },
-    )
+    attributes = {
+        "caption": _caption(f.column)
+        if f.name == f.column
+        else f"{_caption(f.column)} ({f.table})",
+        "datatype": f.datatype,
+        "name": f"[{f.name}]",
+        "role": f.role,
+        "type": f.kind,
+    }
+    if f.column in _GEOGRAPHIC_ROLES:
+        attributes["semantic-role"] = _GEOGRAPHIC_ROLES[f.column]
+    return ET.Element("column", attributes)
 
 
 def _calculation_xml(calc: Calculation) -> ET.Element:

@@ -20,7 +20,11 @@ select
     s.entity_id,
     c.entity_label,
     min(s.first_seen_at) as first_seen_at,
-    max(s.last_seen_at) as last_seen_at
+    max(s.last_seen_at) as last_seen_at,
+    l.latitude,
+    l.longitude
 from seen as s
 inner join {{ ref('periscope_sources') }} as c on s.source = c.source
-group by s.source, s.entity_id, c.entity_label
+-- Coordinates where the source's dataset knows them (weather stations): the BI maps.
+left join {{ ref('entity_locations') }} as l on s.source = l.source and s.entity_id = l.entity_id
+group by s.source, s.entity_id, c.entity_label, l.latitude, l.longitude
