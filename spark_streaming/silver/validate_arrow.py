@@ -4,57 +4,68 @@
 `validate_arrow(bronze, contract)` keeps every bronze row, in order, with the columns
 `_validate` selects: `observation_columns(contract)` without `reason`/`reason_detail`, then
 `reason`, `reason_detail`, then the raw `key` and `value`, kept only for quarantined rows.
-Same reason codes, same first-failing check, same `reason_detail` texts, same QA counts.
+Same Arrow types, reason codes, first failing check, `reason_detail` texts and QA counts.
 
-How: each value is parsed once in Python (orjson; the rare record orjson refuses is read by
-a small parser that follows Spark's Jackson settings), each field's values become one Arrow
-column by their JSON types, and everything after that is vectorised (pyarrow.compute for the
-field checks, DuckDB for the contract's rules, whose conditions are SQL both engines read).
+How: each value is parsed once in Python (orjson; the rare record orjson refuses, or one that
+may repeat a name, is read by a small reader that follows Spark's Jackson settings), each
+field's values become one Arrow column by their JSON types, and the rest is vectorised
+(pyarrow.compute for the checks, Arrow's strptime for the producers' time form, DuckDB for the
+contract's rules, whose conditions are SQL both engines read).
 
-What Spark does, and so what this does (each pinned by tests/unit/test_validate_arrow.py and
-compared with Spark on the same rows by tests/integration/test_fuzz_silver.py):
+What Spark 4.0 does (found with real calls), and so what this does; pinned by
+tests/unit/test_validate_arrow.py and compared with Spark on the same rows by
+tests/integration/test_fuzz_silver.py:
 
-- A null value (a tombstone) is `invalid_utf8`, as is any byte string Python's strict UTF-8
-  decoder refuses (overlong forms, surrogates, bytes past U+10FFFF, truncated sequences).
-- `oversize` counts bytes (`len(value)`), checked after UTF-8, before JSON; an oversize record
-  is still parsed (its key, time and fields fill the quarantine's identity columns).
-- JSON is read as Spark's `from_json` reads it (Jackson with Spark's defaults): the first JSON
-  value of the text is read and anything after it is ignored (`{"a":1} junk` is an object);
-  single-quoted strings and names are allowed; `NaN`, `Infinity`, `-Infinity`, `+Infinity`,
-  `+INF` and `-INF` are number tokens; comments, unquoted names, leading zeros, `+1`, `.5`,
-  `1.`, trailing commas and raw control characters in strings are errors; a byte order mark
-  is an error; a lone `\\ud800` escape becomes `?`. Anything else that is not an object (an
-  array, a scalar, `null`, empty, whitespace, broken JSON) is `malformed_json`, with every
-  parsed column null. Nesting deeper than 1,000 levels is an error (Jackson's limit).
-- Duplicate keys: the last one wins (Jackson's struct reader overwrites).
-- Measures (double) take JSON numbers (integers too: 2 is 2.0; huge ones become +-inf, as
-  Java's parser makes them, and so `out_of_range`) and the strings "NaN", "Infinity",
-  "+Infinity", "-Infinity", "+INF", "-INF" (Spark reads these as doubles); any other string,
-  a boolean, an array or an object is `wrong_type`. "12.5" (a number in a string) is
-  `wrong_type`, as in Spark.
-- Counts (long) take JSON integers within 64 bits only: 2.0, "2", 1e2 and 2**63 are
+- UTF-8: a null value (a tombstone) is `invalid_utf8`, as is anything Python's strict decoder
+  refuses (Spark's `is_valid_utf8` agrees: overlong forms, surrogates, past U+10FFFF, cut).
+- `oversize` counts bytes, after UTF-8 and before JSON; an oversize record is still parsed
+  (its key, time and fields fill the quarantine's identity columns).
+- JSON as `from_json` reads it (Jackson, Spark's defaults): the first JSON value of the text
+  counts and anything after it is ignored (`{"a":1} junk` is an object); single quotes are
+  allowed, `\'` too; the number tokens `NaN`, `Infinity`, `+Infinity`, `-Infinity`, `+INF`,
+  `-INF` are read (`INF`, `+NaN`, `-NaN` are errors); comments, unquoted names, leading zeros,
+  `+1`, `.5`, `1.`, trailing commas, raw control characters in strings, a byte order mark, and
+  whitespace other than space, tab, CR and LF are errors. A lone `\ud800` escape becomes `?`.
+  Anything that is not an object (an array, a scalar, `null`, empty, broken) is
+  `malformed_json`, with every parsed column null.
+- A name given twice: the last value wins, except that Spark's struct reader skips a value it
+  cannot convert, keeping the one before (`{"t":1,"t":"x"}` reads t = 1.0, no `wrong_type`);
+  `wrong_type` only when the last is not null and none converted. Followed exactly.
+- Measures (double) take JSON numbers (2 is 2.0; 1e400 is +inf, so `out_of_range`) and the
+  strings "NaN", "Infinity", "+Infinity", "-Infinity", "+INF", "-INF"; any other string
+  ("12.5", "", "INF"), a boolean, an array or an object is `wrong_type`.
+- Counts (long) take JSON integers within 64 bits only: 2.0, 1e2, "2", true and 2**63 are
   `wrong_type`. Flags take true/false only.
 - String fields (key, event time, text, categories) take a JSON string as is; a number
-  becomes its text (integers exactly, decimals as Java prints a double: 1.50 -> "1.5",
-  1e20 -> "1.0E20"), a boolean "true"/"false", an object or array its compact JSON.
-- The key and text/category values are trimmed of spaces only (Spark's `trim`; a tab stays);
-  an empty key is `missing_key`, an empty text is null. Category levels are exact
-  (case-sensitive, after the trim): another value is out of range.
+  becomes its text (integers exactly, -0 as 0; decimals as Java prints a double: 1.50 -> "1.5",
+  1e2 -> "100.0", 1e20 -> "1.0E20"; NaN/Infinity tokens with their quotes, '"NaN"'), a
+  boolean "true"/"false", an object or array its compact JSON.
+- The key and text/category values are trimmed of spaces only (Spark's `trim`: a tab stays);
+  an empty key is `missing_key`, an empty text null. Category levels are exact (case too).
 - Sentinels (UCI's -200) become null before the range check; NaN is out of range; an optional
   value out of range becomes null and counts in `qa_out_of_range_fields`.
-- The event time follows `try_cast(<text> as timestamp)` in a UTC session for every form
-  ISO-8601 allows and the producers send (`2017-01-01T10:00:00Z`): a date alone (midnight),
-  `T` or a space before the time, minutes without seconds, 1-9 fraction digits (kept to the
-  microsecond, cut, not rounded), `Z`, `+hh:mm`, `+hhmm`, `+hh`, or no zone (UTC); one- or
-  two-digit month, day, hour, minute and second as Spark allows; leading and trailing
-  whitespace and control characters ignored. Stricter than Spark on purpose (Spark accepts
-  them, this module calls them `invalid_timestamp`): a bare year or year-month, a time without
-  a date (Spark stamps it with today's date), a year that is not four digits or has a sign,
-  and zone names (`UTC`, `GMT+2`, `Europe/Paris`).
-- Rules: each contract rule's `condition` runs in DuckDB over the checked columns (the key
-  trimmed, sentinels and optional out-of-range values already null); a null condition passes.
-  `reason_detail` shows the values as Spark's `cast(... as string)` prints them (doubles as
-  Java does: 4200.0, 1.0E20; null as "null").
+- The event time is `try_cast(<text> as timestamp)` in the UTC session: `yyyy-[m]m-[d]d`, then
+  optionally `T` or one space and `[h]h`, `:[m]m`, `:[s]s`, a fraction of 0-9 digits (cut to
+  the microsecond, not rounded), then a zone (only after the seconds; one space may precede
+  it): `Z`, `+h`, `+hh`, `+hh:mm`, `+hhmm`, `+hh:mm:ss`, `+hhmmss`, `+h:mm`, `+hh:m`, at most
+  18:00 (no zone: UTC); whitespace and control characters around it ignored; real calendar
+  dates only (no 02-30, 24:00 or :60); year 0000 allowed. `2017-01-01T10:00Z` (a zone after
+  minutes) and `2017-01-01Z` are not times, in Spark either. Stricter than Spark on purpose
+  (Spark reads these, this module calls them `invalid_timestamp`): a bare year or year-month,
+  a time without a date (Spark stamps it with today), a year with a sign or more than four
+  digits, and zone names (`UTC`, `GMT+2`, `CET`, `Europe/Paris`).
+- Rules: each rule's `condition` runs in DuckDB over the checked columns (the key trimmed,
+  sentinels and optional out-of-range values null); a null condition passes. Its
+  `try_cast(<field> as int)` is Spark's (digits with a sign, whitespace around; "1e2",
+  "0x10", "1_000", "132.5" are null, which DuckDB's own cast reads). `reason_detail` shows the
+  values as Spark's `cast(... as string)` prints them (4200.0, 1.0E20, null as "null").
+
+Known differences left (each needs a record no producer sends): Java 17 prints a few doubles
+with one more digit than the shortest form this module writes (1e23 is "9.999999999999999E22"
+in Spark, "1.0E23" here) in a rule's detail or a number given to a string field; a number of
+more than 1,000 characters in a decimal form orjson reads, or nesting between 1,000 and 1,024
+levels deep, passes here where Jackson's limits make the record malformed; an object given
+to a string field is written back without the names it repeats.
 """
 
 from __future__ import annotations
@@ -62,7 +73,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import repeat
 from typing import Any
@@ -83,8 +93,6 @@ __all__ = [
     "validate_arrow",
 ]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
@@ -137,7 +145,23 @@ _NON_NUMBERS = {
     "-INF": -math.inf,
 }
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_MAX_DEPTH = 1000
+_MAX_DEPTH = 1000  # Jackson's default limits (StreamReadConstraints)
+_MAX_NUMBER_LENGTH = 1000
+
+
+class _Repeated:
+    """Every value of a name the root object gives more than once, in order."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: list[Any]) -> None:
+        self.values = values
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Repeated and other.values == self.values
+
+    def __repr__(self) -> str:
+        return f"_Repeated({self.values!r})"
 
 
 class _Reader:
@@ -163,7 +187,7 @@ class _Reader:
         if c in "{[":
             if depth >= _MAX_DEPTH:
                 raise _NotJson("too deep")
-            return self.object(depth + 1) if c == "{" else self.array(depth + 1)
+            return self.object(depth + 1, root=depth == 0) if c == "{" else self.array(depth + 1)
         if c in "\"'":
             return self.string()
         for token, number in _NON_NUMBERS.items():
@@ -178,13 +202,16 @@ class _Reader:
         if not match:
             raise _NotJson(f"unexpected {c!r}")
         self.at = match.end()
+        if len(match.group()) > _MAX_NUMBER_LENGTH:
+            raise _NotJson("number too long")
         if self.at < len(self.text) and self.text[self.at] in ".eE0123456789":
             raise _NotJson("bad number")  # 01, 1., 1e
         if match.group(1) or match.group(2):
             return float(match.group())
         return int(match.group())
 
-    def object(self, depth: int) -> dict[str, Any]:
+    def object(self, depth: int, *, root: bool = False) -> dict[str, Any]:
+        """An object; at the root, a name given more than once keeps all its values."""
         self.at += 1
         result: dict[str, Any] = {}
         self.skip_ws()
@@ -200,8 +227,16 @@ class _Reader:
             if self.peek() != ":":
                 raise _NotJson("expected ':'")
             self.at += 1
-            result.pop(name, None)  # the last of duplicate names wins, in its place
-            result[name] = self.value(depth)
+            value = self.value(depth)
+            if name not in result:
+                result[name] = value
+            elif root:
+                earlier = result[name]
+                result[name] = _Repeated(
+                    [*earlier.values, value] if type(earlier) is _Repeated else [earlier, value]
+                )
+            else:
+                result[name] = value  # the last wins (in a string field's copy of an object)
             self.skip_ws()
             c = self.peek()
             self.at += 1
@@ -265,10 +300,11 @@ class _Reader:
 
 def parse_json_like_spark(text: str) -> Any:
     """The first JSON value of `text` as Spark's from_json reads it (trailing text ignored);
-    raises ValueError when Spark would call it malformed.
+    raises ValueError when Spark would call it malformed. A name the root object repeats
+    keeps all its values.
 
-    >>> parse_json_like_spark("{'a': NaN, 'a': 2} and more")
-    {'a': 2}
+    >>> parse_json_like_spark("{'a': NaN, 'b': 'x', 'a': 2} and more")
+    {'a': _Repeated([nan, 2]), 'b': 'x'}
     """
     reader = _Reader(text)
     return reader.value(0)
@@ -284,12 +320,15 @@ def _read_like_spark(text: str) -> Any:
 
 # --- event time ------------------------------------------------------------------------------
 
+# Spark's forms: a zone only after the seconds; an offset as java.time reads it once Spark has
+# padded a one-digit hour (+2:00) or minute (+02:0): +h, +hh, +hh:mm, +hhmm, +hh:mm:ss, +hhmmss.
+_ZONE = r"Z|[+-](?:[0-9]{1,2}(?::[0-9]{2}(?::[0-9]{2})?)?|[0-9]{2}:[0-9]|[0-9]{4}(?:[0-9]{2})?)"
 _TIME = re.compile(
     r"(?P<y>[0-9]{4})-(?P<mo>[0-9]{1,2})-(?P<d>[0-9]{1,2})"
-    r"(?:[T ](?P<h>[0-9]{1,2}):(?P<mi>[0-9]{1,2})"
-    r"(?::(?P<s>[0-9]{1,2})(?:\.(?P<f>[0-9]{0,9}))?)?)?"
-    r"(?P<z>Z|[+-][0-9]{2}(?::?[0-9]{2})?)?"
+    r"(?:[T ](?P<h>[0-9]{1,2})(?::(?P<mi>[0-9]{1,2})"
+    r"(?::(?P<s>[0-9]{1,2})(?:\.(?P<f>[0-9]{0,9}))?(?: ?(?P<z>" + _ZONE + r"))?)?)?)?"
 )
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def _strip_like_spark(text: str) -> str:
@@ -300,6 +339,36 @@ def _strip_like_spark(text: str) -> str:
     while end > start and ord(text[end - 1]) <= 32:
         end -= 1
     return text[start:end]
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (year 0 included, as in Spark)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def _offset_seconds(zone: str | None) -> int | None:
+    """Seconds east of UTC of a zone; None if java.time would refuse it (past +-18:00)."""
+    if not zone or zone == "Z":
+        return 0
+    digits = zone[1:]
+    if ":" in digits:
+        parts = [int(p) for p in digits.split(":")]
+    else:
+        parts = (
+            [int(digits[i : i + 2]) for i in range(0, len(digits), 2)]
+            if len(digits) > 2
+            else [int(digits)]
+        )
+    hours, minutes, seconds = (*parts, 0, 0)[:3]
+    total = hours * 3600 + minutes * 60 + seconds
+    if hours > 18 or minutes > 59 or seconds > 59 or total > 18 * 3600:
+        return None
+    return total if zone[0] == "+" else -total
 
 
 def parse_timestamp_like_spark(text: str) -> int | None:
@@ -315,27 +384,16 @@ def parse_timestamp_like_spark(text: str) -> int | None:
     if not match:
         return None
     parts = match.groupdict()
-    zone = parts["z"]
-    offset = timedelta(0)
-    if zone and zone != "Z":
-        hours, minutes = int(zone[1:3]), int(zone[3:].lstrip(":") or 0)
-        if hours > 18 or minutes > 59 or (hours == 18 and minutes):
-            return None
-        offset = timedelta(hours=hours, minutes=minutes) * (1 if zone[0] == "+" else -1)
-    try:
-        local = datetime(
-            int(parts["y"]),
-            int(parts["mo"]),
-            int(parts["d"]),
-            int(parts["h"] or 0),
-            int(parts["mi"] or 0),
-            int(parts["s"] or 0),
-            int((parts["f"] or "").ljust(6, "0")[:6]),
-            tzinfo=UTC,
-        )
-    except ValueError:
+    offset = _offset_seconds(parts["z"])
+    year, month, day = int(parts["y"]), int(parts["mo"]), int(parts["d"])
+    hour, minute, second = (int(parts[k] or 0) for k in ("h", "mi", "s"))
+    if offset is None or not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 59:
         return None
-    return (local - offset - _EPOCH) // _MICROSECOND
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= _DAYS_IN_MONTH[month - 1] + (month == 2 and leap):
+        return None
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    return (seconds - offset) * 1_000_000 + int((parts["f"] or "").ljust(6, "0")[:6])
 
 
 # --- one field's values by JSON type ---------------------------------------------------------
@@ -458,12 +516,31 @@ def _column(raw: list[Any], kind: str, reparse: Callable[[int], Any]) -> tuple[p
         x = raw[i]
         if string_kind and type(x) is float:
             x = reparse(i)
-        typed = convert(x) if x is not None else None
-        if typed is _WRONG:
-            wrong[i] = True
-            typed = None
+        if type(x) is _Repeated:
+            typed, wrong[i] = _last_converted(x.values, convert)
+        else:
+            typed = convert(x) if x is not None else None
+            if typed is _WRONG:
+                wrong[i] = True
+                typed = None
         values[i] = typed
     return pa.array(values, arrow_type), wrong
+
+
+def _last_converted(values: list[Any], convert: Callable[[Any], Any]) -> tuple[Any, bool]:
+    """(value, wrong type?) of a name given several times, as Spark reads it: its struct reader
+    keeps the last value that converts (a null clears it, one that does not convert is
+    skipped); its map reader keeps the last value, which is the wrong type if it is not null
+    and nothing converted."""
+    typed = None
+    for value in values:
+        if value is None:
+            typed = None
+            continue
+        converted = convert(value)
+        if converted is not _WRONG:
+            typed = converted
+    return typed, values[-1] is not None and typed is None
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -537,8 +614,11 @@ def validate_arrow(bronze: pa.Table, contract: SourceContract) -> pa.Table:
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for i, value in enumerate(values):
         try:
-            objects[i] = loads(value)  # type: ignore[arg-type]
-            continue
+            parsed = loads(value)  # type: ignore[arg-type]
+            # One '":' per name, or names given twice (or nested objects): read it as Spark does.
+            if type(parsed) is not dict or value.count(b'":') == len(parsed):  # type: ignore[union-attr]
+                objects[i] = parsed
+                continue
         except decode_error:
             pass
         if value is None:  # a tombstone
@@ -723,6 +803,30 @@ def _detail(
     return "every value is missing or a sentinel"
 
 
+# Spark's try_cast(<string> as int): digits with an optional sign, whitespace and control
+# characters around them ignored, null past 32 bits. DuckDB's own cast also reads 1e2, 0x10 and
+# 1_000 and rounds 132.5, so a rule's `try_cast(... as int)` is run with this macro instead.
+_SPARK_INT_MACRO = r"""
+create or replace macro spark_try_cast_int(x) as (
+    case when regexp_full_match(x, '[\x00-\x20\x7f]*[+-]?[0-9]+[\x00-\x20\x7f]*') then
+        case when try_cast(regexp_extract(x, '[+-]?[0-9]+') as hugeint)
+            between -2147483648 and 2147483647
+        then cast(regexp_extract(x, '[+-]?[0-9]+') as integer) end
+    end
+)
+"""
+_TRY_CAST_INT = re.compile(r"try_cast\(\s*([a-z_][a-z0-9_]*)\s+as\s+int\s*\)", re.IGNORECASE)
+
+
+def _spark_casts(sql: str) -> str:
+    """A rule's SQL with its `try_cast(<field> as int)` read as Spark reads it.
+
+    >>> _spark_casts("try_cast(pu_location_id as int) is null")
+    'spark_try_cast_int(pu_location_id) is null'
+    """
+    return _TRY_CAST_INT.sub(r"spark_try_cast_int(\1)", sql)
+
+
 def _is_none(x: object) -> bool:
     return x is None
 
@@ -745,8 +849,9 @@ def _apply_rules(
         f"coalesce(({rule.condition}), false) as rule_{i}" for i, rule in enumerate(contract.rules)
     )
     with duckdb.connect() as con:
+        con.execute(_SPARK_INT_MACRO)
         con.register("checked", table)
-        verdicts = con.execute(f"select {broken} from checked").fetchnumpy()
+        verdicts = con.execute(f"select {_spark_casts(broken)} from checked").fetchnumpy()
     for i, rule in enumerate(contract.rules):
         hits = np.flatnonzero(np.asarray(verdicts[f"rule_{i}"], dtype=bool))
         rows = [passed[position] for position in hits.tolist()]

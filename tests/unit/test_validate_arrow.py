@@ -382,6 +382,26 @@ def test_json_text_after_the_object_is_ignored_and_single_quotes_are_allowed() -
     assert row["reason"] is None and row["temperature"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("temperatures", "value", "reason"),
+    [
+        ('1,"temperature":"x"', 1.0, None),  # Spark's struct reader skips what it cannot convert
+        ('"x","temperature":2', 2.0, None),
+        ('1,"temperature":null', None, None),  # a null clears it
+        ('null,"temperature":"x"', None, "wrong_type"),
+        ('"x","temperature":[1]', None, "wrong_type"),
+    ],
+)
+def test_a_repeated_measure_reads_as_spark_reads_it(temperatures, value, reason) -> None:
+    text = (
+        '{"station_id":"d","timestamp":"2017-01-01","humidity":5,"temperature":'
+        + temperatures
+        + "}"
+    )
+    row = one(WEATHER, text.encode())
+    assert (row["temperature"], row["reason"]) == (value, reason)
+
+
 def test_the_last_of_duplicate_keys_wins() -> None:
     row = one(
         WEATHER, b'{"station_id":"a","station_id":"b","timestamp":"2017-01-01","temperature":1}'
@@ -432,6 +452,24 @@ def test_parse_json_like_spark_refuses(text) -> None:
         ("2017-01-01T10:00:00.1234569Z", datetime(2017, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)),
         (" 2017-01-01T10:00:00Z\n", datetime(2017, 1, 1, 10, tzinfo=UTC)),
         ("2017-1-1", datetime(2017, 1, 1, tzinfo=UTC)),
+        ("2017-01-01T10", datetime(2017, 1, 1, 10, tzinfo=UTC)),
+        ("2017-01-01T1:2:3", datetime(2017, 1, 1, 1, 2, 3, tzinfo=UTC)),
+        ("2017-01-01T10:00:00 +02:00", datetime(2017, 1, 1, 8, tzinfo=UTC)),
+        ("2017-01-01T10:00:00+2:00", datetime(2017, 1, 1, 8, tzinfo=UTC)),
+        ("2017-01-01T10:00:00+02:00:30", datetime(2017, 1, 1, 7, 59, 30, tzinfo=UTC)),
+        ("2017-01-01T10:00:00-18:00", datetime(2017, 1, 2, 4, tzinfo=UTC)),
+        ("2017-01-01T10:00:00.", datetime(2017, 1, 1, 10, tzinfo=UTC)),
+        ("1582-10-10T00:00:00Z", datetime(1582, 10, 10, tzinfo=UTC)),
+        ("2017-01-01T10:00Z", None),  # Spark takes a zone only after the seconds
+        ("2017-01-01Z", None),
+        ("2017-01-01T10:00:00+18:01", None),
+        ("2017-01-01T10:00:00+020", None),
+        ("2017-01-01T10:00:00z", None),
+        ("2017-01-01  10:00:00", None),
+        ("2017-01-01T10:00:00,5Z", None),
+        ("2017-01-01T10:00:00\u00a0", None),
+        ("2017-01-01T10:00:00UTC", None),  # Spark reads zone names: stricter on purpose
+        ("+2017-01-01", None),
         ("2017", None),
         ("2017-01", None),
         ("10:00:00", None),
@@ -451,6 +489,10 @@ def test_event_time_forms(text, expected) -> None:
     row = one(WEATHER, weather(timestamp=text))
     assert row["event_time"] == expected
     assert row["reason"] == (None if expected else "invalid_timestamp")
+
+
+def test_year_zero_is_a_year() -> None:
+    assert parse_timestamp_like_spark("0000-01-01") == -62167219200000000
 
 
 def test_the_wire_form_is_checked_for_real_dates() -> None:
