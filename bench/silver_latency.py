@@ -1,14 +1,18 @@
 """Silver latency: Kafka timestamp -> the record's windows visible in `silver/<source>_features`.
 
 Produces a steady stream (default 1,000 records/s across 1,000 stations, event time = now)
-from a process of its own, runs bronze and silver continuously in one Spark application, and prints p50/p95/max
-latency and the sustained rate. A record's latency is the commit time of the silver batch
-that upserted its windows (the features table's MERGE commit for that batch, from the Delta
-log) minus its Kafka timestamp. Uses its own topics (a copy of the weather contract with 5-minute
-windows sliding by 1 minute and a 10-minute watermark) and a temporary lake.
+from a process of its own, runs bronze and silver continuously, and prints p50/p95/max
+latency and the sustained rate. `--engine spark` (the default): bronze and silver as two
+queries of one Spark application. `--engine direct`: the direct bronze writer and the direct
+silver engine, each in a process of its own (as `periscope up` runs them). A record's latency
+is the commit time of the silver batch that upserted its windows (the features table's MERGE
+commit for that batch, from the Delta log) minus its Kafka timestamp. Uses its own topics (a
+copy of the weather contract with 5-minute windows sliding by 1 minute and a 10-minute
+watermark) and a temporary lake.
 Needs the local services: `periscope services up`.
 
     python bench/silver_latency.py --rate 1000 --stations 1000 --duration 60
+    python bench/silver_latency.py --engine direct --duration 90
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -88,6 +94,56 @@ def produce(settings, topic: str, rate: int, stations: int, duration: float) -> 
     return int(sent.value)
 
 
+def _stop_when_set(stop, flag: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    """Set a thread event of this process once the parent's multiprocessing event is set."""
+
+    def relay() -> None:
+        stop.wait()
+        flag.set()
+
+    threading.Thread(target=relay, daemon=True).start()
+
+
+def _bronze_direct(settings, contract, stop) -> None:  # type: ignore[no-untyped-def]
+    """The direct bronze writer until `stop` (a process of its own, as `periscope up` runs it)."""
+    from spark_streaming.bronze_direct import DirectBronzeWriter
+
+    writer = DirectBronzeWriter(
+        settings, [BronzeTarget.for_contract(settings, contract)], group_id=f"bench-{contract.name}"
+    )
+    _stop_when_set(stop, writer.stop_requested)
+    writer.run()
+
+
+def _silver_direct(settings, contract, stop, verbose: bool) -> None:  # type: ignore[no-untyped-def]
+    """The direct silver engine until `stop` (a process of its own)."""
+    from spark_streaming.silver.direct import DirectSilver, follow_direct
+
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+        logging.getLogger("spark_streaming.silver").setLevel(logging.INFO)
+    engine = DirectSilver(settings, contract, SilverTables.for_contract(settings, contract))
+    flag = threading.Event()
+    _stop_when_set(stop, flag)
+    try:
+        follow_direct([engine], stop=flag, poll_seconds=settings.silver_poll_seconds)
+    finally:
+        engine.close()
+
+
+def _start_direct(settings, contract, verbose: bool):  # type: ignore[no-untyped-def]
+    """Bronze and silver, direct engines, each in a spawned process; returns (stop, processes)."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    processes = [
+        context.Process(target=_bronze_direct, args=(settings, contract, stop)),
+        context.Process(target=_silver_direct, args=(settings, contract, stop, verbose)),
+    ]
+    for process in processes:
+        process.start()
+    return stop, processes
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -129,6 +185,13 @@ def main() -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="log every silver batch with its phase timings"
     )
+    parser.add_argument(
+        "--engine",
+        choices=["spark", "direct"],
+        default="spark",
+        help="spark: bronze and silver queries in one Spark application; direct: the direct "
+        "bronze writer and the direct silver engine, each in its own process",
+    )
     args = parser.parse_args()
     if args.verbose:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -142,14 +205,20 @@ def main() -> None:
         WEATHER, name=f"bench{uuid.uuid4().hex[:6]}", window=WindowSpec()
     )
     create_topics(settings, topic_specs(settings, [contract]))
-    spark = build_spark_session(
-        "bench-silver-latency", settings=settings, conf={"spark.ui.enabled": "false"}
-    )
-    spark.sparkContext.setLogLevel("ERROR")
     tables = SilverTables.for_contract(settings, contract)
+    spark = None
+    if args.engine == "spark":
+        spark = build_spark_session(
+            "bench-silver-latency", settings=settings, conf={"spark.ui.enabled": "false"}
+        )
+        spark.sparkContext.setLogLevel("ERROR")
     try:
-        bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
-        silver = start_silver(spark, settings, contract, tables)
+        if spark is not None:
+            bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
+            silver = start_silver(spark, settings, contract, tables)
+        else:
+            stop, processes = _start_direct(settings, contract, args.verbose)
+            time.sleep(5)  # both processes started (imports), as the Spark queries have
         started = time.time()
         sent = produce(settings, contract.topic("raw"), args.rate, args.stations, args.duration)
         # Let silver catch up with everything produced (or give up after a while).
@@ -166,8 +235,13 @@ def main() -> None:
                 break
             time.sleep(1)
         finished = time.time()
-        bronze.stop()
-        silver.stop()
+        if spark is not None:
+            bronze.stop()
+            silver.stop()
+        else:
+            stop.set()
+            for process in processes:
+                process.join(60)
 
         ledger = read_delta(tables.batches, ["batch_id"])["batch_id"].to_pylist()
         # When each batch's windows became visible: its features commit (MERGE) in the Delta log.
@@ -186,6 +260,8 @@ def main() -> None:
             if o["kafka_timestamp"].timestamp() >= cutoff and o["silver_batch_id"] in visible
         ]
         figures = {
+            "engine": args.engine,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "rate_target_per_s": args.rate,
             "stations": args.stations,
             "records_sent": sent,
@@ -197,7 +273,8 @@ def main() -> None:
         }
         print(json.dumps(figures, indent=2))
     finally:
-        spark.stop()
+        if spark is not None:
+            spark.stop()
         delete_topics(settings, contract)
         shutil.rmtree(lake, ignore_errors=True)
 

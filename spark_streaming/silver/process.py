@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -41,6 +42,7 @@ import pyarrow.compute as pc
 
 from periscope import Settings
 from periscope.contracts import SourceContract
+from periscope.errors import PeriscopeError
 from periscope.lake import append_once, merge_once, read_delta
 from periscope.messages import Publisher, json_messages
 from periscope.metrics import record_silver_batch
@@ -538,6 +540,12 @@ def start_silver(
     """Start the silver query for one source (its own Spark session: MERGE tokens are per session).
     Its batch processor is appended to `processors`, for the caller to close once the query ends
     (the processor's Kafka producer otherwise outlives the query)."""
+    if (Path(f"{tables.checkpoint}_direct") / "plans").is_dir():
+        raise PeriscopeError(
+            f"silver {contract.name}: the direct engine has run on this lake "
+            f"({tables.checkpoint}_direct); the Spark query would replay what it did. Go on with "
+            "`periscope silver run --engine direct`."
+        )
     session = spark.newSession()
     ensure_silver_tables(session, tables, contract)
     app_id_holder: dict[str, str] = {}

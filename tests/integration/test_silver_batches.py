@@ -1,4 +1,5 @@
-"""Silver's micro-batch logic on real Spark + Delta: reasons, dedupe, late data, features."""
+"""Silver's micro-batch logic on real Delta tables, validated by either engine (Spark, or the
+direct engine's `validate_arrow`): reasons, dedupe, late data, replays, features."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from periscope.topics import create_topics
 from periscope.windows import feature_columns
 from spark_streaming.silver import REASON_CODES, process_batch
 
-from .silver_helpers import bronze_frame, silver_tables, wire
+from .silver_helpers import ENGINES, bronze_frame, run_batch, silver_tables, wire
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +36,31 @@ EXPECTED_REASON = {
 
 
 @pytest.fixture
-def session(spark):
-    return spark.newSession()  # MERGE idempotency tokens live in session conf
+def session(request):
+    """A Spark session of its own (MERGE idempotency tokens live in session conf); none for the
+    direct engine, which needs no JVM."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("engine") == "direct":
+        return None
+    return request.getfixturevalue("spark").newSession()
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("source", ["weather", "air_quality"])
 def test_every_malformed_kind_is_quarantined_with_its_reason_and_sent_to_the_dlq(
-    session, services, tmp_path, source
+    session, services, tmp_path, source, engine
 ):
     contract = get_contract(source)
     create_topics(services)
     chaos = malformed_records(contract, 3 * len(MALFORMED_KINDS), seed=7)
     good = [wire("s1", h, contract) for h in range(3)]
-    tables = silver_tables(session, tmp_path, services, contract)
+    tables = silver_tables(session, tmp_path, services, contract, engine)
     dlq = _end_offsets(services, tables.dlq_topic)
 
-    counts = process_batch(
-        bronze_frame(session, [(k, v) for _, k, v in chaos] + good),
+    counts = run_batch(
+        engine,
+        session,
+        [(k, v) for _, k, v in chaos] + good,
         0,
         settings=services,
         contract=contract,
@@ -111,14 +120,18 @@ def test_optional_measure_out_of_range_is_dropped_and_counted(session, services,
     assert (row["qa_out_of_range_fields"], row["qa_missing_fields"]) == (1, 1)
 
 
-def test_duplicates_late_data_and_window_corrections(session, services, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_duplicates_late_data_and_window_corrections(session, services, tmp_path, engine):
     contract = get_contract("weather")  # hourly: 3 h windows sliding 1 h, 6 h watermark
-    tables = silver_tables(session, tmp_path, services, contract)
+    tables = silver_tables(session, tmp_path, services, contract, engine)
 
     def run(batch_id, messages, first_offset):
-        return process_batch(
-            bronze_frame(session, messages, first_offset=first_offset),
+        return run_batch(
+            engine,
+            session,
+            messages,
             batch_id,
+            first_offset=first_offset,
             settings=services,
             contract=contract,
             tables=tables,
@@ -168,9 +181,10 @@ def test_duplicates_late_data_and_window_corrections(session, services, tmp_path
     assert len(read_delta(tables.duplicates)) == 2 and len(read_delta(tables.late)) == 1
 
 
-def test_features_equal_an_independent_duckdb_computation(session, services, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_features_equal_an_independent_duckdb_computation(session, services, tmp_path, engine):
     contract = get_contract("weather")
-    tables = silver_tables(session, tmp_path, services, contract)
+    tables = silver_tables(session, tmp_path, services, contract, engine)
     history = read_weather(services.data_dir, stations=["portland", "denver"])
     history = history.filter(
         history["timestamp"]
@@ -185,9 +199,12 @@ def test_features_equal_an_independent_duckdb_computation(session, services, tmp
     for batch_id, chunk in enumerate(
         (messages[:third], messages[third : 2 * third], messages[2 * third :])
     ):
-        process_batch(
-            bronze_frame(session, chunk, first_offset=batch_id * third),
+        run_batch(
+            engine,
+            session,
+            chunk,
             batch_id,
+            first_offset=batch_id * third,
             settings=services,
             contract=contract,
             tables=tables,
@@ -276,3 +293,19 @@ def _consume(settings, topic, start, expected):
             break
     consumer.close()
     return letters
+
+
+def test_both_engines_create_the_same_silver_tables(spark, services, tmp_path):
+    """Spark's `ensure_silver_tables` and the direct engine's delta-rs creation agree, table by
+    table: the same columns, types and nullability, and nothing delta-rs cannot read."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    for contract in (get_contract("weather"), get_contract("taxi")):
+        by_spark = silver_tables(spark, tmp_path / "spark", services, contract, "spark")
+        direct = silver_tables(None, tmp_path / "direct", services, contract, "direct")
+        for name in ("observations", "quarantine", "duplicates", "late", "features", "batches"):
+            ours, theirs = (DeltaTable(getattr(t, name)) for t in (direct, by_spark))
+            schemas = [pa.schema(t.schema().to_arrow()) for t in (ours, theirs)]
+            assert schemas[0] == schemas[1], (contract.name, name)
+            assert ours.metadata().partition_columns == theirs.metadata().partition_columns

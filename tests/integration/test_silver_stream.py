@@ -1,4 +1,5 @@
-"""The silver stream end to end: audit on demo-like data, and a kill mid-batch with restart."""
+"""The silver stream end to end, on both engines (`--engine spark|direct`): audit on demo-like
+data, and a kill mid-stream with bronze compacted before the restart."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable, write_deltalake
 
 from ingest.chaos import malformed_records, produce_chaos
 from ingest.replay import replay
@@ -18,16 +20,18 @@ from periscope.audit import audit_source
 from periscope.contracts import get_contract
 from periscope.lake import delta_row_count, read_delta
 from periscope.topics import create_topics
-from spark_streaming.bronze import BronzeTarget, ensure_bronze_table, start_bronze
-from spark_streaming.silver import SilverTables, start_silver
+from spark_streaming.bronze import BronzeTarget, start_bronze
+from spark_streaming.bronze_direct import ensure_bronze_table_direct
+from spark_streaming.silver import SilverTables, run_silver_direct, start_silver
 
-from .silver_helpers import bronze_frame, wire
+from .silver_helpers import ENGINES, bronze_arrow, wire
 
 pytestmark = pytest.mark.integration
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
 
 
-def test_audit_adds_up_after_replay_chaos_bronze_and_silver(spark, services, tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_audit_adds_up_after_replay_chaos_bronze_and_silver(spark, services, tmp_path, engine):
     settings = services.model_copy(update={"lake_root": str(tmp_path / "lake")})
     create_topics(settings)
     replay(
@@ -44,15 +48,24 @@ def test_audit_adds_up_after_replay_chaos_bronze_and_silver(spark, services, tmp
     replay(settings, "weather", limit=100, stations=["portland"], progress=False)
 
     contract = get_contract("weather")
+    # Spark lands bronze for both engines: the direct engine reads Spark's Parquet and log here
+    # (the kill test below reads delta-rs-written bronze, as the direct bronze writer writes it).
     bronze = start_bronze(
         spark, settings, BronzeTarget.for_contract(settings, contract), available_now=True
     )
     bronze.awaitTermination()
-    silver = start_silver(
-        spark, settings, contract, SilverTables.for_contract(settings, contract), available_now=True
-    )
-    silver.awaitTermination()
-    assert silver.exception() is None
+    if engine == "spark":
+        silver = start_silver(
+            spark,
+            settings,
+            contract,
+            SilverTables.for_contract(settings, contract),
+            available_now=True,
+        )
+        silver.awaitTermination()
+        assert silver.exception() is None
+    else:
+        assert run_silver_direct(settings, [contract], available_now=True)["weather"] > 0
 
     audit = audit_source(settings, contract, require_caught_up=True)
     assert audit.problems == []
@@ -66,39 +79,38 @@ def test_audit_adds_up_after_replay_chaos_bronze_and_silver(spark, services, tmp
 
     # Tampering is caught: one quarantined row written twice no longer adds up.
     tables = SilverTables.for_contract(settings, contract)
-    spark.read.format("delta").load(tables.quarantine).limit(1).write.format("delta").mode(
-        "append"
-    ).save(tables.quarantine)
+    write_deltalake(tables.quarantine, read_delta(tables.quarantine).slice(0, 1), mode="append")
     broken = audit_source(settings, contract)
     assert any("quarantined: table has" in p for p in broken.problems)
     assert any("observations + quarantined + duplicates" in p for p in broken.problems)
 
 
-def _build_bronze(spark, path: str, files: int, per_file: int) -> None:
-    """A bronze table of `files` commits: real-looking readings, repeats and malformed records."""
+def _build_bronze(path: str, files: int, per_file: int, *, first_file: int = 0) -> None:
+    """A bronze table of `files` commits: real-looking readings, repeats and malformed records
+    (`first_file`: go on from a table built with that many files)."""
     contract = get_contract("weather")
-    ensure_bronze_table(spark, path)
-    chaos = malformed_records(contract, files * 2, seed=11)
-    offset = 0
-    for f in range(files):
+    ensure_bronze_table_direct(path)
+    chaos = malformed_records(contract, (first_file + files) * 2, seed=11)
+    offset = first_file * (per_file + 3)
+    for f in range(first_file, first_file + files):
         messages = [
             wire(f"s{i % 3}", f * per_file // 3 + i // 3, contract, temperature=float(i % 40))
             for i in range(per_file)
         ]
         messages += [wire("s0", f * per_file // 3, contract)]  # a repeat of a key in this file
         messages += [(k, v) for _, k, v in chaos[2 * f : 2 * f + 2]]
-        bronze_frame(spark, messages, first_offset=offset).write.format("delta").mode(
-            "append"
-        ).save(path)
+        write_deltalake(path, bronze_arrow(messages, first_offset=offset), mode="append")
         offset += len(messages)
 
 
-def _silver(lake: Path, *args: str, background: bool = False):
+def _silver(lake: Path, engine: str, *args: str, background: bool = False):
     env = {**os.environ, "PERISCOPE_LAKE_ROOT": str(lake)}
     command = [
         PERISCOPE,
         "silver",
         "run",
+        "--engine",
+        engine,
         "--source",
         "weather",
         "--max-files-per-trigger",
@@ -124,29 +136,39 @@ def _snapshot(lake: Path) -> dict[str, list]:
     return {e: rows(e) for e in ("observations", "quarantine", "duplicates", "late", "features")}
 
 
-def test_kill_mid_stream_and_restart_gives_identical_tables(spark, services, tmp_path):
+# Bronze files per engine: the direct engine's batches take a few tens of milliseconds, so it
+# needs more of them for the kill to land mid-stream.
+FILES = {"spark": 4, "direct": 40}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kill_mid_stream_and_restart_gives_identical_tables(services, tmp_path, engine):
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    _build_bronze(spark, str(killed / "bronze" / "weather_raw"), files=4, per_file=30)
+    files = FILES[engine]
+    _build_bronze(str(killed / "bronze" / "weather_raw"), files=files, per_file=30)
     shutil.copytree(killed / "bronze", reference / "bronze")
     create_topics(services)
 
-    process = _silver(killed, background=True)
+    process = _silver(killed, engine, background=True)
     ledger_log = killed / "silver" / "weather_batches" / "_delta_log"
     try:
         deadline = time.monotonic() + 300
         while not (ledger_log / f"{2:020d}.json").exists():  # table creation + 2 batches
             assert process.poll() is None, (killed / "silver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "silver made no progress"
-            time.sleep(0.2)
+            time.sleep(0.02)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the whole process group: Python and its JVM
         process.wait()
-    assert 0 < delta_row_count(str(killed / "silver" / "weather_batches")) < 4, (
+    assert 0 < delta_row_count(str(killed / "silver" / "weather_batches")) < files, (
         "the kill should land mid-stream"
     )
+    # Maintenance compacts bronze while silver is down (dataChange=false files): the restart
+    # must neither read the compacted rows again nor skip any.
+    DeltaTable(str(killed / "bronze" / "weather_raw")).optimize.compact()
 
-    _silver(killed, "--available-now")
-    _silver(reference, "--available-now")
+    _silver(killed, engine, "--available-now")
+    _silver(reference, engine, "--available-now")
     got, want = _snapshot(killed), _snapshot(reference)
     for entity in want:
         assert got[entity] == want[entity], entity
@@ -159,9 +181,30 @@ def test_kill_mid_stream_and_restart_gives_identical_tables(spark, services, tmp
     settings = services.model_copy(update={"lake_root": str(killed)})
     audit = audit_source(settings, get_contract("weather"))
     # (Kafka is not the source of this synthetic bronze table, so only silver's equations apply.)
-    assert audit.processed == audit.bronze == 4 * (30 + 1 + 2)
+    assert audit.processed == audit.bronze == files * (30 + 1 + 2)
     assert (
         sum(audit.tables[k] for k in ("observations", "quarantined", "duplicates"))
         == audit.processed
     )
     assert all(audit.tables[k] == audit.ledger[k] for k in audit.ledger)
+
+
+def test_the_direct_engine_takes_over_where_the_spark_query_stopped(services, tmp_path):
+    """Spark silver on a lake, then more bronze: the direct engine goes on from Spark's last
+    batch (its checkpoint's offsets) and the tables equal Spark's own second run."""
+    taken, reference = tmp_path / "taken", tmp_path / "reference"
+    bronze = str(taken / "bronze" / "weather_raw")
+    _build_bronze(bronze, files=3, per_file=30)
+    create_topics(services)
+    _silver(taken, "spark", "--available-now")
+    shutil.copytree(taken, reference)  # bronze, silver and Spark's checkpoint
+    for lake in (taken, reference):
+        _build_bronze(str(lake / "bronze" / "weather_raw"), files=3, per_file=30, first_file=3)
+
+    _silver(taken, "direct", "--available-now")
+    _silver(reference, "spark", "--available-now")
+    got, want = _snapshot(taken), _snapshot(reference)
+    for entity in want:
+        assert got[entity] == want[entity], entity
+    batches = read_delta(str(taken / "silver" / "weather_batches"), ["batch_id"])
+    assert sorted(batches["batch_id"].to_pylist()) == list(range(6))
