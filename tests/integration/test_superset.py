@@ -23,8 +23,7 @@ import yaml
 from psycopg2 import errors
 
 from periscope.services.superset import SupersetServer
-from tests.integration import test_warehouse
-from tests.integration.conftest import _INSTANCE
+from tests.integration.conftest import _INSTANCE, run_periscope
 from warehouse.bi.superset import BUNDLE_DIR
 from warehouse.bi.superset.client import SupersetClient
 from warehouse.bi.superset.provision import (
@@ -36,8 +35,6 @@ from warehouse.bi.superset.provision import (
 )
 
 pytestmark = pytest.mark.integration
-
-_periscope = test_warehouse._periscope
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
 TITLES = ["Forecast accuracy", "Anomalies", "Observations", "Taxi demand"]
@@ -87,7 +84,7 @@ def cli_env(dbt_env, superset):
 
 @pytest.fixture(scope="module")
 def client(superset, cli_env) -> SupersetClient:
-    _periscope(cli_env, "bi", "provision")
+    run_periscope(cli_env, "bi", "provision")
     return SupersetClient(superset.url, superset.admin_user, superset.admin_password)
 
 
@@ -115,7 +112,7 @@ def test_provisioning_twice_updates_and_never_duplicates(client, cli_env):
     assert sorted(first["dashboard"]) == sorted(TITLES)
     assert first["database"] == ["Periscope marts"]
     assert len(first["chart"]) == len(set(first["chart"])) == 11
-    _periscope(cli_env, "bi", "provision")
+    run_periscope(cli_env, "bi", "provision")
     assert _counts(client) == first
 
 
@@ -215,14 +212,14 @@ def test_a_renamed_column_fails_the_checks_with_the_charts_names(superset, clien
         assert all(name in check.stdout for name in READS_ABS_ERROR), check.stdout
     finally:
         # A rerun of provisioning puts the bundle's SQL back: it updates, it does not skip.
-        _periscope(cli_env, "bi", "provision")
+        run_periscope(cli_env, "bi", "provision")
     assert all(c.ok for c in check_charts(client, TITLES))
 
 
 def test_export_writes_the_dashboards_back_as_committed_and_with_an_edit(client, cli_env, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE_DIR, bundle)
-    _periscope(cli_env, "bi", "export", "--bundle", str(bundle))
+    run_periscope(cli_env, "bi", "export", "--bundle", str(bundle))
     committed, exported = read_bundle(BUNDLE_DIR), read_bundle(bundle)
     assert sorted(exported) == sorted(committed)
     for name in committed:
@@ -237,7 +234,7 @@ def test_export_writes_the_dashboards_back_as_committed_and_with_an_edit(client,
     )["result"]
     client.put(f"/api/v1/chart/{chart['id']}", {"description": "edited in Superset"})
     try:
-        _periscope(cli_env, "bi", "export", "--bundle", str(bundle))
+        run_periscope(cli_env, "bi", "export", "--bundle", str(bundle))
         edited = [
             c
             for c in bundle_configs(read_bundle(bundle)).values()
@@ -246,7 +243,7 @@ def test_export_writes_the_dashboards_back_as_committed_and_with_an_edit(client,
         assert [c["description"] for c in edited] == ["edited in Superset"]
         assert dashboard_titles(read_bundle(bundle)) == dashboard_titles(committed)
     finally:
-        _periscope(cli_env, "bi", "provision")
+        run_periscope(cli_env, "bi", "provision")
 
 
 def marts_password(env: dict[str, str]) -> str:
