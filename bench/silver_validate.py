@@ -95,7 +95,11 @@ def spark_validated(spark, bronze: pa.Table, source: str) -> tuple[float, float,
 
     contract = get_contract(source)
     started = time.perf_counter()
-    frame = spark.createDataFrame(bronze).cache()
+    try:
+        frame = spark.createDataFrame(bronze)
+    except (TypeError, ValueError):  # a pyspark that takes no Arrow table: through pandas
+        frame = spark.createDataFrame(bronze.to_pandas())
+    frame = frame.cache()
     frame.count()
     loaded = time.perf_counter() - started
     extra = ["reason", "reason_detail"]

@@ -511,7 +511,10 @@ def test_the_wire_form_is_checked_for_real_dates() -> None:
     ("value", "text"),
     [(1000.0, "1000.0"), (1e20, "1.0E20"), (1e-5, "1.0E-5"), (0.1 + 0.2, "0.30000000000000004"),
      (-7.5, "-7.5"), (1e7, "1.0E7"), (9999999.0, "9999999.0"), (0.001, "0.001"), (0.0001, "1.0E-4"),
-     (-0.0, "-0.0"), (123456789.123, "1.23456789123E8")],
+     (-0.0, "-0.0"), (123456789.123, "1.23456789123E8"),
+     # whole doubles in [2^53, 2^63): Java's exact digits, not the shortest (as Spark printed them)
+     (-5.031991734891029e16, "-5.0319917348910288E16"), (3.282093804028811e16, "3.2820938040288112E16"),
+     (1e17, "1.0E17")],
 )  # fmt: skip
 def test_java_double_text(value, text) -> None:
     assert java_double_text(value) == text
