@@ -4,6 +4,7 @@ the whole bundle (Prophet, the global model, baselines) on real Denver weather."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -345,29 +346,25 @@ def test_changing_the_future_changes_no_forecast(noisy, noisy_split, noisy_bundl
         assert not np.array_equal(moved[0].yhat, ours.yhat)
 
 
-def test_global_features_read_the_week_up_to_the_origin_and_nothing_after() -> None:
+@pytest.mark.parametrize("week_cycle", [False, True])
+def test_global_features_read_the_week_up_to_the_origin_and_nothing_after(week_cycle) -> None:
     rng = np.random.default_rng(3)
     y = 10 + np.sin(np.arange(24 * 20) * 2 * np.pi / 24) + rng.normal(0, 0.3, 24 * 20)
     ahead = np.arange(1, 25)
+    features = functools.partial(global_features, week_cycle=week_cycle)
     for origin in (24 * 8, 24 * 12 + 7, 24 * 19 - 25):
-        X, last = global_features(np.array([origin]), 0, y, ahead, 0.0)
+        X, last = features(np.array([origin]), 0, y, ahead, 0.0)
         # The future (even its NaNs) changes no feature ...
         changed = y.copy()
         changed[origin + 1 :] = np.where(np.arange(len(y) - origin - 1) % 3, 99.0, np.nan)
-        np.testing.assert_array_equal(
-            global_features(np.array([origin]), 0, changed, ahead, 0.0)[0], X
-        )
+        np.testing.assert_array_equal(features(np.array([origin]), 0, changed, ahead, 0.0)[0], X)
         # ... an hour a week back does (the same-hour means and the day-before mean read it),
         # one beyond HISTORY_HOURS does not.
         week_back, beyond = y.copy(), y.copy()
         week_back[origin + 1 - HISTORY_HOURS] += 7.0
         beyond[origin - HISTORY_HOURS] += 7.0
-        assert not np.array_equal(
-            global_features(np.array([origin]), 0, week_back, ahead, 0.0)[0], X
-        )
-        np.testing.assert_array_equal(
-            global_features(np.array([origin]), 0, beyond, ahead, 0.0)[0], X
-        )
+        assert not np.array_equal(features(np.array([origin]), 0, week_back, ahead, 0.0)[0], X)
+        np.testing.assert_array_equal(features(np.array([origin]), 0, beyond, ahead, 0.0)[0], X)
         assert last[0] == np.float64(y[origin])
 
 
