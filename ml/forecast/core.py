@@ -82,7 +82,7 @@ class ForecastConfig:
     # Other entities' recent departures the global model reads (0: none): the k whose
     # departure from the same hour yesterday best foretells an entity's own a day later on
     # train (for weather, the stations upwind).
-    gbm_neighbours: int = 0
+    gbm_neighbours: int = 3
     # The target hour a week before and its weekday as features (traffic's weekly cycle).
     gbm_week_cycle: bool = False
     candidates: tuple[str, ...] = ("persistence", "seasonal_naive", "prophet", "gbm")
