@@ -264,6 +264,7 @@ def _any_value(contract) -> st.SearchStrategy:
         HealthCheck.too_slow,
         HealthCheck.function_scoped_fixture,
         HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
     ],
 )
 @given(data=st.data())
@@ -273,7 +274,7 @@ def test_arrow_validator_equals_spark_on_fuzzed_bytes_and_damaged_records(
     records = data.draw(
         st.lists(
             st.one_of(_records(contract), _records(contract), _any_value(contract)),
-            min_size=60,
+            min_size=40,
             max_size=150,
         )
     )
