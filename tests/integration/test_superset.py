@@ -111,7 +111,7 @@ def test_provisioning_twice_updates_and_never_duplicates(client, cli_env):
     first = _counts(client)
     assert sorted(first["dashboard"]) == sorted(TITLES)
     assert first["database"] == ["Periscope marts"]
-    assert len(first["chart"]) == len(set(first["chart"])) == 11
+    assert len(first["chart"]) == len(set(first["chart"])) == 12
     run_periscope(cli_env, "bi", "provision")
     assert _counts(client) == first
 
