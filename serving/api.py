@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict
 
 from periscope.contracts import CONTRACTS, SourceContract
-from periscope.metrics import CONSUMER_GROUPS
+from periscope.metrics import consumer_groups
 from periscope.settings import Settings, get_settings
 from serving import health, lineage, marts, reads
 from serving.metrics import BackgroundGroupLag, RequestMetrics
@@ -240,7 +240,7 @@ def create_app(
     )
     registry = CollectorRegistry()
     app.add_middleware(RequestMetrics, registry=registry)
-    registry.register(BackgroundGroupLag(settings, CONSUMER_GROUPS.values()))
+    registry.register(BackgroundGroupLag(settings, consumer_groups(settings).values()))
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:

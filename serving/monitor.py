@@ -311,9 +311,9 @@ def snapshot(
         after = scrape_stages(urls)
     rows = stage_rows(before, after, interval_s)
     if groups:
-        from periscope.metrics import CONSUMER_GROUPS
+        from periscope.metrics import consumer_groups
 
-        rows += group_rows(ConsumerGroupLag(settings, CONSUMER_GROUPS.values()).lags())
+        rows += group_rows(ConsumerGroupLag(settings, consumer_groups(settings).values()).lags())
     return render(rows, [s for s in urls if s not in after], interval_s)
 
 

@@ -271,11 +271,11 @@ class ScorerPool:
     def _get(self, calls: list[Any]) -> list[Any]:
         """ray.get, with a dead actor replaced and any failure raised as ScoringError."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         try:
             return ray.get(calls)
-        except RayActorError as exc:
+        except _actor_gone_errors() as exc:
             self._replace_dead_actors()
             raise ScoringError(f"a scoring actor died ({exc.__class__.__name__})") from exc
         except RayTaskError as exc:
@@ -283,12 +283,11 @@ class ScorerPool:
 
     def _replace_dead_actors(self) -> None:
         import ray
-        from ray.exceptions import RayActorError
 
         for i, actor in enumerate(self.actors):
             try:
                 ray.get(actor.ping.remote(), timeout=30)
-            except RayActorError:
+            except _actor_gone_errors():
                 log.warning("scoring actor %d died; starting a replacement", i)
                 self.actors[i] = self._new_actor()
                 for source, versions in self.wanted.items():
@@ -301,6 +300,15 @@ class ScorerPool:
         import ray
 
         ray.kill(self.actors[index], no_restart=True)
+
+
+def _actor_gone_errors() -> tuple[type[BaseException], ...]:
+    """What a call to a dead actor raises. An actor whose worker Ray's memory monitor killed
+    answers every later call with OutOfMemoryError, not RayActorError: without it here the pool
+    kept calling its dead actors and gold stalled for good (the soak bench, 2026-11-30)."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    return (RayActorError, OutOfMemoryError)
 
 
 @contextmanager
