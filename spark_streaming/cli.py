@@ -151,7 +151,7 @@ def silver_run(
         typer.Option(
             help="direct: bronze's Delta log read with delta-rs, Arrow validation, no JVM (one "
             "machine's fastest). spark: the Spark query (a cluster's master URL). Both write the "
-            "same tables; direct takes over a lake Spark started, not the reverse. Default: "
+            "same tables; a lake stays with the engine that started it. Default: "
             "PERISCOPE_SILVER_ENGINE.",
         ),
     ] = None,

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -65,8 +65,6 @@ __all__ = [
     "plan_batch",
     "read_bronze_files",
     "run_silver_direct",
-    "spark_checkpoint_end",
-    "spark_position",
 ]
 
 log = logging.getLogger("spark_streaming.silver")
@@ -367,53 +365,6 @@ class PlanLog:
         return None, last.batch_id + 1, last.end
 
 
-# --- taking over from the Spark query ---------------------------------------------------------
-# Delta's streaming source marks "before the first file" and "after the last file" of a version
-# with sentinel indexes (-1 or -100 and lower; Long.MaxValue - 100).
-_SPARK_END_INDEX = 2**62
-
-
-def spark_position(offset: dict[str, Any]) -> Position:
-    """Where the direct engine goes on after a Spark Delta source's end offset: the offset names
-    the last file read (its index in the version's snapshot or commit, in the order this module
-    reads them too).
-
-    >>> spark_position({"reservoirVersion": 7, "index": 2, "isStartingVersion": True})
-    Position(version=7, index=3, snapshot=True)
-    >>> spark_position({"reservoirVersion": 7, "index": 9223372036854775707, "isStartingVersion": False})
-    Position(version=8, index=0, snapshot=False)
-    >>> spark_position({"reservoirVersion": 8, "index": -1, "isStartingVersion": False})
-    Position(version=8, index=0, snapshot=False)
-    """
-    version, index = int(offset["reservoirVersion"]), int(offset["index"])
-    snapshot = bool(offset.get("isStartingVersion", offset.get("isInitialSnapshot", False)))
-    if index >= _SPARK_END_INDEX:
-        return Position(version + 1)
-    if index < 0:
-        return Position(version, 0, snapshot)
-    return Position(version, index + 1, snapshot)
-
-
-def spark_checkpoint_end(checkpoint: str) -> tuple[int, Position] | None:
-    """(last committed batch id, where bronze reading goes on) of a Spark silver checkpoint, or
-    None when there is none. A batch Spark planned but did not commit is an error: only Spark
-    can replay it with the same input."""
-    root = Path(checkpoint)
-    committed = sorted(int(p.name) for p in (root / "commits").glob("*") if p.name.isdigit())
-    planned = sorted(int(p.name) for p in (root / "offsets").glob("*") if p.name.isdigit())
-    if not committed:
-        return None
-    last = committed[-1]
-    if planned and planned[-1] > last:
-        raise SilverCheckpointError(
-            f"the Spark silver query planned batch {planned[-1]} but did not commit it "
-            f"({checkpoint}); finish it with `periscope silver run --engine spark "
-            "--available-now` before switching to the direct engine"
-        )
-    lines = (root / "offsets" / str(last)).read_text().splitlines()
-    return last, spark_position(json.loads(lines[2]))
-
-
 # --- tables and reads -------------------------------------------------------------------------
 _ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     "string": pa.string(),
@@ -457,7 +408,7 @@ def read_bronze_files(table_path: str, files: Iterable[BronzeFile]) -> pa.Table:
         parts.append(
             rows.append_column(
                 "ingest_date",
-                pa.array([ingest_date] * rows.num_rows, pa.string()).cast(pa.date32()),
+                pa.repeat(pa.scalar(ingest_date, pa.string()), rows.num_rows).cast(pa.date32()),
             )
         )
     if not parts:
@@ -521,30 +472,16 @@ class DirectSilver:
         self.batches = 0
 
     def _check_fresh_checkpoint(self) -> None:
-        """A new checkpoint on tables that already hold batches: take over where the Spark
-        query stopped (its last committed batch), or refuse rather than count bronze twice."""
+        """A new checkpoint on tables that already hold batches would count bronze twice."""
         from periscope.lake import row_count_or_zero
 
-        if not self.plan_log.is_fresh() or row_count_or_zero(self.tables.batches) == 0:
-            return
-        spark = spark_checkpoint_end(self.tables.checkpoint)
-        if spark is None:
+        if self.plan_log.is_fresh() and row_count_or_zero(self.tables.batches) > 0:
             raise SilverCheckpointError(
-                f"silver {self.contract.name}: the tables already hold batches but neither the "
-                f"direct engine's checkpoint ({self.plan_log.root}) nor the Spark query's "
-                f"({self.tables.checkpoint}) says how far they got; starting over would count "
-                "bronze twice. Start silver on an empty lake."
+                f"silver {self.contract.name}: the tables already hold batches but the direct "
+                f"engine's checkpoint {self.plan_log.root} is new: another engine (the Spark "
+                "query) or checkpoint wrote them, and starting over would count bronze twice. Run "
+                "the engine that wrote them, or start the direct engine on an empty lake."
             )
-        batch_id, position = spark
-        # A done plan without files: the next batch continues Spark's batch ids and offsets.
-        self.plan_log.write_plan(BatchPlan(batch_id, position, position, ()))
-        self.plan_log.mark_done(batch_id)
-        log.info(
-            "silver %s: taking over from the Spark query after its batch %d (bronze %s)",
-            self.contract.name,
-            batch_id,
-            position,
-        )
 
     def step(self, *, through_version: int | None = None) -> int | None:
         """Process the next batch (a planned one left unfinished first); returns its bronze rows,

@@ -187,24 +187,3 @@ def test_kill_mid_stream_and_restart_gives_identical_tables(services, tmp_path, 
         == audit.processed
     )
     assert all(audit.tables[k] == audit.ledger[k] for k in audit.ledger)
-
-
-def test_the_direct_engine_takes_over_where_the_spark_query_stopped(services, tmp_path):
-    """Spark silver on a lake, then more bronze: the direct engine goes on from Spark's last
-    batch (its checkpoint's offsets) and the tables equal Spark's own second run."""
-    taken, reference = tmp_path / "taken", tmp_path / "reference"
-    bronze = str(taken / "bronze" / "weather_raw")
-    _build_bronze(bronze, files=3, per_file=30)
-    create_topics(services)
-    _silver(taken, "spark", "--available-now")
-    shutil.copytree(taken, reference)  # bronze, silver and Spark's checkpoint
-    for lake in (taken, reference):
-        _build_bronze(str(lake / "bronze" / "weather_raw"), files=3, per_file=30, first_file=3)
-
-    _silver(taken, "direct", "--available-now")
-    _silver(reference, "spark", "--available-now")
-    got, want = _snapshot(taken), _snapshot(reference)
-    for entity in want:
-        assert got[entity] == want[entity], entity
-    batches = read_delta(str(taken / "silver" / "weather_batches"), ["batch_id"])
-    assert sorted(batches["batch_id"].to_pylist()) == list(range(6))

@@ -5,9 +5,7 @@ reading, planning and resuming, not the parsing."""
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -283,7 +281,7 @@ def test_a_fresh_checkpoint_on_tables_another_run_wrote_is_refused(lake):
     bronze.land(10)
     _run(_engine(lake))
     with pytest.raises(SilverCheckpointError, match="already hold batches"):
-        _engine(lake, checkpoint=str(tables.checkpoint) + "_other")  # and no Spark checkpoint
+        _engine(lake, checkpoint=str(tables.checkpoint) + "_other")
 
 
 def test_available_now_stops_at_the_version_found_at_start(lake):
@@ -304,39 +302,3 @@ def test_available_now_stops_at_the_version_found_at_start(lake):
     _run(_engine(lake))
     assert _offsets(tables) == list(range(15))
     assert pc.max(read_delta(tables.batches)["batch_id"]).as_py() == 1
-
-
-def _spark_checkpoint(root, committed: int, planned: int, offset: dict) -> None:
-    """A Spark streaming checkpoint as Spark writes it: offsets/N (version, metadata, one line a
-    source) and commits/N."""
-    for folder in ("offsets", "commits"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for batch in range(planned + 1):
-        lines = ["v1", json.dumps({"batchWatermarkMs": 0}), json.dumps(offset | {"index": batch})]
-        (root / "offsets" / str(batch)).write_text("\n".join(lines))
-    for batch in range(committed + 1):
-        (root / "commits" / str(batch)).write_text("v1\n{}")
-
-
-def test_a_fresh_direct_checkpoint_takes_over_after_sparks_last_committed_batch(lake):
-    _, tables, bronze = lake
-    for _ in range(3):
-        bronze.land(10)  # versions 1..3
-    # As if Spark had read the snapshot of version 3 file by file and committed batches 0 and 1.
-    engine = _engine(lake, max_files=1)
-    engine.step()
-    engine.step()
-    engine.close()
-    offset = {"sourceVersion": 1, "reservoirVersion": 3, "isStartingVersion": True}
-    _spark_checkpoint(Path(tables.checkpoint), 1, 1, offset)
-    shutil.rmtree(f"{tables.checkpoint}_direct")  # as if only Spark had run: its checkpoint
-
-    taken_over = _engine(lake)
-    assert (taken_over.next_batch_id, taken_over.position) == (2, Position(3, 2, True))
-    _run(taken_over)
-    assert _offsets(tables) == list(range(30))
-
-    _spark_checkpoint(Path(tables.checkpoint), 1, 2, offset)  # batch 2 planned, not committed
-    shutil.rmtree(f"{tables.checkpoint}_direct")
-    with pytest.raises(SilverCheckpointError, match="did not commit it"):
-        _engine(lake)
