@@ -136,10 +136,12 @@ class Settings(BaseSettings):
         gt=0,
         description="The direct bronze writer commits at least this often while records arrive.",
     )
-    silver_engine: Literal["direct", "spark"] = Field(
-        default="spark",
+    silver_engine: Literal["auto", "direct", "spark"] = Field(
+        default="auto",
         description="What `silver run` uses: `direct` (delta-rs reads bronze's log, Arrow "
-        "validation, no JVM) or `spark` (the Spark query, for a cluster's master URL).",
+        "validation, no JVM), `spark` (the Spark query, for a cluster's master URL) or `auto`: "
+        "the engine a lake's silver tables were started with, else direct on one machine and "
+        "Spark on a cluster.",
     )
     silver_batch_records: int = Field(
         default=250_000, ge=1, description="Bronze records per batch of the direct silver engine."

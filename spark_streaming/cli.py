@@ -147,12 +147,13 @@ def silver_run(
         ),
     ] = None,
     engine: Annotated[
-        Literal["direct", "spark"] | None,
+        Literal["auto", "direct", "spark"] | None,
         typer.Option(
             help="direct: bronze's Delta log read with delta-rs, Arrow validation, no JVM (one "
             "machine's fastest). spark: the Spark query (a cluster's master URL). Both write the "
-            "same tables; a lake stays with the engine that started it. Default: "
-            "PERISCOPE_SILVER_ENGINE.",
+            "same tables; a lake stays with the engine that started it. auto: that engine, else "
+            "direct on one machine and spark on a cluster. Default: PERISCOPE_SILVER_ENGINE "
+            "(auto).",
         ),
     ] = None,
 ) -> None:
@@ -160,13 +161,20 @@ def silver_run(
     from periscope.metrics import serve_metrics
 
     settings = get_settings()
+    contracts = _contracts(source)
+    chosen = engine or settings.silver_engine
+    if chosen == "auto":
+        from spark_streaming.silver.engine import choose_engine
+
+        chosen, why = choose_engine(settings, contracts)
+        console.print(f"silver: the {chosen} engine ({why})")
     serve_metrics("silver", settings)
-    if (engine or settings.silver_engine) == "direct":
+    if chosen == "direct":
         from spark_streaming.silver.direct import run_silver_direct
 
         processed = run_silver_direct(
             settings,
-            _contracts(source),
+            contracts,
             available_now=available_now,
             max_files_per_trigger=max_files_per_trigger,
             max_records=max_records_per_batch,
@@ -176,7 +184,7 @@ def silver_run(
 
         processed = run_silver(
             settings,
-            _contracts(source),
+            contracts,
             available_now=available_now,
             max_files_per_trigger=max_files_per_trigger,
         )

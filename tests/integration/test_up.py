@@ -2,8 +2,9 @@
 restarted by supervisord, a SIGKILLed Kafka and PostgreSQL restarted by the services' watchdog,
 and nothing left running after `down`.
 
-One short run on this test instance's ports (about 2-3 minutes on two cores): Kafka, Postgres,
-ingest (follow-clock replay of half a day of one station), bronze, silver, score and the API.
+One short run on this test instance's ports (about 2 minutes on two cores): Kafka, Postgres,
+ingest (follow-clock replay of half a day of one station), bronze, silver (the direct engine: a fresh
+lake), score and the API.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
         assert ps.returncode == 0, ps.stdout + ps.stderr
         assert "bronze" in ps.stdout and "RUNNING" in ps.stdout
 
-        # Score's Ray runtime and silver's Spark driver are up before the sockets are read, so
+        # Score's Ray runtime and silver's tables are up before the sockets are read, so
         # none is missed for not having started yet.
         def ray_servers_listening() -> bool:
             # score's pid now: a Ray start that timed out under load makes supervisord restart it
@@ -118,9 +119,10 @@ def test_up_listens_on_loopback_restarts_a_killed_stage_and_down_stops_everythin
             return names == {"gcs_server", "raylet"}
 
         _wait_for(ray_servers_listening, 420, "score's Ray runtime (GCS and raylet listening)")
-        # silver creates its tables once its Spark driver (RPC, block manager) is up
+        # A fresh local lake gets the direct silver engine (no JVM), which creates its tables.
         observations = settings.lake_path(get_contract("weather").table("silver", "observations"))
-        _wait_for(lambda: DeltaTable.is_deltatable(observations), 240, "silver's Spark driver")
+        _wait_for(lambda: DeltaTable.is_deltatable(observations), 240, "silver's tables")
+        assert "the direct engine (a fresh lake" in paths.program_log("silver").read_text()
         supervisord_pid = int(paths.pidfile.read_text())
         tree = descendants(supervisord_pid)
         service_pids = [kafka.status().pid, postgres.status().pid]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,6 +15,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from periscope import get_settings
 from periscope.contracts import get_contract
+from periscope.errors import PeriscopeError
 from periscope.lake import read_delta
 from spark_streaming.bronze_direct import PartitionBuffer, bronze_rows, ensure_bronze_table_direct
 from spark_streaming.silver import SilverTables
@@ -30,6 +32,7 @@ from spark_streaming.silver.direct import (
     follow_direct,
     plan_batch,
 )
+from spark_streaming.silver.engine import choose_engine, lake_engine
 
 WEATHER = get_contract("weather")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -302,3 +305,25 @@ def test_available_now_stops_at_the_version_found_at_start(lake):
     _run(_engine(lake))
     assert _offsets(tables) == list(range(15))
     assert pc.max(read_delta(tables.batches)["batch_id"]).as_py() == 1
+
+
+def test_auto_keeps_each_lake_with_its_engine_and_starts_fresh_ones_direct(lake):
+    settings, tables, bronze = lake
+    settings = settings.model_copy(update={"spark_master": "local[2]"})
+    air = get_contract("air_quality")
+    assert choose_engine(settings, [WEATHER])[0] == "direct"  # nothing written yet
+    bronze.land(10)
+    _run(_engine(lake))
+    assert lake_engine(tables) == "direct"
+    assert choose_engine(settings, [WEATHER, air])[0] == "direct"  # air quality is fresh
+    # A Spark checkpoint (Spark writes it before its first batch) keeps a source with Spark.
+    Path(SilverTables.for_contract(settings, air).checkpoint, "offsets").mkdir(parents=True)
+    assert choose_engine(settings, [air]) == (
+        "spark",
+        "the lake's silver tables were written by the spark engine",
+    )
+    with pytest.raises(PeriscopeError, match="weather: direct, air_quality: spark"):
+        choose_engine(settings, [WEATHER, air])
+    # A cluster's settings go to Spark, which is the engine that serves them.
+    cluster = settings.model_copy(update={"spark_master": "spark://head:7077"})
+    assert choose_engine(cluster, [WEATHER])[0] == "spark"
