@@ -581,15 +581,20 @@ def run_bronze_direct(
     """
     targets = [BronzeTarget.for_contract(settings, c) for c in contracts]
     writer = DirectBronzeWriter(settings, targets, group_id=group_id, batch_records=batch_records)
+    previous = {}  # restored after the run: a caller's own Ctrl-C handling (pytest's) comes back
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: writer.stop_requested.set())
+            previous[signum] = signal.signal(signum, lambda *_: writer.stop_requested.set())
     log.info(
         "bronze direct: %s -> %s (group %s)",
         ", ".join(t.topic for t in targets),
         ", ".join(t.table_path for t in targets),
         writer.group_id,
     )
-    landed = writer.run(available_now=available_now)
+    try:
+        landed = writer.run(available_now=available_now)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     by_topic = {t.topic: t.source for t in targets}
     return {by_topic[topic]: rows for topic, rows in landed.items()}

@@ -81,15 +81,35 @@ def spark(test_settings: Settings):
     session.stop()
 
 
+def land(
+    settings: Settings,
+    contracts: list,
+    *,
+    batch_records: int | None = None,
+    files_per_batch: int | None = None,
+) -> None:
+    """Bronze and silver caught up with the raw topics, by the direct engines in-process (the
+    local default: no JVM). For set-ups that are not about an engine; the engines' own
+    guarantees are tested on both in test_bronze.py and test_silver_*.py. Small
+    `batch_records`/`files_per_batch` give many small bronze commits and silver batches."""
+    from spark_streaming.bronze_direct import run_bronze_direct
+    from spark_streaming.silver.direct import run_silver_direct
+
+    run_bronze_direct(settings, contracts, available_now=True, batch_records=batch_records)
+    run_silver_direct(
+        settings, contracts, available_now=True, max_files_per_trigger=files_per_batch
+    )
+
+
 # The session's small real weather pipeline, read by the lineage and the dashboard tests.
 PIPELINE_STATIONS = ["denver", "boston"]
 PIPELINE_UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-10-01 13:00
 
 
 @pytest.fixture(scope="session")
-def scored_weather(services: Settings, spark, tmp_path_factory) -> Settings:
+def scored_weather(services: Settings, tmp_path_factory) -> Settings:
     """Eleven days of two real weather stations replayed into fresh topics (3% malformed),
-    landed by the bronze and silver queries in small micro-batches (so a window is one of many,
+    landed by the direct bronze and silver engines in small batches (so a window is one of many,
     written by one of many batches), champions trained on Ray, windows scored into gold.
     The settings of that lake; read it, do not change it."""
     from ingest.replay import replay
@@ -97,8 +117,6 @@ def scored_weather(services: Settings, spark, tmp_path_factory) -> Settings:
     from ml.ray_session import ray_session
     from ml.training import TrainConfig, run_training
     from periscope.contracts import WEATHER
-    from spark_streaming.bronze import run_bronze
-    from spark_streaming.silver import run_silver
 
     root = tmp_path_factory.mktemp("scored_weather")
     settings = services.model_copy(
@@ -116,8 +134,7 @@ def scored_weather(services: Settings, spark, tmp_path_factory) -> Settings:
         seed=5,
         progress=False,
     )
-    run_bronze(settings, [WEATHER], available_now=True, max_offsets_per_trigger=100, spark=spark)
-    run_silver(settings, [WEATHER], available_now=True, max_files_per_trigger=1, spark=spark)
+    land(settings, [WEATHER], batch_records=100, files_per_batch=1)
     config = TrainConfig(test_days=2, validation_days=2, max_train_days=None, anomaly_estimators=50)
     with ray_session(settings, workers=2):
         training = run_training(settings, WEATHER.name, config=config, policy="if-none", workers=2)

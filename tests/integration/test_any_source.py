@@ -44,8 +44,7 @@ from periscope.lake import read_delta
 from periscope.messages import Publisher
 from periscope.services import PostgresServer
 from periscope.topics import create_topics, topic_specs
-from spark_streaming.bronze import run_bronze
-from spark_streaming.silver import run_silver
+from tests.integration.conftest import land
 from warehouse.dbt import run_dbt
 from warehouse.loader import load_tables
 from warehouse.plan import table_specs
@@ -127,7 +126,7 @@ RESENT = 25  # rides sent twice: the second copy is a duplicate by event id
 
 
 @pytest.fixture(scope="module")
-def rides(services, spark, tmp_path_factory) -> Iterator[dict]:
+def rides(services, tmp_path_factory) -> Iterator[dict]:
     """The toy source registered for this module only, replayed, landed, cleaned, scored."""
     root = tmp_path_factory.mktemp("any_source")
     settings = services.model_copy(
@@ -154,8 +153,7 @@ def rides(services, spark, tmp_path_factory) -> Iterator[dict]:
             )
         finally:
             publisher.close()
-        run_bronze(settings, [RIDES], available_now=True, spark=spark)
-        run_silver(settings, [RIDES], available_now=True, spark=spark)
+        land(settings, [RIDES])
         config = TrainConfig(
             test_days=2, validation_days=2, max_train_days=None, anomaly_estimators=50
         )

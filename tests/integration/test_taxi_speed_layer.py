@@ -31,8 +31,7 @@ from periscope.contracts import TAXI
 from periscope.lake import read_delta
 from periscope.time import naive_utc_columns
 from periscope.topics import create_topics, records_written, topic_specs
-from spark_streaming.bronze import run_bronze
-from spark_streaming.silver import run_silver
+from tests.integration.conftest import land
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +40,22 @@ FIRST = datetime(2023, 1, 4, tzinfo=UTC)  # three days for training and the firs
 LATER = datetime(2023, 1, 4, 12, tzinfo=UTC)  # half a day more for the SIGKILL drill
 
 
-def _land(settings, spark, *, small_batches: bool = False) -> None:
+def _land(settings, *, small_batches: bool = False) -> None:
     """Bronze and silver; in several small silver batches when asked (rounds to die in)."""
-    offsets, files = (300, 1) if small_batches else (None, None)
-    run_bronze(settings, [TAXI], available_now=True, max_offsets_per_trigger=offsets, spark=spark)
-    run_silver(settings, [TAXI], available_now=True, max_files_per_trigger=files, spark=spark)
+    records, files = (100, 1) if small_batches else (None, None)
+    land(settings, [TAXI], batch_records=records, files_per_batch=files)
 
 
 @pytest.fixture(scope="module")
-def lake(services, spark, tmp_path_factory) -> Iterator[dict]:
+def lake(services, tmp_path_factory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("taxi_speed")
     settings = services.model_copy(
         update={"lake_root": str(root / "lake"), "local_dir": root, "mlflow_tracking_uri": ""}
     )
     create_topics(settings, topic_specs(settings, [TAXI]))
     replay(settings, TAXI.name, until=FIRST, progress=False)
-    _land(settings, spark)
-    yield {"settings": settings, "root": root, "spark": spark}
+    _land(settings)
+    yield {"settings": settings, "root": root}
 
 
 def _observations_path(settings) -> str:
@@ -118,7 +116,7 @@ def test_a_scorer_killed_mid_run_loses_and_duplicates_nothing(lake):
     before = scored_events_through(path)
     assert before is not None
     replay(settings, TAXI.name, since=FIRST, until=LATER, progress=False)
-    _land(settings, lake["spark"], small_batches=True)
+    _land(settings, small_batches=True)
     latest = EventFeed(settings, TAXI).latest_batch()
     assert latest is not None and latest >= before + 3  # several rounds to die in
 
