@@ -301,6 +301,15 @@ class ScorerPool:
 
         ray.kill(self.actors[index], no_restart=True)
 
+    def close(self) -> None:
+        """Stop every actor: on a Ray runtime that outlives the run (a cluster, a shared session)
+        their workers and the models they hold would otherwise stay until Ray collects them."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
 
 def _actor_gone_errors() -> tuple[type[BaseException], ...]:
     """What a call to a dead actor raises. An actor whose worker Ray's memory monitor killed
@@ -316,4 +325,8 @@ def scoring_pool(settings: Settings, actors: int | None = None) -> Iterator[Scor
     """A Ray runtime (the configured cluster or a local one) and a pool of scoring actors."""
     size = actors or settings.score_actors
     with ray_session(settings, workers=size):
-        yield ScorerPool(settings, size)
+        pool = ScorerPool(settings, size)
+        try:
+            yield pool
+        finally:
+            pool.close()

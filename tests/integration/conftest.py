@@ -81,6 +81,17 @@ def spark(test_settings: Settings):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_runtime(test_settings: Settings) -> Iterator[None]:
+    """One local Ray for the whole run's in-process training and scoring: `ray_session` inside a
+    test joins it instead of starting and stopping its own (10-20 s each on two cores). The
+    `periscope` processes that tests start run their own Ray, as they do for a user."""
+    from ml.ray_session import ray_session
+
+    with ray_session(test_settings, workers=2):
+        yield
+
+
 def land(
     settings: Settings,
     contracts: list,
@@ -107,7 +118,7 @@ PIPELINE_UNTIL = datetime(2012, 10, 12, tzinfo=UTC)  # the history starts 2012-1
 
 
 @pytest.fixture(scope="session")
-def scored_weather(services: Settings, tmp_path_factory) -> Settings:
+def scored_weather(services: Settings, ray_runtime, tmp_path_factory) -> Settings:
     """Eleven days of two real weather stations replayed into fresh topics (3% malformed),
     landed by the direct bronze and silver engines in small batches (so a window is one of many,
     written by one of many batches), champions trained on Ray, windows scored into gold.

@@ -49,7 +49,8 @@ from warehouse.dbt import run_dbt
 from warehouse.loader import load_tables
 from warehouse.plan import table_specs
 
-pytestmark = pytest.mark.integration
+# In-process training and scoring join the session's Ray (conftest.ray_runtime).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_runtime")]
 
 DOCKS = ("dock-central", "dock-harbour", "dock-old town")
 DAYS = 16

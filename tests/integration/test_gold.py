@@ -41,7 +41,8 @@ from periscope.topics import create_topics, records_written
 from spark_streaming.silver import process_batch
 from tests.integration.silver_helpers import bronze_frame, silver_tables
 
-pytestmark = pytest.mark.integration
+# In-process training and scoring join the session's Ray (conftest.ray_runtime).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_runtime")]
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
 STATIONS = ["denver", "boston"]

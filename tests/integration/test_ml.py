@@ -30,7 +30,8 @@ from periscope.contracts import get_contract
 from spark_streaming.silver import process_batch
 from tests.integration.silver_helpers import bronze_frame, silver_tables
 
-pytestmark = pytest.mark.integration
+# In-process training and scoring join the session's Ray (conftest.ray_runtime).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_runtime")]
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
 

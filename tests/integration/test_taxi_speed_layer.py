@@ -33,7 +33,8 @@ from periscope.time import naive_utc_columns
 from periscope.topics import create_topics, records_written, topic_specs
 from tests.integration.conftest import land
 
-pytestmark = pytest.mark.integration
+# In-process training and scoring join the session's Ray (conftest.ray_runtime).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_runtime")]
 
 PERISCOPE = str(Path(sys.executable).parent / "periscope")
 FIRST = datetime(2023, 1, 4, tzinfo=UTC)  # three days for training and the first scoring
