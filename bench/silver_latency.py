@@ -25,12 +25,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
 
+from _direct_engines import start_direct  # bench/, beside this script
 from deltalake import DeltaTable
 
 from ingest.producer import encode_record
@@ -92,56 +92,6 @@ def produce(settings, topic: str, rate: int, stations: int, duration: float) -> 
     if process.exitcode != 0:
         raise SystemExit(f"the load generator failed (exit code {process.exitcode})")
     return int(sent.value)
-
-
-def _stop_when_set(stop, flag: threading.Event) -> None:  # type: ignore[no-untyped-def]
-    """Set a thread event of this process once the parent's multiprocessing event is set."""
-
-    def relay() -> None:
-        stop.wait()
-        flag.set()
-
-    threading.Thread(target=relay, daemon=True).start()
-
-
-def _bronze_direct(settings, contract, stop) -> None:  # type: ignore[no-untyped-def]
-    """The direct bronze writer until `stop` (a process of its own, as `periscope up` runs it)."""
-    from spark_streaming.bronze_direct import DirectBronzeWriter
-
-    writer = DirectBronzeWriter(
-        settings, [BronzeTarget.for_contract(settings, contract)], group_id=f"bench-{contract.name}"
-    )
-    _stop_when_set(stop, writer.stop_requested)
-    writer.run()
-
-
-def _silver_direct(settings, contract, stop, verbose: bool) -> None:  # type: ignore[no-untyped-def]
-    """The direct silver engine until `stop` (a process of its own)."""
-    from spark_streaming.silver.direct import DirectSilver, follow_direct
-
-    if verbose:
-        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-        logging.getLogger("spark_streaming.silver").setLevel(logging.INFO)
-    engine = DirectSilver(settings, contract, SilverTables.for_contract(settings, contract))
-    flag = threading.Event()
-    _stop_when_set(stop, flag)
-    try:
-        follow_direct([engine], stop=flag, poll_seconds=settings.silver_poll_seconds)
-    finally:
-        engine.close()
-
-
-def _start_direct(settings, contract, verbose: bool):  # type: ignore[no-untyped-def]
-    """Bronze and silver, direct engines, each in a spawned process; returns (stop, processes)."""
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    processes = [
-        context.Process(target=_bronze_direct, args=(settings, contract, stop)),
-        context.Process(target=_silver_direct, args=(settings, contract, stop, verbose)),
-    ]
-    for process in processes:
-        process.start()
-    return stop, processes
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -217,7 +167,7 @@ def main() -> None:
             bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
             silver = start_silver(spark, settings, contract, tables)
         else:
-            stop, processes = _start_direct(settings, contract, args.verbose)
+            stop, processes = start_direct(settings, contract, verbose=args.verbose)
             time.sleep(5)  # both processes started (imports), as the Spark queries have
         started = time.time()
         sent = produce(settings, contract.topic("raw"), args.rate, args.stations, args.duration)
@@ -253,7 +203,8 @@ def main() -> None:
         observations = read_delta(
             tables.observations, ["kafka_timestamp", "silver_batch_id"]
         ).to_pylist()
-        cutoff = started + args.warmup
+        # Warm-up counts from the first record produced, not from the bench's start.
+        cutoff = min(o["kafka_timestamp"].timestamp() for o in observations) + args.warmup
         latencies = [
             visible[o["silver_batch_id"]] - o["kafka_timestamp"].timestamp()
             for o in observations

@@ -6,7 +6,8 @@ keeps them) is scored by the `periscope score` actor pool (`ScorerPool.score_eve
 actors) and by one process without Ray; prints trips/s (target >= 50,000 with 2 actors).
 
 Latency: real trips are produced live at `--rate` trips/s (pickup time = now, a fresh trip id
-each), bronze and silver run continuously in one Spark application, and the scorer
+each), bronze and silver run continuously (`--engine direct`, the default: the direct engines,
+each in a process of its own; `--engine spark`: two queries of one Spark application), and the scorer
 (`run_scoring`, windows and events) runs beside them. A trip's latency is the commit time of
 the gold MERGE that first covered its silver batch (the `periscope.silver_through` of the
 gold table's commits) minus its Kafka timestamp; prints p50/p95/max (target p95 <= 5 s).
@@ -23,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
@@ -35,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import polars as pl
+from _direct_engines import start_direct  # bench/, beside this script
 from rich.console import Console
 
 from ingest.datasets import read_taxi
@@ -48,7 +52,7 @@ from ml.registry import EVENT_KINDS, Registry
 from ml.training.trips import read_zone_lookup
 from periscope import get_settings
 from periscope.contracts import TAXI, SourceContract
-from periscope.lake import read_delta
+from periscope.lake import read_delta, row_count_or_zero
 from periscope.messages import Publisher
 from periscope.settings import Settings
 
@@ -182,6 +186,8 @@ def latency(
     duration: float,
     warmup: float,
     actors: int,
+    engine: str,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     from kafka import KafkaAdminClient
 
@@ -190,18 +196,23 @@ def latency(
     from spark_streaming.session import build_spark_session
     from spark_streaming.silver import SilverTables, start_silver
 
-    wire = month.assign(**{TAXI.event_time_field: month[TAXI.event_time_field].astype(str)}).drop(
-        columns=["duration_min"], errors="ignore"
+    # The trips as replay sends them (the contract's wire fields with the reader's types: a
+    # count stays an integer, the duration is there); _produce stamps pickup time and id.
+    accepted = month["trip_id"].head(20_000).tolist()
+    records = (
+        read_taxi(Path(settings.data_dir))
+        .filter(pl.col("trip_id").is_in(accepted))
+        .select(TAXI.wire_fields)
+        .drop(TAXI.event_time_field)
+        .to_dicts()
     )
-    records = [
-        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-        for r in wire.head(20_000).to_dict("records")
-    ]
     create_topics(settings, topic_specs(settings, [contract]))
-    spark = build_spark_session(
-        "bench-taxi-speed-layer", settings=settings, conf={"spark.ui.enabled": "false"}
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = None
+    if engine == "spark":
+        spark = build_spark_session(
+            "bench-taxi-speed-layer", settings=settings, conf={"spark.ui.enabled": "false"}
+        )
+        spark.sparkContext.setLogLevel("ERROR")
     tables = SilverTables.for_contract(settings, contract)
     stop = threading.Event()
     scorer = threading.Thread(
@@ -212,8 +223,11 @@ def latency(
     )
     gold = event_predictions_path(settings, contract)
     try:
-        bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
-        silver = start_silver(spark, settings, contract, tables)
+        if spark is not None:
+            bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, contract))
+            silver = start_silver(spark, settings, contract, tables)
+        else:
+            engines_stop, engines = start_direct(settings, contract, verbose=verbose)
         scorer.start()
         started = time.time()
         context = multiprocessing.get_context("spawn")
@@ -238,8 +252,13 @@ def latency(
             time.sleep(1)
         finished = time.time()
         stop.set()
-        bronze.stop()
-        silver.stop()
+        if spark is not None:
+            bronze.stop()
+            silver.stop()
+        else:
+            engines_stop.set()
+            for process in engines:
+                process.join(60)
         scorer.join(timeout=60)
 
         rows = read_delta(gold, ["trip_id", "kafka_timestamp"]).to_pandas()
@@ -256,11 +275,17 @@ def latency(
             ]
         )
         kafka = rows["kafka_timestamp"].map(lambda t: t.timestamp()).to_numpy()
-        keep = (first >= 0) & (kafka >= started + warmup)
+        # Warm-up counts from the first trip produced: the load process's own start-up (a
+        # spawned interpreter importing the stack) must not eat it.
+        keep = (first >= 0) & (kafka >= kafka.min() + warmup)
         latencies = (times[first[keep]] - kafka[keep]).tolist()
         return {
+            "engine": engine,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "rate_target_per_s": rate,
             "trips_sent": int(sent.value),
+            "trips_in_bronze": row_count_or_zero(tables.bronze),
+            "trips_in_silver": row_count_or_zero(tables.observations),
             "trips_scored": scored,
             "sustained_rate_per_s": round(scored / (finished - started)),
             "gold_commits": len(commits),
@@ -271,7 +296,8 @@ def latency(
         }
     finally:
         stop.set()
-        spark.stop()
+        if spark is not None:
+            spark.stop()
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
         admin.delete_topics(list(contract.topics.values()))
         admin.close()
@@ -283,11 +309,26 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=int, default=500, help="trips per second produced live")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of steady input")
-    parser.add_argument("--warmup", type=float, default=15.0, help="seconds left out of figures")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=15.0,
+        help="seconds of input left out of figures, from the first trip produced",
+    )
     parser.add_argument("--backlog", type=int, default=300_000, help="trips in the backlog")
     parser.add_argument("--actors", type=int, default=2, help="Ray actors in the scoring pool")
     parser.add_argument("--trigger", default="0 seconds", help="bronze/silver micro-batch interval")
+    parser.add_argument(
+        "--engine",
+        choices=["direct", "spark"],
+        default="direct",
+        help="bronze and silver: the direct engines, each in a process of its own (one "
+        "machine's default), or two queries of one Spark application",
+    )
     parser.add_argument("--skip-latency", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--verbose", action="store_true", help="direct engines: log every silver batch"
+    )
     parser.add_argument("--skip-throughput", action="store_true", help="latency only")
     args = parser.parse_args()
 
@@ -326,6 +367,8 @@ def main() -> None:
                     duration=args.duration,
                     warmup=args.warmup,
                     actors=args.actors,
+                    engine=args.engine,
+                    verbose=args.verbose,
                 )
         print(json.dumps(figures, indent=2))
     finally:
