@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from periscope.errors import PeriscopeError
+
 __all__ = [
     "BUCKETS",
     "DAY_HOURS",
@@ -46,8 +48,9 @@ _HOUR_NS = 3_600_000_000_000
 BUCKETS: tuple[tuple[int, int], ...] = ((1, 6), (7, 12), (13, 24))
 
 
-class ForecastError(ValueError):
-    """A series or split that cannot be forecast."""
+class ForecastError(PeriscopeError, ValueError):
+    """A series or split that cannot be forecast, or a bundle that cannot be read (the CLI
+    prints the message, which says what to do, without a traceback)."""
 
 
 class NotEnoughData(ForecastError):

@@ -42,6 +42,7 @@ from ml.forecast.global_method import (
     neighbour_features,
 )
 from periscope.contracts import get_contract
+from periscope.errors import PeriscopeError
 from periscope.settings import Settings, get_settings
 
 T0 = pd.Timestamp("2013-01-01 00:00")
@@ -412,6 +413,8 @@ def test_bundles_of_the_old_format_ask_for_a_retrain(tmp_path: Path, saved: dict
 
     with pytest.raises(ForecastError, match="retrain it with `periscope train --source weather`"):
         ForecastBundle.load(tmp_path)
+    # A PeriscopeError: `periscope models promote` on such a version prints this, no traceback.
+    assert issubclass(ForecastError, PeriscopeError)
 
 
 # --- the global model's neighbours ---------------------------------------------------------
