@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import time
 import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from periscope.errors import ServiceError
@@ -21,6 +23,7 @@ __all__ = [
     "ProgramInfo",
     "Supervisor",
     "count_restarts",
+    "group_members",
 ]
 
 
@@ -38,6 +41,37 @@ class ProgramInfo:
 
 _SPAWNED = re.compile(r"spawned: '([^']+)' with pid \d+")
 _SUPERVISORD_STARTED = "supervisord started with pid"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, _ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _reap_group(pgid: int, timeout_s: float) -> None:
+    """Wait for what is left of a stopped program's process group, then SIGKILL it.
+
+    supervisord counts a program stopped when its main process exits; children it left to
+    finish on their own (`dagster dev`'s code server) may outlive `down` by seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_members(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        while group_members(pgid) and time.monotonic() < deadline + 5.0:
+            time.sleep(0.1)
 
 
 def count_restarts(log_text: str) -> dict[str, int]:
@@ -178,6 +212,8 @@ class Supervisor:
                 except xmlrpc.client.Fault as fault:
                     if "NOT_RUNNING" not in fault.faultString:
                         raise
+                if program.pid:  # supervisord makes each program the leader of its own group
+                    _reap_group(program.pid, timeout_s=15.0)
                 stopped.append(program.name)
         self.shutdown()
         return stopped

@@ -198,3 +198,29 @@ def test_spark_stages_turn_a_stop_signal_into_a_flag_and_restore_the_handlers() 
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stopped_programs_leftover_children_are_waited_for_then_killed() -> None:
+    from periscope.supervise.control import _reap_group, group_members
+
+    # A group leader that exits at once, leaving a child that ignores SIGTERM and would
+    # otherwise run for a minute: what `dagster dev` did with its code server.
+    leader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; subprocess.Popen([sys.executable, '-c', "
+            "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])",
+        ],
+        start_new_session=True,
+    )
+    leader.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while not group_members(leader.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = group_members(leader.pid)
+    assert left and leader.pid not in left  # only the child is left
+    started = time.monotonic()
+    _reap_group(leader.pid, timeout_s=0.5)
+    assert group_members(leader.pid) == []
+    assert time.monotonic() - started < 5
