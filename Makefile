@@ -43,10 +43,13 @@ $(VENV)/bin/python:
 	@$(VENV)/bin/pip install -q uv==$(UV_VERSION)
 
 # Exact versions come from requirements.lock (make lock); the project itself is editable.
+# Bytecode is compiled at install (~40 s once): where PYTHONDONTWRITEBYTECODE is set (this
+# machine sets it) Python never caches it, and every process (each CLI step, Ray and Spark worker,
+# test subprocess) compiled its imports again: ~10 s of a `periscope train` that had nothing to do.
 $(VENV)/.installed: $(VENV)/bin/python requirements.lock pyproject.toml
 	@echo "installing Python dependencies from requirements.lock"
-	@$(UV) pip sync -q --python $(PY) requirements.lock
-	@$(UV) pip install -q --python $(PY) --no-deps -e .
+	@$(UV) pip sync -q --compile-bytecode --python $(PY) requirements.lock
+	@$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps -e .
 	@touch $@
 
 # The Kafka broker, and Spark's Kafka connector + Delta jars, from Maven Central (no Ivy).

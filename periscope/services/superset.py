@@ -232,6 +232,7 @@ class SupersetServer(BackgroundService):
                 "pip",
                 "sync",
                 "--quiet",
+                "--compile-bytecode",  # read by every start, never written (the Makefile says why)
                 "--python",
                 str(self.venv / "bin" / "python"),
                 str(LOCK_FILE),
