@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from periscope.errors import PeriscopeError
@@ -262,6 +262,13 @@ class Settings(BaseSettings):
 
     # --- behaviour of `periscope services` -----------------------------------------------
     service_start_timeout_s: float = Field(default=90.0, gt=0)
+
+    @field_validator("local_dir", "jars_dir", "shared_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # Services change directory (PostgreSQL's lock file lives under local_dir), so a
+        # relative PERISCOPE_LOCAL_DIR is taken from where the command was started.
+        return path.expanduser().absolute()
 
     @model_validator(mode="after")
     def _default_bootstrap_to_local_broker(self) -> Settings:

@@ -28,6 +28,13 @@ def test_environment_overrides_defaults(monkeypatch):
     )
 
 
+def test_a_relative_local_dir_is_taken_from_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERISCOPE_LOCAL_DIR", ".local/demo")
+    # PostgreSQL runs in its data directory: a relative lock-file path would not resolve there.
+    assert Settings().local_dir == tmp_path / ".local" / "demo"
+
+
 def test_bootstrap_servers_follow_the_local_broker_port_unless_set(monkeypatch):
     monkeypatch.setenv("PERISCOPE_KAFKA_PORT", "19092")
     assert Settings().kafka_bootstrap_servers == "127.0.0.1:19092"
