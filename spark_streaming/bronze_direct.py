@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("spark_streaming")
+# Bytes of records buffered at most while a batch waits for every partition's share.
+_BUFFER_BYTES = 256 * 1024 * 1024
 
 # The bronze schema as delta-rs writes it; Spark's `ensure_bronze_table` makes the same one.
 BRONZE_ARROW_SCHEMA = pa.schema(
@@ -173,6 +175,26 @@ def bronze_rows(topic: str, buffer: PartitionBuffer, ingest_time: datetime) -> p
     return pa.Table.from_arrays(columns, schema=BRONZE_ARROW_SCHEMA)
 
 
+def split_shares(buffer: PartitionBuffer, share: int) -> tuple[PartitionBuffer, PartitionBuffer]:
+    """(each partition's first `share` records, the rest), both in buffered order.
+
+    >>> land, keep = split_shares(PartitionBuffer(partitions=[0, 0, 0, 1], offsets=[5, 6, 7, 2],
+    ...     keys=[None] * 4, values=[b"a", b"b", b"c", b"d"], timestamps_ms=[1] * 4), 2)
+    >>> land.offsets, keep.offsets
+    ([5, 6, 2], [7])
+    """
+    import numpy as np
+
+    partitions = np.asarray(buffer.partitions)
+    taken = np.zeros(len(partitions), dtype=bool)
+    for partition in np.unique(partitions):
+        taken[np.flatnonzero(partitions == partition)[:share]] = True
+    return (
+        _subset(buffer, np.flatnonzero(taken).tolist()),
+        _subset(buffer, np.flatnonzero(~taken).tolist()),
+    )
+
+
 def last_offsets(partitions: Iterable[int], offsets: Iterable[int]) -> dict[int, int]:
     """The last offset per partition of a batch: the marks its commit records.
 
@@ -269,6 +291,7 @@ class DirectBronzeWriter:
         self._run_started = self._cycle_started = time.perf_counter()
         self._consumer: Consumer | None = None
         self._gave_up_partitions = False
+        self._buffered_bytes = 0  # of the buffered values, for the buffer's cap
 
     # --- consumer group -------------------------------------------------------------------
 
@@ -287,9 +310,11 @@ class DirectBronzeWriter:
             # A killed writer's partitions move on after 10 s instead of the default 45 s.
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 2_000,
-            # Big fetches: a backlog should move in few round trips.
+            # Big fetches, so a backlog moves in few round trips, but at most 1 MB per
+            # partition in each: with more, a backlog arrives one partition's history after
+            # another, and no batch holds every partition's share (see `_share`).
             "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "max.partition.fetch.bytes": 1024 * 1024,
             "queued.min.messages": 200_000,
             "enable.partition.eof": True,  # tells `available_now` a partition is caught up
         }
@@ -385,20 +410,27 @@ class DirectBronzeWriter:
         )
         try:
             while not self.stop_requested.is_set():
-                room = max(1, min(50_000, self.batch_records - self._buffered()))
+                room = max(1, min(50_000, self._buffer_cap() - self._buffered()))
                 started = time.perf_counter()
                 messages = consumer.consume(num_messages=room, timeout=0.2)
                 self._take(messages)
                 self.timings["kafka_fetch"] += time.perf_counter() - started
                 if messages and self._buffer_started is None:
                     self._buffer_started = time.monotonic()
-                if self._buffered() >= self.batch_records or (
+                if self._buffered() >= self.batch_records:
+                    # A full batch lands once every partition with records still to read
+                    # has its share buffered (or the buffer is at its cap).
+                    if self._buffer_full() or self._shares_buffered():
+                        self.flush(share=self._share())
+                elif (
                     self._buffer_started is not None
                     and time.monotonic() - self._buffer_started >= self.batch_seconds
                 ):
                     self.flush()
                 if available_now and self.caught_up():
                     break
+            while self._buffered() >= self.batch_records:  # what waited, in batches still
+                self.flush(share=self._share())
             self.flush()
         finally:
             self._consumer = None
@@ -439,7 +471,9 @@ class DirectBronzeWriter:
             partitions: list[int] = [m.partition() for m in chunk]  # type: ignore[misc]
             offsets: list[int] = [m.offset() for m in chunk]  # type: ignore[misc]
             buffer.keys += [m.key() for m in chunk]  # type: ignore[misc]
-            buffer.values += [m.value() for m in chunk]  # type: ignore[misc]
+            values = [m.value() for m in chunk]
+            buffer.values += values  # type: ignore[arg-type]
+            self._buffered_bytes += sum(len(v) for v in values if v)
             buffer.partitions += partitions
             buffer.offsets += offsets
             buffer.timestamps_ms += [m.timestamp()[1] for m in chunk]
@@ -449,10 +483,53 @@ class DirectBronzeWriter:
     def _buffered(self) -> int:
         return sum(len(b) for b in self.buffers.values())
 
+    # librdkafka fetches megabytes per partition, so a backlog arrives one partition after
+    # another (100k records of partition 0, then 100k of partition 1, ...). A batch cut from
+    # that would hold one partition's history, the next batch the next partition's, and
+    # silver's watermark (the latest event time of earlier batches) would call the later
+    # partitions late. So a full batch lands an equal share of each partition, as Spark's
+    # Kafka source splits maxOffsetsPerTrigger, and the rest waits for the next one.
+
+    def _share(self) -> int:
+        """A partition's share of a full batch: the batch split evenly over the owned partitions."""
+        return max(1, self.batch_records // max(1, len(self.end_at_assign)))
+
+    def _buffer_cap(self) -> int:
+        """Records buffered at most while waiting for every partition's share: enough for a
+        fetch of 1 MB from each of a few partitions even when batches are small."""
+        return max(4 * self.batch_records, 400_000)
+
+    def _buffer_full(self) -> bool:
+        """At the cap in records, or in bytes (big records: the memory bound that matters)."""
+        return self._buffered() >= self._buffer_cap() or self._buffered_bytes >= _BUFFER_BYTES
+
+    def _shares_buffered(self) -> bool:
+        """Every owned partition has its share buffered, or nothing more to read now."""
+        from confluent_kafka import TopicPartition
+
+        assert self._consumer is not None
+        share = self._share()
+        counts = {
+            (topic, partition): n
+            for topic, buffer in self.buffers.items()
+            for partition, n in Counter(buffer.partitions).items()
+        }
+        for (topic, partition), end in self.end_at_assign.items():
+            if counts.get((topic, partition), 0) >= share:
+                continue
+            # The end from the last fetch (no request); before one, the end at assignment.
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if max(high, end) > self.position.get((topic, partition), 0):
+                return False
+        return True
+
     # --- commits ----------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Land every buffered record: one append per table, offsets marked in the same commit."""
+    def flush(self, *, share: int | None = None) -> None:
+        """Land the buffered records, one append per table with the offsets marked in the same
+        commit: all of them, or (`share`) each partition's first `share`, keeping the rest."""
         from confluent_kafka import TopicPartition
 
         # A batch lasts from its first record buffered to its commit (Spark's micro-batch
@@ -462,7 +539,10 @@ class DirectBronzeWriter:
         for topic, buffer in self.buffers.items():
             if not len(buffer):
                 continue
-            self.buffers[topic] = PartitionBuffer()
+            if share is None:
+                self.buffers[topic] = PartitionBuffer()
+            else:
+                buffer, self.buffers[topic] = split_shares(buffer, share)
             marks = last_offsets(buffer.partitions, buffer.offsets)
             arrow_started = time.perf_counter()
             rows = bronze_rows(topic, buffer, datetime.now(UTC))
@@ -487,7 +567,8 @@ class DirectBronzeWriter:
                 # Over the whole cycle (fetch + encode + commit), like Spark's processedRowsPerSecond.
                 len(buffer) / max(time.perf_counter() - self._cycle_started, 1e-9),
             )
-        self._buffer_started = None
+        self._buffered_bytes = sum(len(v) for b in self.buffers.values() for v in b.values if v)
+        self._buffer_started = time.monotonic() if self._buffered() else None
         self._cycle_started = time.perf_counter()
         if committed and self._consumer is not None:
             # For lag tools only: the table, not these, decides where a writer resumes.

@@ -169,6 +169,35 @@ def test_silver_streams_a_table_the_direct_writer_wrote(spark, services, tmp_pat
     assert sorted(bytes(v) for v in values) == sorted(v for _, v in records)
 
 
+def test_a_backlog_lands_every_partition_at_one_pace(services, tmp_path):
+    """Each full batch holds an equal share of every partition that still has records, so
+    silver's watermark never finds one partition's whole history ahead of the others."""
+    topic = f"test-bronze-{uuid.uuid4().hex[:8]}"
+    create_topics(services, [TopicSpec(topic, 4, 1)])
+    _produce(services, topic, _records(40_000)[:-1])  # without the 200 kB record
+    target = BronzeTarget("test", topic, str(tmp_path / "bronze"), str(tmp_path / "checkpoint"))
+    DirectBronzeWriter(services, [target], group_id=f"test-{topic}", batch_records=4_000).run(
+        available_now=True
+    )
+    ends = _end_offsets(services, topic)
+    _assert_exactly_once(target.table_path, ends)
+
+    # One ingest time stamps each batch: rows per partition in each batch, in order.
+    rows = read_delta(target.table_path, ["ingest_time", "partition"]).to_pylist()
+    batches: dict[datetime, dict[int, int]] = {}
+    for row in rows:
+        counts = batches.setdefault(row["ingest_time"], {})
+        counts[row["partition"]] = counts.get(row["partition"], 0) + 1
+    ordered = [batches[t] for t in sorted(batches)]
+    landed = dict.fromkeys(ends, 0)
+    for counts in ordered[:-1]:  # the last batch takes what is left
+        for partition, end in ends.items():
+            if landed[partition] + 1_000 <= end:  # a full share was left to take
+                assert counts.get(partition) == 1_000, ordered
+            landed[partition] += counts.get(partition, 0)
+    assert len(ordered) >= 9, ordered
+
+
 def test_direct_writer_resumes_from_the_table_not_its_group(services, tmp_path):
     """The table wins over the consumer group; a table ahead of the topic is an error."""
     from confluent_kafka import Consumer, TopicPartition
