@@ -7,8 +7,12 @@ One streaming query per source reads `bronze/<source>_raw` and, in `foreachBatch
 2. deduplicates good ones (silver.classify: on the event id, or on (key, event_time)): the
    first bronze offset wins, and later copies go to `silver/<source>_duplicates`; the rest
    land in `silver/<source>_observations`;
-3. marks observations older than the watermark (max event time of earlier batches minus
-   the contract's watermark) as too late for features, in `silver/<source>_late`;
+3. marks observations older than the watermark as too late for features, in
+   `silver/<source>_late`. The watermark is per Kafka partition, as Flink's: the latest event
+   time each partition brought in earlier batches, the earliest of those, minus the
+   contract's watermark; a partition with no rows in the last ten batches stops holding it
+   back, and it never goes down. (A backfill reads partitions at different paces: with one
+   latest event time over all of them, a partition behind the others would be all late.);
 4. merges the on-time observations into the statistics of the open windows
    (periscope.windows: count, mean, M2, min, max, first/last, slope co-moments; counts,
    sums, distinct values, category counts) and upserts every window they touch into
@@ -135,6 +139,8 @@ def ensure_silver_tables(
 
 # --- one micro-batch -------------------------------------------------------------------------
 _MICROSECOND = timedelta(microseconds=1)
+# A Kafka partition with no observation in this many batches stops holding the watermark back.
+_IDLE_AFTER_BATCHES = 10
 
 
 def _micros(t: datetime) -> int:
@@ -187,6 +193,10 @@ class BatchProcessor:
         self._size = timedelta(seconds=interval_seconds(contract.window.size))
         self._aggregations = WindowAggregations.of(contract)
         self._max_event_time: datetime | None = None
+        # Per Kafka partition: the latest event time and the last batch with an observation.
+        self._partition_latest: dict[int, datetime] = {}
+        self._partition_batch: dict[int, int] = {}
+        self._watermark: datetime | None = None  # the highest one used so far (it never drops)
         self._any_late = False
         self._known_through: int | None = None  # the facts above cover batches < this id
         self._windows: WindowState | None = None
@@ -229,11 +239,57 @@ class BatchProcessor:
     def _load_ledger_facts(self, batch_id: int) -> None:
         if self._known_through == batch_id:
             return
-        ledger = read_delta(self.tables.batches, ["batch_id", "max_event_time", "late"])
+        ledger = read_delta(
+            self.tables.batches, ["batch_id", "max_event_time", "watermark", "late"]
+        )
         earlier = ledger.filter(pc.less(ledger["batch_id"], batch_id))
         self._max_event_time = pc.max(earlier["max_event_time"]).as_py()
+        self._watermark = pc.max(earlier["watermark"]).as_py()
         self._any_late = bool(pc.sum(earlier["late"]).as_py())
+        seen = read_delta(
+            self.tables.observations,
+            ["partition", "event_time", "silver_batch_id"],
+            pc.field("silver_batch_id") < batch_id,
+        )
+        self._partition_latest, self._partition_batch = {}, {}
+        self._note_partitions(seen, seen["silver_batch_id"])
         self._known_through = batch_id
+
+    def _note_partitions(self, observations: pa.Table, batch_ids: pa.Array | int) -> None:
+        """Fold observations (and the batches they came in) into the per-partition facts."""
+        if not observations.num_rows:
+            return
+        table = pa.table(
+            {
+                "partition": observations["partition"],
+                "event_time": observations["event_time"],
+                "batch": batch_ids
+                if not isinstance(batch_ids, int)
+                else pa.array([batch_ids] * observations.num_rows, pa.int64()),
+            }
+        )
+        grouped = table.group_by("partition").aggregate([("event_time", "max"), ("batch", "max")])
+        for partition, latest, batch in zip(
+            grouped["partition"].to_pylist(),
+            grouped["event_time_max"].to_pylist(),
+            grouped["batch_max"].to_pylist(),
+            strict=True,
+        ):
+            known = self._partition_latest.get(partition)
+            self._partition_latest[partition] = latest if known is None else max(known, latest)
+            self._partition_batch[partition] = max(self._partition_batch.get(partition, -1), batch)
+
+    def _watermark_for(self, batch_id: int) -> datetime | None:
+        """The watermark of batch `batch_id`, from earlier batches only (see the module doc)."""
+        active = [
+            latest
+            for partition, latest in self._partition_latest.items()
+            if self._partition_batch[partition] >= batch_id - _IDLE_AFTER_BATCHES
+        ]
+        candidate = min(active) - self._delay if active else None
+        if self._watermark is None or (candidate is not None and candidate > self._watermark):
+            return candidate
+        return self._watermark
 
     def process(self, batch: DataFrame, batch_id: int) -> dict[str, int]:
         """Run silver on one micro-batch of bronze rows; returns the batch's counts."""
@@ -253,7 +309,7 @@ class BatchProcessor:
         if validated.num_rows == 0:
             return {"bronze_rows": 0}
         self._load_ledger_facts(batch_id)
-        watermark = self._max_event_time - self._delay if self._max_event_time else None
+        watermark = self._watermark_for(batch_id)
         self._phase("validate")
 
         parts = self._classify(validated, batch_id, watermark)
@@ -280,7 +336,9 @@ class BatchProcessor:
         max_event = pc.max(parts["observations"]["event_time"]).as_py()
         self._write_ledger(counts, batch_id, max_event, watermark, now)
         self._phase("ledger")
-        self._remember(batch_id, max_event, late=bool(counts["late"]))
+        self._remember(
+            batch_id, max_event, watermark, parts["observations"], late=bool(counts["late"])
+        )
         record_silver_batch(
             self.contract.name,
             observations=counts["observations"],
@@ -389,16 +447,27 @@ class BatchProcessor:
         )
         append_once(self.tables.batches, ledger, app_id=self.app_id, version=batch_id)
 
-    def _remember(self, batch_id: int, max_event: datetime | None, *, late: bool) -> None:
-        """What the next batch would otherwise read from the ledger."""
+    def _remember(
+        self,
+        batch_id: int,
+        max_event: datetime | None,
+        watermark: datetime | None,
+        observations: pa.Table,
+        *,
+        late: bool,
+    ) -> None:
+        """What the next batch would otherwise read from the ledger and the observations."""
         if max_event is not None and (
             self._max_event_time is None or max_event > self._max_event_time
         ):
             self._max_event_time = max_event
+        self._watermark = watermark
         self._any_late = self._any_late or late
+        self._note_partitions(observations, batch_id)
         self._known_through = batch_id + 1
-        if self._windows is not None and self._max_event_time is not None:
-            self._windows.forget_closed(_micros(self._max_event_time - self._delay))
+        following = self._watermark_for(batch_id + 1)
+        if self._windows is not None and following is not None:
+            self._windows.forget_closed(_micros(following))
 
     def _update_features(
         self, on_time: pa.Table, batch_id: int, watermark: datetime | None, *, now: datetime

@@ -327,3 +327,43 @@ def test_auto_keeps_each_lake_with_its_engine_and_starts_fresh_ones_direct(lake)
     # A cluster's settings go to Spark, which is the engine that serves them.
     cluster = settings.model_copy(update={"spark_master": "spark://head:7077"})
     assert choose_engine(cluster, [WEATHER])[0] == "spark"
+
+
+def _land_hours(path: str, rows: list[tuple[int, str, int]], first_offset: dict[int, int]) -> None:
+    """One bronze commit of (partition, station, hour) readings, offsets counted per partition."""
+    buffer = PartitionBuffer()
+    for partition, station, hour in rows:
+        offset = first_offset.setdefault(partition, 0)
+        first_offset[partition] += 1
+        buffer.add(station.encode(), _record(station, hour), partition, offset, 0)
+    write_deltalake(DeltaTable(path), bronze_rows("t", buffer, datetime.now(UTC)), mode="append")
+
+
+def test_the_watermark_waits_for_the_partition_furthest_behind(lake):
+    # A backfill reads its partitions at different paces: partition 1 is 40 hours behind
+    # partition 0 when the second batch starts. The watermark (6 h) follows partition 1.
+    _, tables, bronze = lake
+    offsets: dict[int, int] = {}
+    _land_hours(
+        bronze.path,
+        [(0, "a", h) for h in range(100)] + [(1, "b", h) for h in range(60)],
+        offsets,
+    )
+    _land_hours(bronze.path, [(1, "b", h) for h in range(60, 100)], offsets)
+    _run(_engine(lake, max_records=100))
+    ledger = sorted(read_delta(tables.batches).to_pylist(), key=lambda b: b["batch_id"])
+    assert [b["bronze_rows"] for b in ledger] == [160, 40]
+    assert sum(b["late"] for b in ledger) == 0  # a global latest time would make 34 of 40 late
+    assert ledger[1]["watermark"] == T0 + timedelta(hours=59 - 6)
+
+    # Partition 1 then goes quiet for ten batches: partition 0 alone moves the watermark, and
+    # a reading of partition 1 older than that is late. It never goes back down.
+    for start in range(100, 210, 10):
+        _land_hours(bronze.path, [(0, "a", h) for h in range(start, start + 10)], offsets)
+    _land_hours(bronze.path, [(1, "b", 150)], offsets)
+    _run(_engine(lake, max_records=10))  # a batch per commit
+    ledger = sorted(read_delta(tables.batches).to_pylist(), key=lambda b: b["batch_id"])
+    watermarks = [b["watermark"] for b in ledger[1:]]
+    assert watermarks == sorted(watermarks)
+    assert ledger[-1]["watermark"] == T0 + timedelta(hours=209 - 6)
+    assert ledger[-1]["late"] == 1, [(b["bronze_rows"], b["watermark"], b["late"]) for b in ledger]
