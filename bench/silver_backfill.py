@@ -129,7 +129,7 @@ def _tree_usage(root: int) -> tuple[int, float]:
     return rss, cpu
 
 
-def _run_engine(engine: str, lake: Path, source: str) -> dict:
+def _run_engine(engine: str, lake: Path, source: str, *, verbose: bool = False) -> dict:
     command = [sys.executable, __file__, "--run", engine, "--lake", str(lake), "--source", source]
     started = time.perf_counter()
     log = (lake / "run.log").open("w")
@@ -145,6 +145,10 @@ def _run_engine(engine: str, lake: Path, source: str) -> dict:
         tail = (lake / "run.log").read_text()[-3000:]
         raise SystemExit(f"{engine} failed ({process.returncode}): {out[-1000:]}\n{tail}")
     figures = json.loads(out.strip().splitlines()[-1])
+    if verbose:  # each batch's log line: where its time went
+        for line in (lake / "run.log").read_text().splitlines():
+            if " batch " in line:
+                print(f"  {engine}: {line.strip()}", flush=True)
     return figures | {
         "wall_s": round(wall_s, 2),
         "peak_rss_mb": round(peak_rss / MB),
@@ -170,13 +174,25 @@ def _table(results: dict[str, dict], records: int, load: tuple[float, float, flo
     lines = [
         f"silver backfill of {records:,} bronze records, load average "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)",
-        "| engine | work | work rate | wall incl. start-up | peak RSS | CPU | audit |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | work | work rate | wall incl. start-up | peak RSS | CPU | windows | late | audit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for engine, f in results.items():
         lines.append(
             f"| {engine} | {f['work_s']:.1f} s | {f['records_per_s']:,} rec/s | {f['wall_s']:.1f} s "
-            f"| {f['peak_rss_mb']:,} MB | {f['cpu_s']:.1f} s | {'adds up' if f['audit_ok'] else 'NO'} |"
+            f"| {f['peak_rss_mb']:,} MB | {f['cpu_s']:.1f} s | {f['windows']:,} | {f['late']:,} "
+            f"| {'adds up' if f['audit_ok'] else 'NO'} |"
+        )
+    # The engines read the same backlog: any difference in what they made is a finding.
+    counts = {
+        engine: tuple(
+            f[k] for k in ("observations", "quarantined", "duplicates", "late", "windows")
+        )
+        for engine, f in results.items()
+    }
+    if len(set(counts.values())) > 1:
+        lines.append(
+            f"ENGINES DIFFER (observations, quarantined, duplicates, late, windows): {counts}"
         )
     return "\n".join(lines)
 
@@ -193,6 +209,9 @@ def main() -> None:
     parser.add_argument(
         "--engines", default="spark,direct", help="comma-separated: spark, direct (in this order)"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print each batch's log line (its phases)"
+    )
     # Internal: one engine's run in a child process.
     parser.add_argument("--run", choices=["spark", "direct"], help=argparse.SUPPRESS)
     parser.add_argument("--lake", help=argparse.SUPPRESS)
@@ -200,6 +219,10 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.run:
+        import logging
+
+        # Each batch's line (counts and phases) to run.log, for --verbose.
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
         print(json.dumps(_run_silver(args.run, args.lake, args.source)))
         return
 
@@ -238,7 +261,7 @@ def main() -> None:
         for engine in args.engines.split(","):
             lake = workdir / f"lake_{engine}"
             shutil.copytree(Path(target.table_path), lake / "bronze" / Path(target.table_path).name)
-            result = _run_engine(engine, lake, source)
+            result = _run_engine(engine, lake, source, verbose=args.verbose)
             audit = _audit(base.model_copy(update={"lake_root": str(lake)}), contract)
             results[engine] = (
                 result | audit | {"records_per_s": round(audit["processed"] / result["work_s"])}
