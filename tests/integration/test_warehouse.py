@@ -697,6 +697,26 @@ def test_a_second_dbt_build_adds_only_the_new_fact_rows(warehouse, dbt_env, firs
         "on f.entity_key = a.entity_key and f.window_start = a.window_start "
         "where a.anomaly_score = 99 and f.horizon_h = 3",
     ) == [(0,)]
+    # The incremental facts hold what a full rebuild would: the accuracy fact also has the
+    # first days' forecasts whose target hours only the new day's readings observed.
+    for fact, view in (
+        ("fct_forecast", "int_forecasts_unioned"),
+        ("fct_forecast_accuracy", "int_forecasts_joined_to_actuals"),
+    ):
+        [(in_fact, in_view)] = _query(
+            warehouse,
+            f"select (select count(*) from marts.{fact}), "
+            f"(select count(*) from intermediate.{view})",
+        )
+        assert in_fact == in_view, fact
+    [(late,)] = _query(
+        warehouse,
+        "select count(*) from marts.fct_forecast_accuracy a where a.loaded_at > %s "
+        "and not exists (select 1 from marts.fct_forecast f where f.loaded_at > %s "
+        "and f.entity_key = a.entity_key and f.window_start = a.window_start)",
+        (last_run, last_run),
+    )
+    assert late > 0  # forecasts not loaded again, whose error the new readings made known
 
 
 def test_dbt_docs_generate(dbt_env):

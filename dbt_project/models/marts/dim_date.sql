@@ -1,4 +1,5 @@
 -- One row per UTC day from the first reading, window or forecast to the last forecast target.
+{{ forecast_dependencies() }}
 with bounds as (
     select min(first_at) as first_at, max(last_at) as last_at
     from (
@@ -9,7 +10,8 @@ with bounds as (
         union all
         select min(window_start), max(window_end) from {{ ref('int_feature_windows_unioned') }}
         union all
-        select min(target_time), max(target_time) from {{ ref('int_forecasts_unioned') }}
+        -- The forecast rows alone: their join to the predictions adds nothing to the span.
+        select min(target_time), max(target_time) from ({{ forecast_rows() }}) as f
     ) as spans
 ),
 

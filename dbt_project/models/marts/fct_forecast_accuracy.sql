@@ -1,7 +1,7 @@
 -- One row per forecast whose target hour has been observed: error by entity, measure and
 -- horizon. Incremental: a window is redone (delete+insert of all its rows) when one of its
 -- forecasts or the actual hour of one is loaded after the last run, so a re-scored window
--- leaves no stale rows behind.
+-- leaves no stale rows behind. Only those windows' forecasts are read (macros/forecasts.sql).
 -- The planner underestimates the forecasts x actuals join by three orders of magnitude (the
 -- union over sources hides the row counts) and picks a nested loop: minutes on the demo's
 -- 400k forecasts instead of seconds. Hash and merge joins only, for this model's transaction.
@@ -10,19 +10,47 @@
     unique_key=['entity_key', 'window_start'],
     incremental_strategy='delete+insert',
     on_schema_change='append_new_columns',
+    post_hook="{{ forecast_fact_indexes() }}",
     pre_hook="set local enable_nestloop = off",
 ) }}
 
--- Materialized once: the planner would otherwise re-run the join per changed window.
+{{ forecast_dependencies() }}
+
+{% if is_incremental() -%}
+with since as materialized (
+    select coalesce(max(loaded_at), '-infinity') as at from {{ this }}
+),
+
+-- The windows to redo: loaded since the last run, or with a forecast of an hour whose actual
+-- was loaded since (a late reading changes the error of every forecast of its hour).
+changed as materialized (
+    {{ forecast_windows_loaded_since('(select at from since)') }}
+    union
+    select f.source, f.entity_id, f.window_start
+    from ({{ forecast_rows() }}) as f
+    inner join ({{ actual_hours_loaded_since('(select at from since)') }}) as a
+        on f.source = a.source
+        and f.entity_id = a.entity_id
+        and f.measure = a.measure
+        and f.target_time = a.observed_hour
+),
+
+changed_rows as (
+    {{ forecast_rows_of('changed') }}
+),
+
+changed_forecasts as (
+    {{ forecasts_with_predictions('changed_rows') }}
+),
+
+joined as materialized (
+    {{ forecasts_joined_to_actuals(
+        'changed_forecasts', from_hour='(select min(target_time) from changed_rows)'
+    ) }}
+)
+{%- else -%}
 with joined as materialized (
     select * from {{ ref('int_forecasts_joined_to_actuals') }}
-)
-{%- if is_incremental() %},
-
-changed as (
-    select distinct source, entity_id, window_start
-    from joined
-    where loaded_at > (select coalesce(max(loaded_at), '-infinity') from {{ this }})
 )
 {%- endif %}
 
@@ -50,9 +78,3 @@ select
     j.in_interval,
     j.loaded_at
 from joined as j
-{%- if is_incremental() %}
-inner join changed as c
-    on j.source = c.source
-    and j.entity_id = c.entity_id
-    and j.window_start = c.window_start
-{%- endif %}
