@@ -13,7 +13,9 @@ Needs history in the lake and champions (see the README: replay, bronze, silver,
 End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
 event time = now) through bronze, silver and the scorer, all running at once, in a temporary
 lake with its own topics and MLflow store. As deployed, the load generator (`periscope
-ingest`'s place), the Spark stages and the scorer (`periscope score`) are separate processes. Its stations are scored with the weather
+ingest`'s place), bronze and silver (`--engine direct`, the default: the direct engines, each in
+a process of its own; `--engine spark`: two queries of one Spark application) and the scorer
+(`periscope score`) are separate processes. Its stations are scored with the weather
 champions (station i uses the forecast series of real station i mod 8), so every window pays
 for a real anomaly score and 72 real forecasts. A record's latency is the commit time of the
 gold MERGE that covered its silver batch minus its Kafka timestamp. Before the measured
@@ -147,6 +149,7 @@ def _log_phases() -> None:
 
 
 def latency(args: argparse.Namespace) -> None:
+    from _direct_engines import start_direct  # bench/, beside this script
     from deltalake import DeltaTable
 
     # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
@@ -171,17 +174,23 @@ def latency(args: argparse.Namespace) -> None:
     bench = dataclasses.replace(WEATHER, name=f"bench{uuid.uuid4().hex[:6]}", window=WindowSpec())
     _bench_models(settings, bench, args.stations)
     create_topics(settings, topic_specs(settings, [bench]))
-    spark = build_spark_session(
-        "bench-score-latency", settings=settings, conf={"spark.ui.enabled": "false"}
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = None
+    if args.engine == "spark":
+        spark = build_spark_session(
+            "bench-score-latency", settings=settings, conf={"spark.ui.enabled": "false"}
+        )
+        spark.sparkContext.setLogLevel("ERROR")
     tables = SilverTables.for_contract(settings, bench)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     scorer = None
+    engines_stop, engines = None, []
     try:
-        bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, bench))
-        silver = start_silver(spark, settings, bench, tables)
+        if spark is not None:
+            bronze = start_bronze(spark, settings, BronzeTarget.for_contract(settings, bench))
+            silver = start_silver(spark, settings, bench, tables)
+        else:
+            engines_stop, engines = start_direct(settings, bench, verbose=args.verbose)
         scorer = context.Process(target=_score, args=(settings, bench, stop, args.verbose))
         scorer.start()
         gold_path = predictions_path(settings, bench)
@@ -218,8 +227,13 @@ def latency(args: argparse.Namespace) -> None:
         finished = time.time()
         stop.set()
         scorer.join(timeout=120)
-        bronze.stop()
-        silver.stop()
+        if spark is not None:
+            bronze.stop()
+            silver.stop()
+        else:
+            engines_stop.set()
+            for process in engines:
+                process.join(60)
 
         processed = sum(
             read_delta(tables.batches, ["bronze_rows"]).column("bronze_rows").to_pylist()
@@ -251,6 +265,7 @@ def latency(args: argparse.Namespace) -> None:
                 latencies.append(scored - sent_at)
         gold_rows = len(read_delta(gold_path, ["station_id"]))
         figures = {
+            "engine": args.engine,
             "rate_target_per_s": args.rate,
             "stations": args.stations,
             "records_sent": sent,
@@ -268,7 +283,14 @@ def latency(args: argparse.Namespace) -> None:
         stop.set()
         if scorer is not None and scorer.is_alive():
             scorer.terminate()
-        spark.stop()
+        if engines_stop is not None:
+            engines_stop.set()
+            for process in engines:
+                process.join(60)
+                if process.is_alive():
+                    process.terminate()
+        if spark is not None:
+            spark.stop()
         delete_topics(settings, bench)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -293,6 +315,13 @@ def main() -> None:
         help="seconds of input scored before the measured stream (model load and warm-up)",
     )
     parser.add_argument("--trigger", default="0 seconds", help="micro-batch interval")
+    parser.add_argument(
+        "--engine",
+        choices=["direct", "spark"],
+        default="direct",
+        help="--latency: bronze and silver with the direct engines (one machine's default) "
+        "or as two queries of one Spark application",
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="log silver batches and gold rounds with phases"
     )
