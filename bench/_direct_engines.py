@@ -64,3 +64,13 @@ def start_direct(
     for process in processes:
         process.start()
     return stop, processes
+
+
+def stop_direct(stop: Any, processes: list[Any], timeout_s: float = 60.0) -> None:
+    """Ask the processes of `start_direct` to stop and wait for each (its batch in flight
+    finishes first); one still running after `timeout_s` is terminated."""
+    stop.set()
+    for process in processes:
+        process.join(timeout_s)
+        if process.is_alive():
+            process.terminate()

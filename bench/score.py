@@ -149,7 +149,7 @@ def _log_phases() -> None:
 
 
 def latency(args: argparse.Namespace) -> None:
-    from _direct_engines import start_direct  # bench/, beside this script
+    from _direct_engines import start_direct, stop_direct  # bench/, beside this script
     from deltalake import DeltaTable
 
     # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
@@ -231,9 +231,7 @@ def latency(args: argparse.Namespace) -> None:
             bronze.stop()
             silver.stop()
         else:
-            engines_stop.set()
-            for process in engines:
-                process.join(60)
+            stop_direct(engines_stop, engines)
 
         processed = sum(
             read_delta(tables.batches, ["bronze_rows"]).column("bronze_rows").to_pylist()
@@ -284,11 +282,7 @@ def latency(args: argparse.Namespace) -> None:
         if scorer is not None and scorer.is_alive():
             scorer.terminate()
         if engines_stop is not None:
-            engines_stop.set()
-            for process in engines:
-                process.join(60)
-                if process.is_alive():
-                    process.terminate()
+            stop_direct(engines_stop, engines)
         if spark is not None:
             spark.stop()
         delete_topics(settings, bench)

@@ -30,7 +30,7 @@ import uuid
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
 
-from _direct_engines import start_direct  # bench/, beside this script
+from _direct_engines import start_direct, stop_direct  # bench/, beside this script
 from deltalake import DeltaTable
 
 from ingest.producer import encode_record
@@ -189,9 +189,7 @@ def main() -> None:
             bronze.stop()
             silver.stop()
         else:
-            stop.set()
-            for process in processes:
-                process.join(60)
+            stop_direct(stop, processes)
 
         ledger = read_delta(tables.batches, ["batch_id"])["batch_id"].to_pylist()
         # When each batch's windows became visible: its features commit (MERGE) in the Delta log.

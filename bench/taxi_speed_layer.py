@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import polars as pl
-from _direct_engines import start_direct  # bench/, beside this script
+from _direct_engines import start_direct, stop_direct  # bench/, beside this script
 from rich.console import Console
 
 from ingest.datasets import read_taxi
@@ -256,9 +256,7 @@ def latency(
             bronze.stop()
             silver.stop()
         else:
-            engines_stop.set()
-            for process in engines:
-                process.join(60)
+            stop_direct(engines_stop, engines)
         scorer.join(timeout=60)
 
         rows = read_delta(gold, ["trip_id", "kafka_timestamp"]).to_pandas()
