@@ -168,11 +168,12 @@ class BatchProcessor:
     Every commit carries the Delta app transaction (app id, batch id), so a batch replayed
     after a crash skips what it already wrote.
 
-    It remembers three things between batches so it need not re-read them every time: the
-    latest event time seen (for the watermark), whether any row was ever too late, and the
-    open windows' statistics. The first two are read from the batch ledger, the windows
-    rebuilt from the observations table, counting only batches before the current one, so a
-    batch replayed after a restart sees exactly what it saw the first time.
+    It remembers three things between batches so it need not re-read them every time: what
+    the watermark needs (each Kafka partition's latest event time and last batch, and the
+    highest watermark used), whether any row was ever too late, and the open windows'
+    statistics. They are read from the batch ledger and the observations table after a
+    restart, counting only batches before the current one, so a batch replayed after a
+    restart sees exactly what it saw the first time.
     """
 
     def __init__(
@@ -192,7 +193,6 @@ class BatchProcessor:
         self._delay = timedelta(seconds=interval_seconds(contract.window.watermark))
         self._size = timedelta(seconds=interval_seconds(contract.window.size))
         self._aggregations = WindowAggregations.of(contract)
-        self._max_event_time: datetime | None = None
         # Per Kafka partition: the latest event time and the last batch with an observation.
         self._partition_latest: dict[int, datetime] = {}
         self._partition_batch: dict[int, int] = {}
@@ -239,11 +239,8 @@ class BatchProcessor:
     def _load_ledger_facts(self, batch_id: int) -> None:
         if self._known_through == batch_id:
             return
-        ledger = read_delta(
-            self.tables.batches, ["batch_id", "max_event_time", "watermark", "late"]
-        )
+        ledger = read_delta(self.tables.batches, ["batch_id", "watermark", "late"])
         earlier = ledger.filter(pc.less(ledger["batch_id"], batch_id))
-        self._max_event_time = pc.max(earlier["max_event_time"]).as_py()
         self._watermark = pc.max(earlier["watermark"]).as_py()
         self._any_late = bool(pc.sum(earlier["late"]).as_py())
         seen = read_delta(
@@ -336,9 +333,7 @@ class BatchProcessor:
         max_event = pc.max(parts["observations"]["event_time"]).as_py()
         self._write_ledger(counts, batch_id, max_event, watermark, now)
         self._phase("ledger")
-        self._remember(
-            batch_id, max_event, watermark, parts["observations"], late=bool(counts["late"])
-        )
+        self._remember(batch_id, watermark, parts["observations"], late=bool(counts["late"]))
         record_silver_batch(
             self.contract.name,
             observations=counts["observations"],
@@ -448,19 +443,9 @@ class BatchProcessor:
         append_once(self.tables.batches, ledger, app_id=self.app_id, version=batch_id)
 
     def _remember(
-        self,
-        batch_id: int,
-        max_event: datetime | None,
-        watermark: datetime | None,
-        observations: pa.Table,
-        *,
-        late: bool,
+        self, batch_id: int, watermark: datetime | None, observations: pa.Table, *, late: bool
     ) -> None:
         """What the next batch would otherwise read from the ledger and the observations."""
-        if max_event is not None and (
-            self._max_event_time is None or max_event > self._max_event_time
-        ):
-            self._max_event_time = max_event
         self._watermark = watermark
         self._any_late = self._any_late or late
         self._note_partitions(observations, batch_id)
