@@ -477,7 +477,10 @@ class BatchProcessor:
             lower_bound=("window_start", lo),
         )
         self._phase("merge")
-        if self.publish and written is not None:
+        # Published on every run of the batch, a replay's too: a crash after the MERGE but
+        # before Kafka acknowledged the messages leaves a replay whose MERGE is skipped, and
+        # its windows would otherwise never be published (at least once).
+        if self.publish:
             self._send(tables.features_topic, json_messages(features, key))
             self._phase("publish")
         # A replayed batch's MERGE is skipped and reports nothing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -269,6 +270,51 @@ def _duckdb_features(tables, contract) -> dict:
         row = dict(zip(names, values, strict=True))
         out[(row["station_id"], row["window_start"].replace(tzinfo=None))] = row
     return out
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_replayed_batch_publishes_its_features_even_when_its_merge_had_committed(
+    session, services, tmp_path, engine
+):
+    """At least once: a crash after the features MERGE but before Kafka acknowledged the
+    messages leaves a batch whose replay skips the MERGE; it must publish all the same."""
+    contract = get_contract("weather")
+    create_topics(services)
+    tables = silver_tables(session, tmp_path, services, contract, engine)
+    station = f"replay-{uuid.uuid4().hex[:8]}"
+    messages = [wire(station, h, contract) for h in range(6)]
+    start = _end_offsets(services, tables.features_topic)
+
+    def run(publish: bool) -> dict[str, int]:
+        return run_batch(
+            engine,
+            session,
+            messages,
+            0,
+            settings=services,
+            contract=contract,
+            tables=tables,
+            app_id="test",
+            publish=publish,
+        )
+
+    first = run(publish=False)  # everything committed, nothing sent: the crash
+    assert first["windows_updated"] > 0
+    assert run(publish=True)["windows_updated"] == 0  # the replay's MERGE is skipped ...
+    features = [
+        m
+        for m in _consume(services, tables.features_topic, start, 1_000)
+        if m["station_id"] == station
+    ]
+    # ... and every window of the batch reached the topic.
+    assert len(features) == first["windows_updated"]
+    assert (
+        {m["window_start"][:19] for m in features}
+        == {  # "2024-01-01 00:00:00", UTC
+            str(r["window_start"])[:19]
+            for r in read_delta(tables.features, ["window_start"]).to_pylist()
+        }
+    )
 
 
 def _end_offsets(settings, topic):
