@@ -55,14 +55,18 @@ def test_audit_adds_up_after_replay_chaos_bronze_and_silver(spark, services, tmp
     )
     bronze.awaitTermination()
     if engine == "spark":
+        processors: list = []
         silver = start_silver(
             spark,
             settings,
             contract,
             SilverTables.for_contract(settings, contract),
             available_now=True,
+            processors=processors,
         )
         silver.awaitTermination()
+        for processor in processors:  # its Kafka producer would outlive the test's broker
+            processor.close()
         assert silver.exception() is None
     else:
         assert run_silver_direct(settings, [contract], available_now=True)["weather"] > 0
