@@ -54,3 +54,15 @@ def naive_utc_columns(frame: pd.DataFrame) -> pd.DataFrame:
         if isinstance(frame[column].dtype, pd.DatetimeTZDtype):
             frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
     return frame
+
+
+def counts_by_time(times: pd.Series | None) -> dict[datetime, int]:
+    """Each distinct time of `times` (UTC) and how many rows have it; missing ones skipped.
+
+    >>> counts_by_time(pd.Series(pd.to_datetime(["2026-01-01 00:00", None, "2026-01-01 00:00"])))
+    {datetime.datetime(2026, 1, 1, 0, 0, tzinfo=datetime.timezone.utc): 2}
+    """
+    if times is None or len(times) == 0:
+        return {}
+    counts = utc(times).value_counts(dropna=True)
+    return dict(zip(counts.index.to_pydatetime(), counts.tolist(), strict=True))

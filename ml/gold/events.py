@@ -36,6 +36,7 @@ from periscope.errors import PeriscopeError
 from periscope.lake import merge_rows
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
+from periscope.time import counts_by_time
 
 __all__ = [
     "EVENTS_PER_WINDOW",
@@ -333,7 +334,7 @@ def score_event_round(
         rows_in=len(events),
         rows_out=rows.num_rows,
         seconds=time.perf_counter() - started,
-        since=events.get("kafka_timestamp", []),
+        since=counts_by_time(events.get("kafka_timestamp")),
         committed_at=datetime.now(UTC),
         models={"event": (model_name(contract.name, kind), version)},
     )

@@ -49,6 +49,7 @@ from ml.registry import Registry, model_name
 from periscope.contracts import SourceContract, get_contract
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
+from periscope.time import counts_by_time
 
 __all__ = ["RoundReport", "history_for", "pending_after", "run_scoring", "score_round"]
 
@@ -161,7 +162,7 @@ def score_round(
         rows_in=len(features),
         rows_out=rows.num_rows,
         seconds=time.perf_counter() - started,
-        since=features.get("processed_at", []),
+        since=counts_by_time(features.get("processed_at")),
         committed_at=datetime.now(UTC),
         models={kind: (model_name(contract.name, kind), v) for kind, v in versions.items()},
     )

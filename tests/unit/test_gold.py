@@ -202,6 +202,33 @@ def test_prediction_messages_put_forecasts_in_horizon_order_and_refuse_gaps():
     assert prediction_messages(rows.slice(0, 0), KEY) == []
 
 
+def test_rows_sharing_a_forecast_list_each_carry_it_and_a_differing_one_keeps_its_own():
+    # A station's overlapping windows share one origin, so one forecast list: it is encoded
+    # once, and a row whose list differs in a single value still gets its own.
+    rows = _forecast_rows(["a", "a", "a", "b"], ["temperature"], horizon=3)
+    index = rows.schema.get_field_index("forecasts")
+    lists = rows.column("forecasts").to_pylist()
+    lists[1] = lists[2] = lists[0]
+    lists[3] = [dict(item) for item in lists[0]]
+    lists[3][1]["yhat_upper"] = 99.0
+    rows = rows.set_column(index, "forecasts", pa.array(lists, rows.schema.field(index).type))
+    decoded = [
+        json.loads(value)["forecasts"]["temperature"] for _, value in prediction_messages(rows, KEY)
+    ]
+    assert (
+        decoded[0]
+        == decoded[1]
+        == decoded[2]
+        == {
+            "yhat": [1.25, 2.25, 3.25],
+            "yhat_lower": [1.0, 2.0, 3.0],
+            "yhat_upper": [1.5, 2.5, 3.5],
+            "method": ["gbm"] * 3,
+        }
+    )
+    assert decoded[3]["yhat_upper"] == [1.5, 99.0, 3.5]
+
+
 def test_write_predictions_adds_the_forecast_method_to_a_gold_table_written_before_it(tmp_path):
     from deltalake import write_deltalake
 

@@ -80,10 +80,10 @@ def test_silver_batch_counts_quarantine_by_reason():
     assert _value("periscope_stage_records_out_total", stage="silver", source="unit_b") == 5
 
 
-def test_seconds_since_treats_naive_times_as_utc_and_skips_missing():
+def test_seconds_since_treats_naive_times_as_utc_and_keeps_each_times_rows():
     now = datetime(2026, 11, 29, 12, 0, 10, tzinfo=UTC)
-    starts = [datetime(2026, 11, 29, 12, 0, 0), None, datetime(2026, 11, 29, 11, 0, tzinfo=UTC)]
-    assert metrics.seconds_since(starts, now) == [10.0, 3610.0]
+    starts = {datetime(2026, 11, 29, 12, 0, 0): 2, datetime(2026, 11, 29, 11, 0, tzinfo=UTC): 1}
+    assert metrics.seconds_since(starts, now) == [(10.0, 2), (3610.0, 1)]
 
 
 def test_gold_round_observes_latency_per_row_and_model_versions():
@@ -94,7 +94,7 @@ def test_gold_round_observes_latency_per_row_and_model_versions():
         rows_in=3,
         rows_out=3,
         seconds=0.8,
-        since=[datetime(2026, 11, 29, 11, 59, 58, tzinfo=UTC)] * 3,
+        since={datetime(2026, 11, 29, 11, 59, 58, tzinfo=UTC): 3},
         committed_at=now,
         models={"event": ("unit_c_trip_duration", 7), "anomaly": ("unit_c_anomaly", None)},
     )
