@@ -182,6 +182,12 @@ class Publisher:
         self._producer.flush(timeout_s)
         del self._producer  # librdkafka stops its threads when the handle is freed
 
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclass
 class DeliveryReport:

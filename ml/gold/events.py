@@ -34,6 +34,7 @@ from ml.registry import EVENT_KINDS, ModelKind, Registry, model_name
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
 from periscope.lake import merge_rows
+from periscope.messages import Publisher
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
 from periscope.time import counts_by_time
@@ -284,11 +285,12 @@ def score_event_round(
     feed: EventFeed,
     *,
     after: int,
-    publish: bool = True,
+    publisher: Publisher | None = None,
     max_rows: int,
     no_champion: set[str] | None = None,
 ) -> EventRoundReport | None:
-    """Score the next round of unscored events of one source with its per-event champion.
+    """Score the next round of unscored events of one source with its per-event champion,
+    published through `publisher` (None: not published).
 
     None when there is nothing to do: no new observations, or no champion (said once per
     source through `no_champion`; the events wait, unscored, for the first champion).
@@ -323,7 +325,9 @@ def score_event_round(
     scoring_seconds = time.perf_counter() - scoring
     # Published before the commit: a crash in between republishes (at least once), never skips.
     published = (
-        publish_event_predictions(settings, contract, rows) if publish and rows.num_rows else 0
+        publish_event_predictions(publisher, contract, rows)
+        if publisher is not None and rows.num_rows
+        else 0
     )
     gold_version = write_event_predictions(
         event_predictions_path(settings, contract), rows, through, contract

@@ -19,6 +19,7 @@ __all__ = [
     "prediction_messages",
     "publish_event_predictions",
     "publish_predictions",
+    "scorer_publisher",
 ]
 
 
@@ -138,14 +139,16 @@ def _with_text_times(rows: pa.Table) -> pa.Table:
     return rows
 
 
-def publish_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
-    publisher = Publisher(settings, client_id="periscope-score")
-    try:
-        return publisher.publish(
-            contract.topic("predictions"), prediction_messages(rows, contract.key_field)
-        )
-    finally:
-        publisher.close()
+def scorer_publisher(settings: Settings) -> Publisher:
+    """The scorer's producer, kept for its whole run: an idempotent producer's first send
+    waits about 0.5 s for its producer id, which a producer per round paid every round."""
+    return Publisher(settings, client_id="periscope-score")
+
+
+def publish_predictions(publisher: Publisher, contract: SourceContract, rows: pa.Table) -> int:
+    return publisher.publish(
+        contract.topic("predictions"), prediction_messages(rows, contract.key_field)
+    )
 
 
 def event_prediction_messages(
@@ -166,12 +169,10 @@ def event_prediction_messages(
     return [(str(row[key]).encode(), orjson.dumps({**row, "kind": kind})) for row in scalars]
 
 
-def publish_event_predictions(settings: Settings, contract: SourceContract, rows: pa.Table) -> int:
-    publisher = Publisher(settings, client_id="periscope-score-events")
-    try:
-        return publisher.publish(
-            contract.topic("predictions"),
-            event_prediction_messages(rows, contract.key_field, kind=event_message_kind(contract)),
-        )
-    finally:
-        publisher.close()
+def publish_event_predictions(
+    publisher: Publisher, contract: SourceContract, rows: pa.Table
+) -> int:
+    return publisher.publish(
+        contract.topic("predictions"),
+        event_prediction_messages(rows, contract.key_field, kind=event_message_kind(contract)),
+    )

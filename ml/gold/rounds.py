@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -41,12 +42,13 @@ from ml.gold.events import (
     events_pending_after,
     score_event_round,
 )
-from ml.gold.messages import publish_predictions
+from ml.gold.messages import publish_predictions, scorer_publisher
 from ml.gold.plan import plan_round
 from ml.gold.scoring import history_window
 from ml.gold.table import predictions_path, scored_through, write_predictions
 from ml.registry import Registry, model_name
 from periscope.contracts import SourceContract, get_contract
+from periscope.messages import Publisher
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
 from periscope.time import counts_by_time
@@ -117,9 +119,10 @@ def score_round(
     feed: SilverFeed,
     *,
     after: int,
-    publish: bool = True,
+    publisher: Publisher | None = None,
 ) -> RoundReport | None:
-    """Score the next round of unscored windows of one source; None when there are none."""
+    """Score the next round of unscored windows of one source, published through `publisher`
+    (None: not published); None when there are none."""
     settings, contract = feed.settings, feed.contract
     started = time.perf_counter()
     phases: dict[str, float] = {}
@@ -150,7 +153,11 @@ def score_round(
     )
     phase("score")
     # Published before the commit: a crash in between republishes (at least once), never skips.
-    published = publish_predictions(settings, contract, rows) if publish and rows.num_rows else 0
+    published = (
+        publish_predictions(publisher, contract, rows)
+        if publisher is not None and rows.num_rows
+        else 0
+    )
     phase("publish")
     gold_version = write_predictions(
         predictions_path(settings, contract), rows, through, key=contract.key_field
@@ -210,7 +217,10 @@ def run_scoring(
     events_after: dict[str, int] = {}
     event_failures = 0
     no_champion: set[str] = set()  # sources without a per-event champion (said once)
-    with scoring_pool(settings, actors) as pool:
+    with (
+        scoring_pool(settings, actors) as pool,
+        scorer_publisher(settings) if publish else nullcontext() as publisher,
+    ):
         while not stop.is_set():
             idle = True
             for contract in contracts:
@@ -225,7 +235,7 @@ def run_scoring(
                         registry,
                         feed,
                         after=after[contract.name],
-                        publish=publish,
+                        publisher=publisher,
                     )
                 except Exception as exc:  # Kafka, Delta or a model: the round is retried
                     failures += 1
@@ -256,7 +266,7 @@ def run_scoring(
                         registry,
                         event_feed,
                         after=events_after[contract.name],
-                        publish=publish,
+                        publisher=publisher,
                         max_rows=settings.score_round_rows * EVENTS_PER_WINDOW,
                         no_champion=no_champion,
                     )

@@ -270,10 +270,10 @@ def test_a_dead_actor_loses_no_round(lake):
         # Everything again from the start: the first round fails when an actor dies ...
         pool.kill(0)
         with pytest.raises(ScoringError, match="died"):
-            score_round(pool, registry, feed, after=-1, publish=False)
+            score_round(pool, registry, feed, after=-1)
         assert _through(lake) == after  # nothing committed
         # ... and the same round succeeds on the replacement.
-        report = score_round(pool, registry, feed, after=-1, publish=False)
+        report = score_round(pool, registry, feed, after=-1)
     assert report is not None and (report.windows, report.silver_through) == (windows, after)
     assert lake.sql("select count(*), count(distinct (station_id, window_start)) from {gold}")[
         0
