@@ -17,8 +17,9 @@ its origin and the models, never on which other windows share the batch.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -26,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ml.anomaly import AnomalyModel
-from ml.forecast import HISTORY_HOURS, METHOD_NAMES, ForecastBundle
+from ml.forecast import HISTORY_HOURS, METHOD_NAMES, ForecastBundle, SeriesForecast
 from ml.gold.table import FORECAST_TYPE, gold_columns, gold_schema
 from ml.registry import model_name
 from periscope.time import utc
@@ -43,6 +44,66 @@ _HOUR_US = 3_600_000_000
 _UTC_US = "datetime64[us, UTC]"
 
 
+# Entries a memo keeps per measure before starting afresh (a few rounds of 1,000 stations).
+_MEMO_ENTRIES = 20_000
+
+
+@dataclass
+class ForecastMemo:
+    """The served forecasts of recent rounds, by request, for as long as the history they
+    read stays the same.
+
+    A forecast reads the hours up to its origin, the last full hour before the window's end,
+    so a live station's rounds ask the same question for a whole hour: its windows slide, its
+    origin does not. A served forecast is a pure function of the request (entity, origins,
+    grid start, observed hours), the context the global model reads (every station's hours of
+    the measure) and the loaded bundle; the memo keys on all of them, so a late reading that
+    changes any hour changes the key and is forecast afresh. It belongs to one LoadedModels:
+    a new model version starts with an empty one.
+    """
+
+    _context: dict[str, bytes] = field(default_factory=dict)
+    _served: dict[str, dict[tuple[str, bytes, int, bytes], SeriesForecast]] = field(
+        default_factory=dict
+    )
+
+    def forecast_many(
+        self,
+        bundle: ForecastBundle,
+        measure: str,
+        requests: list[tuple[str, np.ndarray, int, np.ndarray]],
+        context: dict[str, tuple[int, np.ndarray]],
+    ) -> list[SeriesForecast]:
+        """`bundle.forecast_many(measure, requests, context=context)`, computing only the
+        requests not answered since the context last changed."""
+        digest = _digest(context)
+        if self._context.get(measure) != digest:
+            self._context[measure], self._served[measure] = digest, {}
+        served = self._served[measure]
+        keys = [(e, o.tobytes(), g, y.tobytes()) for e, o, g, y in requests]
+        results = [served.get(k) for k in keys]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            fresh = bundle.forecast_many(measure, [requests[i] for i in missing], context=context)
+            if len(served) + len(missing) > _MEMO_ENTRIES:
+                served.clear()
+            for i, result in zip(missing, fresh, strict=True):
+                results[i] = served[keys[i]] = result
+        return results  # type: ignore[return-value]  # every None was filled
+
+
+def _digest(context: dict[str, tuple[int, np.ndarray]]) -> bytes:
+    """A fingerprint of every station's hours of one measure."""
+    digest = hashlib.blake2b(digest_size=16)
+    for station in sorted(context):
+        start, values = context[station]
+        digest.update(station.encode())
+        digest.update(start.to_bytes(8, "little", signed=True))
+        digest.update(len(values).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(values).tobytes())
+    return digest.digest()
+
+
 @dataclass(frozen=True)
 class LoadedModels:
     """The champion models of one source as an actor holds them: loaded once, used per batch.
@@ -55,6 +116,7 @@ class LoadedModels:
     forecast_version: int | None
     anomaly: AnomalyModel | None
     anomaly_version: int | None
+    memo: ForecastMemo = field(default_factory=ForecastMemo, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, model, version in (
@@ -250,7 +312,7 @@ def _forecasts(
         context = {
             station: (start, means[:, column]) for station, (start, means) in history.items()
         }
-        results = bundle.forecast_many(measure, requests, context=context)
+        results = models.memo.forecast_many(bundle, measure, requests, context)
         for s, result in zip(using, results, strict=True):
             served[(s[0], measure)] = result
     parts: list[dict[str, np.ndarray]] = []

@@ -22,6 +22,7 @@ from ml.forecast import (
     temporal_split,
 )
 from ml.gold.scoring import (
+    ForecastMemo,
     LoadedModels,
     _hourly,
     gold_columns,
@@ -429,3 +430,60 @@ def test_an_hour_without_rows_is_zero_for_a_count_and_missing_for_a_mean():
     assert values[0, 0] == 10.0 and np.isnan(values[1, 0]) and values[2, 0] == 12.0
     [(_, means)] = _hourly(hourly, ["a"], ["fare_mean", "trips"], "zone").values()
     assert np.isnan(means[1]).all()  # without the flags, every empty hour is missing
+
+
+class _Counting:
+    """A bundle that counts the requests it is asked to forecast."""
+
+    def __init__(self, bundle: ForecastBundle) -> None:
+        self.bundle, self.asked = bundle, 0
+
+    def forecast_many(self, measure, requests, *, context):
+        self.asked += len(requests)
+        return self.bundle.forecast_many(measure, requests, context=context)
+
+
+def _hour(at: str) -> int:
+    return int(pd.Timestamp(at).value // 3_600_000_000_000)
+
+
+def test_the_forecast_memo_answers_a_repeated_question_and_forgets_when_an_hour_changes(
+    hourly, bundle
+):
+    grid_start = _hour(TRAIN[0])
+    observed = {s: _series(hourly, s, "temperature")["y"].to_numpy() for s in ("denver", "boston")}
+    context = {s: (grid_start, y) for s, y in observed.items()}
+    origin = np.array([_hour("2013-04-06 12:00")])
+    requests = [
+        (s, origin, grid_start, y[: origin[0] + 1 - grid_start]) for s, y in observed.items()
+    ]
+    memo, counting = ForecastMemo(), _Counting(bundle)
+
+    def served(requests, context):
+        return memo.forecast_many(counting, "temperature", requests, context)  # type: ignore[arg-type]
+
+    first = served(requests, context)
+    again = served(requests, context)  # the next round, same hour: nothing recomputed
+    assert counting.asked == 2
+    for a, b in zip(first, again, strict=True):
+        assert np.array_equal(a.yhat, b.yhat, equal_nan=True)
+    # A later origin is a new question; the known one is still answered from the memo.
+    later = np.array([origin[0] + 1])
+    newer = [("boston", later, grid_start, observed["boston"][: later[0] + 1 - grid_start])]
+    served(requests + newer, context)
+    assert counting.asked == 3
+    # A late reading changes one hour of Denver's: every forecast may read it (the global
+    # model reads the neighbours), so all are made again, and equal a fresh bundle's.
+    changed = observed["denver"].copy()
+    changed[origin[0] - grid_start] += 5.0
+    context = {**context, "denver": (grid_start, changed)}
+    requests = [
+        (s, origin, grid_start, context[s][1][: origin[0] + 1 - grid_start]) for s in observed
+    ]
+    redone = served(requests, context)
+    assert counting.asked == 5
+    fresh = bundle.forecast_many("temperature", requests, context=context)
+    for a, b in zip(redone, fresh, strict=True):
+        assert np.array_equal(a.yhat, b.yhat, equal_nan=True)
+        assert np.array_equal(a.method, b.method)
+    assert not np.array_equal(redone[0].yhat, first[0].yhat, equal_nan=True)
