@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pyarrow as pa
 
 from ml.gold.events import event_rows, event_schema, predict_events
 from ml.gold.plan import entity_owner, split_by_entity
-from ml.gold.scoring import LoadedModels, score_windows, to_arrow
+from ml.gold.scoring import ForecastMemo, LoadedModels, score_windows, to_arrow
 from ml.gold.table import gold_schema
 from ml.ray_session import ray_session, worker_runtime_env
 from ml.registry import MODEL_KINDS, Registry, model_name
@@ -107,6 +108,11 @@ class ScoringActor:
             features, hourly, models, scored_at=scored_at, key=key, zero_when_empty=zero_when_empty
         )
         return to_arrow(rows, key)
+
+    def forget_forecasts(self, source: str) -> None:
+        """Empty the source's forecast memo (a benchmark timing forecasts made afresh)."""
+        if source in self.models:
+            self.models[source] = dataclasses.replace(self.models[source], memo=ForecastMemo())
 
     def use_event(self, source: str, kind: str, version: int | None) -> str | None:
         """Hold `version` of the source's per-event model; returns the load error, if any
@@ -232,6 +238,10 @@ class ScorerPool:
         if not tables:
             return gold_schema(key).empty_table()
         return pa.concat_tables(tables)
+
+    def forget_forecasts(self, source: str) -> None:
+        """Every actor forgets the forecasts it served for `source` (see ForecastMemo)."""
+        self._get([actor.forget_forecasts.remote(source) for actor in self.actors])
 
     def sync_event_model(self, source: str, kind: str, registry: Registry) -> int | None:
         """Point every actor at the champion per-event model of `source`; returns the version
