@@ -6,8 +6,10 @@ which is what Prophet and the pure `ml.forecast` / `ml.anomaly` functions expect
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,7 @@ from deltalake.exceptions import TableNotFoundError
 from periscope import duckdb_lake
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
+from periscope.lake import delta_dataset
 from periscope.settings import Settings
 from periscope.time import naive_utc, naive_utc_columns
 
@@ -186,7 +189,12 @@ class SilverFeed:
 
     def batches(self, after: int) -> pd.DataFrame:
         """As `feature_batches`: windows per silver batch id above `after`."""
-        ids = self._scan("features", ["silver_batch_id"], pc.field("silver_batch_id") > after)
+        ids = self._scan(
+            "features",
+            ["silver_batch_id"],
+            pc.field("silver_batch_id") > after,
+            within={"silver_batch_id": (after + 1, None)},
+        )
         counts = ids.group_by("silver_batch_id").aggregate([("silver_batch_id", "count")])
         frame = counts.rename_columns(["silver_batch_id", "windows"]).to_pandas()
         return frame.sort_values("silver_batch_id", ignore_index=True)
@@ -199,7 +207,12 @@ class SilverFeed:
     def windows(self, after: int, through: int) -> pd.DataFrame:
         """As `feature_windows_of_batches`: the windows last written by batches in (after, through]."""
         batch = pc.field("silver_batch_id")
-        rows = self._scan("features", None, (batch > after) & (batch <= through))
+        rows = self._scan(
+            "features",
+            None,
+            (batch > after) & (batch <= through),
+            within={"silver_batch_id": (after + 1, through)},
+        )
         rows = rows.sort_by([(self.contract.key_field, "ascending"), ("window_start", "ascending")])
         return naive_utc_columns(rows.to_pandas())
 
@@ -211,11 +224,18 @@ class SilverFeed:
         where = pc.scalar(True)
         if lake_slice.stations:
             where = where & pc.field(key).isin(list(lake_slice.stations))
-        for bound, compare in ((lake_slice.since, pc.greater_equal), (lake_slice.until, pc.less)):
+        span: list[pa.Scalar | None] = [None, None]
+        bounds = ((lake_slice.since, pc.greater_equal), (lake_slice.until, pc.less))
+        for i, (bound, compare) in enumerate(bounds):
             if bound is not None:
-                stamp = pa.scalar(naive_utc(bound), pa.timestamp("us")).cast(_UTC)
+                span[i] = stamp = pa.scalar(naive_utc(bound), pa.timestamp("us")).cast(_UTC)
                 where = where & compare(pc.field("event_time"), stamp)
-        rows = self._scan("observations", [key, "event_time", *fields], where)
+        rows = self._scan(
+            "observations",
+            [key, "event_time", *fields],
+            where,
+            within={"event_time": (span[0], span[1])},
+        )
         hours = pc.floor_temporal(rows.column("event_time"), 1, "hour")
         readings = pa.table(
             {
@@ -249,8 +269,14 @@ class SilverFeed:
         return self.settings.lake_path(self.contract.table("silver", entity))
 
     def _scan(
-        self, entity: str, columns: list[str] | None, where: pc.Expression | None
+        self,
+        entity: str,
+        columns: list[str] | None,
+        where: pc.Expression | None,
+        *,
+        within: Mapping[str, tuple[Any, Any]] | None = None,
     ) -> pa.Table:
+        """Rows of one silver table matching `where`; `within` as `periscope.lake.read_delta`."""
         table = self._tables.get(entity)
         try:
             if table is None:
@@ -266,7 +292,9 @@ class SilverFeed:
             table = self._tables[entity] = DeltaTable(self._path(entity))
         # Single-threaded like periscope.lake.read_delta (Arrow's scanner threads can abort
         # the interpreter at exit, delta-io/delta-rs#2184).
-        return table.to_pyarrow_dataset().to_table(columns=columns, filter=where, use_threads=False)
+        return delta_dataset(table, within).to_table(
+            columns=columns, filter=where, use_threads=False
+        )
 
 
 _UTC = pa.timestamp("us", tz="UTC")

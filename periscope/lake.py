@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import unquote, urlparse
 
 import pyarrow
 import pyarrow.compute
+import pyarrow.dataset
 from deltalake import DeltaTable
 
 from periscope.errors import PeriscopeError
@@ -28,6 +31,7 @@ __all__ = [
     "append_once",
     "committed_through",
     "connect",
+    "delta_dataset",
     "delta_row_count",
     "merge_once",
     "merge_rows",
@@ -196,18 +200,81 @@ def row_count_or_zero(path: str) -> int:
 
 
 def read_delta(
-    path: str, columns: list[str] | None = None, where: pyarrow.compute.Expression | None = None
+    path: str,
+    columns: list[str] | None = None,
+    where: pyarrow.compute.Expression | None = None,
+    *,
+    within: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> pyarrow.Table:
     """The current version of a Delta table as an Arrow table (the rows matching `where`).
 
-    Scans single-threaded: Arrow's scanner threads can outlive the interpreter and abort
-    the process at exit (delta-io/delta-rs#2184), which would fail a CLI or a test run.
+    `within` ({column: (lo, hi)}) names ranges outside which `where` keeps no row, so only
+    the files that may hold rows in them are opened (`delta_dataset`); `where` still decides
+    each row. Scans single-threaded: Arrow's scanner threads can outlive the interpreter and
+    abort the process at exit (delta-io/delta-rs#2184), which would fail a CLI or a test run.
     """
-    return (
-        DeltaTable(path)
-        .to_pyarrow_dataset()
-        .to_table(columns=columns, filter=where, use_threads=False)
+    return delta_dataset(DeltaTable(path), within).to_table(
+        columns=columns, filter=where, use_threads=False
     )
+
+
+# Delta writers may truncate timestamp statistics to the millisecond (Spark does): a file's true
+# maximum can lie up to this much above the one its statistics give.
+_TIMESTAMP_STATS_SLACK_US = 1_000
+
+
+def delta_dataset(
+    table: DeltaTable, within: Mapping[str, tuple[Any, Any]] | None = None
+) -> pyarrow.dataset.Dataset:
+    """The table's current files as a pyarrow dataset; with `within` ({column: (lo, hi)}, a
+    bound None for none), only the files whose statistics allow a row with lo <= column <= hi
+    for every column given (a file without statistics for a column is kept).
+
+    deltalake's own dataset describes every file of the table, about 0.25 ms a file, so a
+    live table that gains a file per micro-batch made each narrow read slower than the last
+    (1,300 rows out of 1,000 files: 0.26 s). Choosing the files from the log's add actions
+    first keeps that read at milliseconds. Tables with partition columns, column mapping,
+    reader features or a remote store get deltalake's dataset.
+    """
+    uri = urlparse(table.table_uri)
+    metadata = table.metadata()
+    plain = (
+        uri.scheme in ("", "file")
+        and not metadata.partition_columns
+        and metadata.configuration.get("delta.columnMapping.mode", "none") == "none"
+        and not table.protocol().reader_features
+    )
+    if not within or not plain:
+        return table.to_pyarrow_dataset()
+    actions = pyarrow.table(table.get_add_actions(flatten=True))
+    keep = pyarrow.array([True] * actions.num_rows, pyarrow.bool_())
+    for column, (lo, hi) in within.items():
+        if f"min.{column}" not in actions.column_names:
+            continue  # no statistics for it: every file may hold the rows
+        low, high = actions[f"min.{column}"], actions[f"max.{column}"]
+        if pyarrow.types.is_null(low.type) or pyarrow.types.is_null(high.type):
+            continue  # no file has statistics for it (empty files, or only nulls)
+        if pyarrow.types.is_timestamp(high.type):
+            slack = pyarrow.scalar(_TIMESTAMP_STATS_SLACK_US, pyarrow.duration("us"))
+            high = pyarrow.compute.add(high, slack.cast(pyarrow.duration(high.type.unit)))
+        if lo is not None:
+            may = pyarrow.compute.greater_equal(high, _scalar(lo, high.type))
+            keep = pyarrow.compute.and_(keep, pyarrow.compute.fill_null(may, True))
+        if hi is not None:
+            may = pyarrow.compute.less_equal(low, _scalar(hi, low.type))
+            keep = pyarrow.compute.and_(keep, pyarrow.compute.fill_null(may, True))
+    root = unquote(uri.path).rstrip("/")
+    files = [
+        path if path.startswith("/") else f"{root}/{unquote(path)}"
+        for path in actions.filter(keep)["path"].to_pylist()
+    ]
+    schema = pyarrow.schema(table.schema().to_arrow())
+    return pyarrow.dataset.dataset(files, schema=schema, format="parquet")
+
+
+def _scalar(value: Any, type_: pyarrow.DataType) -> pyarrow.Scalar:
+    scalar = value if isinstance(value, pyarrow.Scalar) else pyarrow.scalar(value)
+    return scalar.cast(type_)
 
 
 class LakeTable(NamedTuple):

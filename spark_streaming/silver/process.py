@@ -384,6 +384,8 @@ class BatchProcessor:
                 (pc.field("silver_batch_id") != batch_id)
                 & (pc.field("event_time") >= lo)
                 & (pc.field("event_time") <= hi),
+                # The table gains a file per batch: open only those that may hold the span.
+                within={"event_time": (lo, hi)},
             )
         outcome = classify(validated, earlier, keys, watermark)
 

@@ -6,9 +6,16 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
-from deltalake import write_deltalake
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
 
-from periscope.lake import append_once, committed_through, merge_once, read_delta
+from periscope.lake import (
+    append_once,
+    committed_through,
+    delta_dataset,
+    merge_once,
+    read_delta,
+)
 from periscope.messages import json_messages
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -144,3 +151,65 @@ def test_merges_of_the_newest_windows_stay_as_small_as_the_files(tmp_path, monke
     # so each MERGE costs more than the one before.
     large = _advancing_merges(tmp_path / "large", monkeypatch, 1 << 30)
     assert large[-1] == 300 * 30
+
+
+def _stamp(minute: int) -> datetime:
+    return datetime(2026, 1, 1, 12, minute, tzinfo=UTC)
+
+
+def test_a_ranged_read_opens_only_the_files_that_may_hold_the_range_and_keeps_their_rows(
+    tmp_path,
+):
+    path = str(tmp_path / "observations")
+    for first in (0, 10, 20):  # one file per append, minutes [first, first + 5]
+        write_deltalake(
+            path,
+            pa.table(
+                {
+                    "station_id": [f"s{first}", f"s{first + 5}"],
+                    "event_time": pa.array(
+                        [_stamp(first), _stamp(first + 5)], pa.timestamp("us", "UTC")
+                    ),
+                }
+            ),
+            mode="append",
+        )
+    # Statistics of an all-null column are null: such a file is kept, whatever the range.
+    write_deltalake(
+        path,
+        pa.table(
+            {"station_id": ["none"], "event_time": pa.array([None], pa.timestamp("us", "UTC"))}
+        ),
+        mode="append",
+    )
+    table = DeltaTable(path)
+    lo, hi = _stamp(5), _stamp(12)  # touches the first file's last row and the second's first
+    ranged = delta_dataset(table, {"event_time": (lo, hi)})
+    assert len(ranged.files) == 3  # minutes 0-5, 10-15 and the null one; not 20-25
+    where = (pc.field("event_time") >= lo) & (pc.field("event_time") <= hi)
+    got = read_delta(path, where=where, within={"event_time": (lo, hi)})
+    assert (
+        got.sort_by("station_id").to_pylist()
+        == read_delta(path, where=where).sort_by("station_id").to_pylist()
+    )
+    assert sorted(got["station_id"].to_pylist()) == ["s10", "s5"]
+    # An open bound, and a column without statistics, narrow nothing more than they say.
+    assert len(delta_dataset(table, {"event_time": (None, _stamp(1))}).files) == 2
+    assert len(delta_dataset(table, {"no_such_column": (1, 2)}).files) == 4
+    assert len(delta_dataset(table, {"event_time": (_stamp(30), None)}).files) == 1
+
+
+def test_a_partitioned_table_is_read_whole_through_deltalake(tmp_path):
+    path = str(tmp_path / "raw")
+    rows = pa.table({"day": ["a", "b"], "offset": [1, 2]})
+    write_deltalake(path, rows, mode="append", partition_by=["day"])
+    got = read_delta(path, where=pc.field("offset") >= 2, within={"offset": (2, None)})
+    assert got.select(["day", "offset"]).to_pylist() == [{"day": "b", "offset": 2}]
+
+
+def test_a_ranged_read_of_a_table_without_files_is_empty(tmp_path):
+    path = str(tmp_path / "empty")
+    schema = pa.schema([("event_time", pa.timestamp("us", "UTC"))])
+    write_deltalake(path, schema.empty_table(), mode="append")
+    got = read_delta(path, within={"event_time": (_stamp(0), _stamp(5))})
+    assert got.num_rows == 0 and got.schema.names == ["event_time"]
