@@ -78,23 +78,22 @@ class Publisher:
         self._timeout_s = timeout_s
         self._on_delivered = on_delivered
         self._report = DeliveryReport()  # the current send's; failures are counted into it
-        self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "client.id": client_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": settings.kafka_compression,
-                "linger.ms": settings.producer_linger_ms,
-                "partitioner": "murmur2_random",
-                "message.timeout.ms": int(timeout_s * 1000),  # retried until then
-                **(config or {}),
-                # One callback for the producer rather than one per message (a Python
-                # object per message costs a third of the send).
-                "on_delivery": self._delivered,
-                "delivery.report.only.error": on_delivered is None,
-            }
-        )
+        self._config = {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": settings.kafka_compression,
+            "linger.ms": settings.producer_linger_ms,
+            "partitioner": "murmur2_random",
+            "message.timeout.ms": int(timeout_s * 1000),  # retried until then
+            **(config or {}),
+            # One callback for the producer rather than one per message (a Python
+            # object per message costs a third of the send).
+            "on_delivery": self._delivered,
+            "delivery.report.only.error": on_delivered is None,
+        }
+        self._producer = Producer(self._config)
 
     def _delivered(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -148,6 +147,12 @@ class Publisher:
         """Send every (key, value); returns how many the broker acknowledged (all of them)."""
         report = self.send(topic, messages)
         if report.failed or report.unsent:
+            # The next send starts on a new producer: an idempotent one whose messages failed
+            # can be fenced for good (a librdkafka fatal error), and the long-lived ones
+            # (silver's, the scorer's) would then refuse every later batch.
+            from confluent_kafka import Producer
+
+            self._producer = Producer(self._config)
             raise PublishError(
                 f"{topic}: {report.acknowledged} of {report.sent} messages "
                 f"acknowledged ({report.unsent} unsent): {'; '.join(report.errors[:3])}"

@@ -133,7 +133,12 @@ def test_publisher_delivers_every_message_partitioned_like_the_java_client(servi
     assert all(p == (murmur2(k) & 0x7FFFFFFF) % 3 for k, _, p in got)
 
 
-def test_publisher_raises_when_kafka_does_not_acknowledge(services):
+def test_publisher_raises_when_kafka_does_not_acknowledge_and_sends_again_afterwards(services):
     publisher = Publisher(services, client_id="test", timeout_s=2)
     with pytest.raises(PublishError, match="0 of 3 messages acknowledged"):
         publisher.publish(f"missing-{uuid.uuid4().hex[:8]}", [(b"k", b"v")] * 3)
+    # Long-lived publishers (silver's, the scorer's) go on after a failed batch.
+    topic = f"again-{uuid.uuid4().hex[:8]}"
+    create_topics(services, [TopicSpec(topic, 1, 1)])
+    assert publisher.publish(topic, [(b"k", b"v")] * 3) == 3
+    publisher.close()
