@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from periscope.contracts import ForecastTarget, SourceContract
+from periscope.lake import delta_dataset
 from periscope.settings import Settings
 from serving import reads
 
@@ -204,16 +205,17 @@ def observed_series(
     columns = [contract.key_field, "event_time"]
     if target.field is not None:
         columns.append(target.field)
-    try:
-        dataset = DeltaTable(path).to_pyarrow_dataset()
-    except TableNotFoundError:
-        return hourly_target(pd.DataFrame(), target)
-    key = pc.field(contract.key_field)
-    when = pc.field("event_time")
     start_s, end_s = (
         pa.scalar(start, pa.timestamp("us", "UTC")),
         pa.scalar(end, pa.timestamp("us", "UTC")),
     )
+    try:
+        # Only the files that may hold the span: a live table gains one every micro-batch.
+        dataset = delta_dataset(DeltaTable(path), {"event_time": (start_s, end_s)})
+    except TableNotFoundError:
+        return hourly_target(pd.DataFrame(), target)
+    key = pc.field(contract.key_field)
+    when = pc.field("event_time")
     table = dataset.to_table(
         columns=columns, filter=(key == entity_id) & (when >= start_s) & (when < end_s)
     )

@@ -316,3 +316,17 @@ def test_health_reads_of_a_lake_that_has_not_run_report_nothing(tmp_path):
         "median_batch_ms": None,
         "last_commit_age_s": None,
     }
+
+
+def test_observed_series_gives_one_entitys_hourly_means_of_the_span_only(app):
+    from periscope.contracts import ForecastTarget
+
+    start = T0 + timedelta(hours=2)
+    series = dashboard.observed_series(
+        get_settings(), CONTRACTS["weather"], "portland", ForecastTarget("temperature"),
+        start, start + timedelta(hours=3),
+    )  # fmt: skip
+    assert [h.to_pydatetime() for h in series["hour"]] == [
+        (start + timedelta(hours=h)).replace(tzinfo=None) for h in range(3)
+    ]
+    assert series["value"].tolist() == [temperature("portland", h) for h in (2, 3, 4)]
