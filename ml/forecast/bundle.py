@@ -29,8 +29,8 @@ from ml.forecast.core import (
     ForecastError,
     Split,
     hours_since_epoch,
-    persistence,
-    seasonal_naive,
+    persistence_many,
+    seasonal_naive_many,
     to_grid,
 )
 from ml.forecast.global_method import GlobalModel, fit_global
@@ -209,14 +209,14 @@ class ForecastBundle:
             model = self.globals.get(measure)
             if model is not None:
                 return model.forecast_many(requests, horizon, needed=needed, context=context)
+        if method == "persistence":
+            return persistence_many(requests, horizon)
+        if method == "seasonal_naive":
+            return seasonal_naive_many(requests, horizon)
         out = []
         for entity_id, origins, grid_start, observed in requests:
             shape = (len(origins), horizon)
-            if method == "persistence":
-                out.append(persistence(origins, grid_start, observed, horizon))
-            elif method == "seasonal_naive":
-                out.append(seasonal_naive(origins, grid_start, observed, horizon))
-            elif method == "prophet" and (entity_id, measure) in self.prophets:
+            if method == "prophet" and (entity_id, measure) in self.prophets:
                 prophet = self.prophets[(entity_id, measure)]
                 out.append(prophet.forecast(origins, grid_start, observed, horizon))
             elif method == "mean":

@@ -593,3 +593,28 @@ def test_a_series_that_ends_before_the_train_cutoff_still_fits() -> None:
     bundle = fit_bundle(frames, split, config, source="taxi", ranges={"trips": (0, 1e6)})
 
     assert set(bundle.prophets) == set(frames)
+
+
+def test_the_baselines_of_many_requests_equal_one_request_at_a_time():
+    # Gold asks hundreds of requests at once; each answer must be the one-request function's:
+    # gaps, empty histories, origins before, inside and past the observed hours.
+    from ml.forecast.core import persistence_many, seasonal_naive_many
+
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        requests = []
+        for i in range(int(rng.integers(0, 10))):
+            n = int(rng.integers(0, 200))
+            observed = rng.normal(size=n)
+            observed[rng.random(n) < rng.random()] = np.nan
+            grid_start = 1000 + int(rng.integers(-5, 5))
+            origins = np.unique(rng.integers(grid_start - 30, grid_start + n + 40, size=4))
+            requests.append((f"e{i}", origins, grid_start, observed))
+        for many, one in ((persistence_many, persistence), (seasonal_naive_many, seasonal_naive)):
+            for horizon in (1, 24):
+                got = many(requests, horizon)
+                assert len(got) == len(requests)
+                for answer, (_, origins, grid_start, observed) in zip(got, requests, strict=True):
+                    expected = one(origins, grid_start, observed, horizon)
+                    assert answer.shape == expected.shape
+                    assert np.array_equal(answer, expected, equal_nan=True)
