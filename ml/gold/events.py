@@ -33,7 +33,7 @@ from ml.gold.plan import plan_round
 from ml.registry import EVENT_KINDS, ModelKind, Registry, model_name
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
-from periscope.lake import merge_rows
+from periscope.lake import delta_dataset, merge_rows
 from periscope.messages import Publisher
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
@@ -211,15 +211,24 @@ class EventFeed:
         self.path = settings.lake_path(contract.table("silver", "observations"))
         self._table: Any = None
 
-    def _scan(self, columns: list[str] | None, where: pc.Expression | None) -> pa.Table:
+    def _scan(
+        self,
+        columns: list[str] | None,
+        where: pc.Expression | None,
+        *,
+        after: int | None = None,
+        through: int | None = None,
+    ) -> pa.Table:
+        """Rows matching `where`, from the files that may hold batches in (after, through]."""
         from deltalake import DeltaTable
 
         if self._table is None:
             self._table = DeltaTable(self.path)
         else:
             self._table.update_incremental()
+        low = None if after is None else after + 1
+        dataset = delta_dataset(self._table, {"silver_batch_id": (low, through)})
         # Single-threaded like ml.data.SilverFeed (delta-io/delta-rs#2184).
-        dataset = self._table.to_pyarrow_dataset()
         return dataset.to_table(columns=columns, filter=where, use_threads=False)
 
     def exists(self) -> bool:
@@ -230,7 +239,7 @@ class EventFeed:
     def batches(self, after: int) -> pd.DataFrame:
         """Observations per silver batch id above `after` (columns silver_batch_id, windows:
         the name `plan_round` reads)."""
-        ids = self._scan(["silver_batch_id"], pc.field("silver_batch_id") > after)
+        ids = self._scan(["silver_batch_id"], pc.field("silver_batch_id") > after, after=after)
         counts = ids.group_by("silver_batch_id").aggregate([("silver_batch_id", "count")])
         frame = counts.rename_columns(["silver_batch_id", "windows"]).to_pandas()
         return frame.sort_values("silver_batch_id", ignore_index=True)
@@ -242,7 +251,7 @@ class EventFeed:
     def events(self, after: int, through: int) -> pd.DataFrame:
         """The observations written by batches in (after, through], in event time order."""
         batch = pc.field("silver_batch_id")
-        rows = self._scan(None, (batch > after) & (batch <= through))
+        rows = self._scan(None, (batch > after) & (batch <= through), after=after, through=through)
         return rows.sort_by([("event_time", "ascending")]).to_pandas()
 
 
