@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from periscope.settings import get_settings
+from periscope.settings import Settings, get_settings
 
 __all__ = ["api_app", "dashboard_app"]
 
@@ -51,8 +51,10 @@ def dashboard(
     ] = None,
 ) -> None:
     """Serve the live dashboard (Streamlit): entities, series, anomalies, models, system health."""
-    import os
     import sys
+    import threading
+
+    from streamlit.web import cli as streamlit_cli
 
     from serving.dashboard import APP_PATH
 
@@ -61,9 +63,25 @@ def dashboard(
     typer.echo(
         f"dashboard: http://{host}:{port}  (panels refresh every {settings.dashboard_refresh_s:g} s)"
     )
-    # Streamlit runs its own server around the script: hand this process over to it, so a
-    # signal to `periscope dashboard` stops the server itself.
-    args = [sys.executable, "-m", "streamlit", "run", str(APP_PATH),
-            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--theme.base", "light"]  # fmt: skip
-    os.execv(sys.executable, args)
+    # Streamlit runs in this process (as `python -m streamlit` would), so the gold tables it
+    # shows can be read while its server starts: the first visitor finds them warm.
+    threading.Thread(target=_warm, args=(settings,), name="warm-gold", daemon=True).start()
+    sys.argv = ["streamlit", "run", str(APP_PATH),
+                "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+                "--browser.gatherUsageStats", "false", "--theme.base", "light"]  # fmt: skip
+    streamlit_cli.main(prog_name="streamlit")
+
+
+def _warm(settings: Settings) -> None:
+    import time
+
+    from serving.dashboard import warm_gold_tables
+
+    started = time.monotonic()
+    try:
+        windows = warm_gold_tables(settings)
+    except Exception as error:  # the pages read them again (and show the error) on a visit
+        typer.echo(f"dashboard: could not read gold ahead of the first visit: {error}", err=True)
+        return
+    read = ", ".join(f"{source} {n:,}" for source, n in windows.items() if n) or "none yet"
+    typer.echo(f"dashboard: gold windows in memory ({read}) in {time.monotonic() - started:.1f} s")

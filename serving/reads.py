@@ -47,6 +47,7 @@ __all__ = [
     "latest_prediction",
     "latest_prediction_json",
     "read_forecasts",
+    "shared_gold",
 ]
 
 log = logging.getLogger(__name__)
@@ -404,6 +405,23 @@ class WarmGold:
             self._files.values(),
             read_forecasts,
         )
+
+
+_SHARED: dict[str, WarmGold] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_gold(path: str, contract: SourceContract, *, refresh_s: float = 1.0) -> WarmGold:
+    """This process's one warm table of `path`, read once before it is handed out.
+
+    The dashboard's sessions share it, and `periscope dashboard` fills it while Streamlit
+    starts, so a first visitor does not wait for millions of rows to load."""
+    with _SHARED_LOCK:  # a second caller waits for the first read, not for an empty table
+        table = _SHARED.get(path)
+        if table is None:
+            table = _SHARED[path] = WarmGold(path, contract, refresh_s=refresh_s)
+            table.refresh()
+        return table
 
 
 def _plain(kind: pa.DataType) -> pa.DataType:
