@@ -12,6 +12,7 @@ values derived from its Postgres owner password, stable from run to run). The we
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -216,12 +217,22 @@ class SupersetServer(BackgroundService):
         return result
 
     def install(self) -> bool:
-        """Install Superset from the lock unless the venv already matches it; True if it did."""
+        """Install Superset from the lock unless the venv already matches it; True if it did.
+
+        Test instances share the venv: one installs while the others wait for it."""
         python = _base_python()
         digest = lock_digest(LOCK_FILE.read_text(), python)
         stamp = self.venv / ".periscope-lock"
-        if stamp.exists() and stamp.read_text().strip() == digest:
-            return False
+        self.venv.parent.mkdir(parents=True, exist_ok=True)
+        with (self.venv.parent / f".{self.venv.name}.install-lock").open("w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+            if stamp.exists() and stamp.read_text().strip() == digest:
+                return False
+            self._install_venv(python)
+            stamp.write_text(digest + "\n")
+        return True
+
+    def _install_venv(self, python: str) -> None:
         uv = _uv()
         log.info("installing Superset into %s from %s (once per lock)", self.venv, LOCK_FILE)
         shutil.rmtree(self.venv, ignore_errors=True)
@@ -244,8 +255,6 @@ class SupersetServer(BackgroundService):
                     f"installing Superset failed: {' '.join(command)}\n"
                     f"{_last_lines(result.stdout + result.stderr)}"
                 )
-        stamp.write_text(digest + "\n")
-        return True
 
     def set_up_metadata(self) -> None:
         """Migrate the metadata, create roles and the admin; skipped when nothing changed."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
@@ -174,3 +176,27 @@ def test_the_venv_is_reinstalled_only_when_the_lock_or_python_changes():
         lock + "x==1\n", "/usr/bin/python3.11"
     )
     assert lock_digest(lock, "/usr/bin/python3.11") != lock_digest(lock, "/opt/python3.11")
+
+
+def test_two_instances_installing_at_once_install_the_venv_once(tmp_path):
+    # Test instances share the venv; the second waits for the first and finds it installed.
+    # (The install itself, ~50 s of uv, is what the integration tier runs for real.)
+    settings = Settings(
+        local_dir=tmp_path, postgres_owner_password="owner-pw", postgres_bi_password="bi-pw"
+    )
+    venv = tmp_path / "superset" / "venv"
+    config = SupersetSettings(venv=venv, _env_file=None)
+    installs: list[str] = []
+
+    class Slow(SupersetServer):
+        def _install_venv(self, python: str) -> None:
+            installs.append(python)
+            venv.mkdir(parents=True, exist_ok=True)
+            time.sleep(0.3)  # long enough for the other thread to arrive meanwhile
+
+    servers = [Slow(settings, config), Slow(settings, config)]
+    with ThreadPoolExecutor(2) as pool:
+        installed = sorted(pool.map(lambda server: server.install(), servers))
+    assert installed == [False, True]
+    assert len(installs) == 1
+    assert servers[0].install() is False  # and later starts reuse it

@@ -116,13 +116,22 @@ def open_command(
     browser: Annotated[
         bool, typer.Option("--browser/--no-browser", help="Also open it in a web browser.")
     ] = False,
+    show_password: Annotated[
+        bool, typer.Option("--show-password", help="Print the admin password too.")
+    ] = False,
 ) -> None:
     """Print Superset's URL, the login and each dashboard's address."""
     from warehouse.bi.superset import BUNDLE_DIR
     from warehouse.bi.superset.provision import bundle_configs, read_bundle
 
     server = _server()
-    console.print(f"Superset: {server.url}  (login {server.admin_user} / {server.admin_password})")
+    # A terminal's scrollback and CI logs keep what is printed: the password only when asked
+    password = (
+        server.admin_password
+        if show_password
+        else "PERISCOPE_SUPERSET_ADMIN_PASSWORD in .env; --show-password prints it"
+    )
+    console.print(f"Superset: {server.url}  (login {server.admin_user} / {password})")
     for name, config in bundle_configs(read_bundle(BUNDLE_DIR)).items():
         if name.startswith("dashboards/"):
             url = f"{server.url}/superset/dashboard/{config['slug']}/"
