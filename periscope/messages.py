@@ -73,8 +73,6 @@ class Publisher:
         config: Mapping[str, Any] | None = None,
         on_delivered: Callable[[bytes | None, bytes], None] | None = None,
     ) -> None:
-        from confluent_kafka import Producer
-
         self._timeout_s = timeout_s
         self._on_delivered = on_delivered
         self._report = DeliveryReport()  # the current send's; failures are counted into it
@@ -93,7 +91,12 @@ class Publisher:
             "on_delivery": self._delivered,
             "delivery.report.only.error": on_delivered is None,
         }
-        self._producer = Producer(self._config)
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(self._config)
 
     def _delivered(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -150,9 +153,7 @@ class Publisher:
             # The next send starts on a new producer: an idempotent one whose messages failed
             # can be fenced for good (a librdkafka fatal error), and the long-lived ones
             # (silver's, the scorer's) would then refuse every later batch.
-            from confluent_kafka import Producer
-
-            self._producer = Producer(self._config)
+            self._producer = self._new_producer()
             raise PublishError(
                 f"{topic}: {report.acknowledged} of {report.sent} messages "
                 f"acknowledged ({report.unsent} unsent): {'; '.join(report.errors[:3])}"
