@@ -81,32 +81,34 @@ def _train(
     max_train_days,
     missing_only=False,
 ) -> None:
-    from ml.data import LakeSlice
     from ml.registry import Registry
-    from ml.training import TrainConfig, run_training
-    from ml.training.forecasts import stale_forecast_champion
 
     settings = get_settings()
-    config = TrainConfig(
-        test_days=test_days, validation_days=validation_days, max_train_days=max_train_days
-    )
-    lake_slice = LakeSlice(stations=tuple(stations) if stations else None, until=until)
+    # One registry for the champion checks; training's imports (scikit-learn, Prophet) wait
+    # until something is to be trained: a demo rerun only asks the registry.
+    registry = Registry(settings) if missing_only else None
     for source in _sources(sources):
         chosen = _kinds(kinds, source)
         if not chosen:
             console.print(f"[bold]{source}[/]: has none of the kinds asked for; nothing to train")
             continue
-        if missing_only:
-            registry = Registry(settings)
+        if registry is not None:
             chosen = tuple(
                 k
                 for k in chosen
                 if registry.champion_version(source, k) is None
-                or (k == "forecast" and stale_forecast_champion(registry, source))
+                or (k == "forecast" and registry.stale_forecast_champion(source))
             )
             if not chosen:
                 console.print(f"[bold]{source}[/]: champions exist; nothing to train")
                 continue
+        from ml.data import LakeSlice
+        from ml.training import TrainConfig, run_training
+
+        config = TrainConfig(
+            test_days=test_days, validation_days=validation_days, max_train_days=max_train_days
+        )
+        lake_slice = LakeSlice(stations=tuple(stations) if stations else None, until=until)
         with Progress(
             TextColumn(f"[bold]{source}[/] training"),
             BarColumn(),

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from ml import forecast
-from ml.registry import Registry
 from ml.training.config import Progress, TrainConfig
 from periscope.contracts import get_contract
 from periscope.errors import PeriscopeError
@@ -25,7 +24,6 @@ __all__ = [
     "ForecastOutcome",
     "compare_forecast",
     "fit_until",
-    "stale_forecast_champion",
     "train_forecasts",
 ]
 
@@ -167,10 +165,3 @@ def compare_forecast(
     ours = challenger.evaluate(subset, split.validation_end, split.test_end)
     theirs = champion.evaluate(subset, split.validation_end, split.test_end)
     return forecast.relative_mae(ours), forecast.relative_mae(theirs)
-
-
-def stale_forecast_champion(registry: Registry, source: str) -> bool:
-    """Whether the source's forecast champion was saved in a format this code cannot load
-    (the Prophet-only bundles before the candidates): it cannot serve, so it counts as none."""
-    info = registry.resolve(source, "forecast")
-    return info is not None and not forecast.ForecastBundle.is_current(registry.download(info))

@@ -19,7 +19,7 @@ from ml.data import LakeSlice, hourly_observations, series_frames
 from ml.registry import ModelInfo, ModelKind, Registry
 from ml.training.anomalies import anomaly_test_set, compare_anomaly
 from ml.training.config import PromotionPolicy, TrainConfig
-from ml.training.forecasts import compare_forecast, stale_forecast_champion
+from ml.training.forecasts import compare_forecast
 from periscope.contracts import get_contract
 from periscope.settings import Settings
 
@@ -44,7 +44,7 @@ def apply_policy(
     if champion_info is None:
         registry.set_champion(source, kind, info.version)
         return f"version {info.version} is the first {kind} model: promoted to champion"
-    if kind == "forecast" and stale_forecast_champion(registry, source):
+    if kind == "forecast" and registry.stale_forecast_champion(source):
         registry.set_champion(source, kind, info.version)
         return (
             f"version {info.version} promoted: champion v{champion_info.version} was saved in an"
