@@ -208,7 +208,7 @@ class ProductionForecaster:
         bundle = forecast.fit_bundle(
             frames,
             split,
-            self.config.forecast,
+            forecast.source_config(self.config.forecast, self.contract),
             source=self.contract.name,
             ranges=forecast.valid_ranges(self.contract),
         )

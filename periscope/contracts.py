@@ -286,6 +286,9 @@ class SourceContract:
     event_label: str = "event"
     window: WindowSpec = field(default_factory=WindowSpec)
     forecast_targets: tuple[ForecastTarget, ...] = ()
+    # The forecast series follow the day of the week (people's activity: traffic, trips):
+    # the global model also reads the target hour a week before and its weekday.
+    weekly_cycle: bool = False
     # Fields whose window statistics the anomaly model reads; None = every measure with stats.
     anomaly_fields: tuple[str, ...] | None = None
     # "module:attribute" of a DatasetReader (resolved when a replay needs it), or the reader.
@@ -561,6 +564,7 @@ AIR_QUALITY = SourceContract(
     ),
     window=_HOURLY,
     forecast_targets=(ForecastTarget("co_gt"), ForecastTarget("no2_gt")),
+    weekly_cycle=True,  # road traffic's week: chosen on 2004-09 .. 2004-11 (README, Forecasts)
     reader="ingest.datasets:AIR_QUALITY_READER",
 )  # fmt: skip
 

@@ -25,6 +25,7 @@ from ml.forecast.bundle import (
     fit_globals,
     fit_prophets,
     plan_measure,
+    source_config,
     valid_ranges,
 )
 from ml.forecast.core import (
@@ -71,6 +72,7 @@ __all__ = [
     "plan_measure",
     "relative_mae",
     "seasonal_naive",
+    "source_config",
     "temporal_split",
     "to_grid",
     "valid_ranges",

@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "conformal_offsets",
     "fit_bundle",
     "fit_globals",
+    "source_config",
     "fit_prophets",
     "plan_measure",
     "valid_ranges",
@@ -652,6 +653,14 @@ def fit_bundle(
         globals_=globals_,
         ranges=ranges or {},
     )
+
+
+def source_config(config: ForecastConfig, contract: SourceContract) -> ForecastConfig:
+    """`config` as the source's contract adjusts it: the week cycle where its series follow
+    the day of the week (`weekly_cycle`). Saved with the bundle, so gold serves it alike."""
+    if contract.weekly_cycle and not config.gbm_week_cycle:
+        return replace(config, gbm_week_cycle=True)
+    return config
 
 
 def valid_ranges(contract: SourceContract) -> dict[str, tuple[float, float]]:

@@ -618,3 +618,16 @@ def test_the_baselines_of_many_requests_equal_one_request_at_a_time():
                     expected = one(origins, grid_start, observed, horizon)
                     assert answer.shape == expected.shape
                     assert np.array_equal(answer, expected, equal_nan=True)
+
+
+def test_a_source_whose_series_follow_the_week_gets_the_week_cycle_and_others_do_not() -> None:
+    from ml.forecast import source_config
+    from periscope.contracts import CONTRACTS
+
+    base = ForecastConfig()
+    assert not base.gbm_week_cycle
+    assert source_config(base, CONTRACTS["air_quality"]).gbm_week_cycle  # road traffic's week
+    assert source_config(base, CONTRACTS["weather"]) == base
+    # saved with the bundle's config, so gold's scoring builds the same features
+    config = source_config(base, CONTRACTS["air_quality"])
+    assert ForecastConfig.from_dict(config.to_dict()).gbm_week_cycle
