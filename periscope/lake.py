@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LAYERS",
     "LakeTable",
+    "MERGE_TARGET_FILE_BYTES",
     "append_once",
     "committed_through",
     "connect",
@@ -110,8 +111,11 @@ def merge_rows(
     """Upsert rows on `keys` and record (app_id, version) in the same commit.
 
     `lower_bound` (column, value) adds `target.column >= value` to the match condition so
-    delta-rs skips files that cannot hold a matching row. Returns the rows inserted or
-    updated.
+    delta-rs skips files that cannot hold a matching row, and the rows go in sorted by that
+    column: the files a MERGE writes then hold neighbouring times (a backlog's 88k windows
+    went into six files each spanning the whole month, so every later MERGE of the newest
+    windows rewrote one of them, and the warehouse load copied it). Returns the rows inserted
+    or updated.
     """
     table = DeltaTable(path)
     _keep_files_small(table)
@@ -120,6 +124,7 @@ def merge_rows(
         column, value = lower_bound
         literal = value.isoformat() if hasattr(value, "isoformat") else value
         predicate = f"t.{column} >= '{literal}' AND {predicate}"
+        rows = rows.sort_by([(column, "ascending")])
     metrics = (
         table.merge(
             _conform(table, rows),

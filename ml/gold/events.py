@@ -33,7 +33,7 @@ from ml.gold.plan import plan_round
 from ml.registry import EVENT_KINDS, ModelKind, Registry, model_name
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
-from periscope.lake import delta_dataset, merge_rows
+from periscope.lake import MERGE_TARGET_FILE_BYTES, delta_dataset, merge_rows
 from periscope.messages import Publisher
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
@@ -197,7 +197,14 @@ def write_event_predictions(
             app_transactions=[Transaction(app_id=EVENT_SCORE_APP_ID, version=through)],
             custom_metadata=metadata,
         )
-        write_deltalake(path, rows, mode="append", commit_properties=commit)
+        # time-ordered files of the size MERGEs keep (see periscope.lake.merge_rows)
+        write_deltalake(
+            path,
+            rows.sort_by([("event_time", "ascending")]),
+            mode="append",
+            target_file_size=MERGE_TARGET_FILE_BYTES,
+            commit_properties=commit,
+        )
     return DeltaTable(path).version()
 
 

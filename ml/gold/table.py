@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from periscope.contracts import SourceContract
-from periscope.lake import GOLD_SCORE_APP_ID, merge_rows
+from periscope.lake import GOLD_SCORE_APP_ID, MERGE_TARGET_FILE_BYTES, merge_rows
 from periscope.settings import Settings
 
 __all__ = [
@@ -120,7 +120,14 @@ def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> i
             app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
             custom_metadata=metadata,
         )
-        write_deltalake(path, rows, mode="append", commit_properties=commit)
+        # time-ordered files of the size MERGEs keep (see periscope.lake.merge_rows)
+        write_deltalake(
+            path,
+            rows.sort_by([("window_start", "ascending")]),
+            mode="append",
+            target_file_size=MERGE_TARGET_FILE_BYTES,
+            commit_properties=commit,
+        )
     return DeltaTable(path).version()
 
 
