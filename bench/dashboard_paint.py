@@ -181,7 +181,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--lake", type=Path, help="Use this lake root instead of building one.")
     parser.add_argument(
-        "--visitors", type=int, default=5, help="New visitors after the first (their median)."
+        "--visitors",
+        type=lambda text: max(1, int(text)),
+        default=5,
+        help="New visitors after the first (their median; at least 1).",
     )
     args = parser.parse_args()
 

@@ -208,7 +208,7 @@ class ProductionForecaster:
         bundle = forecast.fit_bundle(
             frames,
             split,
-            forecast.source_config(self.config.forecast, self.contract),
+            self.config.for_source(self.contract).forecast,
             source=self.contract.name,
             ranges=forecast.valid_ranges(self.contract),
         )

@@ -239,23 +239,29 @@ class Registry:
         )
         return Path(path)
 
-    def download_file(self, info: ModelInfo, name: str) -> Path:
-        """One file of a version's model directory (a manifest without the models it lists)."""
+    def download_file(self, info: ModelInfo, name: str, destination: Path) -> Path:
+        """One file of a version's model directory into `destination` (a manifest without the
+        models it lists)."""
         from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
         repository = ModelsArtifactRepository(f"models:/{info.name}/{info.version}")
-        return Path(repository.download_artifacts(name))
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(repository.download_artifacts(name, dst_path=str(destination)))
 
     def stale_forecast_champion(self, source: str) -> bool:
         """Whether the source's forecast champion was saved in a format this code cannot load
         (the Prophet-only bundles before the candidates): it cannot serve, so it counts as none.
         Reads the champion's manifest only, not its models."""
+        import tempfile
+
         from ml.forecast import ForecastBundle
 
         info = self.resolve(source, "forecast")
         if info is None:
             return False
-        return not ForecastBundle.is_current(self.download_file(info, "manifest.json").parent)
+        with tempfile.TemporaryDirectory(prefix="periscope-manifest-") as folder:
+            manifest = self.download_file(info, "manifest.json", Path(folder))
+            return not ForecastBundle.is_current(manifest.parent)
 
     def load(self, info: ModelInfo) -> Any:
         """A version's model in memory: a ForecastBundle, an AnomalyModel or a TripModel."""

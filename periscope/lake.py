@@ -29,6 +29,7 @@ __all__ = [
     "LAYERS",
     "LakeTable",
     "MERGE_TARGET_FILE_BYTES",
+    "append_in_time_order",
     "append_once",
     "committed_through",
     "connect",
@@ -149,6 +150,22 @@ def merge_rows(
 # 1,000 stations). Files of about 1 MiB leave closed windows in files the lower bound on
 # window_start skips, so a MERGE costs about its own rows however large the table grows.
 MERGE_TARGET_FILE_BYTES = 1 << 20
+
+
+def append_in_time_order(
+    path: str, rows: pyarrow.Table, column: str, *, commit_properties: Any = None
+) -> None:
+    """Append rows sorted by `column` in files of `MERGE_TARGET_FILE_BYTES`: the layout later
+    MERGEs keep (`merge_rows`), so the first write of a backlog is not one month-wide file."""
+    from deltalake import write_deltalake
+
+    write_deltalake(
+        path,
+        rows.sort_by([(column, "ascending")]),
+        mode="append",
+        target_file_size=MERGE_TARGET_FILE_BYTES,
+        commit_properties=commit_properties,
+    )
 
 
 def _keep_files_small(table: DeltaTable) -> None:

@@ -85,3 +85,5 @@ def _warm(settings: Settings) -> None:
         return
     read = ", ".join(f"{source} {n:,}" for source, n in windows.items() if n) or "none yet"
     typer.echo(f"dashboard: gold windows in memory ({read}) in {time.monotonic() - started:.1f} s")
+    if unread := [source for source, n in windows.items() if n is None]:
+        typer.echo(f"dashboard: could not read the gold table of {', '.join(unread)}", err=True)

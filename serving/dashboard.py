@@ -71,15 +71,20 @@ TOP_ROWS = 20
 METRIC_STAGES = ("ingest", "bronze", "silver", "score")
 
 
-def warm_gold_tables(settings: Settings) -> dict[str, int]:
+def warm_gold_tables(settings: Settings) -> dict[str, int | None]:
     """Read every source's gold table into this process's shared warm tables, and import what
     the pages draw with: `periscope dashboard` runs this beside Streamlit's start, so the first
-    visitor's page does not wait for them. Returns the windows read per source."""
-    windows = {}
+    visitor's page does not wait for them. Returns the windows read per source (0: no gold
+    table yet; None: the table is there but could not be read, see the log)."""
+    from deltalake import DeltaTable
+
+    windows: dict[str, int | None] = {}
     for contract in CONTRACTS.values():
         path = reads.gold_path(settings, contract)
         table = reads.shared_gold(path, contract, refresh_s=settings.dashboard_refresh_s)
-        windows[contract.name] = table.snapshot().index.num_rows
+        snapshot = table.snapshot()
+        unread = snapshot.version is None and DeltaTable.is_deltatable(path)
+        windows[contract.name] = None if unread else snapshot.index.num_rows
     import altair  # noqa: F401  (the Series page's charts: ~1 s to import on a busy core)
     import pydeck  # noqa: F401  (the Entities map)
 

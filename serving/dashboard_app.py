@@ -7,6 +7,7 @@ Every source appears from its contract: no page names a source.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,8 +142,10 @@ def _grid(frame: pd.DataFrame, contract: SourceContract) -> None:
     st.caption(f"The {dashboard.TOP_ROWS} most anomalous of {len(grid)} {contract.entity_label}s")
     # Plain HTML, not st.table: a new visitor's browser then paints it without first fetching
     # Streamlit's Arrow table code (~1 MB; 0.3 s of a 2-core machine's first paint)
-    top = _coloured(grid.head(dashboard.TOP_ROWS), frame["colour"].head(dashboard.TOP_ROWS))
-    st.html(top.hide(axis="index").set_table_styles(_HTML_TABLE).to_html())
+    # (names escaped: the Styler writes cells into the HTML as they are)
+    top = grid.head(dashboard.TOP_ROWS).map(lambda v: html.escape(v) if isinstance(v, str) else v)
+    styled = _coloured(top, frame["colour"].head(dashboard.TOP_ROWS))
+    st.html(styled.hide(axis="index").set_table_styles(_HTML_TABLE).to_html())
     if st.toggle(f"Show every {contract.entity_label} ({len(grid)})", key=f"all-{contract.name}"):
         st.dataframe(grid, hide_index=True)
 

@@ -407,7 +407,7 @@ class WarmGold:
         )
 
 
-_SHARED: dict[str, WarmGold] = {}
+_SHARED: dict[str, tuple[WarmGold, threading.Event]] = {}  # path -> table, first read done
 _SHARED_LOCK = threading.Lock()
 
 
@@ -415,13 +415,25 @@ def shared_gold(path: str, contract: SourceContract, *, refresh_s: float = 1.0) 
     """This process's one warm table of `path`, read once before it is handed out.
 
     The dashboard's sessions share it, and `periscope dashboard` fills it while Streamlit
-    starts, so a first visitor does not wait for millions of rows to load."""
-    with _SHARED_LOCK:  # a second caller waits for the first read, not for an empty table
-        table = _SHARED.get(path)
-        if table is None:
-            table = _SHARED[path] = WarmGold(path, contract, refresh_s=refresh_s)
+    starts, so a first visitor does not wait for millions of rows to load. A caller that
+    arrives during the first read waits for it (never an empty table); other paths do not."""
+    with _SHARED_LOCK:
+        entry = _SHARED.get(path)
+        first = entry is None
+        if entry is None:
+            entry = _SHARED[path] = (
+                WarmGold(path, contract, refresh_s=refresh_s),
+                threading.Event(),
+            )
+    table, read = entry
+    if first:
+        try:
             table.refresh()
-        return table
+        finally:
+            read.set()
+    else:
+        read.wait()
+    return table
 
 
 def _plain(kind: pa.DataType) -> pa.DataType:

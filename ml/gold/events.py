@@ -33,7 +33,7 @@ from ml.gold.plan import plan_round
 from ml.registry import EVENT_KINDS, ModelKind, Registry, model_name
 from periscope.contracts import SourceContract
 from periscope.errors import PeriscopeError
-from periscope.lake import MERGE_TARGET_FILE_BYTES, delta_dataset, merge_rows
+from periscope.lake import append_in_time_order, delta_dataset, merge_rows
 from periscope.messages import Publisher
 from periscope.metrics import record_gold_round
 from periscope.settings import Settings
@@ -177,7 +177,7 @@ def write_event_predictions(
 ) -> int:
     """MERGE rows into gold on the event id and record `through`, in one commit; returns the
     table's new version. The lower bound on event_time lets delta-rs skip older files."""
-    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, Transaction
 
     schema = event_schema(contract)
     rows = rows.select(schema.names).cast(schema)
@@ -197,14 +197,7 @@ def write_event_predictions(
             app_transactions=[Transaction(app_id=EVENT_SCORE_APP_ID, version=through)],
             custom_metadata=metadata,
         )
-        # time-ordered files of the size MERGEs keep (see periscope.lake.merge_rows)
-        write_deltalake(
-            path,
-            rows.sort_by([("event_time", "ascending")]),
-            mode="append",
-            target_file_size=MERGE_TARGET_FILE_BYTES,
-            commit_properties=commit,
-        )
+        append_in_time_order(path, rows, "event_time", commit_properties=commit)
     return DeltaTable(path).version()
 
 

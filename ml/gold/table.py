@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from periscope.contracts import SourceContract
-from periscope.lake import GOLD_SCORE_APP_ID, MERGE_TARGET_FILE_BYTES, merge_rows
+from periscope.lake import GOLD_SCORE_APP_ID, append_in_time_order, merge_rows
 from periscope.settings import Settings
 
 __all__ = [
@@ -98,7 +98,7 @@ def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> i
     delta-rs skip files no row of this round can match (live rounds touch recent windows).
     No skip on an already recorded mark: `--rescore` rewrites windows below it on purpose.
     """
-    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, Transaction
 
     rows = rows.select(gold_columns(key)).cast(gold_schema(key))
     metadata = {"periscope.operation": "score", "periscope.silver_through": str(through)}
@@ -120,14 +120,7 @@ def write_predictions(path: str, rows: pa.Table, through: int, *, key: str) -> i
             app_transactions=[Transaction(app_id=SCORE_APP_ID, version=through)],
             custom_metadata=metadata,
         )
-        # time-ordered files of the size MERGEs keep (see periscope.lake.merge_rows)
-        write_deltalake(
-            path,
-            rows.sort_by([("window_start", "ascending")]),
-            mode="append",
-            target_file_size=MERGE_TARGET_FILE_BYTES,
-            commit_properties=commit,
-        )
+        append_in_time_order(path, rows, "window_start", commit_properties=commit)
     return DeltaTable(path).version()
 
 

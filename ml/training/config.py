@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
 from ml import forecast
 from ml.forecast import Split, temporal_split
+
+if TYPE_CHECKING:
+    from periscope.contracts import SourceContract
 
 __all__ = ["Progress", "PromotionPolicy", "TrainConfig"]
 
@@ -48,6 +51,10 @@ class TrainConfig:
             validation_days=validation_days,
             max_train_days=self.max_train_days,
         )
+
+    def for_source(self, contract: SourceContract) -> TrainConfig:
+        """This config as the source's contract adjusts its forecasts (`source_config`)."""
+        return replace(self, forecast=forecast.source_config(self.forecast, contract))
 
     def params(self) -> dict[str, object]:
         flat = {k: v for k, v in asdict(self).items() if k != "forecast"}

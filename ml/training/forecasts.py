@@ -77,7 +77,7 @@ def train_forecasts(
     import ray
 
     started = time.perf_counter()
-    settings = forecast.source_config(config.forecast, get_contract(source))
+    settings = config.for_source(get_contract(source)).forecast
     before_test = {k: f[f["ds"] < split.validation_end] for k, f in frames.items()}
     pending: dict[ray.ObjectRef, tuple[str, int]] = {}
     if "prophet" in settings.candidates:
@@ -148,7 +148,7 @@ def fit_until(
         raise PeriscopeError(f"no {source} observations before {cutoff}")
     first = min(f["ds"].min() for f in known.values())
     split = replace(config, test_days=0.0).split(first, cutoff)
-    settings = forecast.source_config(config.forecast, get_contract(source))
+    settings = config.for_source(get_contract(source)).forecast
     return forecast.fit_bundle(known, split, settings, source=source, ranges=_ranges(source))
 
 

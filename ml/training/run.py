@@ -84,6 +84,7 @@ def run_training(
     comparisons with the champion always use the lake's real observations.
     """
     contract = get_contract(source)
+    config = config.for_source(contract)  # what is fitted is what the registry records
     lake_slice = lake_slice or LakeSlice()
     lake_hourly = hourly_observations(settings, contract, lake_slice)
     training_hourly = lake_hourly if hourly is None else hourly

@@ -40,6 +40,6 @@ def test_a_forecast_champion_of_an_older_format_is_stale_read_from_its_manifest_
     assert not registry.stale_forecast_champion("weather")
     info = registry.resolve("weather", "forecast")
     assert info is not None
-    fetched = registry.download_file(info, "manifest.json")
-    assert fetched.name == "manifest.json"
+    fetched = registry.download_file(info, "manifest.json", tmp_path / "fetched")
+    assert fetched == tmp_path / "fetched" / "manifest.json"  # where it was asked to go
     assert json.loads(fetched.read_text())["format"] == BUNDLE_FORMAT

@@ -8,6 +8,7 @@ instead of failing. Station coordinates come from the shared weather data (read 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,7 @@ def test_entities_page_shows_every_source_and_colours_stations_by_score(app):
 def test_many_entities_show_the_most_anomalous_first_then_all_in_a_grid(tmp_path, monkeypatch):
     many = [f"s{i:04d}" for i in range(dashboard.MAX_STYLED_ROWS + 1)]
     scores = [(i * 7919) % len(many) / len(many) for i in range(len(many))]  # shuffled
+    many[1], scores[1] = "s<b>&", 1.0  # the most anomalous, named with markup
     rows = gold_rows("station_id", tuple(many), range(0, 1), new_columns=True)
     rows = rows.set_column(
         rows.schema.get_field_index("anomaly_score"), "anomaly_score", pa.array(scores)
@@ -162,8 +164,9 @@ def test_many_entities_show_the_most_anomalous_first_then_all_in_a_grid(tmp_path
     by_score = [s for _, s in sorted(zip(scores, many, strict=True), reverse=True)]
     # The top table is plain HTML (no Arrow code to fetch first): its rows in score order
     (top,) = weather_tab.get("html")
-    shown = re.findall(r">(s\d{4})<", top.value)
-    assert shown == by_score[: dashboard.TOP_ROWS]
+    shown = re.findall(r">(s\d{4}|s&lt;b&gt;&amp;)<", top.value)
+    assert shown == [html.escape(s) for s in by_score[: dashboard.TOP_ROWS]]
+    assert "<b>" not in top.value  # a name is text, never markup
     assert "background-color: #" in top.value  # each score's cell in its colour
     # No grid until asked for: the table paints without waiting for the grid's code
     assert not weather_tab.dataframe
@@ -171,7 +174,7 @@ def test_many_entities_show_the_most_anomalous_first_then_all_in_a_grid(tmp_path
     assert every.label == f"Show every station ({len(many)})"
     every.set_value(True).run()
     grid = at.tabs[0].dataframe[0].value
-    assert sorted(grid["station_id"]) == many
+    assert sorted(grid["station_id"]) == sorted(many)
 
 
 def test_series_page_draws_observations_forecasts_and_flags(app):
@@ -353,7 +356,15 @@ def test_warming_reads_each_gold_table_once_for_every_later_session(tmp_path, mo
         weather = CONTRACTS["weather"]
         path = reads.gold_path(settings, weather)
         table = reads.shared_gold(path, weather)
-        assert reads.shared_gold(path, weather) is table  # one per server, not per session
         assert table.snapshot().index.num_rows == len(STATIONS) * HOURS
+        # Later sessions get that table: a new commit is not read on the spot (a fresh table
+        # would be), it shows once the warm table's background refresh has run
+        version = table.snapshot().version
+        write_deltalake(
+            path, gold_rows("station_id", STATIONS, range(HOURS, HOURS + 1), new_columns=True),
+            mode="append",
+        )  # fmt: skip
+        assert reads.shared_gold(path, weather) is table
+        assert reads.shared_gold(path, weather).snapshot().version == version
     finally:
         get_settings.cache_clear()

@@ -631,3 +631,8 @@ def test_a_source_whose_series_follow_the_week_gets_the_week_cycle_and_others_do
     # saved with the bundle's config, so gold's scoring builds the same features
     config = source_config(base, CONTRACTS["air_quality"])
     assert ForecastConfig.from_dict(config.to_dict()).gbm_week_cycle
+    # and training records what it fitted (the registry's params)
+    from ml.training import TrainConfig
+
+    assert TrainConfig().for_source(CONTRACTS["air_quality"]).params()["forecast_gbm_week_cycle"]
+    assert not TrainConfig().for_source(CONTRACTS["weather"]).params()["forecast_gbm_week_cycle"]

@@ -129,7 +129,7 @@ def open_command(
     password = (
         server.admin_password
         if show_password
-        else "PERISCOPE_SUPERSET_ADMIN_PASSWORD in .env; --show-password prints it"
+        else "password: PERISCOPE_SUPERSET_ADMIN_PASSWORD, or --show-password"
     )
     console.print(f"Superset: {server.url}  (login {server.admin_user} / {password})")
     for name, config in bundle_configs(read_bundle(BUNDLE_DIR)).items():
