@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import timedelta
@@ -171,6 +172,43 @@ def freshness(url: str, gold: str, stations: int) -> tuple[int, float]:
             return rows.num_rows, time.monotonic() - committed
         finally:
             browser.close()
+
+
+def watch_shown_version(url: str, stop: threading.Event, samples: list[tuple[float, int]]) -> None:
+    """One session on Entities, noting about every second (time, gold version it shows) until
+    `stop` is set: what `bench/score.py --latency --dashboard` samples while its stream runs."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(url)
+            value = page.locator('[data-testid="stMetric"]', has_text="gold version")
+            value = value.locator('[data-testid="stMetricValue"]').first
+            value.wait_for(timeout=600_000)
+            while not stop.is_set():
+                text = value.inner_text().strip()
+                if text.isdigit():
+                    samples.append((time.time(), int(text)))
+                page.wait_for_timeout(1000)
+        finally:
+            browser.close()
+
+
+def behind_s(samples: list[tuple[float, int]], commits: list[tuple[int, float]]) -> list[float]:
+    """Per (time, version shown): how long the page had been behind then, the time since the
+    oldest commit it did not show yet (0 when it showed the newest). `commits`: (version,
+    commit time) of the gold table.
+
+    >>> behind_s([(10.0, 1), (12.0, 2)], [(1, 5.0), (2, 8.0), (3, 11.5)])
+    [2.0, 0.5]
+    """
+    found = []
+    for at, shown in samples:
+        missed = [when for version, when in commits if version > shown and when <= at]
+        found.append(at - min(missed) if missed else 0.0)
+    return found
 
 
 def main() -> None:

@@ -24,6 +24,11 @@ warmed its models (reported as `start_up_s`, a one-off a running scorer does not
 the first `--warmup` seconds of the measured stream are excluded. Needs `periscope services up`.
 
     python bench/score.py --latency --rate 1000 --stations 1000 --duration 90
+
+`--dashboard` also starts `periscope dashboard` on the bench's lake (weather's gold path links to
+the bench's gold) and keeps one page on Entities in headless Chromium through the measured
+stream, noting each second the gold version it shows: it prints how far behind the page was
+(the time since the oldest gold commit it did not show yet; p50, p95, max).
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import json
 import logging
 import multiprocessing
 import shutil
+import statistics
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -153,13 +160,16 @@ def _log_phases() -> None:
 
 def latency(args: argparse.Namespace) -> None:
     from _direct_engines import start_direct, stop_direct  # bench/, beside this script
-    from deltalake import DeltaTable
 
     # `python bench/score.py` puts bench/ on sys.path: reuse the silver bench's producer.
+    from api_latency import free_port
+    from dashboard_paint import behind_s, start_dashboard, wait_until_up, watch_shown_version
+    from deltalake import DeltaTable
     from silver_latency import delete_topics, latency_summary, produce
 
     from periscope.lake import read_delta
     from periscope.topics import create_topics, topic_specs
+    from serving.dashboard import commit_history
     from spark_streaming.bronze import BronzeTarget, start_bronze
     from spark_streaming.session import build_spark_session
     from spark_streaming.silver import SilverTables, start_silver
@@ -184,6 +194,19 @@ def latency(args: argparse.Namespace) -> None:
         )
         spark.sparkContext.setLogLevel("ERROR")
     tables = SilverTables.for_contract(settings, bench)
+    gold_path = predictions_path(settings, bench)
+    dashboard = watch = None
+    shown: list[tuple[float, int]] = []
+    watching = threading.Event()
+    if args.dashboard:
+        # The dashboard draws the registered contracts: weather's gold path leads to the bench's.
+        link = Path(settings.lake_path(WEATHER.table("gold", "predictions")))
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(gold_path), target_is_directory=True)
+        port = free_port()
+        dashboard_url = f"http://127.0.0.1:{port}"
+        dashboard = start_dashboard(Path(settings.lake_root), port, work / "dashboard.log")
+        wait_until_up(dashboard_url, dashboard)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     scorer = None
@@ -196,7 +219,6 @@ def latency(args: argparse.Namespace) -> None:
             engines_stop, engines = start_direct(settings, bench, verbose=args.verbose)
         scorer = context.Process(target=_score, args=(settings, bench, stop, args.verbose))
         scorer.start()
-        gold_path = predictions_path(settings, bench)
 
         def wait_for_gold(records: int, timeout: float) -> None:
             """Until silver has processed `records` and gold has scored every silver batch."""
@@ -224,10 +246,18 @@ def latency(args: argparse.Namespace) -> None:
         primed = produce(settings, bench.topic("raw"), args.rate, args.stations, args.prime)
         wait_for_gold(primed, timeout=900)
         start_up = time.time() - priming_started
+        if dashboard is not None:  # one open page, sampled while the measured stream runs
+            watch = threading.Thread(
+                target=watch_shown_version, args=(dashboard_url, watching, shown), daemon=True
+            )
+            watch.start()
         started = time.time()
         sent = produce(settings, bench.topic("raw"), args.rate, args.stations, args.duration)
         wait_for_gold(primed + sent, timeout=300)
         finished = time.time()
+        watching.set()
+        if watch is not None:
+            watch.join(timeout=60)
         stop.set()
         scorer.join(timeout=120)
         if spark is not None:
@@ -279,9 +309,23 @@ def latency(args: argparse.Namespace) -> None:
             "records_not_scored_in_time": unscored,
             **latency_summary(latencies),
         }
+        if dashboard is not None:
+            history = [
+                (int(c["version"]), c["timestamp"] / 1000) for c in commit_history(gold_path)
+            ]
+            lags = behind_s([(t, v) for t, v in shown if t >= cutoff], history)
+            figures["dashboard_samples"] = len(lags)
+            if lags:
+                figures["dashboard_behind_p50_s"] = round(statistics.median(lags), 1)
+                figures["dashboard_behind_p95_s"] = round(statistics.quantiles(lags, n=20)[18], 1)
+                figures["dashboard_behind_max_s"] = round(max(lags), 1)
         print(json.dumps(figures, indent=2))
     finally:
         stop.set()
+        watching.set()
+        if dashboard is not None:
+            dashboard.terminate()
+            dashboard.wait(timeout=30)
         if scorer is not None and scorer.is_alive():
             scorer.terminate()
         if engines_stop is not None:
@@ -321,6 +365,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--verbose", action="store_true", help="log silver batches and gold rounds with phases"
+    )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="--latency: also keep the live dashboard open on the bench's gold and print how "
+        "far behind its page was while the stream ran (issue 18: at most 15 s)",
     )
     args = parser.parse_args()
     if args.verbose:
