@@ -45,6 +45,7 @@ __all__ = [
     "FollowStateError",
     "Message",
     "ReplayReport",
+    "bad_count",
     "build_messages",
     "check_follow_stations",
     "check_span",
@@ -103,7 +104,7 @@ def _check_args(limit: int | None, speedup: float, bad_rate: float) -> None:
         raise ValueError(f"bad_rate must be in [0, 1), got {bad_rate}")
 
 
-def _bad_count(good: int, bad_rate: float) -> int:
+def bad_count(good: int, bad_rate: float) -> int:
     """Malformed records to add so they make `bad_rate` of everything sent."""
     return round(good * bad_rate / (1.0 - bad_rate)) if good else 0
 
@@ -181,7 +182,7 @@ def build_messages(
     _check_args(None, 0.0, bad_rate)
     fields, key_field, ts = contract.wire_fields, contract.key_field, contract.event_time_field
     rng = random.Random(seed)
-    total = frame.height + _bad_count(frame.height, bad_rate)
+    total = frame.height + bad_count(frame.height, bad_rate)
     bad_at = set(rng.sample(range(total), total - frame.height))  # positions in what is sent
     wire = frame.select(fields).with_columns(pl.col(ts).dt.strftime(WIRE_TIMESTAMP_FORMAT))
     records = (
@@ -268,7 +269,7 @@ def _send(
     progress: bool,
 ) -> ReplayReport:
     """Send a prepared frame (plus malformed records) to the raw topic; raises unless all acked."""
-    total = frame.height + _bad_count(frame.height, bad_rate)
+    total = frame.height + bad_count(frame.height, bad_rate)
     topic = contract.topic("raw")
     tally = _Tally()
     delivery = send_with_progress(
