@@ -118,26 +118,39 @@ def merge_rows(
     windows rewrote one of them, and the warehouse load copied it). Returns the rows inserted
     or updated.
     """
-    table = DeltaTable(path)
-    _keep_files_small(table)
+    from deltalake.exceptions import CommitFailedError
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
+
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     if lower_bound is not None:
         column, value = lower_bound
         literal = value.isoformat() if hasattr(value, "isoformat") else value
         predicate = f"t.{column} >= '{literal}' AND {predicate}"
         rows = rows.sort_by([(column, "ascending")])
-    metrics = (
-        table.merge(
-            _conform(table, rows),
-            predicate=predicate,
-            source_alias="s",
-            target_alias="t",
-            commit_properties=_commit(app_id, version, metadata),
-        )
-        .when_matched_update_all()
-        .when_not_matched_insert_all()
-        .execute()
-    )
+    # A MERGE reaching a closed file (a late record) can lose to maintenance compacting it
+    # (periscope.maintenance); the losing commit changed nothing, so it runs again on the
+    # table's new version.
+    for attempt in Retrying(
+        retry=retry_if_exception_type(CommitFailedError),
+        stop=stop_after_attempt(4),
+        wait=wait_random(0.1, 1.0),
+        reraise=True,
+    ):
+        with attempt:
+            table = DeltaTable(path)
+            _keep_files_small(table)
+            metrics = (
+                table.merge(
+                    _conform(table, rows),
+                    predicate=predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=_commit(app_id, version, metadata),
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
     return int(metrics.get("num_target_rows_inserted", 0)) + int(
         metrics.get("num_target_rows_updated", 0)
     )

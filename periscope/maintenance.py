@@ -4,26 +4,37 @@ Every silver and gold round is a MERGE that writes a few small files (about 1,40
 1,000 stations), and bronze appends one file per partition and micro-batch. Readers pay per
 file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's daily job):
 
-- compacts bronze's closed partitions (an `ingest_date` before today, which the bronze stream no
-  longer writes) into fewer files;
-- rewrites an upserted table sorted by its time column (`window_start` or `event_time`) into
-  files of `MERGE_TARGET_FILE_BYTES`: the files then hold disjoint time ranges, so a MERGE of the
-  newest windows keeps skipping every closed one (`periscope.lake.merge_rows`);
+- compacts bronze's partitions (one per `ingest_date`) into fewer files, today's too once it
+  holds `MIN_SMALL_FILES`: the stream only appends, and appends never conflict with compaction;
+- rewrites an upserted or appended table's *closed* small files (their newest row more than
+  `CLOSED_AFTER` older than the table's newest) sorted by its time column (`window_start` or
+  `event_time`) into files of `MERGE_TARGET_FILE_BYTES`. The files then hold disjoint time
+  ranges, so a MERGE of the newest windows keeps skipping them (`periscope.lake.merge_rows`),
+  and the streams' MERGEs, which rewrite only open files, never lose a commit to compaction
+  (a rewrite of the whole table lost to them every time while they ran);
 - vacuums files that left the table more than `retention_hours` ago.
 
-Compaction commits with `dataChange=false`: Spark's Delta streaming source skips such commits
-and the rows stay the same, so downstream streams see nothing new. The retention (a week at
-least by default) keeps time travel within it working and keeps the files a stream restarted
-from its checkpoint still has to read, as long as it was down for less than that.
+Compaction commits with `dataChange=false`: Spark's Delta streaming source and the direct
+silver engine skip such commits and the rows stay the same, so downstream streams see nothing
+new. The retention (a week at least by default) keeps time travel within it working and keeps
+the files a stream restarted from its checkpoint still has to read, as long as it was down for
+less than that.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urlparse
 
 from periscope.lake import MERGE_TARGET_FILE_BYTES, LakeTable, tables
 
@@ -33,8 +44,10 @@ if TYPE_CHECKING:
     from periscope.settings import Settings
 
 __all__ = [
+    "CLOSED_AFTER",
     "MIN_SMALL_FILES",
     "Compaction",
+    "DataFile",
     "TableMaintenance",
     "closed_partitions",
     "maintain_lake",
@@ -48,22 +61,41 @@ MIN_SMALL_FILES = 8
 INGEST_DATE = "ingest_date"
 # Columns an upserted table is sorted by when compacted, the first the table has.
 TIME_COLUMNS = ("window_start", "event_time")
+# A file is closed once its newest row is this much older than the table's newest: longer than
+# any contract's watermark plus window size (hourly sources: 6 h + 3 h; a unit test checks), so
+# no on-time record reaches it again and the streams' MERGEs (lower bound: their batch's oldest
+# window) skip it. Relative to the table, not the clock, so a replay of past years works too.
+CLOSED_AFTER = timedelta(days=1)
+# Bytes of closed files one run rewrites at most: bounds its memory (the rows are sorted in
+# memory); the next run goes on where it stopped.
+MAX_REWRITE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One file of a table's current version, as compaction sees it."""
+
+    path: str  # as the log names it
+    size: int
+    partition: str | None = None  # its INGEST_DATE, in a table partitioned by it
+    newest: datetime | None = None  # the maximum of the table's time column (statistics)
 
 
 @dataclass(frozen=True)
 class Compaction:
-    """How one table is to be compacted: `kind` none, closed partitions or a sorted rewrite."""
+    """How one table is to be compacted: `kind` none, partitions, or closed files rewritten."""
 
-    kind: Literal["none", "partitions", "sorted"]
-    partitions: tuple[str, ...] = ()  # closed values of INGEST_DATE, for "partitions"
-    sort_column: str | None = None  # for "sorted"
+    kind: Literal["none", "partitions", "closed"]
+    partitions: tuple[str, ...] = ()  # values of INGEST_DATE, for "partitions"
+    files: tuple[DataFile, ...] = ()  # for "closed", oldest first
+    sort_column: str | None = None  # for "closed"
     reason: str = ""
 
     def describe(self) -> str:
         if self.kind == "partitions":
-            return f"{len(self.partitions)} closed {INGEST_DATE} partition(s)"
-        if self.kind == "sorted":
-            return f"rewritten sorted by {self.sort_column}"
+            return f"{len(self.partitions)} {INGEST_DATE} partition(s)"
+        if self.kind == "closed":
+            return f"{len(self.files)} closed file(s) rewritten sorted by {self.sort_column}"
         return f"none ({self.reason})"
 
 
@@ -98,50 +130,115 @@ def plan_compaction(
     *,
     columns: Sequence[str],
     partition_columns: Sequence[str],
-    file_sizes: Sequence[int],
-    file_partitions: Sequence[str | None],
+    files: Sequence[DataFile],
     today: date,
+    closed_after: timedelta = CLOSED_AFTER,
     min_small_files: int = MIN_SMALL_FILES,
     target_bytes: int = MERGE_TARGET_FILE_BYTES,
+    max_rewrite_bytes: int = MAX_REWRITE_BYTES,
 ) -> Compaction:
-    """Decide how to compact a table from its columns and files (sizes, partition values).
+    """Decide how to compact a table from its columns and files.
 
+    >>> day = datetime(2024, 1, 1, tzinfo=UTC)
+    >>> files = [DataFile(f"{i}.parquet", 1000, newest=day + timedelta(hours=i)) for i in range(40)]
     >>> plan_compaction(columns=["station_id", "window_start"], partition_columns=[],
-    ...                 file_sizes=[1000] * 10, file_partitions=[None] * 10,
-    ...                 today=date(2024, 1, 3)).describe()
-    'rewritten sorted by window_start'
+    ...                 files=files, today=date(2024, 1, 3)).describe()
+    '15 closed file(s) rewritten sorted by window_start'
     """
     if INGEST_DATE in partition_columns:
-        closed = closed_partitions(file_partitions, today)
-        if closed:
-            return Compaction("partitions", partitions=tuple(closed))
-        return Compaction("none", reason="no closed partition with several files")
+        partitions = closed_partitions((f.partition for f in files), today)
+        today_files = sum(1 for f in files if f.partition == today.isoformat())
+        if today_files >= min_small_files:  # the stream appends to it: compaction never conflicts
+            partitions.append(today.isoformat())
+        if partitions:
+            return Compaction("partitions", partitions=tuple(partitions))
+        return Compaction("none", reason="no partition with several files")
     if partition_columns:
         return Compaction("none", reason=f"partitioned by {', '.join(partition_columns)}")
-    small = sum(1 for size in file_sizes if size < target_bytes // 2)
-    if small < min_small_files:
-        return Compaction("none", reason=f"{small} small file(s)")
     sort_column = next((c for c in TIME_COLUMNS if c in columns), None)
     if sort_column is None:
         return Compaction("none", reason="no time column to sort by")
-    return Compaction("sorted", sort_column=sort_column)
+    newest = max((f.newest for f in files if f.newest is not None), default=None)
+    if newest is None:
+        return Compaction("none", reason=f"no statistics of {sort_column}")
+    closed = sorted(
+        (
+            f
+            for f in files
+            if f.newest is not None
+            and f.newest < newest - closed_after
+            and f.size < target_bytes // 2
+        ),
+        key=lambda f: f.newest or newest,
+    )
+    chosen: list[DataFile] = []
+    total = 0
+    for f in closed:
+        if chosen and total + f.size > max_rewrite_bytes:
+            break
+        chosen.append(f)
+        total += f.size
+    if len(chosen) < min_small_files:
+        return Compaction("none", reason=f"{len(chosen)} closed small file(s)")
+    return Compaction("closed", files=tuple(chosen), sort_column=sort_column)
 
 
-def _plan(table: DeltaTable, today: date) -> Compaction:
-    actions = table.get_add_actions(flatten=True)
-    partition_columns = table.metadata().partition_columns
+def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction:
+    import pyarrow
+
+    actions = pyarrow.table(table.get_add_actions(flatten=True))
+    columns = pyarrow.schema(table.schema().to_arrow()).names
     partition_field = f"partition.{INGEST_DATE}"
     partitions = (
         [None if v is None else str(v) for v in actions.column(partition_field).to_pylist()]
-        if partition_field in actions.schema.names
+        if partition_field in actions.column_names
         else [None] * actions.num_rows
     )
-    return plan_compaction(
-        columns=table.schema().to_arrow().names,
-        partition_columns=partition_columns,
-        file_sizes=[int(size) for size in actions.column("size_bytes").to_pylist()],
-        file_partitions=partitions,
+    sort_column = next((c for c in TIME_COLUMNS if c in columns), None)
+    stat = f"max.{sort_column}"
+    newest = (
+        actions.column(stat).to_pylist()
+        if stat in actions.column_names and not pyarrow.types.is_null(actions.column(stat).type)
+        else [None] * actions.num_rows
+    )
+    files = [
+        DataFile(path, int(size), partition, _utc(last))
+        for path, size, partition, last in zip(
+            actions.column("path").to_pylist(),
+            actions.column("size_bytes").to_pylist(),
+            partitions,
+            newest,
+            strict=True,
+        )
+    ]
+    metadata = table.metadata()
+    plan = plan_compaction(
+        columns=columns,
+        partition_columns=metadata.partition_columns,
+        files=files,
         today=today,
+        closed_after=closed_after,
+    )
+    if plan.kind == "closed" and not _rewritable(table):
+        return Compaction("none", reason="column mapping, reader features or a remote store")
+    return plan
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Statistics of a timestamp without a zone are read as UTC, to compare with the rest."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _rewritable(table: DeltaTable) -> bool:
+    """Files this module can read and replace by hand: a local table without column mapping or
+    reader features (deletion vectors), as `periscope.lake.delta_dataset` reads them."""
+    uri = urlparse(table.table_uri)
+    return (
+        uri.scheme in ("", "file")
+        and table.metadata().configuration.get("delta.columnMapping.mode", "none") == "none"
+        and not table.protocol().reader_features
     )
 
 
@@ -152,11 +249,75 @@ def _compact(table: DeltaTable, plan: Compaction) -> None:
             table.optimize.compact(
                 partition_filters=[(INGEST_DATE, "=", value)], max_concurrent_tasks=1
             )
-    elif plan.kind == "sorted":
-        assert plan.sort_column is not None
-        table.optimize.z_order(
-            [plan.sort_column], target_size=MERGE_TARGET_FILE_BYTES, max_concurrent_tasks=1
+    elif plan.kind == "closed":
+        _rewrite_closed(table, plan)
+
+
+def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
+    """Replace the plan's files by their rows sorted by time, in files of about
+    MERGE_TARGET_FILE_BYTES, in one commit that changes no data.
+
+    delta-rs' optimize picks files by partition only, and in an unpartitioned table that means
+    every small file, the open ones the streams' MERGEs rewrite too. So the new files are
+    written (with delta-rs' statistics) into a scratch table inside this one, moved beside the
+    table's files, and committed with the chosen files' removes. The commit goes through
+    delta-rs' conflict check: if a MERGE removed one of the chosen files meanwhile (a late
+    record), it fails with CommitFailedError, the new files are deleted, and nothing changed.
+    """
+    import pyarrow
+    import pyarrow.dataset
+    from deltalake import CommitProperties, write_deltalake
+    from deltalake.transaction import AddAction, RemoveAction
+
+    assert plan.sort_column is not None
+    root = Path(unquote(urlparse(table.table_uri).path))
+    schema = pyarrow.schema(table.schema().to_arrow())
+    rows = pyarrow.dataset.dataset(
+        [str(root / unquote(f.path)) for f in plan.files], schema=schema, format="parquet"
+    ).to_table()
+    stats_settings = {
+        key: value
+        for key, value in table.metadata().configuration.items()
+        if key.startswith("delta.dataSkipping")
+    }
+    scratch = root / f"_compaction-{uuid.uuid4().hex}"  # "_": hidden from Delta readers
+    moved: list[Path] = []
+    try:
+        write_deltalake(
+            str(scratch),
+            rows.sort_by([(plan.sort_column, "ascending")]),
+            mode="error",
+            target_file_size=MERGE_TARGET_FILE_BYTES,
+            configuration=stats_settings or None,
         )
+        log = (scratch / "_delta_log" / f"{0:020d}.json").read_text().splitlines()
+        adds = [action["add"] for action in map(json.loads, log) if "add" in action]
+        for add in adds:
+            target = root / unquote(add["path"])
+            os.rename(scratch / unquote(add["path"]), target)
+            moved.append(target)
+        now_ms = int(time.time() * 1000)
+        actions: list[AddAction | RemoveAction] = [
+            RemoveAction(f.path, data_change=False, deletion_timestamp=now_ms, size=f.size)
+            for f in plan.files
+        ]
+        actions += [
+            AddAction(a["path"], a["size"], {}, a["modificationTime"], False, a["stats"])
+            for a in adds
+        ]
+        table.create_write_transaction(
+            actions,
+            mode="append",
+            schema=table.schema(),
+            commit_properties=CommitProperties(
+                custom_metadata={"periscope.operation": "compact closed files"}
+            ),
+        )
+        moved = []  # committed: the table owns them now
+    finally:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def maintain_table(
@@ -167,6 +328,7 @@ def maintain_table(
     today: date | None = None,
     enforce_retention: bool = True,
     name: str | None = None,
+    closed_after: timedelta = CLOSED_AFTER,
 ) -> TableMaintenance:
     """Compact one Delta table as `plan_compaction` decides, then vacuum it.
 
@@ -180,7 +342,7 @@ def maintain_table(
     table = DeltaTable(path)
     version_before = table.version()
     files_before = _file_count(table)
-    plan = _plan(table, today or datetime.now(UTC).date())
+    plan = _plan(table, today or datetime.now(UTC).date(), closed_after)
     error = None
     if not dry_run:
         try:

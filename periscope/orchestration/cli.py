@@ -168,10 +168,12 @@ def maintain(
 ) -> None:
     """Compact the small files of every lake table and vacuum files old versions no longer need.
 
-    Bronze: its closed ingest_date partitions (before today, UTC) are compacted. Silver and gold
-    (MERGE tables): with 8 or more small files, the table is rewritten sorted by window_start
-    (or event_time) into ~1 MiB files, so later MERGEs skip every closed window. Compaction
-    changes no rows and commits with dataChange=false, which streams reading the table skip.
+    Bronze: its ingest_date partitions with several files are compacted (today's once it has 8:
+    the stream only appends). Silver and gold: 8 or more small *closed* files (their newest
+    window more than a day older than the table's newest) are rewritten sorted by window_start
+    (or event_time) into ~1 MiB files, so later MERGEs skip them; open files are left to the
+    streams. Compaction changes no rows and commits with dataChange=false, which streams
+    reading the table skip.
     Vacuum keeps the files of the last week's versions: time travel within it, and a stream
     restarted from its checkpoint within it, still work. Exits 1 when a table failed.
     """

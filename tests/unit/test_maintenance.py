@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
-from periscope.maintenance import closed_partitions, maintain_lake, maintain_table, plan_compaction
+import periscope.lake
+from periscope.contracts import CONTRACTS
+from periscope.lake import merge_rows
+from periscope.maintenance import (
+    CLOSED_AFTER,
+    DataFile,
+    _plan,
+    _rewrite_closed,
+    closed_partitions,
+    maintain_lake,
+    maintain_table,
+    plan_compaction,
+)
 from periscope.settings import Settings
+from periscope.windows.columns import interval_seconds
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
+STEP = timedelta(hours=6)  # ten files of three windows span a week: the older ones are closed
 
 
-def _windows(first: int, count: int) -> pa.Table:
-    """Feature windows of one station, `count` 10-minute windows from window `first`."""
+def _windows(first: int, count: int, value: float = 0.0) -> pa.Table:
+    """Feature windows of one station, `count` windows STEP apart from window `first`."""
     return pa.table(
         {
             "station_id": ["denver"] * count,
-            "window_start": [
-                START + timedelta(minutes=10 * i) for i in range(first, first + count)
-            ],
-            "temperature_mean": [float(i) for i in range(first, first + count)],
+            "window_start": [START + STEP * i for i in range(first, first + count)],
+            "temperature_mean": [value + i for i in range(first, first + count)],
         }
     )
 
@@ -41,24 +57,40 @@ def small_files_table(tmp_path) -> str:
     return path
 
 
-def test_maintain_compacts_small_files_and_keeps_rows_and_time_travel(small_files_table):
+def _last_commit(path: str) -> list[dict]:
+    version = DeltaTable(path).version()
+    log = Path(path) / "_delta_log" / f"{version:020d}.json"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_maintain_compacts_closed_small_files_and_keeps_rows_and_time_travel(small_files_table):
     before = DeltaTable(small_files_table)
     rows_before, version_before = _rows(before), before.version()
 
     result = maintain_table(small_files_table, retention_hours=7 * 24)
 
     after = DeltaTable(small_files_table)
-    assert result.files_before == 10
-    assert result.files_after == len(after.get_add_actions(flatten=True)) < 10
-    assert result.compaction == "rewritten sorted by window_start"
+    # Files 0-7 end more than a day before the newest window; 8 and 9 stay open.
+    assert result.compaction == "8 closed file(s) rewritten sorted by window_start"
+    assert (result.files_before, result.files_after) == (10, 3)
+    assert len(after.get_add_actions(flatten=True)) == 3
     assert _rows(after) == rows_before  # compaction never changes the data
     # The week's retention removes nothing yet: the previous version still reads in full.
     assert result.files_vacuumed == 0
     assert _rows(DeltaTable(small_files_table, version=version_before)) == rows_before
     assert _rows(DeltaTable(small_files_table, version=0)) == _rows_of(_windows(0, 3))
-    # The compaction is one commit that changes no data, so streams reading the table skip it.
-    last = after.history(1)[0]
-    assert last["operation"] == "OPTIMIZE"
+    # One commit that changes no data (streams reading the table skip it): 8 removes, 1 add.
+    actions = [a for a in _last_commit(small_files_table) if "add" in a or "remove" in a]
+    assert sorted(next(iter(a)) for a in actions) == ["add"] + ["remove"] * 8
+    assert all(not next(iter(a.values()))["dataChange"] for a in actions)
+
+
+def test_closed_after_outlasts_every_contracts_watermark_and_window():
+    """A window can change until its end passes the watermark; compaction waits longer."""
+    for contract in CONTRACTS.values():
+        spec = contract.window
+        open_for = interval_seconds(spec.size) + interval_seconds(spec.watermark)
+        assert CLOSED_AFTER.total_seconds() > open_for, contract.name
 
 
 def _rows_of(table: pa.Table) -> list[tuple]:
@@ -67,25 +99,76 @@ def _rows_of(table: pa.Table) -> list[tuple]:
     )
 
 
-def test_sorted_compaction_leaves_files_of_disjoint_time_ranges(tmp_path):
+def test_closed_compaction_leaves_files_of_disjoint_time_ranges(tmp_path):
     """Out-of-order appends end up in files whose window_start ranges do not overlap, so a MERGE
     of the newest windows skips the closed ones."""
     path = str(tmp_path / "gold")
-    for first in (9, 0, 6, 3, 12, 15, 21, 18):
-        write_deltalake(path, _windows(first * 100, 300), mode="append")
-    table = DeltaTable(path)
-    plan = plan_compaction(
-        columns=["station_id", "window_start"],
-        partition_columns=[],
-        file_sizes=[1] * 8,
-        file_partitions=[None] * 8,
-        today=date(2024, 1, 2),
-    )
-    table.optimize.z_order([plan.sort_column], target_size=4096)  # small files: several ranges
+    rng = np.random.default_rng(0)
+    block = 20_000  # ~0.3 MB a file, incompressible values: the rewrite needs several 1 MiB files
+    for first in (5, 0, 3, 1, 6, 2, 8, 7, 4):
+        minutes = range(first * block, (first + 1) * block)
+        write_deltalake(
+            path,
+            pa.table(
+                {
+                    "station_id": ["denver"] * block,
+                    "window_start": [START + timedelta(minutes=m) for m in minutes],
+                    "value": rng.random(block),
+                }
+            ),
+            mode="append",
+        )
+    result = maintain_table(path, retention_hours=7 * 24)
+    assert result.compaction == "8 closed file(s) rewritten sorted by window_start"
     actions = pa.table(DeltaTable(path).get_add_actions(flatten=True)).to_pylist()
     ranges = sorted((a["min.window_start"], a["max.window_start"]) for a in actions)
-    assert len(ranges) > 1
+    assert len(ranges) > 2  # the newest block's file and at least two rewritten ones
     assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert DeltaTable(path).to_pyarrow_table().num_rows == 9 * block
+
+
+def test_compaction_loses_to_a_late_merge_of_a_file_it_chose_and_changes_nothing(
+    small_files_table,
+):
+    table = DeltaTable(small_files_table)
+    plan = _plan(table, START.date(), CLOSED_AFTER)
+    assert plan.kind == "closed"
+    late = _windows(1, 1, value=100.0)  # window 1 lives in file 0, which the plan rewrites
+    merge_rows(small_files_table, late, keys=["station_id", "window_start"], app_id="silver",
+               version=1, lower_bound=("window_start", START + STEP))  # fmt: skip
+    rows_after_merge = _rows(DeltaTable(small_files_table))
+
+    with pytest.raises(CommitFailedError):
+        _rewrite_closed(table, plan)
+
+    assert _rows(DeltaTable(small_files_table)) == rows_after_merge
+    assert len(DeltaTable(small_files_table).get_add_actions(flatten=True)) == 10
+    leftovers = sorted(p.name for p in Path(small_files_table).iterdir())
+    assert len([n for n in leftovers if n.endswith(".parquet")]) == 11  # 10 + the MERGE's
+    assert not [n for n in leftovers if n.startswith("_compaction")]
+
+
+def test_a_merge_that_loses_to_compaction_runs_again(small_files_table, monkeypatch):
+    """A late record's MERGE read a file that compaction then replaced: it retries on the new
+    version rather than failing the stream's batch."""
+    keep_small = periscope.lake._keep_files_small
+    calls = []
+
+    def compact_meanwhile(table: DeltaTable) -> None:
+        keep_small(table)
+        calls.append(table.version())
+        if len(calls) == 1:  # after the MERGE loaded its version, before it commits
+            maintain_table(small_files_table, retention_hours=7 * 24)
+
+    monkeypatch.setattr(periscope.lake, "_keep_files_small", compact_meanwhile)
+    late = _windows(1, 1, value=100.0)
+    merge_rows(small_files_table, late, keys=["station_id", "window_start"], app_id="silver",
+               version=1, lower_bound=("window_start", START + STEP))  # fmt: skip
+
+    assert len(calls) == 2 and calls[1] > calls[0]  # the second try read compaction's version
+    rows = _rows(DeltaTable(small_files_table))
+    assert len(rows) == 30
+    assert ("denver", START + STEP, 101.0) in rows
 
 
 def test_vacuum_without_retention_would_break_time_travel(small_files_table):
@@ -94,7 +177,7 @@ def test_vacuum_without_retention_would_break_time_travel(small_files_table):
     dry = maintain_table(
         small_files_table, retention_hours=0, enforce_retention=False, dry_run=True
     )
-    assert dry.files_vacuumed == 10  # the ten small files the compaction replaced
+    assert dry.files_vacuumed == 8  # the eight closed files the compaction replaced
     assert (
         DeltaTable(small_files_table).version() == dry.version_before
     )  # a dry run commits nothing
@@ -108,39 +191,60 @@ def test_a_retention_under_a_week_is_refused_by_the_table(small_files_table):
         maintain_table(small_files_table, retention_hours=1, dry_run=True)
 
 
-def test_bronze_compacts_closed_partitions_only(tmp_path):
+def test_bronze_compacts_closed_partitions_and_a_busy_today(tmp_path):
     path = str(tmp_path / "bronze")
-    for day in ("2024-01-01", "2024-01-02", "2024-01-03"):
-        for i in range(3):
+    files = {"2024-01-01": 3, "2024-01-02": 3, "2024-01-03": 3}
+    for day, count in files.items():
+        for i in range(count):
             write_deltalake(
                 path,
                 pa.table({"ingest_date": [day], "value": [i]}),
                 mode="append",
                 partition_by=["ingest_date"],
             )
+
+    def per_day() -> dict[str, int]:
+        days = pa.table(DeltaTable(path).get_add_actions(flatten=True))["partition.ingest_date"]
+        return {d: days.to_pylist().count(d) for d in files}
+
     result = maintain_table(path, retention_hours=7 * 24, today=date(2024, 1, 3))
-    files = pa.table(DeltaTable(path).get_add_actions(flatten=True)).column("partition.ingest_date")
-    per_day = {d: files.to_pylist().count(d) for d in ("2024-01-01", "2024-01-02", "2024-01-03")}
-    assert per_day == {"2024-01-01": 1, "2024-01-02": 1, "2024-01-03": 3}  # today's stays open
-    assert result.compaction == "2 closed ingest_date partition(s)"
-    assert DeltaTable(path).to_pyarrow_table().num_rows == 9
+    assert per_day() == {"2024-01-01": 1, "2024-01-02": 1, "2024-01-03": 3}  # few today
+    assert result.compaction == "2 ingest_date partition(s)"
+    for i in range(5):  # today reaches MIN_SMALL_FILES: the stream only appends, so compact it
+        write_deltalake(path, pa.table({"ingest_date": ["2024-01-03"], "value": [10 + i]}),
+                        mode="append", partition_by=["ingest_date"])  # fmt: skip
+    result = maintain_table(path, retention_hours=7 * 24, today=date(2024, 1, 3))
+    assert per_day() == {"2024-01-01": 1, "2024-01-02": 1, "2024-01-03": 1}
+    assert result.compaction == "1 ingest_date partition(s)"
+    assert DeltaTable(path).to_pyarrow_table().num_rows == 14
 
 
 def test_plan_leaves_few_small_files_alone():
+    files = [DataFile(f"{i}", 1000, newest=START + STEP * i) for i in range(3)]
+    files += [DataFile(f"big{i}", 1 << 20, newest=START) for i in range(20)]
     plan = plan_compaction(
         columns=["station_id", "window_start"],
         partition_columns=[],
-        file_sizes=[1000] * 3 + [1 << 20] * 20,
-        file_partitions=[None] * 23,
+        files=files,
         today=date(2024, 1, 1),
     )
     assert plan.kind == "none"
     assert closed_partitions(["2024-01-01"], date(2024, 1, 2)) == []  # one file: nothing to do
 
 
+def test_plan_rewrites_the_oldest_closed_files_up_to_its_budget():
+    files = [DataFile(f"{i}", 100, newest=START + timedelta(hours=i)) for i in range(48)]
+    plan = plan_compaction(columns=["window_start"], partition_columns=[], files=files,
+                           today=date(2024, 1, 3), max_rewrite_bytes=1000)  # fmt: skip
+    assert [f.path for f in plan.files] == [str(i) for i in range(10)]
+    everything = plan_compaction(columns=["window_start"], partition_columns=[], files=files,
+                                 today=date(2024, 1, 3))  # fmt: skip
+    assert [f.path for f in everything.files] == [str(i) for i in range(23)]  # 23 < 47 - 24
+
+
 def test_maintain_lake_walks_every_table_and_dry_run_changes_nothing(tmp_path, monkeypatch):
     lake = tmp_path / "lake"
-    for i in range(10):
+    for i in range(20):
         write_deltalake(str(lake / "silver" / "weather_features"), _windows(i, 1), mode="append")
     write_deltalake(str(lake / "gold" / "weather_predictions"), _windows(0, 2), mode="append")
     monkeypatch.setenv("PERISCOPE_POSTGRES_OWNER_PASSWORD", "x")
@@ -150,9 +254,9 @@ def test_maintain_lake_walks_every_table_and_dry_run_changes_nothing(tmp_path, m
     dry = maintain_lake(settings, dry_run=True)
     assert sorted((r.table, r.files_before, r.files_after) for r in dry) == [
         ("gold.weather_predictions", 1, 1),
-        ("silver.weather_features", 10, 10),
+        ("silver.weather_features", 20, 20),
     ]
     done = {r.table: r for r in maintain_lake(settings)}
-    assert done["silver.weather_features"].files_after == 1
+    assert done["silver.weather_features"].files_after == 6  # 15 closed -> 1, 5 open
     assert done["gold.weather_predictions"].compaction.startswith("none")
     assert all(r.error is None for r in done.values())
