@@ -515,11 +515,11 @@ class SoakResult:
     latency: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def snapshot_models(local_dir: Path) -> bool:
-    """Copy the dev MLflow store's database (champions and their artifact locations) into this
-    run's state, so score serves the trained weather champions and a retrain elsewhere during
-    the soak does not change them. False when there is no dev store."""
-    source = PROJECT_DIR / ".local" / "mlflow" / "mlflow.db"
+def snapshot_models(local_dir: Path, source: Path | None = None) -> bool:
+    """Copy an MLflow store's database (champions and their artifact locations; the dev store's
+    by default) into this run's state, so score serves the trained weather champions and a
+    retrain elsewhere during the soak does not change them. False when there is no such store."""
+    source = source or PROJECT_DIR / ".local" / "mlflow" / "mlflow.db"
     if not source.exists():
         return False
     target = local_dir / "mlflow" / "mlflow.db"
@@ -880,9 +880,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--models",
-        choices=("dev", "none"),
         default="dev",
-        help="score with a snapshot of the dev MLflow store's champions, or with none (default dev)",
+        help="score with a snapshot of the dev MLflow store's champions (dev), of another "
+        "store's mlflow.db (a path, e.g. .local/demo_auto/mlflow/mlflow.db), or with none "
+        "(default dev)",
     )
     parser.add_argument("--seed", type=int, default=20, help="seed of the malformed records")
     parser.add_argument(
@@ -900,10 +901,10 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="periscope-soak-"))
     out = PROJECT_DIR / ".local" / "bench" / f"soak-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     settings = fresh_instance(args.instance, local_dir=local_dir, lake_root=work_dir / "lake")
-    if args.models == "dev" and not snapshot_models(local_dir):
-        console.print("[yellow]no dev MLflow store: gold scores without champions[/]")
-    elif args.models == "none":
+    if args.models == "none":
         shutil.rmtree(local_dir / "mlflow", ignore_errors=True)
+    elif not snapshot_models(local_dir, None if args.models == "dev" else Path(args.models)):
+        console.print(f"[yellow]no MLflow store ({args.models}): gold scores without champions[/]")
     config = SoakConfig(
         minutes=args.minutes,
         rate=args.rate,
