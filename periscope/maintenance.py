@@ -253,6 +253,10 @@ def _compact(table: DeltaTable, plan: Compaction) -> None:
         _rewrite_closed(table, plan)
 
 
+class ChosenFilesRewritten(RuntimeError):
+    """A stream rewrote a file compaction had chosen before it could commit: try next run."""
+
+
 def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
     """Replace the plan's files by their rows sorted by time, in files of about
     MERGE_TARGET_FILE_BYTES, in one commit that changes no data.
@@ -260,14 +264,17 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
     delta-rs' optimize picks files by partition only, and in an unpartitioned table that means
     every small file, the open ones the streams' MERGEs rewrite too. So the new files are
     written (with delta-rs' statistics) into a scratch table inside this one, moved beside the
-    table's files, and committed with the chosen files' removes. The commit goes through
-    delta-rs' conflict check: if a MERGE removed one of the chosen files meanwhile (a late
-    record), it fails with CommitFailedError, the new files are deleted, and nothing changed.
+    table's files, and committed with the chosen files' removes, on the table's newest version
+    and through delta-rs' conflict check. If a MERGE removed one of the chosen files meanwhile
+    (a late record), it raises ChosenFilesRewritten, the new files are deleted, and nothing
+    changed.
     """
     import pyarrow
     import pyarrow.dataset
     from deltalake import CommitProperties, write_deltalake
+    from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction, RemoveAction
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
     assert plan.sort_column is not None
     root = Path(unquote(urlparse(table.table_uri).path))
@@ -305,14 +312,27 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
             AddAction(a["path"], a["size"], {}, a["modificationTime"], False, a["stats"])
             for a in adds
         ]
-        table.create_write_transaction(
-            actions,
-            mode="append",
-            schema=table.schema(),
-            commit_properties=CommitProperties(
-                custom_metadata={"periscope.operation": "compact closed files"}
-            ),
-        )
+        commit = CommitProperties(custom_metadata={"periscope.operation": "compact closed files"})
+        # delta-rs counts a write as reading the whole table, so any commit after the version
+        # the rows were read from (a stream's MERGE of its open files, every second or two)
+        # would fail this one. The rows cannot have changed while the chosen files are still
+        # live, so commit on the newest version after checking that, and try again on a loss.
+        for attempt in Retrying(
+            retry=retry_if_exception_type(CommitFailedError),
+            stop=stop_after_attempt(5),
+            wait=wait_random(0.0, 0.5),
+            reraise=True,
+        ):
+            with attempt:
+                table.update_incremental()
+                live = set(pyarrow.table(table.get_add_actions(flatten=True))["path"].to_pylist())
+                if gone := [f.path for f in plan.files if f.path not in live]:
+                    raise ChosenFilesRewritten(
+                        f"{len(gone)} chosen file(s) were rewritten meanwhile (a late record)"
+                    )
+                table.create_write_transaction(
+                    actions, mode="append", schema=table.schema(), commit_properties=commit
+                )
         moved = []  # committed: the table owns them now
     finally:
         for path in moved:
@@ -347,7 +367,7 @@ def maintain_table(
     if not dry_run:
         try:
             _compact(table, plan)
-        except CommitFailedError as exc:
+        except (CommitFailedError, ChosenFilesRewritten) as exc:
             error = f"compaction lost to a concurrent commit, retried next run ({exc})"
         table.update_incremental()
     vacuumed = table.vacuum(

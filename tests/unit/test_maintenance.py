@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError
 
 import periscope.lake
 from periscope.contracts import CONTRACTS
 from periscope.lake import merge_rows
 from periscope.maintenance import (
     CLOSED_AFTER,
+    ChosenFilesRewritten,
     DataFile,
     _plan,
     _rewrite_closed,
@@ -138,7 +138,7 @@ def test_compaction_loses_to_a_late_merge_of_a_file_it_chose_and_changes_nothing
                version=1, lower_bound=("window_start", START + STEP))  # fmt: skip
     rows_after_merge = _rows(DeltaTable(small_files_table))
 
-    with pytest.raises(CommitFailedError):
+    with pytest.raises(ChosenFilesRewritten):
         _rewrite_closed(table, plan)
 
     assert _rows(DeltaTable(small_files_table)) == rows_after_merge
@@ -146,6 +146,21 @@ def test_compaction_loses_to_a_late_merge_of_a_file_it_chose_and_changes_nothing
     leftovers = sorted(p.name for p in Path(small_files_table).iterdir())
     assert len([n for n in leftovers if n.endswith(".parquet")]) == 11  # 10 + the MERGE's
     assert not [n for n in leftovers if n.startswith("_compaction")]
+
+
+def test_compaction_commits_past_a_merge_of_open_windows_meanwhile(small_files_table):
+    """The streams MERGE their open windows every second or two: compaction commits anyway."""
+    table = DeltaTable(small_files_table)
+    plan = _plan(table, START.date(), CLOSED_AFTER)
+    merge_rows(small_files_table, _windows(29, 2, value=100.0), keys=["station_id", "window_start"],
+               app_id="silver", version=1, lower_bound=("window_start", START + STEP * 29))  # fmt: skip
+
+    _rewrite_closed(table, plan)
+
+    rows = _rows(DeltaTable(small_files_table))
+    assert len(rows) == 31 and ("denver", START + STEP * 30, 130.0) in rows
+    # file 8, the MERGE's rewrite of file 9, and compaction's one file for files 0-7
+    assert len(DeltaTable(small_files_table).get_add_actions(flatten=True)) == 3
 
 
 def test_a_merge_that_loses_to_compaction_runs_again(small_files_table, monkeypatch):
