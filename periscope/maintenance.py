@@ -12,6 +12,8 @@ file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's daily j
   ranges, so a MERGE of the newest windows keeps skipping them (`periscope.lake.merge_rows`),
   and the streams' MERGEs, which rewrite only open files, never lose a commit to compaction
   (a rewrite of the whole table lost to them every time while they ran);
+- packs the small files of a table without a time column (silver's batch ledger, appended to
+  once a batch) together;
 - vacuums files that left the table more than `retention_hours` ago.
 
 Compaction commits with `dataChange=false`: Spark's Delta streaming source and the direct
@@ -85,7 +87,7 @@ class DataFile:
 class Compaction:
     """How one table is to be compacted: `kind` none, partitions, or closed files rewritten."""
 
-    kind: Literal["none", "partitions", "closed"]
+    kind: Literal["none", "partitions", "closed", "packed"]
     partitions: tuple[str, ...] = ()  # values of INGEST_DATE, for "partitions"
     files: tuple[DataFile, ...] = ()  # for "closed", oldest first
     sort_column: str | None = None  # for "closed"
@@ -96,6 +98,8 @@ class Compaction:
             return f"{len(self.partitions)} {INGEST_DATE} partition(s)"
         if self.kind == "closed":
             return f"{len(self.files)} closed file(s) rewritten sorted by {self.sort_column}"
+        if self.kind == "packed":
+            return f"{self.reason} packed together"
         return f"none ({self.reason})"
 
 
@@ -156,8 +160,11 @@ def plan_compaction(
     if partition_columns:
         return Compaction("none", reason=f"partitioned by {', '.join(partition_columns)}")
     sort_column = next((c for c in TIME_COLUMNS if c in columns), None)
-    if sort_column is None:
-        return Compaction("none", reason="no time column to sort by")
+    if sort_column is None:  # a ledger: appended to only, so no writer rewrites its files
+        small = sum(1 for f in files if f.size < target_bytes // 2)
+        if small < min_small_files:
+            return Compaction("none", reason=f"{small} small file(s)")
+        return Compaction("packed", reason=f"{small} small files")
     newest = max((f.newest for f in files if f.newest is not None), default=None)
     if newest is None:
         return Compaction("none", reason=f"no statistics of {sort_column}")
@@ -251,6 +258,8 @@ def _compact(table: DeltaTable, plan: Compaction) -> None:
             )
     elif plan.kind == "closed":
         _rewrite_closed(table, plan)
+    elif plan.kind == "packed":
+        table.optimize.compact(target_size=MERGE_TARGET_FILE_BYTES, max_concurrent_tasks=1)
 
 
 class ChosenFilesRewritten(RuntimeError):

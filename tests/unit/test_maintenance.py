@@ -247,6 +247,16 @@ def test_plan_leaves_few_small_files_alone():
     assert closed_partitions(["2024-01-01"], date(2024, 1, 2)) == []  # one file: nothing to do
 
 
+def test_a_ledger_without_a_time_column_is_packed(tmp_path):
+    path = str(tmp_path / "silver" / "weather_batches")
+    for batch in range(10):
+        write_deltalake(path, pa.table({"batch_id": [batch], "records": [100]}), mode="append")
+    result = maintain_table(path, retention_hours=7 * 24)
+    assert result.compaction == "10 small files packed together"
+    assert (result.files_before, result.files_after) == (10, 1)
+    assert sorted(DeltaTable(path).to_pyarrow_table()["batch_id"].to_pylist()) == list(range(10))
+
+
 def test_plan_rewrites_the_oldest_closed_files_up_to_its_budget():
     files = [DataFile(f"{i}", 100, newest=START + timedelta(hours=i)) for i in range(48)]
     plan = plan_compaction(columns=["window_start"], partition_columns=[], files=files,
