@@ -129,7 +129,7 @@ def replay_rows(
     ['2020-01-02', '2020-01-03']
     """
     height = ordered.height
-    if skip + rows <= height or height == 0:
+    if skip + rows <= height or height == 0 or rows <= 0:
         return ordered.slice(skip, rows)
     times = ordered.get_column(time_field)
     first, last = times.min(), times.max()

@@ -129,7 +129,9 @@ def merge_rows(
         rows = rows.sort_by([(column, "ascending")])
     # A MERGE reaching a closed file (a late record) can lose to maintenance compacting it
     # (periscope.maintenance); the losing commit changed nothing, so it runs again on the
-    # table's new version.
+    # table's new version. Unless the loss was to a writer of the same app id (a second
+    # engine on one checkpoint): running again would put this older batch over its.
+    app_version = DeltaTable(path).transaction_version(app_id)
     for attempt in Retrying(
         retry=retry_if_exception_type(CommitFailedError),
         stop=stop_after_attempt(4),
@@ -138,6 +140,11 @@ def merge_rows(
     ):
         with attempt:
             table = DeltaTable(path)
+            if (now := table.transaction_version(app_id)) != app_version:
+                raise PeriscopeError(
+                    f"another writer as {app_id!r} committed version {now} to {path} while "
+                    f"this one merged version {version}: is a second engine running?"
+                )
             _keep_files_small(table)
             metrics = (
                 table.merge(

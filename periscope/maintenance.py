@@ -10,8 +10,9 @@ file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's daily j
   `CLOSED_AFTER` older than the table's newest) sorted by its time column (`window_start` or
   `event_time`) into files of `MERGE_TARGET_FILE_BYTES`. The files then hold disjoint time
   ranges, so a MERGE of the newest windows keeps skipping them (`periscope.lake.merge_rows`),
-  and the streams' MERGEs, which rewrite only open files, never lose a commit to compaction
-  (a rewrite of the whole table lost to them every time while they ran);
+  and the streams' MERGEs, which rewrite open files, do not fight compaction over them (a
+  rewrite of the whole table lost to them every time while they ran); only a late record's
+  MERGE can, and it runs again;
 - packs the small files of a table without a time column (silver's batch ledger, appended to
   once a batch) together;
 - vacuums files that left the table more than `retention_hours` ago.
@@ -68,9 +69,13 @@ TIME_COLUMNS = ("window_start", "event_time")
 # no on-time record reaches it again and the streams' MERGEs (lower bound: their batch's oldest
 # window) skip it. Relative to the table, not the clock, so a replay of past years works too.
 CLOSED_AFTER = timedelta(days=1)
-# Bytes of closed files one run rewrites at most: bounds its memory (the rows are sorted in
-# memory); the next run goes on where it stopped.
-MAX_REWRITE_BYTES = 256 << 20
+# Bytes of closed files one run rewrites at most: bounds its memory (the rows are decoded and
+# sorted in memory, several times their size on disk); the next run goes on where it stopped.
+MAX_REWRITE_BYTES = 64 << 20
+# A scratch table this old was left by a run that died between its rename and its commit.
+LEFTOVER_AGE_S = 3600
+# Table features the hand-made commit of closed files knows it keeps (others: no rewrite).
+REWRITABLE_FEATURES = frozenset({"appendOnly", "invariants", "checkConstraints", "timestampNtz"})
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class DataFile:
 
 @dataclass(frozen=True)
 class Compaction:
-    """How one table is to be compacted: `kind` none, partitions, or closed files rewritten."""
+    """How one table is to be compacted: `kind` none, partitions, closed files rewritten, or
+    every small file packed (a table without a time column)."""
 
     kind: Literal["none", "partitions", "closed", "packed"]
     partitions: tuple[str, ...] = ()  # values of INGEST_DATE, for "partitions"
@@ -136,6 +142,7 @@ def plan_compaction(
     partition_columns: Sequence[str],
     files: Sequence[DataFile],
     today: date,
+    now: datetime | None = None,
     closed_after: timedelta = CLOSED_AFTER,
     min_small_files: int = MIN_SMALL_FILES,
     target_bytes: int = MERGE_TARGET_FILE_BYTES,
@@ -168,6 +175,8 @@ def plan_compaction(
     newest = max((f.newest for f in files if f.newest is not None), default=None)
     if newest is None:
         return Compaction("none", reason=f"no statistics of {sort_column}")
+    # A bad future time in one row must not make every file look closed.
+    newest = min(newest, now or datetime.now(UTC))
     closed = sorted(
         (
             f
@@ -227,7 +236,7 @@ def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction
         closed_after=closed_after,
     )
     if plan.kind == "closed" and not _rewritable(table):
-        return Compaction("none", reason="column mapping, reader features or a remote store")
+        return Compaction("none", reason="column mapping, table features or a remote store")
     return plan
 
 
@@ -239,13 +248,15 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _rewritable(table: DeltaTable) -> bool:
-    """Files this module can read and replace by hand: a local table without column mapping or
-    reader features (deletion vectors), as `periscope.lake.delta_dataset` reads them."""
+    """Files this module can read and replace by hand: a local table without column mapping,
+    deletion vectors, row tracking or any other feature whose actions need more fields."""
     uri = urlparse(table.table_uri)
+    protocol = table.protocol()
+    features = set(protocol.reader_features or ()) | set(protocol.writer_features or ())
     return (
         uri.scheme in ("", "file")
         and table.metadata().configuration.get("delta.columnMapping.mode", "none") == "none"
-        and not table.protocol().reader_features
+        and features <= REWRITABLE_FEATURES
     )
 
 
@@ -290,13 +301,14 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
     schema = pyarrow.schema(table.schema().to_arrow())
     rows = pyarrow.dataset.dataset(
         [str(root / unquote(f.path)) for f in plan.files], schema=schema, format="parquet"
-    ).to_table()
+    ).to_table(use_threads=False)  # one core: the other belongs to the streams
     stats_settings = {
         key: value
         for key, value in table.metadata().configuration.items()
         if key.startswith("delta.dataSkipping")
     }
-    scratch = root / f"_compaction-{uuid.uuid4().hex}"  # "_": hidden from Delta readers
+    _sweep_leftovers(table, root)
+    scratch = root / f"{SCRATCH_PREFIX}{uuid.uuid4().hex}"  # "_": hidden from Delta readers
     moved: list[Path] = []
     try:
         write_deltalake(
@@ -326,27 +338,60 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
         # the rows were read from (a stream's MERGE of its open files, every second or two)
         # would fail this one. The rows cannot have changed while the chosen files are still
         # live, so commit on the newest version after checking that, and try again on a loss.
-        for attempt in Retrying(
-            retry=retry_if_exception_type(CommitFailedError),
-            stop=stop_after_attempt(5),
-            wait=wait_random(0.0, 0.5),
-            reraise=True,
-        ):
-            with attempt:
-                table.update_incremental()
-                live = set(pyarrow.table(table.get_add_actions(flatten=True))["path"].to_pylist())
-                if gone := [f.path for f in plan.files if f.path not in live]:
-                    raise ChosenFilesRewritten(
-                        f"{len(gone)} chosen file(s) were rewritten meanwhile (a late record)"
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(CommitFailedError),
+                stop=stop_after_attempt(5),
+                wait=wait_random(0.0, 0.5),
+                reraise=True,
+            ):
+                with attempt:
+                    table.update_incremental()
+                    if gone := [f.path for f in plan.files if f.path not in _live(table)]:
+                        raise ChosenFilesRewritten(
+                            f"{len(gone)} chosen file(s) were rewritten meanwhile (a late record)"
+                        )
+                    table.create_write_transaction(
+                        actions, mode="append", schema=table.schema(), commit_properties=commit
                     )
-                table.create_write_transaction(
-                    actions, mode="append", schema=table.schema(), commit_properties=commit
-                )
-        moved = []  # committed: the table owns them now
+        except (CommitFailedError, ChosenFilesRewritten):
+            # Known not committed: the new files belong to nobody. (After any other error the
+            # commit may have landed, e.g. a post-commit hook failed: the files stay, and a
+            # later run's sweep deletes them if the log does not name them.)
+            for path in moved:
+                path.unlink(missing_ok=True)
+            raise
     finally:
-        for path in moved:
-            path.unlink(missing_ok=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+SCRATCH_PREFIX = "_compaction-"
+
+
+def _live(table: DeltaTable) -> set[str]:
+    import pyarrow
+
+    return set(pyarrow.table(table.get_add_actions(flatten=True))["path"].to_pylist())
+
+
+def _sweep_leftovers(table: DeltaTable, root: Path, *, older_than_s: float = LEFTOVER_AGE_S) -> int:
+    """Delete what a rewrite killed between its rename and its commit left: its scratch table
+    (vacuum skips "_" folders) and the files it moved that the log does not name (vacuum only
+    deletes files the log once named). Returns the files deleted."""
+    deleted = 0
+    for scratch in root.glob(f"{SCRATCH_PREFIX}*"):
+        if time.time() - scratch.stat().st_mtime < older_than_s:
+            continue  # perhaps a run still going
+        log = scratch / "_delta_log" / f"{0:020d}.json"
+        if log.exists():
+            live = _live(table)
+            for action in map(json.loads, log.read_text().splitlines()):
+                path = action.get("add", {}).get("path")
+                if path and path not in live and (root / unquote(path)).exists():
+                    (root / unquote(path)).unlink()
+                    deleted += 1
+        shutil.rmtree(scratch, ignore_errors=True)
+    return deleted
 
 
 def maintain_table(

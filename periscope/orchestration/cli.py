@@ -172,8 +172,9 @@ def maintain(
     the stream only appends). Silver and gold: 8 or more small *closed* files (their newest
     window more than a day older than the table's newest) are rewritten sorted by window_start
     (or event_time) into ~1 MiB files, so later MERGEs skip them; open files are left to the
-    streams. Compaction changes no rows and commits with dataChange=false, which streams
-    reading the table skip.
+    streams. A table without a time column (silver's batch ledger) has its small files packed.
+    Compaction changes no rows and commits with dataChange=false, which streams reading the
+    table skip.
     Vacuum keeps the files of the last week's versions: time travel within it, and a stream
     restarted from its checkpoint within it, still work. Exits 1 when a table failed.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from deltalake import DeltaTable, write_deltalake
 
 import periscope.lake
 from periscope.contracts import CONTRACTS
+from periscope.errors import PeriscopeError
 from periscope.lake import merge_rows
 from periscope.maintenance import (
     CLOSED_AFTER,
@@ -20,6 +22,7 @@ from periscope.maintenance import (
     DataFile,
     _plan,
     _rewrite_closed,
+    _sweep_leftovers,
     closed_partitions,
     maintain_lake,
     maintain_table,
@@ -161,6 +164,83 @@ def test_compaction_commits_past_a_merge_of_open_windows_meanwhile(small_files_t
     assert len(rows) == 31 and ("denver", START + STEP * 30, 130.0) in rows
     # file 8, the MERGE's rewrite of file 9, and compaction's one file for files 0-7
     assert len(DeltaTable(small_files_table).get_add_actions(flatten=True)) == 3
+
+
+def test_a_failure_after_the_commit_keeps_the_committed_files(small_files_table):
+    """A post-commit hook (a checkpoint) can fail after the commit landed: the files it added
+    must stay, or the table can no longer be read."""
+    rows_before = _rows(DeltaTable(small_files_table))
+    table = DeltaTable(small_files_table)
+    plan = _plan(table, START.date(), CLOSED_AFTER)
+    commit = table.create_write_transaction
+
+    def commit_then_fail(*args, **kwargs):
+        commit(*args, **kwargs)
+        raise RuntimeError("post-commit hook failed")
+
+    table.create_write_transaction = commit_then_fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="post-commit"):
+        _rewrite_closed(table, plan)
+
+    after = DeltaTable(small_files_table)
+    assert len(after.get_add_actions(flatten=True)) == 3  # the compaction landed
+    assert _rows(after) == rows_before  # and every file it names is there
+
+
+def test_a_sweep_deletes_what_a_killed_rewrite_left_and_nothing_else(
+    small_files_table, monkeypatch
+):
+    table = DeltaTable(small_files_table)
+    plan = _plan(table, START.date(), CLOSED_AFTER)
+
+    def killed(*args, **kwargs):  # SIGKILL between the rename and the commit
+        raise SystemExit(137)
+
+    table.create_write_transaction = killed  # type: ignore[method-assign]
+    monkeypatch.setattr("periscope.maintenance.shutil.rmtree", lambda *a, **k: None)
+    with pytest.raises(SystemExit):
+        _rewrite_closed(table, plan)
+    monkeypatch.undo()
+    root = Path(small_files_table)
+    (scratch,) = root.glob("_compaction-*")
+    orphans = sorted(set(p.name for p in root.glob("*.parquet")) - _file_names(table))
+    assert len(orphans) == 1  # the rewrite's file, moved but never committed
+
+    assert _sweep_leftovers(DeltaTable(small_files_table), root) == 0  # too young: maybe running
+    os.utime(scratch, (0, 0))
+    assert _sweep_leftovers(DeltaTable(small_files_table), root) == 1
+
+    assert not scratch.exists() and not (root / orphans[0]).exists()
+    assert len(list(root.glob("*.parquet"))) == 10
+    assert len(_rows(DeltaTable(small_files_table))) == 30
+
+
+def _file_names(table: DeltaTable) -> set[str]:
+    return set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
+
+
+def test_a_merge_does_not_run_again_over_another_writer_of_its_app_id(
+    small_files_table, monkeypatch
+):
+    """Two engines on one checkpoint: the one that lost must not put its batch over the other's."""
+    keep_small = periscope.lake._keep_files_small
+    calls = []
+
+    def other_engine_meanwhile(table: DeltaTable) -> None:
+        keep_small(table)
+        calls.append(table.version())
+        if len(calls) == 1:
+            merge_rows(small_files_table, _windows(29, 1, value=200.0), app_id="silver",
+                       keys=["station_id", "window_start"], version=6)  # fmt: skip
+
+    monkeypatch.setattr(periscope.lake, "_keep_files_small", other_engine_meanwhile)
+    with pytest.raises(PeriscopeError, match="second engine"):
+        merge_rows(small_files_table, _windows(29, 1, value=100.0), app_id="silver",
+                   keys=["station_id", "window_start"], version=5)  # fmt: skip
+
+    after = DeltaTable(small_files_table)
+    assert after.transaction_version("silver") == 6
+    assert ("denver", START + STEP * 29, 229.0) in _rows(after)
 
 
 def test_a_merge_that_loses_to_compaction_runs_again(small_files_table, monkeypatch):
