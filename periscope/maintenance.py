@@ -8,7 +8,7 @@ file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's daily j
   holds `MIN_SMALL_FILES`: the stream only appends, and appends never conflict with compaction;
 - rewrites an upserted or appended table's *closed* small files (their newest row more than
   `CLOSED_AFTER` older than the table's newest) sorted by its time column (`window_start` or
-  `event_time`) into files of `MERGE_TARGET_FILE_BYTES`. The files then hold disjoint time
+  `event_time`) into files of `CLOSED_FILE_BYTES`. The files then hold disjoint time
   ranges, so a MERGE of the newest windows keeps skipping them (`periscope.lake.merge_rows`),
   and the streams' MERGEs, which rewrite open files, do not fight compaction over them (a
   rewrite of the whole table lost to them every time while they ran); only a late record's
@@ -69,9 +69,15 @@ TIME_COLUMNS = ("window_start", "event_time")
 # no on-time record reaches it again and the streams' MERGEs (lower bound: their batch's oldest
 # window) skip it. Relative to the table, not the clock, so a replay of past years works too.
 CLOSED_AFTER = timedelta(days=1)
-# Bytes of closed files one run rewrites at most: bounds its memory (the rows are decoded and
-# sorted in memory, several times their size on disk); the next run goes on where it stopped.
+# Closed files are rewritten this big: no stream's MERGE rewrites them, so fewer, larger files
+# only make reads cheaper (at 1 MiB, a table's file count grew with its data: the soak's gold
+# table kept 168 full files after 10 minutes).
+CLOSED_FILE_BYTES = 16 << 20
+# Bytes of closed files one rewrite (one commit) reads: bounds its memory, as the rows are
+# decoded and sorted in memory, several times their size on disk.
 MAX_REWRITE_BYTES = 64 << 20
+# Bytes of closed files one run rewrites at most; the next run goes on where it stopped.
+MAX_RUN_BYTES = 1 << 30
 # A scratch table this old was left by a run that died between its rename and its commit.
 LEFTOVER_AGE_S = 3600
 # Table features the hand-made commit of closed files knows it keeps (others: no rewrite).
@@ -98,6 +104,21 @@ class Compaction:
     files: tuple[DataFile, ...] = ()  # for "closed", oldest first
     sort_column: str | None = None  # for "closed"
     reason: str = ""
+
+    def batches(self, max_bytes: int) -> list[tuple[DataFile, ...]]:
+        """The files in successive groups of at most `max_bytes` (one file at least), each
+        rewritten and committed on its own; a group of one file is left as it is.
+
+        >>> plan = Compaction("closed", files=tuple(DataFile(str(i), 40) for i in range(5)))
+        >>> [[f.path for f in group] for group in plan.batches(100)]
+        [['0', '1'], ['2', '3']]
+        """
+        groups: list[list[DataFile]] = [[]]
+        for f in self.files:
+            if groups[-1] and sum(g.size for g in groups[-1]) + f.size > max_bytes:
+                groups.append([])
+            groups[-1].append(f)
+        return [tuple(group) for group in groups if len(group) > 1]
 
     def describe(self) -> str:
         if self.kind == "partitions":
@@ -146,7 +167,8 @@ def plan_compaction(
     closed_after: timedelta = CLOSED_AFTER,
     min_small_files: int = MIN_SMALL_FILES,
     target_bytes: int = MERGE_TARGET_FILE_BYTES,
-    max_rewrite_bytes: int = MAX_REWRITE_BYTES,
+    closed_file_bytes: int | None = None,
+    max_run_bytes: int = MAX_RUN_BYTES,
 ) -> Compaction:
     """Decide how to compact a table from its columns and files.
 
@@ -183,14 +205,14 @@ def plan_compaction(
             for f in files
             if f.newest is not None
             and f.newest < newest - closed_after
-            and f.size < target_bytes // 2
+            and f.size < (closed_file_bytes or CLOSED_FILE_BYTES) // 2
         ),
         key=lambda f: f.newest or newest,
     )
     chosen: list[DataFile] = []
     total = 0
     for f in closed:
-        if chosen and total + f.size > max_rewrite_bytes:
+        if chosen and total + f.size > max_run_bytes:
             break
         chosen.append(f)
         total += f.size
@@ -268,7 +290,9 @@ def _compact(table: DeltaTable, plan: Compaction) -> None:
                 partition_filters=[(INGEST_DATE, "=", value)], max_concurrent_tasks=1
             )
     elif plan.kind == "closed":
-        _rewrite_closed(table, plan)
+        assert plan.sort_column is not None
+        for files in plan.batches(MAX_REWRITE_BYTES):
+            _rewrite_closed(table, files, plan.sort_column)
     elif plan.kind == "packed":
         table.optimize.compact(target_size=MERGE_TARGET_FILE_BYTES, max_concurrent_tasks=1)
 
@@ -277,9 +301,9 @@ class ChosenFilesRewritten(RuntimeError):
     """A stream rewrote a file compaction had chosen before it could commit: try next run."""
 
 
-def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
-    """Replace the plan's files by their rows sorted by time, in files of about
-    MERGE_TARGET_FILE_BYTES, in one commit that changes no data.
+def _rewrite_closed(table: DeltaTable, files: Sequence[DataFile], sort_column: str) -> None:
+    """Replace `files` by their rows sorted by `sort_column`, in files of about
+    CLOSED_FILE_BYTES, in one commit that changes no data.
 
     delta-rs' optimize picks files by partition only, and in an unpartitioned table that means
     every small file, the open ones the streams' MERGEs rewrite too. So the new files are
@@ -296,11 +320,10 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
     from deltalake.transaction import AddAction, RemoveAction
     from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-    assert plan.sort_column is not None
     root = Path(unquote(urlparse(table.table_uri).path))
     schema = pyarrow.schema(table.schema().to_arrow())
     rows = pyarrow.dataset.dataset(
-        [str(root / unquote(f.path)) for f in plan.files], schema=schema, format="parquet"
+        [str(root / unquote(f.path)) for f in files], schema=schema, format="parquet"
     ).to_table(use_threads=False)  # one core: the other belongs to the streams
     stats_settings = {
         key: value
@@ -313,9 +336,9 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
     try:
         write_deltalake(
             str(scratch),
-            rows.sort_by([(plan.sort_column, "ascending")]),
+            rows.sort_by([(sort_column, "ascending")]),
             mode="error",
-            target_file_size=MERGE_TARGET_FILE_BYTES,
+            target_file_size=CLOSED_FILE_BYTES,
             configuration=stats_settings or None,
         )
         log = (scratch / "_delta_log" / f"{0:020d}.json").read_text().splitlines()
@@ -327,7 +350,7 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
         now_ms = int(time.time() * 1000)
         actions: list[AddAction | RemoveAction] = [
             RemoveAction(f.path, data_change=False, deletion_timestamp=now_ms, size=f.size)
-            for f in plan.files
+            for f in files
         ]
         actions += [
             AddAction(a["path"], a["size"], {}, a["modificationTime"], False, a["stats"])
@@ -347,7 +370,7 @@ def _rewrite_closed(table: DeltaTable, plan: Compaction) -> None:
             ):
                 with attempt:
                     table.update_incremental()
-                    if gone := [f.path for f in plan.files if f.path not in _live(table)]:
+                    if gone := [f.path for f in files if f.path not in _live(table)]:
                         raise ChosenFilesRewritten(
                             f"{len(gone)} chosen file(s) were rewritten meanwhile (a late record)"
                         )

@@ -171,7 +171,7 @@ def maintain(
     Bronze: its ingest_date partitions with several files are compacted (today's once it has 8:
     the stream only appends). Silver and gold: 8 or more small *closed* files (their newest
     window more than a day older than the table's newest) are rewritten sorted by window_start
-    (or event_time) into ~1 MiB files, so later MERGEs skip them; open files are left to the
+    (or event_time) into ~16 MiB files, so later MERGEs skip them; open files are left to the
     streams. A table without a time column (silver's batch ledger) has its small files packed.
     Compaction changes no rows and commits with dataChange=false, which streams reading the
     table skip.

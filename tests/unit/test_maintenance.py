@@ -102,9 +102,10 @@ def _rows_of(table: pa.Table) -> list[tuple]:
     )
 
 
-def test_closed_compaction_leaves_files_of_disjoint_time_ranges(tmp_path):
+def test_closed_compaction_leaves_files_of_disjoint_time_ranges(tmp_path, monkeypatch):
     """Out-of-order appends end up in files whose window_start ranges do not overlap, so a MERGE
     of the newest windows skips the closed ones."""
+    monkeypatch.setattr("periscope.maintenance.CLOSED_FILE_BYTES", 1 << 20)  # several files
     path = str(tmp_path / "gold")
     rng = np.random.default_rng(0)
     block = 20_000  # ~0.3 MB a file, incompressible values: the rewrite needs several 1 MiB files
@@ -142,7 +143,7 @@ def test_compaction_loses_to_a_late_merge_of_a_file_it_chose_and_changes_nothing
     rows_after_merge = _rows(DeltaTable(small_files_table))
 
     with pytest.raises(ChosenFilesRewritten):
-        _rewrite_closed(table, plan)
+        _rewrite_closed(table, plan.files, plan.sort_column)
 
     assert _rows(DeltaTable(small_files_table)) == rows_after_merge
     assert len(DeltaTable(small_files_table).get_add_actions(flatten=True)) == 10
@@ -158,7 +159,7 @@ def test_compaction_commits_past_a_merge_of_open_windows_meanwhile(small_files_t
     merge_rows(small_files_table, _windows(29, 2, value=100.0), keys=["station_id", "window_start"],
                app_id="silver", version=1, lower_bound=("window_start", START + STEP * 29))  # fmt: skip
 
-    _rewrite_closed(table, plan)
+    _rewrite_closed(table, plan.files, plan.sort_column)
 
     rows = _rows(DeltaTable(small_files_table))
     assert len(rows) == 31 and ("denver", START + STEP * 30, 130.0) in rows
@@ -180,7 +181,7 @@ def test_a_failure_after_the_commit_keeps_the_committed_files(small_files_table)
 
     table.create_write_transaction = commit_then_fail  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="post-commit"):
-        _rewrite_closed(table, plan)
+        _rewrite_closed(table, plan.files, plan.sort_column)
 
     after = DeltaTable(small_files_table)
     assert len(after.get_add_actions(flatten=True)) == 3  # the compaction landed
@@ -199,7 +200,7 @@ def test_a_sweep_deletes_what_a_killed_rewrite_left_and_nothing_else(
     table.create_write_transaction = killed  # type: ignore[method-assign]
     monkeypatch.setattr("periscope.maintenance.shutil.rmtree", lambda *a, **k: None)
     with pytest.raises(SystemExit):
-        _rewrite_closed(table, plan)
+        _rewrite_closed(table, plan.files, plan.sort_column)
     monkeypatch.undo()
     root = Path(small_files_table)
     (scratch,) = root.glob("_compaction-*")
@@ -327,6 +328,18 @@ def test_plan_leaves_few_small_files_alone():
     assert closed_partitions(["2024-01-01"], date(2024, 1, 2)) == []  # one file: nothing to do
 
 
+def test_a_long_backlog_of_closed_files_is_rewritten_in_commits_of_bounded_size(
+    small_files_table, monkeypatch
+):
+    monkeypatch.setattr("periscope.maintenance.MAX_REWRITE_BYTES", 3 * 1200)  # ~3 files a commit
+    before = DeltaTable(small_files_table).version()
+    result = maintain_table(small_files_table, retention_hours=7 * 24)
+    commits = DeltaTable(small_files_table).version() - before
+    assert result.compaction == "8 closed file(s) rewritten sorted by window_start"
+    assert commits >= 3  # 8 files in groups of at most ~3 (a group of one is left alone)
+    assert len(_rows(DeltaTable(small_files_table))) == 30
+
+
 def test_a_ledger_without_a_time_column_is_packed(tmp_path):
     path = str(tmp_path / "silver" / "weather_batches")
     for batch in range(10):
@@ -340,7 +353,7 @@ def test_a_ledger_without_a_time_column_is_packed(tmp_path):
 def test_plan_rewrites_the_oldest_closed_files_up_to_its_budget():
     files = [DataFile(f"{i}", 100, newest=START + timedelta(hours=i)) for i in range(48)]
     plan = plan_compaction(columns=["window_start"], partition_columns=[], files=files,
-                           today=date(2024, 1, 3), max_rewrite_bytes=1000)  # fmt: skip
+                           today=date(2024, 1, 3), max_run_bytes=1000)  # fmt: skip
     assert [f.path for f in plan.files] == [str(i) for i in range(10)]
     everything = plan_compaction(columns=["window_start"], partition_columns=[], files=files,
                                  today=date(2024, 1, 3))  # fmt: skip
