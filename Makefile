@@ -148,7 +148,7 @@ $(VENV)/bin/mypy
 endef
 # The unit tier spreads over the cores (pytest-xdist): each worker pays the ~18 s of imports once.
 UNIT_TESTS := $(PY) -m pytest -q -n auto --maxprocesses=4 --durations=15
-INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q --durations=30 -m "not reliability"
+INTEGRATION_TESTS := $(PY) -m pytest tests/integration -q --durations=30
 
 test: setup ## Lint, then the unit tier (with docstring examples), then the integration tier
 	@$(LINT)
@@ -161,7 +161,7 @@ test-unit: setup ## The fast tier: docstring examples and tests/unit (no service
 test-integration: setup ## Real Kafka, PostgreSQL, Spark + Delta, Ray (starts the test services it needs, stops them)
 	@$(INTEGRATION_TESTS)
 
-test-reliability: setup ## Opt-in: the reliability suite's small run under `periscope up` (kills, a broker restart; ~6 min)
+test-reliability: setup ## The reliability suite's integration run alone (100k records, 5 kills, a broker restart; ~3 min; also in make test)
 	@$(PY) -m pytest tests/integration/test_reliability.py -q -m reliability
 
 lint: setup ## ruff check, ruff format --check, mypy

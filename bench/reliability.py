@@ -768,7 +768,17 @@ def run(settings: Settings, config: Config, *, work_dir: Path) -> Report:
     report.caught_up, report.catch_up_s = wait_caught_up(
         settings, report.produced.sent, timeout_s=config.catch_up_timeout_s
     )
-    for program in Supervisor(SupervisePaths.from_settings(settings)).programs():
+    # A stage killed last may still be in supervisord's STARTING (its first 15 s) when a quiet
+    # machine has already caught up: give it until it counts as RUNNING.
+    supervisor = Supervisor(SupervisePaths.from_settings(settings))
+    deadline = time.monotonic() + 120
+    while True:
+        programs = supervisor.programs()
+        starting = [p.name for p in programs if p.name in STAGES and p.state == "STARTING"]
+        if not starting or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for program in programs:
         report.restarts[program.name] = program.restarts
         report.states[program.name] = program.state
 
