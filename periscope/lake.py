@@ -99,6 +99,23 @@ def append_once(
     return True
 
 
+def retry_lost_commits(*, attempts: int, wait_s: tuple[float, float]):
+    """Tenacity's loop for a Delta commit that can lose to a concurrent one.
+
+    A commit that fails delta-rs' conflict check changed nothing, so the attempt may run
+    again on the table's newer version; any other error, or the last loss, is raised.
+    """
+    from deltalake.exceptions import CommitFailedError
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
+
+    return Retrying(
+        retry=retry_if_exception_type(CommitFailedError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_random(*wait_s),
+        reraise=True,
+    )
+
+
 def merge_rows(
     path: str,
     rows: pyarrow.Table,
@@ -118,9 +135,6 @@ def merge_rows(
     windows rewrote one of them, and the warehouse load copied it). Returns the rows inserted
     or updated.
     """
-    from deltalake.exceptions import CommitFailedError
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
-
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     if lower_bound is not None:
         column, value = lower_bound
@@ -132,12 +146,7 @@ def merge_rows(
     # table's new version. Unless the loss was to a writer of the same app id (a second
     # engine on one checkpoint): running again would put this older batch over its.
     app_version = DeltaTable(path).transaction_version(app_id)
-    for attempt in Retrying(
-        retry=retry_if_exception_type(CommitFailedError),
-        stop=stop_after_attempt(4),
-        wait=wait_random(0.1, 1.0),
-        reraise=True,
-    ):
+    for attempt in retry_lost_commits(attempts=4, wait_s=(0.1, 1.0)):
         with attempt:
             table = DeltaTable(path)
             if (now := table.transaction_version(app_id)) != app_version:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlparse
 
-from periscope.lake import MERGE_TARGET_FILE_BYTES, LakeTable, tables
+from periscope.lake import MERGE_TARGET_FILE_BYTES, LakeTable, retry_lost_commits, tables
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -318,7 +318,6 @@ def _rewrite_closed(table: DeltaTable, files: Sequence[DataFile], sort_column: s
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction, RemoveAction
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
     root = Path(unquote(urlparse(table.table_uri).path))
     schema = pyarrow.schema(table.schema().to_arrow())
@@ -362,12 +361,7 @@ def _rewrite_closed(table: DeltaTable, files: Sequence[DataFile], sort_column: s
         # would fail this one. The rows cannot have changed while the chosen files are still
         # live, so commit on the newest version after checking that, and try again on a loss.
         try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type(CommitFailedError),
-                stop=stop_after_attempt(5),
-                wait=wait_random(0.0, 0.5),
-                reraise=True,
-            ):
+            for attempt in retry_lost_commits(attempts=5, wait_s=(0.0, 0.5)):
                 with attempt:
                     table.update_incremental()
                     if gone := [f.path for f in files if f.path not in _live(table)]:
