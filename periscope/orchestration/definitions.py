@@ -8,7 +8,7 @@ dbt models. Jobs and when they run:
 | `warehouse` | observe the lake, `periscope warehouse load`, `dbt build` | `warehouse_cron` (hourly), and the `new_lake_versions` sensor |
 | `retrain` | `periscope retrain` (challengers promoted only if better) | `retrain_cron` (daily) |
 | `forecast_health` | `periscope models health`; retrain breaching sources (once a day at most) | hourly at :20 |
-| `lake_maintenance` | `periscope lake maintain` (compaction, vacuum) | `maintenance_cron` (daily) |
+| `lake_maintenance` | `periscope lake maintain` (compaction, vacuum) | `maintenance_cron` (hourly) |
 
 Freshness: the marts carry a FreshnessPolicy (Dagster's daemon judges their last build); gold,
 an observed source asset Dagster never materialises, has a last-update check with its own sensor.
@@ -476,7 +476,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             default_status=running,
         ),
         dg.ScheduleDefinition(
-            name="lake_maintenance_daily",
+            name="lake_maintenance_hourly",
             job=lake_maintenance,
             cron_schedule=settings.maintenance_cron,
             execution_timezone="UTC",

@@ -150,7 +150,7 @@ def test_schedules_and_sensors(defs):
         "warehouse_hourly": ("5 * * * *", "warehouse", "UTC"),
         "retrain_daily": ("0 3 * * *", "retrain", "UTC"),
         "forecast_health_hourly": ("20 * * * *", "forecast_health", "UTC"),
-        "lake_maintenance_daily": ("30 4 * * *", "lake_maintenance", "UTC"),
+        "lake_maintenance_hourly": ("45 * * * *", "lake_maintenance", "UTC"),
     }
     assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in schedules.values())
     sensors = {s.name for s in repository.sensor_defs}
