@@ -2,7 +2,7 @@
 
 Every silver and gold round is a MERGE that writes a few small files (about 1,400 a day at
 1,000 stations), and bronze appends one file per partition and micro-batch. Readers pay per
-file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's daily job):
+file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's hourly job):
 
 - compacts bronze's partitions (one per `ingest_date`) into fewer files, today's too once it
   holds `MIN_SMALL_FILES`: the stream only appends, and appends never conflict with compaction;
