@@ -19,7 +19,7 @@ from ml.forecast.core import ForecastConfig, NotEnoughData, Split, last_seen
 if TYPE_CHECKING:
     from prophet import Prophet
 
-__all__ = ["ProphetSeries", "fit_prophet"]
+__all__ = ["ProphetSeries", "fit_prophet", "prophet_yhat"]
 
 _HOUR_US = 3_600_000_000
 # Prophet's yhat is computed and kept per series in epoch-aligned blocks of four weeks:
@@ -63,9 +63,9 @@ class ProphetSeries:
         if b not in self.blocks:
             if len(self.blocks) >= MAX_BLOCKS:
                 del self.blocks[next(iter(self.blocks))]  # the oldest
-            hours = np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
-            ds = pd.to_datetime(hours * _HOUR_US, unit="us")
-            self.blocks[b] = self.prophet.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
+            self.blocks[b] = prophet_yhat(
+                self.prophet, np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
+            )
         return self.blocks[b]
 
     def forecast(
@@ -107,6 +107,51 @@ class ProphetSeries:
         prophet = model_from_json(data["prophet"])
         prophet.uncertainty_samples = 0  # intervals are conformal: yhat is all that is used
         return cls(prophet, float(data["decay"]), int(data["train_points"]))
+
+
+def prophet_yhat(prophet: Prophet, hours: np.ndarray) -> np.ndarray:
+    """Prophet's yhat at hours since the epoch (a 1-D array).
+
+    The models `fit_prophet` makes (a flat trend, additive Fourier seasonalities, no holidays,
+    regressors or conditions, intervals off) are computed here from their parameters, as
+    `Prophet.predict` computes them: 65x faster, since predict spends ~8 ms per call on its
+    DataFrames whatever the length. A scorer warming 3,000 series waited on that at start.
+    Any other model goes through `predict`.
+    """
+    if not _plain(prophet):
+        ds = pd.to_datetime(np.asarray(hours) * _HOUR_US, unit="us")
+        return prophet.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
+    # Prophet's t for seasonality is days since the epoch; hours / 24 is that value exactly.
+    x = 2 * np.pi * (np.asarray(hours, dtype="float64") / 24)
+    features = [
+        wave
+        for props in prophet.seasonalities.values()
+        for i in range(props["fourier_order"])
+        for wave in (np.sin((i + 1) / props["period"] * x), np.cos((i + 1) / props["period"] * x))
+    ]
+    y_scale = float(prophet.y_scale)
+    trend = float(np.nanmean(prophet.params["m"])) * y_scale  # the floor is 0 (absmax)
+    if not features:  # Prophet's one "zeros" feature
+        return np.full(len(x), trend)
+    seasonal = np.column_stack(features) @ np.asarray(prophet.params["beta"]).T
+    return trend + np.nanmean(seasonal, axis=1) * y_scale
+
+
+def _plain(prophet: Prophet) -> bool:
+    """Is this a model `prophet_yhat` computes itself (what `fit_prophet` makes)?"""
+    return (
+        prophet.growth == "flat"
+        and prophet.scaling == "absmax"
+        and not prophet.logistic_floor
+        and prophet.holidays is None
+        and prophet.country_holidays is None
+        and not prophet.extra_regressors
+        and not prophet.uncertainty_samples
+        and all(
+            props["mode"] == "additive" and props["condition_name"] is None
+            for props in prophet.seasonalities.values()
+        )
+    )
 
 
 def fit_prophet(
