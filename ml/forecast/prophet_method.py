@@ -6,6 +6,7 @@ kept: training, evaluation and gold reuse them across origins and batches.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from ml.forecast.core import ForecastConfig, NotEnoughData, Split, last_seen
 if TYPE_CHECKING:
     from prophet import Prophet
 
-__all__ = ["ProphetSeries", "fit_prophet", "prophet_yhat"]
+__all__ = ["PlainProphet", "ProphetSeries", "fit_prophet"]
 
 _HOUR_US = 3_600_000_000
 # Prophet's yhat is computed and kept per series in epoch-aligned blocks of four weeks:
@@ -42,12 +43,33 @@ def _import_prophet() -> type[Prophet]:
 @dataclass
 class ProphetSeries:
     """One fitted series: prophet(t) + r * decay**k, r the latest residual at or before the
-    origin (within a day) and k the hours since it."""
+    origin (within a day) and k the hours since it.
 
-    prophet: Prophet
+    The model is kept as Prophet's own JSON (`prophet.serialize`), as it is saved. A model of
+    the form `fit_prophet` makes is computed from that JSON's parameters (`PlainProphet`):
+    building the Prophet object took 5 ms a series (its training history is parsed back into
+    DataFrames), and predict 8 ms a block, which is what a scorer loading and warming 3,000
+    series waited for at start. Any other model is built and asked through `predict`.
+    """
+
+    model_json: str
     decay: float
     train_points: int
     blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _plain: PlainProphet | None = field(default=None, init=False, repr=False, compare=False)
+    _prophet: Prophet | None = field(default=None, init=False, repr=False, compare=False)
+    _read: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @property
+    def prophet(self) -> Prophet:
+        """The Prophet model itself, built from the JSON on first use."""
+        if self._prophet is None:
+            _import_prophet()
+            from prophet.serialize import model_from_json
+
+            self._prophet = model_from_json(self.model_json)
+            self._prophet.uncertainty_samples = 0  # intervals are conformal: yhat is all we use
+        return self._prophet
 
     def yhat(self, hours: np.ndarray) -> np.ndarray:
         """Prophet's point forecast at the given hours since the epoch (any shape)."""
@@ -63,9 +85,14 @@ class ProphetSeries:
         if b not in self.blocks:
             if len(self.blocks) >= MAX_BLOCKS:
                 del self.blocks[next(iter(self.blocks))]  # the oldest
-            self.blocks[b] = prophet_yhat(
-                self.prophet, np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
-            )
+            if not self._read:
+                self._plain, self._read = PlainProphet.from_json(self.model_json), True
+            hours = np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
+            if self._plain is not None:
+                self.blocks[b] = self._plain.yhat(hours)
+            else:
+                ds = pd.to_datetime(hours * _HOUR_US, unit="us")
+                self.blocks[b] = self.prophet.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
         return self.blocks[b]
 
     def forecast(
@@ -91,67 +118,69 @@ class ProphetSeries:
         return base
 
     def to_json(self) -> dict[str, Any]:
-        from prophet.serialize import model_to_json
-
-        return {
-            "prophet": model_to_json(self.prophet),
-            "decay": self.decay,
-            "train_points": self.train_points,
-        }
+        return {"prophet": self.model_json, "decay": self.decay, "train_points": self.train_points}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProphetSeries:
-        _import_prophet()
-        from prophet.serialize import model_from_json
-
-        prophet = model_from_json(data["prophet"])
-        prophet.uncertainty_samples = 0  # intervals are conformal: yhat is all that is used
-        return cls(prophet, float(data["decay"]), int(data["train_points"]))
+        return cls(data["prophet"], float(data["decay"]), int(data["train_points"]))
 
 
-def prophet_yhat(prophet: Prophet, hours: np.ndarray) -> np.ndarray:
-    """Prophet's yhat at hours since the epoch (a 1-D array).
+@dataclass(frozen=True)
+class PlainProphet:
+    """What Prophet's yhat is made of for a flat trend and additive Fourier seasonalities
+    without holidays, regressors or conditions (the models `fit_prophet` makes):
+    yhat = (m + features(t) @ beta) * y_scale, t in days since the epoch, as
+    `Prophet.predict` computes it."""
 
-    The models `fit_prophet` makes (a flat trend, additive Fourier seasonalities, no holidays,
-    regressors or conditions, intervals off) are computed here from their parameters, as
-    `Prophet.predict` computes them: 65x faster, since predict spends ~8 ms per call on its
-    DataFrames whatever the length. A scorer warming 3,000 series waited on that at start.
-    Any other model goes through `predict`.
-    """
-    if not _plain(prophet):
-        ds = pd.to_datetime(np.asarray(hours) * _HOUR_US, unit="us")
-        return prophet.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
-    # Prophet's t for seasonality is days since the epoch; hours / 24 is that value exactly.
-    x = 2 * np.pi * (np.asarray(hours, dtype="float64") / 24)
-    features = [
-        wave
-        for props in prophet.seasonalities.values()
-        for i in range(props["fourier_order"])
-        for wave in (np.sin((i + 1) / props["period"] * x), np.cos((i + 1) / props["period"] * x))
-    ]
-    y_scale = float(prophet.y_scale)
-    trend = float(np.nanmean(prophet.params["m"])) * y_scale  # the floor is 0 (absmax)
-    if not features:  # Prophet's one "zeros" feature
-        return np.full(len(x), trend)
-    seasonal = np.column_stack(features) @ np.asarray(prophet.params["beta"]).T
-    return trend + np.nanmean(seasonal, axis=1) * y_scale
+    m: float
+    y_scale: float
+    beta: np.ndarray  # (samples, features): one row for a MAP fit
+    seasonalities: tuple[tuple[float, int], ...]  # (period in days, Fourier order), in order
 
-
-def _plain(prophet: Prophet) -> bool:
-    """Is this a model `prophet_yhat` computes itself (what `fit_prophet` makes)?"""
-    return (
-        prophet.growth == "flat"
-        and prophet.scaling == "absmax"
-        and not prophet.logistic_floor
-        and prophet.holidays is None
-        and prophet.country_holidays is None
-        and not prophet.extra_regressors
-        and not prophet.uncertainty_samples
-        and all(
-            props["mode"] == "additive" and props["condition_name"] is None
-            for props in prophet.seasonalities.values()
+    @classmethod
+    def from_json(cls, model_json: str) -> PlainProphet | None:
+        """From Prophet's JSON (`prophet.serialize.model_to_json`); None for any other form."""
+        fields = json.loads(model_json)
+        names, seasonalities = fields["seasonalities"]
+        plain = (
+            fields["growth"] == "flat"
+            and fields.get("scaling", "absmax") == "absmax"  # the floor is 0
+            and not fields["logistic_floor"]
+            and fields["holidays"] is None
+            and fields["country_holidays"] is None
+            and not fields["extra_regressors"][0]
+            and all(
+                seasonalities[n]["mode"] == "additive"
+                and seasonalities[n]["condition_name"] is None
+                for n in names
+            )
         )
-    )
+        if not plain:
+            return None
+        return cls(
+            m=float(np.nanmean(fields["params"]["m"])),
+            y_scale=float(fields["y_scale"]),
+            beta=np.asarray(fields["params"]["beta"], dtype="float64"),
+            seasonalities=tuple(
+                (float(seasonalities[n]["period"]), int(seasonalities[n]["fourier_order"]))
+                for n in names
+            ),
+        )
+
+    def yhat(self, hours: np.ndarray) -> np.ndarray:
+        # Prophet's t is days since the epoch; hours / 24 is that value exactly.
+        x = 2 * np.pi * (np.asarray(hours, dtype="float64") / 24)
+        features = [
+            wave
+            for period, order in self.seasonalities
+            for i in range(order)
+            for wave in (np.sin((i + 1) / period * x), np.cos((i + 1) / period * x))
+        ]
+        trend = self.m * self.y_scale
+        if not features:  # Prophet's one "zeros" feature
+            return np.full(len(x), trend)
+        seasonal = np.column_stack(features) @ self.beta.T
+        return trend + np.nanmean(seasonal, axis=1) * self.y_scale
 
 
 def fit_prophet(
@@ -190,7 +219,10 @@ def fit_prophet(
         seasonality_prior_scale=config.seasonality_prior_scale,
     )
     prophet.fit(train)
-    model = ProphetSeries(prophet, 0.0, int(seen.sum()))
+    from prophet.serialize import model_to_json
+
+    model = ProphetSeries(model_to_json(prophet), 0.0, int(seen.sum()))
+    model._prophet = prophet
     model.decay = _best_decay(model, grid_start, y, split, config)
     return model
 

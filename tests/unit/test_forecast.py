@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
+from prophet.serialize import model_to_json
 
 from ingest.datasets import read_weather
 from ml.forecast import (
@@ -41,7 +42,7 @@ from ml.forecast.global_method import (
     global_features,
     neighbour_features,
 )
-from ml.forecast.prophet_method import _import_prophet, _plain, fit_prophet, prophet_yhat
+from ml.forecast.prophet_method import PlainProphet, ProphetSeries, _import_prophet, fit_prophet
 from periscope.contracts import get_contract
 from periscope.errors import PeriscopeError
 from periscope.settings import Settings, get_settings
@@ -643,32 +644,36 @@ def test_prophet_yhat_from_the_parameters_equals_prophets_predict(denver) -> Non
     rows = denver[("denver", "temperature")]
     split = temporal_split(rows["ds"].min(), rows["ds"].max(), test_days=7, validation_days=14)
     grid_start = hours_since_epoch(rows["ds"].min())
-    series = fit_prophet(
+    fitted = fit_prophet(
         grid_start, rows["y"].to_numpy(), split, ForecastConfig(prophet_train_days=28)
     )
-    # Blocks before, inside and long after training, and a model with a yearly and a custom
-    # seasonality of its own (more than one Fourier block, in Prophet's column order).
-    hours = np.arange(grid_start - 500, grid_start + 9_000, 7)
+    # A model with a yearly and a custom seasonality too: several Fourier blocks, in Prophet's
+    # column order.
     wide = _import_prophet()(growth="flat", yearly_seasonality=True, uncertainty_samples=0)
     wide.add_seasonality("eight_hours", period=8 / 24, fourier_order=2)
     wide.fit(pd.DataFrame({"ds": rows["ds"], "y": rows["y"]}).dropna())
+    # Blocks before, inside and long after training.
+    hours = np.arange(grid_start - 500, grid_start + 9_000, 7)
 
-    for model in (series.prophet, wide):
-        assert _plain(model)
+    for model in (fitted.prophet, wide):
+        saved = ProphetSeries.from_json({**fitted.to_json(), "prophet": model_to_json(model)})
+        assert PlainProphet.from_json(saved.model_json) is not None
         expected = model.predict(
             pd.DataFrame({"ds": pd.to_datetime(hours * 3_600_000_000, unit="us")})
         )["yhat"].to_numpy()
-        np.testing.assert_allclose(prophet_yhat(model, hours), expected, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(saved.yhat(hours), expected, rtol=1e-12, atol=1e-9)
+        assert saved._prophet is None  # computed without building the Prophet object
 
 
 def test_a_prophet_model_of_another_form_is_left_to_predict(denver) -> None:
     rows = pd.DataFrame(denver[("denver", "temperature")]).dropna()
     model = _import_prophet()(growth="linear", uncertainty_samples=0)  # a trend with changepoints
     model.fit(rows)
-    assert not _plain(model)
+    saved = ProphetSeries(model_to_json(model), decay=0.0, train_points=len(rows))
+    assert PlainProphet.from_json(saved.model_json) is None
     last = hours_since_epoch(rows["ds"].max())
     hours = np.arange(last, last + 48)
     expected = model.predict(
         pd.DataFrame({"ds": pd.to_datetime(hours * 3_600_000_000, unit="us")})
     )["yhat"].to_numpy()
-    np.testing.assert_array_equal(prophet_yhat(model, hours), expected)
+    np.testing.assert_array_equal(saved.yhat(hours), expected)
