@@ -625,7 +625,10 @@ def start_silver(
     if processors is not None:
         processors.append(run_batch)
 
-    reader = session.readStream.format("delta")
+    # Bounded by bytes (and by files when asked): the driver holds each micro-batch as Arrow.
+    reader = session.readStream.format("delta").option(
+        "maxBytesPerTrigger", settings.silver_spark_max_bytes_per_trigger
+    )
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", str(max_files_per_trigger))
     writer = (
