@@ -132,7 +132,9 @@ def _drop_empty_and_sort(frame: pl.DataFrame, contract: SourceContract) -> pl.Da
 
 
 def _weather_measure(path: Path, measure: str, wanted: set[str] | None) -> pl.LazyFrame:
-    """One wide weather file as long (station_id, timestamp, <measure>) rows."""
+    """One wide weather file as long (station_id, timestamp, <measure>) rows; an hour the file
+    lists twice keeps its first line (files are joined on the hour: repeats in two files would
+    multiply into every combination)."""
     with _parsing(path):
         header = pl.read_csv(path, n_rows=0).columns
     cities = [c for c in header[1:] if wanted is None or station_id(c) in wanted]
@@ -146,6 +148,7 @@ def _weather_measure(path: Path, measure: str, wanted: set[str] | None) -> pl.La
             *(pl.col(c).cast(pl.Float64).alias(station_id(c)) for c in cities),
         )
         .unpivot(index="timestamp", variable_name="station_id", value_name=measure)
+        .unique(subset=["station_id", "timestamp"], keep="first")  # sorted after the join
         .with_columns(to_unit(pl.col(measure)).alias(measure))
     )
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.datasets import DatasetError, read_air_quality, read_weather
@@ -84,6 +84,8 @@ def test_air_quality_reader_keeps_good_rows_or_names_the_file(lines: list[bytes]
         {m.source or m.name: st.lists(WEATHER_LINE, max_size=5) for m in WEATHER.measures}
     )
 )
+# Found by the fuzzer: an hour listed twice in two files came out as four rows.
+@example(files={m.source or m.name: [b"2012-10-01 13:00:00,282.08"] * 2 for m in WEATHER.measures})
 def test_weather_reader_keeps_good_rows_or_names_the_file(files: dict[str, list[bytes]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "weather_hourly"
