@@ -6,13 +6,16 @@ file, so `maintain_lake` (run by `periscope lake maintain` and Dagster's hourly 
 
 - compacts bronze's partitions (one per `ingest_date`) into fewer files, today's too once it
   holds `MIN_SMALL_FILES`: the stream only appends, and appends never conflict with compaction;
-- rewrites an upserted or appended table's *closed* small files (their newest row more than
+- rewrites an upserted table's *closed* small files (their newest row more than
   `CLOSED_AFTER` older than the table's newest) sorted by its time column (`window_start` or
   `event_time`) into files of `CLOSED_FILE_BYTES`. The files then hold disjoint time
   ranges, so a MERGE of the newest windows keeps skipping them (`periscope.lake.merge_rows`),
   and the streams' MERGEs, which rewrite open files, do not fight compaction over them (a
   rewrite of the whole table lost to them every time while they ran); only a late record's
   MERGE can, and it runs again;
+- rewrites every small file of a table appended to only (no MERGE, UPDATE or DELETE in its
+  recent history: silver's observations, quarantine, duplicates and late rows) the same way,
+  its newest files too: appends never conflict with the rewrite;
 - packs the small files of a table without a time column (silver's batch ledger, appended to
   once a batch) together;
 - vacuums files that left the table more than `retention_hours` ago.
@@ -80,6 +83,13 @@ MAX_REWRITE_BYTES = 64 << 20
 MAX_RUN_BYTES = 1 << 30
 # A scratch table this old was left by a run that died between its rename and its commit.
 LEFTOVER_AGE_S = 3600
+# Operations that rewrite a table's files. A table none of whose last HISTORY_LOOKBACK commits
+# did (silver's observations and quarantine, appended once a batch) is appended to only: its
+# newest files are compacted too, since appends never conflict with the rewrite (the closed-file
+# rule is for MERGE targets, whose open files the streams rewrite every round). Live at real
+# time, the rule kept a day of a stream's files, about one a second, out of reach.
+REWRITING_OPERATIONS = frozenset({"MERGE", "UPDATE", "DELETE"})
+HISTORY_LOOKBACK = 100
 # Table features the hand-made commit of closed files knows it keeps (others: no rewrite).
 REWRITABLE_FEATURES = frozenset({"appendOnly", "invariants", "checkConstraints", "timestampNtz"})
 
@@ -123,6 +133,8 @@ class Compaction:
     def describe(self) -> str:
         if self.kind == "partitions":
             return f"{len(self.partitions)} {INGEST_DATE} partition(s)"
+        if self.kind == "closed" and self.reason:
+            return f"{len(self.files)} small file(s) rewritten sorted by {self.sort_column} ({self.reason})"
         if self.kind == "closed":
             return f"{len(self.files)} closed file(s) rewritten sorted by {self.sort_column}"
         if self.kind == "packed":
@@ -169,6 +181,7 @@ def plan_compaction(
     target_bytes: int = MERGE_TARGET_FILE_BYTES,
     closed_file_bytes: int | None = None,
     max_run_bytes: int = MAX_RUN_BYTES,
+    append_only: bool = False,
 ) -> Compaction:
     """Decide how to compact a table from its columns and files.
 
@@ -194,6 +207,14 @@ def plan_compaction(
         if small < min_small_files:
             return Compaction("none", reason=f"{small} small file(s)")
         return Compaction("packed", reason=f"{small} small files")
+    small_size = (closed_file_bytes or CLOSED_FILE_BYTES) // 2
+    if append_only:  # nothing rewrites its files but compaction: every small file will do
+        oldest_first = sorted(
+            (f for f in files if f.size < small_size),
+            key=lambda f: (f.newest is not None, f.newest or datetime.min.replace(tzinfo=UTC)),
+        )
+        return _within_budget(oldest_first, sort_column, max_run_bytes, min_small_files,
+                              reason="appended to only")  # fmt: skip
     newest = max((f.newest for f in files if f.newest is not None), default=None)
     if newest is None:
         return Compaction("none", reason=f"no statistics of {sort_column}")
@@ -203,22 +224,32 @@ def plan_compaction(
         (
             f
             for f in files
-            if f.newest is not None
-            and f.newest < newest - closed_after
-            and f.size < (closed_file_bytes or CLOSED_FILE_BYTES) // 2
+            if f.newest is not None and f.newest < newest - closed_after and f.size < small_size
         ),
         key=lambda f: f.newest or newest,
     )
+    return _within_budget(closed, sort_column, max_run_bytes, min_small_files)
+
+
+def _within_budget(
+    files: Sequence[DataFile],
+    sort_column: str,
+    max_run_bytes: int,
+    min_small_files: int,
+    reason: str = "",
+) -> Compaction:
+    """The first of `files` (oldest first) up to a run's bytes, to rewrite sorted by time."""
     chosen: list[DataFile] = []
     total = 0
-    for f in closed:
+    for f in files:
         if chosen and total + f.size > max_run_bytes:
             break
         chosen.append(f)
         total += f.size
     if len(chosen) < min_small_files:
-        return Compaction("none", reason=f"{len(chosen)} closed small file(s)")
-    return Compaction("closed", files=tuple(chosen), sort_column=sort_column)
+        kind = "small" if reason else "closed small"
+        return Compaction("none", reason=f"{len(chosen)} {kind} file(s)")
+    return Compaction("closed", files=tuple(chosen), sort_column=sort_column, reason=reason)
 
 
 def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction:
@@ -256,10 +287,18 @@ def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction
         files=files,
         today=today,
         closed_after=closed_after,
+        append_only=_appended_only(table),
     )
     if plan.kind == "closed" and not _rewritable(table):
         return Compaction("none", reason="column mapping, table features or a remote store")
     return plan
+
+
+def _appended_only(table: DeltaTable) -> bool:
+    """Did none of the table's last HISTORY_LOOKBACK commits rewrite files (MERGE, UPDATE,
+    DELETE)? Compaction's own commits are appends of files that change no data."""
+    recent = table.history(limit=HISTORY_LOOKBACK)
+    return not any(commit.get("operation") in REWRITING_OPERATIONS for commit in recent)
 
 
 def _utc(value: datetime | None) -> datetime | None:

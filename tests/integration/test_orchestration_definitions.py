@@ -253,7 +253,7 @@ def test_the_maintenance_job_compacts_the_lake_through_the_cli(tmp_path, monkeyp
     from periscope.orchestration.definitions import lake_maintenance
 
     path = str(tmp_path / "silver" / "weather_features")
-    for day in range(10):  # a window a day: files 0-7 end over a day before the newest (closed)
+    for day in range(10):  # ten appended files (no MERGE in the history: all are compacted)
         window = _features(1).set_column(
             1, "window_start", pa.array([datetime(2024, 1, 1 + day, tzinfo=UTC)])
         )
@@ -261,7 +261,7 @@ def test_the_maintenance_job_compacts_the_lake_through_the_cli(tmp_path, monkeyp
     monkeypatch.setenv("PERISCOPE_LAKE_ROOT", str(tmp_path))
     result = lake_maintenance.execute_in_process()
     assert result.success
-    assert DeltaTable(path).get_add_actions(flatten=True).num_rows == 3  # 8 closed -> 1, 2 open
+    assert DeltaTable(path).get_add_actions(flatten=True).num_rows == 1
     assert DeltaTable(path).to_pyarrow_table().num_rows == 10
 
 

@@ -51,12 +51,19 @@ def _rows(table: DeltaTable) -> list[tuple]:
     return sorted((r["station_id"], r["window_start"], r["temperature_mean"]) for r in rows)
 
 
+def _merged(path: str, rows: pa.Table, version: int = 0) -> None:
+    """A stream's MERGE round of `rows`: the table is then an upserted one, whose open files
+    only closed-file compaction leaves alone. New windows go into a file of their own."""
+    merge_rows(path, rows, keys=["station_id", "window_start"], app_id="a-stream", version=version)
+
+
 @pytest.fixture
 def small_files_table(tmp_path) -> str:
-    """Ten appends of three windows each: ten small files, as MERGE rounds leave them."""
+    """Ten rounds of three windows each: ten small files, as MERGE rounds leave them."""
     path = str(tmp_path / "silver" / "weather_features")
-    for i in range(10):
-        write_deltalake(path, _windows(3 * i, 3), mode="append")
+    write_deltalake(path, _windows(0, 3))
+    for i in range(1, 10):
+        _merged(path, _windows(3 * i, 3), version=i)
     return path
 
 
@@ -122,6 +129,8 @@ def test_closed_compaction_leaves_files_of_disjoint_time_ranges(tmp_path, monkey
             ),
             mode="append",
         )
+    newest = START + timedelta(minutes=9 * block - 1)
+    _merged(path, pa.table({"station_id": ["denver"], "window_start": [newest], "value": [0.5]}))
     result = maintain_table(path, retention_hours=7 * 24)
     assert result.compaction == "8 closed file(s) rewritten sorted by window_start"
     actions = pa.table(DeltaTable(path).get_add_actions(flatten=True)).to_pylist()
@@ -364,6 +373,7 @@ def test_maintain_lake_walks_every_table_and_dry_run_changes_nothing(tmp_path, m
     lake = tmp_path / "lake"
     for i in range(20):
         write_deltalake(str(lake / "silver" / "weather_features"), _windows(i, 1), mode="append")
+    _merged(str(lake / "silver" / "weather_features"), _windows(19, 1))
     write_deltalake(str(lake / "gold" / "weather_predictions"), _windows(0, 2), mode="append")
     monkeypatch.setenv("PERISCOPE_POSTGRES_OWNER_PASSWORD", "x")
     monkeypatch.setenv("PERISCOPE_POSTGRES_BI_PASSWORD", "x")
@@ -378,3 +388,37 @@ def test_maintain_lake_walks_every_table_and_dry_run_changes_nothing(tmp_path, m
     assert done["silver.weather_features"].files_after == 6  # 15 closed -> 1, 5 open
     assert done["gold.weather_predictions"].compaction.startswith("none")
     assert all(r.error is None for r in done.values())
+
+
+def test_a_table_appended_to_only_has_its_newest_small_files_compacted_too(tmp_path):
+    """Silver's observations are appended once a batch and never merged: live at real time,
+    waiting a day for files to close kept a day of them (one a second) uncompacted."""
+    path = str(tmp_path / "silver" / "weather_observations")
+    for i in range(10):  # ten hours: every file is open by the closed-file rule
+        write_deltalake(path, _windows(i, 1).rename_columns(["station_id", "event_time", "v"]),
+                        mode="append")  # fmt: skip
+    rows_before = sorted(DeltaTable(path).to_pyarrow_table().to_pylist(), key=str)
+
+    result = maintain_table(path, retention_hours=7 * 24)
+
+    assert result.compaction == "10 small file(s) rewritten sorted by event_time (appended to only)"
+    assert (result.files_before, result.files_after) == (10, 1)
+    assert sorted(DeltaTable(path).to_pyarrow_table().to_pylist(), key=str) == rows_before
+    # Once a MERGE has rewritten its files, only closed files are (none here: all recent).
+    for i in range(10):
+        write_deltalake(path, _windows(10 + i, 1).rename_columns(["station_id", "event_time", "v"]),
+                        mode="append")  # fmt: skip
+    merge_rows(path, _windows(19, 1).rename_columns(["station_id", "event_time", "v"]),
+               keys=["station_id", "event_time"], app_id="late", version=0)  # fmt: skip
+    assert maintain_table(path, retention_hours=7 * 24).compaction.startswith("none")
+
+
+def test_plan_of_an_append_only_table_takes_files_without_statistics_first():
+    files = [DataFile(f"{i}", 100, newest=START + timedelta(hours=i)) for i in range(8)]
+    files.append(DataFile("nulls", 100, newest=None))  # a time column null in every row
+    plan = plan_compaction(columns=["event_time"], partition_columns=[], files=files,
+                           today=date(2024, 1, 1), append_only=True)  # fmt: skip
+    assert [f.path for f in plan.files] == ["nulls", *(str(i) for i in range(8))]
+    closed_only = plan_compaction(columns=["event_time"], partition_columns=[], files=files,
+                                  today=date(2024, 1, 1))  # fmt: skip
+    assert closed_only.kind == "none"  # eight hours apart at most: nothing is closed
