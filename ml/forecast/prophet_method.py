@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,9 +57,12 @@ class ProphetSeries:
     decay: float
     train_points: int
     blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
-    _plain: PlainProphet | None = field(default=None, init=False, repr=False, compare=False)
     _prophet: Prophet | None = field(default=None, init=False, repr=False, compare=False)
-    _read: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @cached_property
+    def plain(self) -> PlainProphet | None:
+        """The parameters yhat is computed from, or None for a model `predict` must answer."""
+        return PlainProphet.from_json(self.model_json)
 
     @property
     def prophet(self) -> Prophet:
@@ -85,11 +89,9 @@ class ProphetSeries:
         if b not in self.blocks:
             if len(self.blocks) >= MAX_BLOCKS:
                 del self.blocks[next(iter(self.blocks))]  # the oldest
-            if not self._read:
-                self._plain, self._read = PlainProphet.from_json(self.model_json), True
             hours = np.arange(b * BLOCK_HOURS, (b + 1) * BLOCK_HOURS)
-            if self._plain is not None:
-                self.blocks[b] = self._plain.yhat(hours)
+            if self.plain is not None:
+                self.blocks[b] = self.plain.yhat(hours)
             else:
                 ds = pd.to_datetime(hours * _HOUR_US, unit="us")
                 self.blocks[b] = self.prophet.predict(pd.DataFrame({"ds": ds}))["yhat"].to_numpy()
