@@ -164,7 +164,7 @@ where e.loaded_at > {{ since }}
 {#- Indexes an incremental forecast fact needs on every run: the last run's `loaded_at`, and
     the windows its delete+insert replaces (created once, kept up to date by Postgres). -#}
 {% macro forecast_fact_indexes() -%}
-create index if not exists {{ this.identifier }}_loaded_at on {{ this }} (loaded_at);
+{{ fact_indexes('forecast_key') }};
 create index if not exists {{ this.identifier }}_window on {{ this }} (entity_key, window_start)
 {%- endmacro %}
 

@@ -27,9 +27,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pandas as pd
 
@@ -218,9 +219,12 @@ def run_scoring(
     event_failures = 0
     no_champion: set[str] = set()  # sources without a per-event champion (said once)
     with (
-        scoring_pool(settings, actors) as pool,
+        ExitStack() as stack,
         scorer_publisher(settings) if publish else nullcontext() as publisher,
     ):
+        pool = cast(
+            ScorerPool, _PoolWhenNeeded(lambda: stack.enter_context(scoring_pool(settings, actors)))
+        )
         while not stop.is_set():
             idle = True
             for contract in contracts:
@@ -290,6 +294,21 @@ def run_scoring(
                     break
                 stop.wait(settings.score_poll_interval_s)
     return reports
+
+
+class _PoolWhenNeeded:
+    """The scoring pool, started when a round first has windows or events to score: a scorer
+    with nothing new to do (`make demo` run again within the hour) never starts Ray, which
+    takes ~7 s on two cores. Stands in for the `ScorerPool` it starts."""
+
+    def __init__(self, start: Callable[[], ScorerPool]) -> None:
+        self._start = start
+        self._pool: ScorerPool | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._pool is None:
+            self._pool = self._start()
+        return getattr(self._pool, name)
 
 
 def _has_features(feed: SilverFeed, missing: set[str]) -> bool:

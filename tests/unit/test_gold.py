@@ -267,3 +267,24 @@ def test_write_predictions_adds_the_forecast_method_to_a_gold_table_written_befo
     table = DeltaTable(path).to_pyarrow_table().sort_by(KEY)
     methods = [[f["method"] for f in fs] for fs in table.column("forecasts").to_pylist()]
     assert methods == [[None], ["gbm"]]  # the old row keeps no method; the new one names it
+
+
+def test_the_scoring_pool_starts_only_when_a_round_uses_it() -> None:
+    """A scorer with nothing new never starts Ray; one with work starts it once."""
+    from ml.gold.rounds import _PoolWhenNeeded
+
+    started: list[object] = []
+
+    class Pool:
+        def score(self) -> str:
+            return "scored"
+
+    def start() -> Pool:
+        started.append(Pool())
+        return started[-1]  # type: ignore[return-value]
+
+    pool = _PoolWhenNeeded(start)  # type: ignore[arg-type]
+    assert started == []
+    assert pool.score() == "scored"
+    assert pool.score() == "scored"
+    assert len(started) == 1

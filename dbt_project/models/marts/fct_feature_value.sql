@@ -6,6 +6,7 @@
     unique_key='feature_value_key',
     incremental_strategy='delete+insert',
     on_schema_change='append_new_columns',
+    post_hook="{{ fact_indexes('feature_value_key') }}",
 ) }}
 
 select

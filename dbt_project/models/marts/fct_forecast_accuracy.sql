@@ -5,15 +5,15 @@
 -- The planner underestimates the forecasts x actuals join by three orders of magnitude (the
 -- union over sources hides the row counts) and picks a nested loop: minutes on the demo's
 -- 400k forecasts instead of seconds. Hash and merge joins only, for this model's transaction.
--- Without nested loops every plan's cost is huge, so Postgres JIT-compiles it with inlining
--- and optimisation: 1.46 s of a 1.59 s incremental run (EXPLAIN ANALYZE). No JIT either.
+-- (Without nested loops every plan's cost is huge, and JIT would compile it: 1.46 s of a 1.59 s
+-- incremental run; the warehouse's database turns JIT off, periscope/services/postgres.py.)
 {{ config(
     materialized='incremental',
     unique_key=['entity_key', 'window_start'],
     incremental_strategy='delete+insert',
     on_schema_change='append_new_columns',
     post_hook="{{ forecast_fact_indexes() }}",
-    pre_hook=["set local enable_nestloop = off", "set local jit = off"],
+    pre_hook="set local enable_nestloop = off",
 ) }}
 
 {{ forecast_dependencies() }}
