@@ -4,7 +4,7 @@ one producer every stage publishes through, ingest included."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +19,24 @@ __all__ = ["DeliveryReport", "PublishError", "Publisher", "json_messages"]
 
 _DELIVERY_TIMEOUT_S = 120.0  # how long librdkafka retries a message before it fails
 _POLL_EVERY_MASK = 1023  # serve delivery reports every 1,024 messages
+_JSON_CHUNK_ROWS = 8192  # rows encoded at a time
 
 
 def json_messages(
-    rows: pa.Table, key_column: str, *, value_columns: Sequence[str] | None = None
-) -> list[tuple[bytes | None, bytes]]:
+    rows: pa.Table,
+    key_column: str,
+    *,
+    value_columns: Sequence[str] | None = None,
+    chunk_rows: int = _JSON_CHUNK_ROWS,
+) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, JSON object of `value_columns`) per row; all columns by default.
 
     DuckDB writes the JSON (timestamps ISO 8601, nested lists kept); a string key is
-    UTF-8 encoded, a binary key is sent as it is.
+    UTF-8 encoded, a binary key is sent as it is. Encoded `chunk_rows` rows at a time, as the
+    producer takes them: a silver backfill batch's 200,000 feature windows held as Python
+    strings and bytes at once were ~0.6 GB of the process's peak.
 
-    >>> json_messages(pa.table({"station_id": ["a"], "value": [1.5]}), "station_id")
+    >>> list(json_messages(pa.table({"station_id": ["a"], "value": [1.5]}), "station_id"))
     [(b'a', b'{"station_id":"a","value":1.5}')]
     """
     import duckdb
@@ -39,15 +46,15 @@ def json_messages(
     con = duckdb.connect()
     try:
         con.sql("set timezone = 'UTC'")
-        con.register("message_rows", rows)
-        encoded = con.sql(
-            f'select "{key_column}", to_json(struct_pack({fields}))::varchar from message_rows'
-        ).fetchall()
+        for offset in range(0, rows.num_rows, chunk_rows):
+            con.register("message_rows", rows.slice(offset, chunk_rows))
+            encoded = con.sql(
+                f'select "{key_column}", to_json(struct_pack({fields}))::varchar from message_rows'
+            ).fetchall()
+            for key, value in encoded:
+                yield (key.encode() if isinstance(key, str) else key, value.encode())
     finally:
         con.close()
-    return [
-        (key.encode() if isinstance(key, str) else key, value.encode()) for key, value in encoded
-    ]
 
 
 class Publisher:
@@ -146,7 +153,7 @@ class Publisher:
             except BufferError:
                 continue
 
-    def publish(self, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> int:
+    def publish(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
         """Send every (key, value); returns how many the broker acknowledged (all of them)."""
         report = self.send(topic, messages)
         if report.failed or report.unsent:

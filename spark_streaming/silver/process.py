@@ -35,7 +35,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -557,7 +557,7 @@ class BatchProcessor:
             self._publisher.close()
             self._publisher = None
 
-    def _send(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    def _send(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
         """At least once: the batch fails (and is replayed) unless Kafka acknowledged all."""
         if self._publisher is None:  # one producer for the query's life: metadata fetched once
             self._publisher = Publisher(self.settings, client_id="periscope-silver")

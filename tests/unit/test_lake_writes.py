@@ -101,7 +101,7 @@ def test_json_messages_key_rows_and_keep_binary_keys_as_they_are():
             "at": pa.array([T0, T0], pa.timestamp("us", "UTC")),
         }
     )
-    messages = json_messages(rows, "key", value_columns=["reason", "at"])
+    messages = list(json_messages(rows, "key", value_columns=["reason", "at"], chunk_rows=1))
     assert [key for key, _ in messages] == [b"\xff\x00", None]
     first = json.loads(messages[0][1])
     assert first["reason"] == "bad_json" and "key" not in first
