@@ -94,7 +94,7 @@ def inject_anomalies(
       feature windows could see it.
     Each episode draws a magnitude from `magnitudes`, which scales the size of spikes and drifts
     and the length of stuck and dropout episodes (0.5: 2-4 sigma spikes, 2-4 stuck readings).
-    `measures` limits the measures altered (default: every measure with data).
+    `measures` limits the measures altered (default: every anomaly measure with data).
     Values stay within the contract's valid range. Episodes never overlap; they are added
     until about `rate` of the rows carry an altered reading, about equally many per kind.
     Only readings whose value actually changed are labelled (a stuck sensor during a calm hour
@@ -113,7 +113,7 @@ def inject_anomalies(
     key = contract.key_field
     rng = np.random.default_rng(seed)
     altered = observations.sort_values([key, "event_time"], kind="stable").reset_index(drop=True)
-    chosen = contract.measure_names if measures is None else measures
+    chosen = contract.anomaly_measures if measures is None else measures
     measures = [m for m in chosen if altered[m].notna().any()]
     stations = altered[key].to_numpy()
     station_rows = {

@@ -134,6 +134,32 @@ def test_inject_anomalies_is_deterministic_and_alters_only_labelled_readings(wea
         assert after.loc[(row.station_id, row.event_time), row.measure] == floor
 
 
+def test_anomalies_are_injected_only_into_the_measures_the_contract_watches():
+    """Weather's wind direction is an angle (0 is a north wind): the detectors do not watch
+    it, so evaluation must not count anomalies put there."""
+    assert "wind_direction" in WEATHER.measure_names
+    assert "wind_direction" not in WEATHER.anomaly_measures
+    rng = np.random.default_rng(0)
+    hours = pd.date_range("2017-01-01", periods=24 * 14, freq="h", tz="UTC")
+    clean = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "station_id": station,
+                    "event_time": hours,
+                    **{m: rng.uniform(10, 50, len(hours)) for m in WEATHER.measure_names},
+                }
+            )
+            for station in STATIONS
+        ],
+        ignore_index=True,
+    )
+    altered, labels = inject_anomalies(clean, WEATHER, rate=0.1, seed=1)
+    assert set(labels["measure"]) == set(WEATHER.anomaly_measures)
+    before = clean.sort_values(["station_id", "event_time"], ignore_index=True)
+    np.testing.assert_array_equal(altered["wind_direction"], before["wind_direction"])
+
+
 def test_label_windows_marks_each_window_holding_an_altered_reading():
     features = window_features(
         _observations([("a", f"2024-01-01 {h:02d}:00", float(h)) for h in range(10, 16)]), WEATHER
