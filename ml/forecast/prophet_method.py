@@ -59,6 +59,16 @@ class ProphetSeries:
     blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     _prophet: Prophet | None = field(default=None, init=False, repr=False, compare=False)
 
+    @classmethod
+    def fitted(cls, prophet: Prophet, train_points: int) -> ProphetSeries:
+        """A series of a Prophet model just fitted (decay 0 until chosen): its JSON is what is
+        saved, and the object itself is kept rather than built again from it."""
+        from prophet.serialize import model_to_json
+
+        series = cls(model_to_json(prophet), 0.0, train_points)
+        series._prophet = prophet
+        return series
+
     @cached_property
     def plain(self) -> PlainProphet | None:
         """The parameters yhat is computed from, or None for a model `predict` must answer."""
@@ -221,10 +231,7 @@ def fit_prophet(
         seasonality_prior_scale=config.seasonality_prior_scale,
     )
     prophet.fit(train)
-    from prophet.serialize import model_to_json
-
-    model = ProphetSeries(model_to_json(prophet), 0.0, int(seen.sum()))
-    model._prophet = prophet
+    model = ProphetSeries.fitted(prophet, int(seen.sum()))
     model.decay = _best_decay(model, grid_start, y, split, config)
     return model
 
