@@ -106,14 +106,15 @@ class DataFile:
 
 @dataclass(frozen=True)
 class Compaction:
-    """How one table is to be compacted: `kind` none, partitions, closed files rewritten, or
-    every small file packed (a table without a time column)."""
+    """How one table is to be compacted: `kind` none, partitions, closed files rewritten,
+    every small file of a table appended to only rewritten ("appended"), or every small file
+    packed (a table without a time column)."""
 
-    kind: Literal["none", "partitions", "closed", "packed"]
+    kind: Literal["none", "partitions", "closed", "appended", "packed"]
     partitions: tuple[str, ...] = ()  # values of INGEST_DATE, for "partitions"
-    files: tuple[DataFile, ...] = ()  # for "closed", oldest first
-    sort_column: str | None = None  # for "closed"
-    reason: str = ""
+    files: tuple[DataFile, ...] = ()  # for "closed" and "appended", oldest first
+    sort_column: str | None = None  # for "closed" and "appended"
+    reason: str = ""  # for "none" and "packed"
 
     def batches(self, max_bytes: int) -> list[tuple[DataFile, ...]]:
         """The files in successive groups of at most `max_bytes` (one file at least), each
@@ -133,8 +134,8 @@ class Compaction:
     def describe(self) -> str:
         if self.kind == "partitions":
             return f"{len(self.partitions)} {INGEST_DATE} partition(s)"
-        if self.kind == "closed" and self.reason:
-            return f"{len(self.files)} small file(s) rewritten sorted by {self.sort_column} ({self.reason})"
+        if self.kind == "appended":
+            return f"{len(self.files)} small file(s) rewritten sorted by {self.sort_column} (appended to only)"
         if self.kind == "closed":
             return f"{len(self.files)} closed file(s) rewritten sorted by {self.sort_column}"
         if self.kind == "packed":
@@ -213,8 +214,7 @@ def plan_compaction(
             (f for f in files if f.size < small_size),
             key=lambda f: (f.newest is not None, f.newest or datetime.min.replace(tzinfo=UTC)),
         )
-        return _within_budget(oldest_first, sort_column, max_run_bytes, min_small_files,
-                              reason="appended to only")  # fmt: skip
+        return _within_budget(oldest_first, sort_column, max_run_bytes, min_small_files, "appended")
     newest = max((f.newest for f in files if f.newest is not None), default=None)
     if newest is None:
         return Compaction("none", reason=f"no statistics of {sort_column}")
@@ -228,7 +228,7 @@ def plan_compaction(
         ),
         key=lambda f: f.newest or newest,
     )
-    return _within_budget(closed, sort_column, max_run_bytes, min_small_files)
+    return _within_budget(closed, sort_column, max_run_bytes, min_small_files, "closed")
 
 
 def _within_budget(
@@ -236,7 +236,7 @@ def _within_budget(
     sort_column: str,
     max_run_bytes: int,
     min_small_files: int,
-    reason: str = "",
+    kind: Literal["closed", "appended"],
 ) -> Compaction:
     """The first of `files` (oldest first) up to a run's bytes, to rewrite sorted by time."""
     chosen: list[DataFile] = []
@@ -247,9 +247,9 @@ def _within_budget(
         chosen.append(f)
         total += f.size
     if len(chosen) < min_small_files:
-        kind = "small" if reason else "closed small"
-        return Compaction("none", reason=f"{len(chosen)} {kind} file(s)")
-    return Compaction("closed", files=tuple(chosen), sort_column=sort_column, reason=reason)
+        which = "closed small" if kind == "closed" else "small"
+        return Compaction("none", reason=f"{len(chosen)} {which} file(s)")
+    return Compaction(kind, files=tuple(chosen), sort_column=sort_column)
 
 
 def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction:
@@ -289,7 +289,7 @@ def _plan(table: DeltaTable, today: date, closed_after: timedelta) -> Compaction
         closed_after=closed_after,
         append_only=_appended_only(table),
     )
-    if plan.kind == "closed" and not _rewritable(table):
+    if plan.kind in ("closed", "appended") and not _rewritable(table):
         return Compaction("none", reason="column mapping, table features or a remote store")
     return plan
 
@@ -328,7 +328,7 @@ def _compact(table: DeltaTable, plan: Compaction) -> None:
             table.optimize.compact(
                 partition_filters=[(INGEST_DATE, "=", value)], max_concurrent_tasks=1
             )
-    elif plan.kind == "closed":
+    elif plan.kind in ("closed", "appended"):
         assert plan.sort_column is not None
         for files in plan.batches(MAX_REWRITE_BYTES):
             _rewrite_closed(table, files, plan.sort_column)
