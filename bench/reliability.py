@@ -64,6 +64,8 @@ from periscope.topics import recreate_topics  # noqa: E402
 
 SOURCE = "weather"
 STAGES = ("bronze", "silver", "score")
+# supervisord states a restarted stage passes through before RUNNING (autorestart is on)
+SETTLING = frozenset({"EXITED", "BACKOFF", "STARTING"})
 READERS = ("api", "dashboard", "dagster")
 PARK_STATION = "portland"  # the parked follow-clock ingest's station (it sends nothing)
 
@@ -768,14 +770,15 @@ def run(settings: Settings, config: Config, *, work_dir: Path) -> Report:
     report.caught_up, report.catch_up_s = wait_caught_up(
         settings, report.produced.sent, timeout_s=config.catch_up_timeout_s
     )
-    # A stage killed last may still be in supervisord's STARTING (its first 15 s) when a quiet
-    # machine has already caught up: give it until it counts as RUNNING.
+    # A stage killed last may still be on its way back when a quiet machine has already caught
+    # up: EXITED until supervisord's next tick, BACKOFF between tries, then STARTING for its
+    # first 15 s. Give it until it counts as RUNNING (or has given up, FATAL).
     supervisor = Supervisor(SupervisePaths.from_settings(settings))
     deadline = time.monotonic() + 120
     while True:
         programs = supervisor.programs()
-        starting = [p.name for p in programs if p.name in STAGES and p.state == "STARTING"]
-        if not starting or time.monotonic() > deadline:
+        settling = [p.name for p in programs if p.name in STAGES and p.state in SETTLING]
+        if not settling or time.monotonic() > deadline:
             break
         time.sleep(1)
     for program in programs:
