@@ -2,7 +2,8 @@
 
 Trains the detectors on a span of the shared history, chooses their thresholds on the next
 span (injected anomalies, every kind at magnitudes 0.5, 1 and 2, `--repeats` independent
-injections), and tests on the span after that, with other injections. Prints, per detector
+injections), and tests on the span after that, with other injections. The train and validation
+spans and the validation's injections are production's (`TrainConfig`, VALIDATION_REPEATS). Prints, per detector
 alone and combined: window-level precision / recall / F1, the false-alarm rate on clean
 windows, recall per kind and magnitude (windows, and episodes with at least one flagged
 window). Reads the shared data directly (no lake, no Ray).
@@ -10,6 +11,7 @@ window). Reads the shared data directly (no lake, no Ray).
     python bench/anomaly_eval.py --source weather
     python bench/anomaly_eval.py --source weather --stations denver boston --repeats 2
     python bench/anomaly_eval.py --source weather --measures temperature humidity pressure
+    python bench/anomaly_eval.py --source weather --test-end 2017-01-01      # an earlier span, to choose on
     python bench/anomaly_eval.py --source air_quality --test-days 60 --validation-days 60
 """
 
@@ -24,7 +26,14 @@ import pandas as pd
 from rich.progress import track
 
 from ml import anomaly
-from ml.training.anomalies import MAGNITUDES, InjectedSet, injected_sets, set_scores
+from ml.training import TrainConfig
+from ml.training.anomalies import (
+    MAGNITUDES,
+    VALIDATION_REPEATS,
+    InjectedSet,
+    injected_sets,
+    set_scores,
+)
 from ml.windows import window_features
 from periscope.contracts import SourceContract, get_contract
 
@@ -63,16 +72,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="weather", help="weather or air_quality")
     parser.add_argument("--stations", nargs="*", help="Entities to use (default: all).")
-    parser.add_argument("--train-days", type=float, default=120.0)
-    parser.add_argument("--validation-days", type=float, default=30.0)
+    production = TrainConfig()
+    parser.add_argument(
+        "--train-days",
+        type=float,
+        default=production.max_train_days,
+        help="Days the detectors learn from (default: production's, %(default)s).",
+    )
+    parser.add_argument(
+        "--validation-days",
+        type=float,
+        default=production.validation_days,
+        help="Days the thresholds are chosen on (default: production's, %(default)s).",
+    )
     parser.add_argument("--test-days", type=float, default=60.0)
     parser.add_argument("--test-end", help="End of the test span (default: end of the data).")
     parser.add_argument("--rate", type=float, default=0.02, help="Share of readings altered.")
-    parser.add_argument("--repeats", type=int, default=5, help="Injections per span.")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="Injections into the test span (default 5)."
+    )
+    parser.add_argument(
+        "--validation-repeats",
+        type=int,
+        default=VALIDATION_REPEATS,
+        help="Injections into the validation span (default: production's, %(default)s).",
+    )
     parser.add_argument(
         "--measures", nargs="*", help="Inject into these measures only (default: all)."
     )
-    parser.add_argument("--max-false-alarm", type=float, default=0.005)
+    parser.add_argument(
+        "--max-false-alarm",
+        type=float,
+        default=production.anomaly_max_false_alarm,
+        help="Share of validation's clean windows the thresholds may flag (default: "
+        "production's, %(default)s).",
+    )
     parser.add_argument("--estimators", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -96,10 +130,10 @@ def main() -> None:
     )
     print(f"trained on {len(train_features):,} windows in {time.perf_counter() - started:.0f} s")
 
-    def injected(name: str, seed: int) -> tuple[list[InjectedSet], pd.DataFrame]:
+    def injected(name: str, seed: int, repeats: int) -> tuple[list[InjectedSet], pd.DataFrame]:
         a, b = parts[name]
         sets = []
-        for r in track(range(args.repeats), description=f"injecting {name}"):
+        for r in track(range(repeats), description=f"injecting {name}"):
             sets += injected_sets(
                 hourly,
                 contract,
@@ -119,7 +153,7 @@ def main() -> None:
         )
         return sets, scores
 
-    validation, validation_scores = injected("validation", args.seed)
+    validation, validation_scores = injected("validation", args.seed, args.validation_repeats)
     validation_truth = np.concatenate([s.truth for s in validation])
     model.thresholds = anomaly.choose_thresholds(
         validation_scores, validation_truth, max_false_alarm=args.max_false_alarm
@@ -128,7 +162,7 @@ def main() -> None:
         "thresholds (validation): " + ", ".join(f"{d} {t:.3g}" for d, t in model.thresholds.items())
     )
     report(model, validation, validation_scores, contract, "validation", brief=True)
-    test, test_scores = injected("test", args.seed + 10_000)
+    test, test_scores = injected("test", args.seed + 10_000, args.repeats)
     report(model, test, test_scores, contract, "test", brief=False)
     print(f"total {time.perf_counter() - started:.0f} s")
 

@@ -220,7 +220,7 @@ def score_windows(
 
     - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
       window nobody checked never reads as normal. anomaly_kind: the detector that flagged
-      it (dropout, stuck, residual, drift, forest; null when not flagged). The hourly
+      it (one of periscope.predictions.ANOMALY_DETECTORS; null when not flagged). The hourly
       detectors read `hourly`'s measure means of the LOOKBACK_HOURS before each window.
     - forecasts: for each (station, measure) the bundle knows, horizons 1..horizon_hours
       from forecast_origin, measure by measure; empty for a station it does not know, or

@@ -144,7 +144,9 @@ def train_anomaly(
         repeats=VALIDATION_REPEATS,
     )
     model.thresholds = anomaly.choose_thresholds(
-        set_scores(model, validation), np.concatenate([s.truth for s in validation])
+        set_scores(model, validation),
+        np.concatenate([s.truth for s in validation]),
+        max_false_alarm=config.anomaly_max_false_alarm,
     )
     test = anomaly_test_set(
         hourly,

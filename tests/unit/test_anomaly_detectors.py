@@ -118,7 +118,7 @@ def test_no_detector_fires_on_a_clean_day(model, clean_day):
 
 @pytest.mark.parametrize(
     ("kind", "detector"),
-    [("spike", "residual"), ("stuck", "stuck"), ("drift", "drift"), ("dropout", "dropout")],
+    [("spike", "spike"), ("stuck", "stuck"), ("drift", "drift"), ("dropout", "dropout")],
 )
 def test_each_detector_fires_on_its_own_kind_and_the_flag_names_it(
     model, clean_day, kind, detector
@@ -139,6 +139,30 @@ def test_each_detector_fires_on_its_own_kind_and_the_flag_names_it(
     names = pd.Series(named[flagged]).value_counts()
     assert names.index[0] == detector, names
     assert set(names.index) <= {detector, "residual", "drift", "forest"}
+
+
+def test_a_spike_is_judged_against_the_reading_after_it_only_where_that_is_in_the_window(
+    model, clean_day
+):
+    hours = _altered(clean_day, "spike")
+    windows = _second_day(_windows(hours))
+    scores = model.detector_scores(windows, hours)["spike"].to_numpy()
+    on_a = (windows["station_id"] == "a").to_numpy()
+    start = windows["window_start"].dt.tz_localize(None).to_numpy()
+    end = windows["window_end"].dt.tz_localize(None).to_numpy()
+    at = np.datetime64(AT)
+    holds = on_a & (start <= at) & (end > at)
+    last_hour = holds & (end == at + np.timedelta64(1, "h"))
+    fired = scores >= model.thresholds["spike"]
+    # The windows with the hour after the spike fire; the one ending at the spike cannot see
+    # whether the reading comes back, and says nothing (the residual detector judges it).
+    assert (fired == (holds & ~last_hour)).all()
+    assert last_hour.sum() == 1 and scores[last_hour][0] < 1.0
+    # So each window scores the same without the readings after it.
+    for i in np.flatnonzero(holds):
+        seen = hours[hours["ds"] < end[i]]
+        alone = model.detector_scores(windows.iloc[[i]], seen)["spike"].iloc[0]
+        assert alone == pytest.approx(scores[i])
 
 
 def test_gold_rows_name_the_detector_that_flagged_them(model, clean_day):

@@ -614,3 +614,13 @@ def test_entity_locations_come_from_the_readers_that_know_them(tmp_path):
         ]
         == "source,entity_id,latitude,longitude\n"
     )
+
+
+def test_the_anomaly_marts_accept_every_detector_gold_can_name_and_no_other():
+    from periscope.predictions import ANOMALY_DETECTORS
+
+    spec = yaml.safe_load((DBT_PROJECT_DIR / "models/marts/fct_anomaly.yml").read_text())
+    (model,) = spec["models"]
+    (column,) = [c for c in model["columns"] if c["name"] == "anomaly_kind"]
+    (test,) = [t for t in column["data_tests"] if "accepted_values" in t]
+    assert test["accepted_values"]["arguments"]["values"] == list(ANOMALY_DETECTORS)
