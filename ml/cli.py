@@ -259,7 +259,7 @@ def train(
     Forecasts: per measure and horizon, the best on validation of Prophet, a
     global boosted-trees model and the seasonal-naive and persistence baselines
     (never one worse than seasonal-naive), with conformal bands. Anomalies: an
-    IsolationForest with residual, stuck, drift and dropout detectors. Taxi also
+    IsolationForest with spike, residual, stuck, drift and dropout detectors. Taxi also
     trains its trip regressor. Every model is registered in MLflow with its
     metrics; the first version of a model becomes `champion`.
     """

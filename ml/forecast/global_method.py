@@ -349,6 +349,7 @@ def fit_global(
         max_iter=config.gbm_max_iter,
         learning_rate=config.gbm_learning_rate,
         max_leaf_nodes=config.gbm_max_leaf_nodes,
+        min_samples_leaf=config.gbm_min_samples_leaf,
         categorical_features=categorical,
         early_stopping=True,
         validation_fraction=0.1,
