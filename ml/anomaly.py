@@ -3,8 +3,8 @@
 Each window is scored by six detectors, and flagged with the first one that fires:
 - `forest`: an IsolationForest on the window's statistics, standardised per station with
   statistics from training, so a station's normal level (Denver's ~830 hPa) is not an anomaly;
-- `spike`: a reading far from both the reading before and the one after it, the same way
-  (judged only where the one after lies in the window);
+- `spike`: a reading far from the reading before, the one after and the one 2 hours before
+  it, all the same way (judged only where the one after lies in the window);
 - `residual`: a reading far from its recent level (the median of the 3 hours before it);
 - `drift`: the level moved further over the last 2-12 hours than it does at that hour;
 - `stuck`: a reading repeats the ones before it, a run of repeats rare for that station's
@@ -440,9 +440,10 @@ def _hourly_signals(values: np.ndarray) -> dict[str, np.ndarray]:
         "residual": np.stack([values - level, values - base, values - before], axis=-1),
         "drift": np.stack([level3 - _shift(level3, k) for k in _DRIFT_SPANS], axis=-1),
         "run": run,
-        # The steps from the reading before and to the one after: a spike is far from both,
-        # the same way. An hour apart, so the daily ramp (judged by hour of day) hides less
-        # than against a 3-hour median (11 am at Charlotte: a scale of 3.8 degC against ~1).
+        # The steps from the reading before, to the one after and from the one 2 hours before:
+        # a spike is far from all three, the same way. An hour or two apart, so the daily ramp
+        # (judged by hour of day) hides less than against a 3-hour median (11 am at Charlotte:
+        # a scale of 3.8 degC against ~1).
         "steps": np.stack(
             [values - _shift(values, 1), values - _shift(values, -1), values - _shift(values, 2)],
             axis=-1,
@@ -488,8 +489,8 @@ class HourlyStats:
     # have tails of their own (pressure's glitches reach z ~ 36), so scores are in its units.
     residual_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 3)))  # (E+1, M, 3)
     drift_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 1)))  # (E+1, M, spans)
-    # center, scale of the steps before and after (E+1, 24, M, 2), and the tail of the spike
-    # z (E+1, M). None in models saved before the spike detector: it then says 0.
+    # center, scale of the three steps (E+1, 24, M, 3), and the tail of the spike z (E+1, M).
+    # None in models saved before the spike detector: it then says 0.
     steps: tuple[np.ndarray, np.ndarray] | None = None
     spike_tail: np.ndarray | None = None
 
@@ -554,8 +555,8 @@ class HourlyStats:
         steps = getattr(self, "steps", None)  # models saved before the spike detector lack it
         if steps is not None:
             z = (signals["steps"] - steps[0][at]) / steps[1][at]
-            # Far from both neighbours the same way (up from one and down to the other is a
-            # ramp): the nearer of the two.
+            # Far from all three the same way (up from one and down to the other is a ramp;
+            # the 2 hours before keep the way back after a spike quiet): the nearest.
             sign = np.sign(z)
             same_way = (sign[..., 0] == sign[..., 1]) & (sign[..., 0] == sign[..., 2])
             spike = np.where(same_way, np.abs(z).min(axis=-1), 0.0)
