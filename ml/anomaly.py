@@ -490,7 +490,8 @@ class HourlyStats:
     residual_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 3)))  # (E+1, M, 3)
     drift_tail: np.ndarray = field(default_factory=lambda: np.ones((1, 1, 1)))  # (E+1, M, spans)
     # center, scale of the three steps (E+1, 24, M, 3), and the tail of the spike z (E+1, M).
-    # None in models saved before the spike detector: it then says 0.
+    # None in models saved before the spike detector (an unpickled old model reads the class
+    # default): it then says 0.
     steps: tuple[np.ndarray, np.ndarray] | None = None
     spike_tail: np.ndarray | None = None
 
@@ -552,9 +553,8 @@ class HourlyStats:
         at = (rows[:, None], hour_of_day[None, :])  # -> (E, H, ...)
         signals = _hourly_signals(grid.values)
         spike = np.zeros(grid.values.shape)
-        steps = getattr(self, "steps", None)  # models saved before the spike detector lack it
-        if steps is not None:
-            z = (signals["steps"] - steps[0][at]) / steps[1][at]
+        if self.steps is not None:  # None: a model saved before the spike detector
+            z = (signals["steps"] - self.steps[0][at]) / self.steps[1][at]
             # Far from all three the same way (up from one and down to the other is a ramp;
             # the 2 hours before keep the way back after a spike quiet): the nearest.
             sign = np.sign(z)
@@ -582,11 +582,11 @@ class HourlyStats:
         dropout = np.where(values <= self.floors, self.floor_surprise[rows][:, None, :], 0.0)
         residual = z["residual"] / self.residual_tail[rows][:, None]
         drift = z["drift"] / self.drift_tail[rows][:, None]
-        spike_tail = getattr(self, "spike_tail", None)
         per_measure = {
             "dropout": dropout,
             "stuck": z["stuck"],
-            "spike": z["spike"] / (1.0 if spike_tail is None else spike_tail[rows][:, None]),
+            "spike": z["spike"]
+            / (1.0 if self.spike_tail is None else self.spike_tail[rows][:, None]),
             "residual": np.fmin(residual[..., 0], residual[..., 1]),
             # The largest level change over 2-12 hours, if the reading is still off the level
             # before: the way back after an episode is no drift of its own.
