@@ -12,6 +12,7 @@ window). Reads the shared data directly (no lake, no Ray).
     python bench/anomaly_eval.py --source weather --stations denver boston --repeats 2
     python bench/anomaly_eval.py --source weather --measures temperature humidity pressure
     python bench/anomaly_eval.py --source weather --test-end 2017-01-01      # an earlier span, to choose on
+    python bench/anomaly_eval.py --source weather --no-learned               # the rule detectors alone
     python bench/anomaly_eval.py --source air_quality --test-days 60 --validation-days 60
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from ml.training.anomalies import (
     MAGNITUDES,
     VALIDATION_REPEATS,
     InjectedSet,
+    fit_learned,
     injected_sets,
     set_scores,
 )
@@ -108,6 +111,11 @@ def main() -> None:
         "production's, %(default)s).",
     )
     parser.add_argument("--estimators", type=int, default=200)
+    parser.add_argument(
+        "--no-learned",
+        action="store_true",
+        help="Leave the learned detector out (the rules alone).",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
@@ -129,6 +137,14 @@ def main() -> None:
         train_features, contract, hourly=train_hours, n_estimators=args.estimators, seed=0
     )
     print(f"trained on {len(train_features):,} windows in {time.perf_counter() - started:.0f} s")
+    if not args.no_learned:
+        learned_started = time.perf_counter()
+        fit_learned(model, train_hours, contract, replace(production, anomaly_rate=args.rate))
+        print(
+            f"learned detector: fitted on faults injected into the last "
+            f"{production.anomaly_learned_days:.0f} training days in "
+            f"{time.perf_counter() - learned_started:.0f} s"
+        )
 
     def injected(name: str, seed: int, repeats: int) -> tuple[list[InjectedSet], pd.DataFrame]:
         a, b = parts[name]

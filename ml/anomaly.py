@@ -1,6 +1,6 @@
-"""Sensor anomalies on silver feature windows: six detectors, injected anomalies, honest metrics.
+"""Sensor anomalies on silver feature windows: seven detectors, injected anomalies, honest metrics.
 
-Each window is scored by six detectors, and flagged with the first one that fires:
+Each window is scored by seven detectors, and flagged with the first one that fires:
 - `forest`: an IsolationForest on the window's statistics, standardised per station with
   statistics from training, so a station's normal level (Denver's ~830 hPa) is not an anomaly;
 - `spike`: a reading far from the reading before, the one after and the one 2 hours before
@@ -9,7 +9,10 @@ Each window is scored by six detectors, and flagged with the first one that fire
 - `drift`: the level moved further over the last 2-12 hours than it does at that hour;
 - `stuck`: a reading repeats the ones before it, a run of repeats rare for that station's
   measure in training;
-- `dropout`: a reading at the contract's valid_min, where training rarely saw one.
+- `dropout`: a reading at the contract's valid_min, where training rarely saw one;
+- `learned`: a gradient-boosted classifier of the window's hourly signals (those the rules
+  judge, signed, per hour and measure), trained on faults injected into the training span:
+  it weighs the weak signs of a drift or a frozen sensor together, which no single rule does.
 All but the forest read the entity's recent hourly readings (gold's `hourly` frame, the
 history `ml.gold.scoring.history_window` names): per-station statistics by hour of day turn
 each into a score, and per-detector thresholds chosen on validation make the scores
@@ -31,7 +34,7 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import IsolationForest
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
@@ -372,6 +375,18 @@ HOURLY_DETECTORS = ("dropout", "stuck", "spike", "residual", "drift")
 # (At the last hour, "far from the 2 readings before" fired on real fronts and pressure steps
 # as often as on spikes: test F1 0.603 -> 0.585.)
 LOOK_AHEAD_DETECTORS = ("spike",)
+# What the learned detector reads of each hour and measure (HourlyStats.signed), in order.
+LEARNED_SIGNALS = (
+    *(f"residual_{name}" for name in ("level", "base", "before")),
+    *(f"drift_{span}h" for span in _DRIFT_SPANS),
+    "step_from_previous",
+    "step_to_next",
+    "step_from_2h_before",
+    "run",
+    "run_surprise",
+    "at_floor",
+)
+_STEP_TO_NEXT = LEARNED_SIGNALS.index("step_to_next")  # reads the hour after
 # The 99th percentile, not the 99.9th: a station with three glitches in training would have
 # its scale set by them.
 _TAIL_QUANTILE = 0.99
@@ -598,6 +613,50 @@ class HourlyStats:
                 for d, s in per_measure.items()
             }
 
+    def signed(self, grid: HourlyGrid) -> np.ndarray:
+        """Per entity, hour and measure, the LEARNED_SIGNALS: the residuals, level changes and
+        steps as signed z-scores for the entity and hour of day, the run of repeats, its
+        surprise, and whether the reading is at the floor. (E, H, M, len(LEARNED_SIGNALS))"""
+        index = {e: i for i, e in enumerate(self.entities)}
+        rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
+        at = (rows[:, None], (np.arange(grid.values.shape[1]) % 24)[None, :])
+        signals = _hourly_signals(grid.values)
+        zeros = np.zeros(grid.values.shape + (3,))
+        steps = (
+            zeros
+            if self.steps is None
+            else (signals["steps"] - self.steps[0][at]) / self.steps[1][at]
+        )
+        run = signals["run"]
+        parts = [
+            (signals["residual"] - self.residual[0][at]) / self.residual[1][at],
+            (signals["drift"] - self.drift[0][at]) / self.drift[1][at],
+            steps,
+            run[..., None].astype("float64"),
+            np.take_along_axis(self.run_surprise[at], run.astype(int)[..., None], axis=-1),
+            ((grid.values <= self.floors) & np.isfinite(grid.values))[..., None].astype("float64"),
+        ]
+        return np.concatenate(parts, axis=-1)
+
+    def window_signals(
+        self, grid: HourlyGrid, windows: pd.DataFrame, key: str, hours: int
+    ) -> np.ndarray:
+        """Per window, the `signed` signals of its first `hours` hours, flattened (NaN where
+        unknown). The step to the reading after the window's last hour is never read."""
+        signals = self.signed(grid)
+        entities, span, measures, count = signals.shape
+        out = np.full((len(windows), hours, measures, count), np.nan)
+        if len(windows) and entities:
+            rows = pd.Index(grid.entities).get_indexer(windows[key].astype(str).to_numpy())
+            first, last = _window_hours(windows)
+            for k in range(hours):
+                hour = first + k - grid.first_hour
+                inside = (rows >= 0) & (hour >= 0) & (hour < span) & (first + k <= last)
+                out[inside, k] = signals[rows[inside], hour[inside]]
+                out[inside & (first + k == last), k, :, _STEP_TO_NEXT] = np.nan
+        flat = out.reshape(len(windows), -1)
+        return np.where(np.isfinite(flat), flat, np.nan)
+
 
 def _tail(z: np.ndarray) -> np.ndarray:
     """Per entity (and pooled, last) the _TAIL_QUANTILE of z over hours; 1 where unknown."""
@@ -687,6 +746,10 @@ class AnomalyModel:
     threshold: float = 1.0
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: int = MODEL_FORMAT
+    # The learned detector (`fit_learned`): None until fitted, and in models saved before it.
+    learned: HistGradientBoostingClassifier | None = None
+    learned_columns: np.ndarray | None = None  # which window_signals columns it reads
+    learned_hours: int = 0  # the window hours it reads
 
     def design(self, features: pd.DataFrame) -> np.ndarray:
         """What the forest sees for each feature window."""
@@ -717,7 +780,51 @@ class AnomalyModel:
                 np.isin(list(hour_scores), LOOK_AHEAD_DETECTORS),
             )
             scores[list(hour_scores)] = per_window
+            if self.learned is not None:
+                signals = self.hourly_stats.window_signals(
+                    grid, features, self.key_field, self.learned_hours
+                )
+                scores["learned"] = self.learned.predict_proba(signals[:, self.learned_columns])[
+                    :, 1
+                ]
         return scores
+
+    def fit_learned(
+        self,
+        windows: Sequence[pd.DataFrame],
+        hourly: Sequence[pd.DataFrame],
+        truth: Sequence[np.ndarray],
+        *,
+        seed: int = 0,
+    ) -> None:
+        """Fit the learned detector on labelled windows (each with the hourly readings it
+        reads, as `detector_scores` takes them): windows with faults injected into the
+        training span, so it never sees validation or test. Its threshold stays off until
+        `choose_thresholds` sets it."""
+        if self.hourly_stats is None:
+            raise ValueError("the learned detector reads the hourly signals: fit them first")
+        stats = self.hourly_stats
+        hours = max(int(np.max(np.subtract(*_window_hours(w)[::-1]))) + 1 for w in windows)
+        signals = np.concatenate(
+            [
+                stats.window_signals(
+                    HourlyGrid.of(h, self.key_field, stats.measures), w, self.key_field, hours
+                )
+                for w, h in zip(windows, hourly, strict=True)
+            ]
+        )
+        labels = np.concatenate([np.asarray(t, dtype=bool) for t in truth])
+        if labels.all() or not labels.any():
+            raise ValueError("the learned detector needs both clean and anomalous windows")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: dropped here
+            columns = np.isfinite(signals).any(axis=0) & (np.nanstd(signals, axis=0) > 0)
+        classifier = HistGradientBoostingClassifier(
+            max_iter=300, learning_rate=0.1, max_leaf_nodes=63, random_state=seed
+        )
+        classifier.fit(signals[:, columns], labels)
+        self.learned, self.learned_columns, self.learned_hours = classifier, columns, hours
+        self.thresholds["learned"] = float("inf")
 
     def combine(self, scores: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The anomaly score (largest score / threshold) and, where it reaches 1, the first
@@ -760,6 +867,7 @@ class AnomalyModel:
             "thresholds": {d: _json_number(t) for d, t in self.thresholds.items()},
             "feature_columns": self.feature_columns,
             "training_rows": self.training_rows,
+            "learned_detector": self.learned is not None,
             "stations": sorted(map(str, self.station_stats.mean.index)),
             **self.metadata,
         }
@@ -810,6 +918,7 @@ _MIN_THRESHOLD = {
     "spike": 1.0,
     "residual": 1.0,
     "drift": 1.0,
+    "learned": float("inf"),  # off until it is fitted and validation chooses its threshold
     "forest": 0.0,
 }
 

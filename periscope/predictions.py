@@ -11,4 +11,4 @@ FORECAST_METHODS = ("persistence", "seasonal_naive", "prophet", "gbm", "mean")
 
 # The detectors a flagged window's `anomaly_kind` names, the most specific first: a flag names
 # dropout or stuck when they fired, else the detector furthest past its threshold.
-ANOMALY_DETECTORS = ("dropout", "stuck", "spike", "residual", "drift", "forest")
+ANOMALY_DETECTORS = ("dropout", "stuck", "spike", "residual", "drift", "learned", "forest")

@@ -8,6 +8,7 @@ hundreds of episodes), and they are judged on test windows with other injections
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "InjectedSet",
     "anomaly_test_set",
     "compare_anomaly",
+    "fit_learned",
     "injected_sets",
     "set_scores",
     "train_anomaly",
@@ -133,7 +135,7 @@ def train_anomaly(
     started = time.perf_counter()
     train_hours = hourly[(hourly["ds"] >= split.train_start) & (hourly["ds"] < split.train_end)]
     fit = ray.remote(num_cpus=1)(_fit_anomaly_model)
-    model = ray.get(fit.remote(train_features, train_hours, contract, config.anomaly_estimators))
+    model = ray.get(fit.remote(train_features, train_hours, contract, config))
     validation = injected_sets(
         hourly,
         contract,
@@ -165,11 +167,48 @@ def train_anomaly(
 
 
 def _fit_anomaly_model(
-    features: pd.DataFrame, hourly: pd.DataFrame, contract: SourceContract, estimators: int
+    features: pd.DataFrame, hourly: pd.DataFrame, contract: SourceContract, config: TrainConfig
 ) -> anomaly.AnomalyModel:
-    return anomaly.fit_anomaly_model(
-        features, contract, hourly=hourly, n_estimators=estimators, seed=0
+    model = anomaly.fit_anomaly_model(
+        features, contract, hourly=hourly, n_estimators=config.anomaly_estimators, seed=0
     )
+    fit_learned(model, hourly, contract, config)
+    return model
+
+
+def fit_learned(
+    model: anomaly.AnomalyModel,
+    train_hours: pd.DataFrame,
+    contract: SourceContract,
+    config: TrainConfig,
+) -> None:
+    """The learned detector, on faults injected into the last `anomaly_learned_days` of the
+    training hours, as many times as give about `anomaly_learned_windows` windows: the span
+    the rules were fitted on, so validation and test stay unseen. Left off when that span
+    holds no anomalous window."""
+    if model.hourly_stats is None or train_hours.empty:
+        return
+    end = train_hours["ds"].max() + pd.Timedelta(hours=1)
+    start = max(train_hours["ds"].min(), end - pd.Timedelta(days=config.anomaly_learned_days))
+    # About one window per entity and hour (windows slide by an hour).
+    windows = len(observations_between(train_hours, start, end))
+    repeats = min(
+        max(1, math.ceil(config.anomaly_learned_windows / max(windows, 1))),
+        config.anomaly_learned_max_repeats,
+    )
+    sets = injected_sets(
+        train_hours,
+        contract,
+        start,
+        end,
+        rate=config.anomaly_rate,
+        seed=config.anomaly_seed + 100,
+        repeats=repeats,
+    )
+    truth = [s.truth.to_numpy() for s in sets]
+    if not any(t.any() for t in truth) or all(t.all() for t in truth):
+        return
+    model.fit_learned([s.features for s in sets], [s.observations for s in sets], truth)
 
 
 def compare_anomaly(

@@ -1,5 +1,6 @@
 """Each anomaly detector on a tiny synthetic series: it fires on its own kind, not on a clean
-day, the combined flag names it, and gold writes that name; thresholds, saving, old models."""
+day, the combined flag names it, and gold writes that name; thresholds, saving, old models;
+the learned detector ranks unseen faults high and reads nothing after its window."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from ml.anomaly import (
     DETECTORS,
@@ -20,8 +22,11 @@ from ml.anomaly import (
     episode_recall,
     fit_anomaly_model,
     inject_anomalies,
+    label_windows,
 )
 from ml.gold.scoring import LoadedModels, history_window, score_windows
+from ml.training import TrainConfig
+from ml.training.anomalies import fit_learned
 from ml.windows import window_features
 from periscope.contracts import get_contract
 from periscope.errors import PeriscopeError
@@ -280,3 +285,57 @@ def test_a_window_scores_the_same_in_any_batch_from_gold_history(model, clean_da
         alone = model.detector_scores(part, _history(hours, part))
         pd.testing.assert_frame_equal(alone, whole.loc[part.index])
     assert (whole[["residual", "drift"]] > 0).any().all()
+
+
+@pytest.fixture(scope="module")
+def learned_model(model) -> AnomalyModel:
+    """The rules' model with the learned detector, fitted on faults injected into its training
+    hours (as `periscope train` does)."""
+    learned = copy.deepcopy(model)
+    hours = _hours(TRAIN_DAYS, START, seed=1)
+    config = TrainConfig(anomaly_rate=0.1, anomaly_learned_max_repeats=2)
+    fit_learned(learned, hours, WEATHER, config)
+    assert learned.learned is not None and learned.thresholds["learned"] == float("inf")
+    return learned
+
+
+def test_the_learned_detector_ranks_faults_it_never_saw_above_clean_windows(learned_model):
+    hours = _hours(7, START + pd.Timedelta(days=TRAIN_DAYS), seed=4)
+    altered, labels = inject_anomalies(
+        hours.rename(columns={"ds": "event_time"}), WEATHER, rate=0.05, seed=11
+    )
+    altered = altered.rename(columns={"event_time": "ds"})
+    windows = _windows(altered)
+    truth = label_windows(windows, labels, WEATHER).to_numpy()
+    learned = learned_model.detector_scores(windows, altered)["learned"].to_numpy()
+    assert truth.sum() > 20 and roc_auc_score(truth, learned) > 0.8
+    # With a threshold (validation's job), it flags and names itself when it alone fires.
+    learned_model.thresholds["learned"] = float(np.quantile(learned[~truth], 0.99))
+    try:
+        score, kind = learned_model.detect(windows, altered)
+    finally:
+        learned_model.thresholds["learned"] = float("inf")
+    assert "learned" in set(kind[score >= 1])
+
+
+def test_the_learned_detector_reads_no_reading_after_its_window(learned_model, clean_day):
+    hours = _altered(clean_day, "drift")
+    windows = _second_day(_windows(hours))
+    scores = learned_model.detector_scores(windows, hours)["learned"].to_numpy()
+    assert np.ptp(scores) > 0  # it did look
+    end = windows["window_end"].dt.tz_localize(None).to_numpy()
+    for i in range(0, len(windows), 7):
+        seen = hours[hours["ds"] < end[i]]
+        alone = learned_model.detector_scores(windows.iloc[[i]], seen)["learned"].iloc[0]
+        assert alone == pytest.approx(scores[i])
+
+
+def test_a_saved_learned_detector_scores_as_before(learned_model, clean_day, tmp_path):
+    hours = _altered(clean_day, "stuck")
+    windows = _windows(hours)
+    learned_model.save(tmp_path / "m")
+    loaded = AnomalyModel.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(
+        loaded.detector_scores(windows, hours), learned_model.detector_scores(windows, hours)
+    )
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["learned_detector"]
