@@ -24,6 +24,7 @@ into real observations and recomputes their windows (`ml.windows`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import warnings
 from collections.abc import Sequence
@@ -424,6 +425,11 @@ class HourlyGrid:
         with np.errstate(invalid="ignore", divide="ignore"):
             return cls(np.asarray(entities, dtype=object), first, sums / counts)
 
+    @functools.cached_property
+    def signals(self) -> dict[str, np.ndarray]:
+        """`_hourly_signals` of the values, once: the rules and the learned detector read them."""
+        return _hourly_signals(self.values)
+
 
 def _shift(values: np.ndarray, hours: int) -> np.ndarray:
     """values[:, h - hours] at h along the hour axis, NaN outside the grid (hours < 0: later)."""
@@ -513,7 +519,7 @@ class HourlyStats:
     @classmethod
     def fit(cls, grid: HourlyGrid, floors: np.ndarray, measures: list[str]) -> HourlyStats:
         values = grid.values
-        signals = _hourly_signals(values)
+        signals = grid.signals
         entities, hours = values.shape[:2]
         by_day = (entities, hours // 24, 24)  # hour of day on its own axis
 
@@ -566,7 +572,7 @@ class HourlyStats:
         rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
         hour_of_day = np.arange(grid.values.shape[1]) % 24
         at = (rows[:, None], hour_of_day[None, :])  # -> (E, H, ...)
-        signals = _hourly_signals(grid.values)
+        signals = grid.signals
         spike = np.zeros(grid.values.shape)
         if self.steps is not None:  # None: a model saved before the spike detector
             z = (signals["steps"] - self.steps[0][at]) / self.steps[1][at]
@@ -620,7 +626,7 @@ class HourlyStats:
         index = {e: i for i, e in enumerate(self.entities)}
         rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
         at = (rows[:, None], (np.arange(grid.values.shape[1]) % 24)[None, :])
-        signals = _hourly_signals(grid.values)
+        signals = grid.signals
         zeros = np.zeros(grid.values.shape + (3,))
         steps = (
             zeros
