@@ -259,7 +259,8 @@ def train(
     Forecasts: per measure and horizon, the best on validation of Prophet, a
     global boosted-trees model and the seasonal-naive and persistence baselines
     (never one worse than seasonal-naive), with conformal bands. Anomalies: an
-    IsolationForest with spike, residual, stuck, drift and dropout detectors. Taxi also
+    IsolationForest with spike, residual, stuck, drift and dropout detectors, and a
+    classifier learnt from faults injected into the training span. Taxi also
     trains its trip regressor. Every model is registered in MLflow with its
     metrics; the first version of a model becomes `champion`.
     """
