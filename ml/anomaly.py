@@ -565,13 +565,17 @@ class HourlyStats:
         stats.spike_tail = _tail(z["spike"])
         return stats
 
+    def _rows_and_hours(self, grid: HourlyGrid) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Each grid entity's row in these statistics (unknown: the pooled last row), and the
+        index that picks an (E, H, ...) array of per-row, per-hour-of-day statistics."""
+        index = {e: i for i, e in enumerate(self.entities)}
+        rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
+        return rows, (rows[:, None], (np.arange(grid.values.shape[1]) % 24)[None, :])
+
     def _z(self, grid: HourlyGrid) -> dict[str, np.ndarray]:
         """Per entity, hour and measure (and span): each reading's residual and drift as
         robust z-scores for its entity and hour of day, and its run of repeats."""
-        index = {e: i for i, e in enumerate(self.entities)}
-        rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
-        hour_of_day = np.arange(grid.values.shape[1]) % 24
-        at = (rows[:, None], hour_of_day[None, :])  # -> (E, H, ...)
+        rows, at = self._rows_and_hours(grid)
         signals = grid.signals
         spike = np.zeros(grid.values.shape)
         if self.steps is not None:  # None: a model saved before the spike detector
@@ -623,9 +627,7 @@ class HourlyStats:
         """Per entity, hour and measure, the LEARNED_SIGNALS: the residuals, level changes and
         steps as signed z-scores for the entity and hour of day, the run of repeats, its
         surprise, and whether the reading is at the floor. (E, H, M, len(LEARNED_SIGNALS))"""
-        index = {e: i for i, e in enumerate(self.entities)}
-        rows = np.array([index.get(str(e), len(self.entities)) for e in grid.entities])
-        at = (rows[:, None], (np.arange(grid.values.shape[1]) % 24)[None, :])
+        _, at = self._rows_and_hours(grid)
         signals = grid.signals
         zeros = np.zeros(grid.values.shape + (3,))
         steps = (
