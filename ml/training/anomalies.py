@@ -33,6 +33,7 @@ __all__ = [
     "fit_learned",
     "injected_sets",
     "set_scores",
+    "injected_test_sets",
     "train_anomaly",
 ]
 
@@ -150,20 +151,34 @@ def train_anomaly(
         np.concatenate([s.truth for s in validation]),
         max_false_alarm=config.anomaly_max_false_alarm,
     )
-    test = anomaly_test_set(
+    test = injected_test_sets(hourly, contract, split, config.anomaly_rate, config.anomaly_seed)
+    flags = np.concatenate([model.flag(s.features, s.observations) for s in test])
+    metrics = anomaly.detection_metrics(np.concatenate([s.truth for s in test]), flags)
+    by_kind = anomaly.evaluate_by_kind(
+        flags,
+        pd.concat(
+            [anomaly.label_windows_by_kind(s.features, s.labels, contract) for s in test],
+            ignore_index=True,
+        ),
+    )
+    return AnomalyOutcome(model, metrics, by_kind, time.perf_counter() - started)
+
+
+def injected_test_sets(
+    hourly: pd.DataFrame, contract: SourceContract, split: forecast.Split, rate: float, seed: int
+) -> list[InjectedSet]:
+    """The test part with injected faults, VALIDATION_REPEATS times over (seeds other than
+    validation's): one injection of a short test part holds a handful of episodes, and its
+    F1 swung from 0 to 0.69 with the seed (3 demo days), so promotions were chance."""
+    return injected_sets(
         hourly,
         contract,
         split.validation_end,
         split.test_end,
-        rate=config.anomaly_rate,
-        seed=config.anomaly_seed + 1,
+        rate=rate,
+        seed=seed + 1,
+        repeats=VALIDATION_REPEATS,
     )
-    flags = model.flag(test.features, test.observations)
-    metrics = anomaly.detection_metrics(test.truth, flags)
-    by_kind = anomaly.evaluate_by_kind(
-        flags, anomaly.label_windows_by_kind(test.features, test.labels, contract)
-    )
-    return AnomalyOutcome(model, metrics, by_kind, time.perf_counter() - started)
 
 
 def _fit_anomaly_model(
@@ -212,9 +227,15 @@ def fit_learned(
 
 
 def compare_anomaly(
-    challenger: anomaly.AnomalyModel, champion: anomaly.AnomalyModel, test: InjectedSet
+    challenger: anomaly.AnomalyModel,
+    champion: anomaly.AnomalyModel,
+    test: Sequence[InjectedSet],
 ) -> tuple[float, float]:
     """(challenger, champion) F1 on the same labelled test windows, each at its own thresholds."""
-    ours = anomaly.detection_metrics(test.truth, challenger.flag(test.features, test.observations))
-    theirs = anomaly.detection_metrics(test.truth, champion.flag(test.features, test.observations))
-    return float(ours["f1"]), float(theirs["f1"])
+    truth = np.concatenate([s.truth for s in test])
+
+    def f1(model: anomaly.AnomalyModel) -> float:
+        flags = np.concatenate([model.flag(s.features, s.observations) for s in test])
+        return float(anomaly.detection_metrics(truth, flags)["f1"])
+
+    return f1(challenger), f1(champion)

@@ -17,7 +17,7 @@ import pandas as pd
 from ml import anomaly, forecast
 from ml.data import LakeSlice, hourly_observations, series_frames
 from ml.registry import ModelInfo, ModelKind, Registry
-from ml.training.anomalies import anomaly_test_set, compare_anomaly
+from ml.training.anomalies import compare_anomaly, injected_test_sets
 from ml.training.config import PromotionPolicy, TrainConfig
 from ml.training.forecasts import compare_forecast
 from periscope.contracts import get_contract
@@ -104,14 +104,7 @@ def _compare_and_decide(
             "relative MAE",
             lower_is_better=True,
         )
-    test = anomaly_test_set(
-        lake_hourly,
-        get_contract(source),
-        split.validation_end,
-        split.test_end,
-        rate=anomaly_rate,
-        seed=anomaly_seed + 1,
-    )
+    test = injected_test_sets(lake_hourly, get_contract(source), split, anomaly_rate, anomaly_seed)
     ours, theirs = compare_anomaly(challenger, anomaly.AnomalyModel.load(champion_dir), test)
     return promote_if_better(
         registry, source, kind, info, champion_info, ours, theirs, "F1", lower_is_better=False

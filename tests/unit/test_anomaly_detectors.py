@@ -24,9 +24,14 @@ from ml.anomaly import (
     inject_anomalies,
     label_windows,
 )
+from ml.forecast import temporal_split
 from ml.gold.scoring import LoadedModels, history_window, score_windows
 from ml.training import TrainConfig
-from ml.training.anomalies import fit_learned
+from ml.training.anomalies import (
+    VALIDATION_REPEATS,
+    fit_learned,
+    injected_test_sets,
+)
 from ml.windows import window_features
 from periscope.contracts import get_contract
 from periscope.errors import PeriscopeError
@@ -339,3 +344,20 @@ def test_a_saved_learned_detector_scores_as_before(learned_model, clean_day, tmp
         loaded.detector_scores(windows, hours), learned_model.detector_scores(windows, hours)
     )
     assert json.loads((tmp_path / "m" / "manifest.json").read_text())["learned_detector"]
+
+
+def test_the_test_part_is_injected_as_often_as_validation_each_time_afresh():
+    hours = _hours(12, START, seed=5)
+    split = temporal_split(
+        hours["ds"].min(), hours["ds"].max(), test_days=3, validation_days=3, max_train_days=None
+    )
+    test = injected_test_sets(hours, WEATHER, split, rate=0.05, seed=7)
+    assert len(test) == VALIDATION_REPEATS
+    first_episodes = {
+        tuple(map(str, s.labels[["station_id", "event_time", "kind"]].iloc[0])) for s in test
+    }
+    assert len(first_episodes) == VALIDATION_REPEATS  # each injection is its own
+    for s in test:  # inside the test part, with both anomalous and clean windows
+        assert s.features["window_start"].min() >= split.validation_end
+        assert s.features["window_end"].max() <= split.test_end
+        assert s.truth.any() and not s.truth.all()
