@@ -515,6 +515,24 @@ def test_the_global_model_reads_its_neighbours_up_to_the_origin_and_nothing_afte
         assert not np.array_equal(model.forecast_many(request, 24, context=swung)[0], yhat)
 
 
+
+def test_the_global_model_reads_the_day_of_year_only_from_a_year_of_training() -> None:
+    fitted = {}
+    for days in (60, 400):
+        y = _daily_with_noise(days, seed=4)
+        last = T0 + pd.Timedelta(days=days) - HOUR
+        split = temporal_split(T0, last, test_days=7, validation_days=7)
+        fitted[days] = fit_global("y", {"e0": to_grid(_hourly(y))}, split, QUICK), y
+    assert fitted[400][0].year_cycle and not fitted[60][0].year_cycle
+    # Without it, the same readings half a year later (whole days: the same hours of day)
+    # give the same forecast: nothing tells the trees it is another season.
+    model, y = fitted[60]
+    origin, later = 24 * 50 + 5, 24 * 182
+    grid_start = hours_since_epoch(T0)
+    now = model.forecast("e0", np.array([grid_start + origin]), grid_start, y, 24)
+    shifted = model.forecast("e0", np.array([grid_start + later + origin]), grid_start + later, y, 24)
+    np.testing.assert_array_equal(shifted, now)
+
 # --- every candidate on real Denver weather ------------------------------------------------
 
 
