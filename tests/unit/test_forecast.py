@@ -515,7 +515,6 @@ def test_the_global_model_reads_its_neighbours_up_to_the_origin_and_nothing_afte
         assert not np.array_equal(model.forecast_many(request, 24, context=swung)[0], yhat)
 
 
-
 def test_the_global_model_reads_the_day_of_year_only_from_a_year_of_training() -> None:
     fitted = {}
     for days in (60, 400):
@@ -530,8 +529,11 @@ def test_the_global_model_reads_the_day_of_year_only_from_a_year_of_training() -
     origin, later = 24 * 50 + 5, 24 * 182
     grid_start = hours_since_epoch(T0)
     now = model.forecast("e0", np.array([grid_start + origin]), grid_start, y, 24)
-    shifted = model.forecast("e0", np.array([grid_start + later + origin]), grid_start + later, y, 24)
+    shifted = model.forecast(
+        "e0", np.array([grid_start + later + origin]), grid_start + later, y, 24
+    )
     np.testing.assert_array_equal(shifted, now)
+
 
 # --- every candidate on real Denver weather ------------------------------------------------
 
