@@ -4,8 +4,10 @@ for forecasts from many origins at once (training, evaluation and gold call the 
 
 Selection: on the validation part, per measure and horizon bucket, the candidate with the
 lowest MAE is served, but never one whose MAE is worse than seasonal-naive's. Bands: the
-served method's validation residuals per (measure, horizon), their 10th and 90th percentiles
-(for an 80% band) added to yhat. Where the served method has nothing to say (no observation
+served method's validation residuals per (measure, horizon), each divided by how much its
+series had moved lately (`recent_change_many`, at the origin), their 10th and 90th percentiles
+(for an 80% band) times that at the origin served, added to yhat: a series in a calm spell
+gets narrower bands and one in a stormy spell wider ones, so coverage holds in both. Where the served method has nothing to say (no observation
 in the last day, an unknown entity), the forecast falls back to seasonal-naive, persistence,
 then the entity's training mean, and the gold row names the method actually used.
 """
@@ -30,6 +32,7 @@ from ml.forecast.core import (
     Split,
     hours_since_epoch,
     persistence_many,
+    recent_change_many,
     seasonal_naive_many,
     to_grid,
 )
@@ -74,6 +77,7 @@ ERROR_COLUMNS = [
     "method",
     "yhat_lower",
     "yhat_upper",
+    "recent_change",
     "prophet",
     "gbm",
     "seasonal_naive",
@@ -116,6 +120,22 @@ def conformal_offsets(
     return lower, upper
 
 
+# A band's scale is the series' recent change, but at least this share of the measure's typical
+# one (its median on validation): a sensor that sat still for days does not get a band of 0.
+_MIN_SCALE_SHARE = 0.25
+
+
+def band_scale(recent_change: np.ndarray, typical: float) -> np.ndarray:
+    """What a band's offsets are multiplied by at each origin: the series' recent change,
+    floored at a share of the typical change; the typical change where it is unknown."""
+    with np.errstate(invalid="ignore"):
+        return np.where(
+            np.isfinite(recent_change),
+            np.maximum(recent_change, _MIN_SCALE_SHARE * typical),
+            typical,
+        )
+
+
 @dataclass
 class SeriesForecast:
     """Forecasts from many origins (origins x horizon) and the method behind each value."""
@@ -124,18 +144,22 @@ class SeriesForecast:
     lower: np.ndarray
     upper: np.ndarray
     method: np.ndarray  # indices into METHOD_NAMES
+    recent_change: np.ndarray  # per origin (`recent_change_many`): what the band scaled with
 
 
 @dataclass
 class MeasurePlan:
     """How one measure is served: its valid range, the method per horizon and the band
-    offsets per method and horizon (from validation residuals)."""
+    offsets per method and horizon (from validation residuals), in units of the series'
+    recent change (`band_scale`) where `typical_change` is set, of the measure otherwise (a
+    bundle saved before bands scaled)."""
 
     lo: float
     hi: float
     served: list[str]  # per horizon 1..H
     offsets: dict[str, tuple[np.ndarray, np.ndarray]]
     validation_mae: dict[str, dict[str, float]]  # bucket label -> method -> MAE
+    typical_change: float | None = None  # the median recent change on validation
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +168,7 @@ class MeasurePlan:
             "served": self.served,
             "offsets": {m: [lo.tolist(), hi.tolist()] for m, (lo, hi) in self.offsets.items()},
             "validation_mae": self.validation_mae,
+            "typical_change": self.typical_change,
         }
 
     @classmethod
@@ -154,6 +179,7 @@ class MeasurePlan:
             list(data["served"]),
             {m: (np.array(lo), np.array(hi)) for m, (lo, hi) in data["offsets"].items()},
             data["validation_mae"],
+            data.get("typical_change"),
         )
 
 
@@ -261,16 +287,22 @@ class ForecastBundle:
             yhat = np.where(missing, stacked[fallback], yhat)
             method = np.where(missing, METHOD_NAMES.index(fallback), method)
         yhat = np.clip(yhat, plan.lo, plan.hi)
+        recent = recent_change_many(requests)
+        scale = (
+            np.ones((len(yhat), 1))
+            if plan.typical_change is None
+            else band_scale(recent, plan.typical_change)[:, None]
+        )
         lower, upper = np.empty_like(yhat), np.empty_like(yhat)
         for code in np.unique(method):
             at = method == code
             lo_off, hi_off = plan.offsets[METHOD_NAMES[code]]
-            lower = np.where(at, yhat + lo_off, lower)
-            upper = np.where(at, yhat + hi_off, upper)
+            lower = np.where(at, yhat + lo_off * scale, lower)
+            upper = np.where(at, yhat + hi_off * scale, upper)
         lower = np.clip(np.minimum(lower, yhat), plan.lo, plan.hi)
         upper = np.clip(np.maximum(upper, yhat), plan.lo, plan.hi)
         return [
-            SeriesForecast(yhat[a:b], lower[a:b], upper[a:b], method[a:b])
+            SeriesForecast(yhat[a:b], lower[a:b], upper[a:b], method[a:b], recent[a:b])
             for a, b in zip(rows[:-1], rows[1:], strict=True)
         ]
 
@@ -378,6 +410,7 @@ class ForecastBundle:
                         "method": np.array(METHOD_NAMES)[served[i].method.ravel()],
                         "yhat_lower": served[i].lower.ravel(),
                         "yhat_upper": served[i].upper.ravel(),
+                        "recent_change": np.repeat(served[i].recent_change, horizon),
                         **{m: raw[m][i].ravel() for m in METHOD_NAMES[:4]},
                     }
                 )
@@ -550,14 +583,19 @@ def plan_measure(
         table[_bucket_label(bucket)] = maes
         chosen = choose_method(maes)
         served += [chosen] * (min(bucket[1], horizon) - bucket[0] + 1)
+    # Residuals in units of each origin's band scale, as they will be served.
+    recent = rows["recent_change"].to_numpy(dtype="float64")
+    typical = float(np.nanmedian(recent)) if np.isfinite(recent).any() else math.nan
+    typical = typical if typical > 0 else 1.0  # a flat validation: plain offsets
+    scale = band_scale(recent, typical)
     offsets = {}
     for method in METHOD_NAMES:
         source = filled.get(method, filled["seasonal_naive"])
         residual = np.full((len(rows), horizon), np.nan)
         h = rows["horizon_h"].to_numpy() - 1
-        residual[np.arange(len(rows)), h] = rows["actual"].to_numpy() - source.to_numpy()
+        residual[np.arange(len(rows)), h] = (rows["actual"].to_numpy() - source.to_numpy()) / scale
         offsets[method] = conformal_offsets(residual, config.interval_width)
-    return MeasurePlan(lo, hi, served, offsets, table)
+    return MeasurePlan(lo, hi, served, offsets, table, typical)
 
 
 def _buckets_within(horizon: int) -> int:

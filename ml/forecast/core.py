@@ -30,6 +30,7 @@ __all__ = [
     "last_seen",
     "persistence",
     "persistence_many",
+    "recent_change_many",
     "seasonal_naive",
     "seasonal_naive_many",
     "temporal_split",
@@ -44,6 +45,9 @@ DAY_HOURS = 24
 HISTORY_HOURS = 7 * 24
 # The latest observation counts (persistence, the global model's level) within this many hours.
 RECENT_HOURS = 24
+# A band's width follows how much its series has moved lately: the mean change from the same
+# hour the day before over this many hours up to the origin (each pair within HISTORY_HOURS).
+CHANGE_HOURS = HISTORY_HOURS - DAY_HOURS
 MIN_TRAIN_DAYS = 3
 _HOUR_NS = 3_600_000_000_000
 # Horizon buckets a method is chosen for: (first, last) hours ahead, both included.
@@ -286,6 +290,13 @@ class _Stacked:
     def split(self, rows: np.ndarray) -> list[np.ndarray]:
         return np.split(rows, np.cumsum(self.counts)[:-1])
 
+    def values(self, index: np.ndarray) -> np.ndarray:
+        """Per origin (rows of `index`), its request's y at these grid indices; NaN outside."""
+        inside = (index >= 0) & (index < self.length[:, None])
+        values = np.full(index.shape, np.nan)
+        values[inside] = self.flat[(self.start[:, None] + index)[inside]]
+        return values
+
     def last_seen(self, within: int = RECENT_HOURS) -> np.ndarray:
         """As `last_seen`, per origin: the index in its request's hours, -1 for none."""
         if len(self.flat) == 0:
@@ -317,8 +328,34 @@ def seasonal_naive_many(requests: list[Request], horizon: int) -> list[np.ndarra
     stacked = _Stacked.of(requests)
     ahead = np.arange(1, horizon + 1)
     days_back = np.ceil(ahead / DAY_HOURS).astype(int) * DAY_HOURS
-    index = stacked.at[:, None] + ahead - days_back
-    inside = (index >= 0) & (index < stacked.length[:, None])
-    values = np.full(index.shape, np.nan)
-    values[inside] = stacked.flat[(stacked.start[:, None] + index)[inside]]
-    return stacked.split(values)
+    return stacked.split(stacked.values(stacked.at[:, None] + ahead - days_back))
+
+
+def recent_change_many(requests: list[Request]) -> np.ndarray:
+    """Per origin of every request, in order: the mean |y(t) - y(t - 24 h)| over the
+    CHANGE_HOURS hours t up to the origin (what seasonal-naive would have missed by lately);
+    NaN where no such pair was observed. Reads nothing after an origin."""
+    if not requests:
+        return np.zeros(0)
+    stacked = _Stacked.of(requests)
+    lengths = np.array([len(r[3]) for r in requests], dtype=np.int64)
+    # Every hour's change from the day before, end to end; then running sums, so that each
+    # origin's mean is two lookups (gold asks this of every window it scores).
+    flat = stacked.flat
+    change = np.full(len(flat), np.nan)
+    change[DAY_HOURS:] = np.abs(flat[DAY_HOURS:] - flat[:-DAY_HOURS])
+    # A request's first day has no day before (what precedes it is another request's).
+    first_day = (np.cumsum(lengths) - lengths)[:, None] + np.arange(DAY_HOURS)
+    change[first_day[np.arange(DAY_HOURS) < lengths[:, None]]] = np.nan
+    seen = ~np.isnan(change)
+    sums = np.zeros(len(flat) + 1)
+    np.cumsum(np.nan_to_num(change, copy=False), out=sums[1:])
+    counts = np.zeros(len(flat) + 1, dtype=np.int32)
+    np.cumsum(seen, dtype=np.int32, out=counts[1:])
+    last = np.minimum(stacked.at, stacked.length - 1)  # the hours up to the origin, observed
+    first = np.maximum(stacked.at - CHANGE_HOURS + 1, 0)
+    end = np.where(last >= first, stacked.start + last + 1, stacked.start)
+    begin = np.where(last >= first, stacked.start + first, stacked.start)
+    count = counts[end] - counts[begin]
+    with np.errstate(invalid="ignore", divide="ignore"):  # no pair observed: NaN, as meant
+        return np.where(count > 0, (sums[end] - sums[begin]) / count, np.nan)

@@ -199,6 +199,7 @@ def _validation_rows(errors: dict[str, np.ndarray], horizon: int = 24) -> pd.Dat
             "entity_id": "a",
             "horizon_h": np.tile(np.arange(1, horizon + 1), n // horizon),
             "actual": 0.0,
+            "recent_change": 1.0,
             **errors,
         }
     )
@@ -286,6 +287,38 @@ def test_conformal_band_covers_about_80_percent_of_unseen_data(
     # (2 * 1.2816 sigma) and not much wider than seasonal-naive's (sigma * sqrt(2)).
     width = (errors["yhat_upper"] - errors["yhat_lower"]).mean()
     assert 2 * 1.2816 * SIGMA * 0.95 <= width <= 2 * 1.2816 * SIGMA * math.sqrt(2) * 1.1
+
+
+def test_bands_widen_where_the_series_has_moved_more_and_cover_both_spells() -> None:
+    # Noise of sigma 1 and 3 in alternating fortnights: a band sized for the average covers
+    # nearly all of a calm fortnight and too little of a stormy one.
+    days = 120
+    hours = np.arange(days * 24)
+    sigma = np.where((hours // (24 * 14)) % 2, 3.0, 1.0)
+    frames = {
+        (f"e{i}", "y"): _hourly(
+            10
+            + 5 * np.sin(2 * np.pi * hours / 24)
+            + sigma * np.random.default_rng(20 + i).normal(size=len(hours))
+        )
+        for i in range(4)
+    }
+    split = temporal_split(
+        T0, T0 + pd.Timedelta(days=days) - HOUR, test_days=42, validation_days=28
+    )
+    bundle = fit_bundle(frames, split, QUICK, source="synthetic")
+    assert bundle.plans["y"].typical_change is not None
+
+    errors = bundle.evaluate(frames, split.validation_end, split.test_end)
+    # Judged from a week into each spell: the scale reads the last 6 days.
+    hour = hours_since_epoch(errors["ds"]) - hours_since_epoch(T0)
+    settled = (hour % (24 * 14)) >= 24 * 7
+    inside = (errors["actual"] >= errors["yhat_lower"]) & (errors["actual"] <= errors["yhat_upper"])
+    stormy = sigma[hour] == 3.0
+    width = errors["yhat_upper"] - errors["yhat_lower"]
+    for spell in (stormy, ~stormy):
+        assert 0.72 <= inside[settled & spell].mean() <= 0.88
+    assert width[settled & stormy].mean() > 2 * width[settled & ~stormy].mean()
 
 
 def test_forecasts_and_bands_stay_in_the_valid_range() -> None:
@@ -640,6 +673,37 @@ def test_the_baselines_of_many_requests_equal_one_request_at_a_time():
                     expected = one(origins, grid_start, observed, horizon)
                     assert answer.shape == expected.shape
                     assert np.array_equal(answer, expected, equal_nan=True)
+
+
+def test_the_recent_change_of_many_requests_is_the_mean_daily_change_up_to_each_origin():
+    # What bands scale with, computed with running sums over every request end to end: each
+    # origin's must be the plain mean over its own request's hours, never a neighbour's.
+    from ml.forecast.core import CHANGE_HOURS, DAY_HOURS, recent_change_many
+
+    def plain(origin: int, grid_start: int, y: np.ndarray) -> float:
+        at = origin - grid_start
+        pairs = [
+            abs(y[t] - y[t - DAY_HOURS])
+            for t in range(at - CHANGE_HOURS + 1, at + 1)
+            if DAY_HOURS <= t < len(y)
+        ]
+        pairs = [p for p in pairs if np.isfinite(p)]
+        return float(np.mean(pairs)) if pairs else math.nan
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        requests = []
+        for i in range(int(rng.integers(0, 8))):
+            n = int(rng.integers(0, 260))
+            observed = rng.normal(size=n) * rng.uniform(0.1, 5)
+            observed[rng.random(n) < rng.random() * 0.5] = np.nan
+            grid_start = int(rng.integers(-50, 50))
+            origins = rng.integers(
+                grid_start - 30, grid_start + n + 40, size=int(rng.integers(0, 5))
+            )
+            requests.append((f"e{i}", origins, grid_start, observed))
+        expected = [plain(o, g, y) for _, origins, g, y in requests for o in origins]
+        np.testing.assert_allclose(recent_change_many(requests), expected, equal_nan=True)
 
 
 def test_a_source_whose_series_follow_the_week_gets_the_week_cycle_and_others_do_not() -> None:
