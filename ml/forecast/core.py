@@ -48,6 +48,7 @@ RECENT_HOURS = 24
 # A band's width follows how much its series has moved lately: the mean change from the same
 # hour the day before over this many hours up to the origin (each pair within HISTORY_HOURS).
 CHANGE_HOURS = HISTORY_HOURS - DAY_HOURS
+_FIXED_POINT = 2**16
 MIN_TRAIN_DAYS = 3
 _HOUR_NS = 3_600_000_000_000
 # Horizon buckets a method is chosen for: (first, last) hours ahead, both included.
@@ -340,7 +341,9 @@ def recent_change_many(requests: list[Request]) -> np.ndarray:
     stacked = _Stacked.of(requests)
     lengths = np.array([len(r[3]) for r in requests], dtype=np.int64)
     # Every hour's change from the day before, end to end; then running sums, so that each
-    # origin's mean is two lookups (gold asks this of every window it scores).
+    # origin's mean is two lookups (gold asks this of every window it scores). The sums are
+    # of whole 1/65,536ths: exact, so an origin's figure does not depend on what was batched
+    # before it (a float running sum's rounding does, and rescoring must give the same rows).
     flat = stacked.flat
     change = np.full(len(flat), np.nan)
     change[DAY_HOURS:] = np.abs(flat[DAY_HOURS:] - flat[:-DAY_HOURS])
@@ -348,8 +351,8 @@ def recent_change_many(requests: list[Request]) -> np.ndarray:
     first_day = (np.cumsum(lengths) - lengths)[:, None] + np.arange(DAY_HOURS)
     change[first_day[np.arange(DAY_HOURS) < lengths[:, None]]] = np.nan
     seen = ~np.isnan(change)
-    sums = np.zeros(len(flat) + 1)
-    np.cumsum(np.nan_to_num(change, copy=False), out=sums[1:])
+    sums = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum(np.rint(np.nan_to_num(change, copy=False) * _FIXED_POINT), out=sums[1:])
     counts = np.zeros(len(flat) + 1, dtype=np.int32)
     np.cumsum(seen, dtype=np.int32, out=counts[1:])
     last = np.minimum(stacked.at, stacked.length - 1)  # the hours up to the origin, observed
@@ -358,4 +361,4 @@ def recent_change_many(requests: list[Request]) -> np.ndarray:
     begin = np.where(last >= first, stacked.start + first, stacked.start)
     count = counts[end] - counts[begin]
     with np.errstate(invalid="ignore", divide="ignore"):  # no pair observed: NaN, as meant
-        return np.where(count > 0, (sums[end] - sums[begin]) / count, np.nan)
+        return np.where(count > 0, (sums[end] - sums[begin]) / _FIXED_POINT / count, np.nan)

@@ -703,7 +703,9 @@ def test_the_recent_change_of_many_requests_is_the_mean_daily_change_up_to_each_
             )
             requests.append((f"e{i}", origins, grid_start, observed))
         expected = [plain(o, g, y) for _, origins, g, y in requests for o in origins]
-        np.testing.assert_allclose(recent_change_many(requests), expected, equal_nan=True)
+        np.testing.assert_allclose(
+            recent_change_many(requests), expected, atol=1e-5, equal_nan=True
+        )
 
 
 def test_a_source_whose_series_follow_the_week_gets_the_week_cycle_and_others_do_not() -> None:
