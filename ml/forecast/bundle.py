@@ -7,9 +7,10 @@ lowest MAE is served, but never one whose MAE is worse than seasonal-naive's. Ba
 served method's validation residuals per (measure, horizon), each divided by how much its
 series had moved lately (`recent_change_many`, at the origin), their 10th and 90th percentiles
 (for an 80% band) times that at the origin served, added to yhat: a series in a calm spell
-gets narrower bands and one in a stormy spell wider ones, so coverage holds in both. Where the served method has nothing to say (no observation
-in the last day, an unknown entity), the forecast falls back to seasonal-naive, persistence,
-then the entity's training mean, and the gold row names the method actually used.
+gets narrower bands and one in a stormy spell wider ones, so coverage holds in both. Where the
+served method has nothing to say (no observation in the last day, an unknown entity), the
+forecast falls back to seasonal-naive, persistence, then the entity's training mean, and the
+gold row names the method actually used.
 """
 
 from __future__ import annotations

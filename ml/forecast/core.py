@@ -48,7 +48,7 @@ RECENT_HOURS = 24
 # A band's width follows how much its series has moved lately: the mean change from the same
 # hour the day before over this many hours up to the origin (each pair within HISTORY_HOURS).
 CHANGE_HOURS = HISTORY_HOURS - DAY_HOURS
-_FIXED_POINT = 2**16
+_FIXED_POINT = 2**16  # its running sums count whole 1/65,536ths (exact; see recent_change_many)
 MIN_TRAIN_DAYS = 3
 _HOUR_NS = 3_600_000_000_000
 # Horizon buckets a method is chosen for: (first, last) hours ahead, both included.

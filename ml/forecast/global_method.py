@@ -5,11 +5,10 @@ observation. Features are what the day up to the origin shows (the latest value,
 hours relative to it, how old it is, its mean against the day before's), the target's hour
 yesterday and on average over the last 3 and 7 days, the target hour's calendar (hour of day
 and, from a year of training history, day of year as sin/cos), the horizon and the entity
-(categorical). And what the entity's
-neighbours show at the origin: weather travels (west to east, ~500-1,000 km a day), so the
-recent change at the stations it comes from says much about the next day. The neighbours are
-learnt on train, not read from coordinates: the entities whose departure from the same hour
-yesterday best foretells the entity's own 18 h later.
+(categorical). And what the entity's neighbours show at the origin: weather travels (west to
+east, ~500-1,000 km a day), so the recent change at the stations it comes from says much about
+the next day. The neighbours are learnt on train, not read from coordinates: the entities
+whose departure from the same hour yesterday best foretells the entity's own 18 h later.
 """
 
 from __future__ import annotations
