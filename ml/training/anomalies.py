@@ -32,6 +32,7 @@ __all__ = [
     "compare_anomaly",
     "fit_learned",
     "injected_sets",
+    "set_flags",
     "set_scores",
     "injected_test_sets",
     "train_anomaly",
@@ -122,6 +123,11 @@ def set_scores(model: anomaly.AnomalyModel, sets: Sequence[InjectedSet]) -> pd.D
     )
 
 
+def set_flags(model: anomaly.AnomalyModel, sets: Sequence[InjectedSet]) -> np.ndarray:
+    """The model's flag of every window of the sets, one after the other."""
+    return np.concatenate([model.flag(s.features, s.observations) for s in sets])
+
+
 def train_anomaly(
     train_features: pd.DataFrame,
     hourly: pd.DataFrame,
@@ -152,7 +158,7 @@ def train_anomaly(
         max_false_alarm=config.anomaly_max_false_alarm,
     )
     test = injected_test_sets(hourly, contract, split, config.anomaly_rate, config.anomaly_seed)
-    flags = np.concatenate([model.flag(s.features, s.observations) for s in test])
+    flags = set_flags(model, test)
     metrics = anomaly.detection_metrics(np.concatenate([s.truth for s in test]), flags)
     by_kind = anomaly.evaluate_by_kind(
         flags,
@@ -235,7 +241,6 @@ def compare_anomaly(
     truth = np.concatenate([s.truth for s in test])
 
     def f1(model: anomaly.AnomalyModel) -> float:
-        flags = np.concatenate([model.flag(s.features, s.observations) for s in test])
-        return float(anomaly.detection_metrics(truth, flags)["f1"])
+        return float(anomaly.detection_metrics(truth, set_flags(model, test))["f1"])
 
     return f1(challenger), f1(champion)
