@@ -296,9 +296,11 @@ class StationStats:
     def standardise(self, features: pd.DataFrame, key: str) -> pd.DataFrame:
         """Each feature as standard deviations from its station's (or the global) training mean."""
         columns = list(self.global_mean.index)
-        stations = features[key].to_numpy()
-        mean = self.mean.reindex(stations)[columns].fillna(self.global_mean).to_numpy()
-        std = self.std.reindex(stations)[columns].fillna(self.global_std).to_numpy()
+        # Looked up once per station, not per window (a pandas reindex of every row was a
+        # twentieth of gold scoring's time).
+        codes, stations = pd.factorize(features[key].to_numpy(), use_na_sentinel=False)
+        mean = self.mean.reindex(stations)[columns].fillna(self.global_mean).to_numpy()[codes]
+        std = self.std.reindex(stations)[columns].fillna(self.global_std).to_numpy()[codes]
         values = features[columns].to_numpy(dtype="float64")
         return pd.DataFrame((values - mean) / std, columns=columns, index=features.index)
 
@@ -696,8 +698,8 @@ def _window_hours(windows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _epoch_hours(times: pd.Series, *, nanoseconds: bool = False) -> np.ndarray:
-    """Whole hours since the epoch (or nanoseconds), of naive-UTC or tz-aware times.
-    (periscope.time.naive_utc goes through pd.to_datetime: half of scoring's time.)"""
+    """Whole hours since the epoch (or nanoseconds), of naive-UTC or tz-aware times, without
+    the copy to microseconds periscope.time.naive_utc makes."""
     if not pd.api.types.is_datetime64_any_dtype(times):
         times = pd.to_datetime(times, utc=True)
     if isinstance(times.dtype, pd.DatetimeTZDtype):

@@ -34,7 +34,7 @@ def naive_utc(times: Any) -> Any:
         if stamp.tzinfo is not None:
             stamp = stamp.tz_convert("UTC").tz_localize(None)
         return stamp.to_pydatetime()
-    series = pd.to_datetime(pd.Series(times) if not isinstance(times, pd.Series) else times)
+    series = _datetimes(times)
     if series.dt.tz is not None:
         series = series.dt.tz_convert("UTC").dt.tz_localize(None)
     return series.astype(_US)
@@ -42,10 +42,20 @@ def naive_utc(times: Any) -> Any:
 
 def utc(times: Any) -> pd.Series:
     """tz-aware UTC microseconds (naive input is taken as UTC)."""
-    series = pd.to_datetime(pd.Series(times) if not isinstance(times, pd.Series) else times)
+    series = _datetimes(times)
     if series.dt.tz is None:
         series = series.dt.tz_localize("UTC")
     return series.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+
+
+def _datetimes(times: Any) -> pd.Series:
+    """`times` as a datetime Series. One that already is one is not parsed again: pd.to_datetime
+    walks its values one by one in Python (a fifth of gold scoring's time on the read-only
+    frames a Ray actor receives)."""
+    series = times if isinstance(times, pd.Series) else pd.Series(times)
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return series
+    return pd.to_datetime(series)
 
 
 def naive_utc_columns(frame: pd.DataFrame) -> pd.DataFrame:
