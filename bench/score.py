@@ -9,6 +9,10 @@ Ray start-up and model loading are excluded.
 Needs history in the lake and champions (see the README: replay, bronze, silver, train).
 
     python bench/score.py --source weather --actors 1 2 --days 90
+    python bench/score.py --source weather --serve gbm     # the global model at every horizon
+
+What a window costs depends on what the champion serves (printed first): the global model's
+trees cost far more per forecast than Prophet's cached yhat or a baseline's lookup.
 
 End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
 event time = now) through bronze, silver and the scorer, all running at once, in a temporary
@@ -58,6 +62,16 @@ def throughput(args: argparse.Namespace) -> None:
     settings = get_settings()
     contract = get_contract(args.source)
     registry = Registry(settings)
+    served = _served(registry, args.source)
+    print(f"{args.source} forecast champion serves (share of measure x horizon): {served}")
+    if args.serve:
+        # A copy of the champions in a registry of the bench's own, the forecast one serving
+        # `--serve` at every horizon: the dev registry's champions stay as they are.
+        work = Path(tempfile.mkdtemp(prefix="periscope-score-throughput-"))
+        bench_settings = settings.model_copy(update={"local_dir": work, "mlflow_tracking_uri": ""})
+        _serving_copy(registry, bench_settings, args.source, args.serve)
+        settings, registry = bench_settings, Registry(bench_settings)
+        print(f"scored with a copy serving {_served(registry, args.source)}")
     if latest_feature_batch(settings, contract) is None:
         raise SystemExit(f"no {args.source} feature windows in the lake: run silver first")
     newest = feature_windows(settings, contract)["window_start"].max()
@@ -94,6 +108,51 @@ def throughput(args: argparse.Namespace) -> None:
             f"= {rate:,.0f} rows/s"
         )
     print(json.dumps(figures, indent=2))
+
+
+def _served(registry: Registry, source: str) -> str:
+    """Which methods the source's forecast champion serves, as shares of (measure, horizon)."""
+    from collections import Counter
+
+    from ml.forecast import ForecastBundle
+
+    info = registry.resolve(source, "forecast")
+    if info is None:
+        return "no champion"
+    bundle = ForecastBundle.load(registry.download(info))
+    counts = Counter(m for plan in bundle.plans.values() for m in plan.served)
+    total = sum(counts.values())
+    return ", ".join(f"{m} {n / total:.0%}" for m, n in counts.most_common())
+
+
+def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
+    """Register the source's champions in the registry of `settings`, the forecast bundle
+    serving `method` at every (measure, horizon) where it has a model (its bands' offsets)."""
+    from ml.anomaly import AnomalyModel
+    from ml.forecast import ForecastBundle
+
+    forecast_info = dev.resolve(source, "forecast")
+    anomaly_info = dev.resolve(source, "anomaly")
+    if forecast_info is None or anomaly_info is None:
+        raise SystemExit(f"no {source} champions: run `periscope train --source {source}`")
+    bundle = ForecastBundle.load(dev.download(forecast_info))
+    for measure, plan in bundle.plans.items():
+        if method not in plan.offsets:
+            raise SystemExit(f"the {source} champion has no {method} forecasts of {measure}")
+        bundle.plans[measure] = dataclasses.replace(plan, served=[method] * len(plan.served))
+    models = (
+        ("forecast", bundle),
+        ("anomaly", AnomalyModel.load(dev.download(anomaly_info))),
+    )
+    bench = Registry(settings)  # after the downloads: MLflow's tracking URI is process-wide
+    for kind, model in models:
+        directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        model.save(directory)
+        info = bench.log_model(
+            source=source, kind=kind, directory=directory, params={}, metrics={}, tags={}
+        )
+        bench.set_champion(source, kind, info.version)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _bench_models(settings, bench, stations: int) -> None:
@@ -344,6 +403,12 @@ def main() -> None:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--days", type=float, default=90.0, help="windows of the last N days")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--serve",
+        choices=["gbm", "prophet", "persistence", "seasonal_naive"],
+        help="throughput: score with a copy of the champions whose forecast bundle serves this "
+        "method at every horizon (default: the champion as it is)",
+    )
     parser.add_argument("--latency", action="store_true", help="measure end-to-end latency")
     parser.add_argument("--rate", type=int, default=1000, help="records per second")
     parser.add_argument("--stations", type=int, default=1000)
