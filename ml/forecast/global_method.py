@@ -13,6 +13,7 @@ whose departure from the same hour yesterday best foretells the entity's own 18 
 
 from __future__ import annotations
 
+import functools
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -63,9 +64,17 @@ _YEAR_CYCLE_DAYS = 365
 def _one_thread() -> Any:
     """OpenMP on one thread: scikit-learn's trees otherwise spin on every core, and with the
     cores shared (Ray tasks, other stages) that made a fit 6x slower, not faster."""
-    from threadpoolctl import threadpool_limits
+    return _thread_pools().limit(limits=1, user_api="openmp")
 
-    return threadpool_limits(limits=1, user_api="openmp")
+
+@functools.cache
+def _thread_pools() -> Any:
+    """The process's thread pools, found once (after scikit-learn has loaded its OpenMP):
+    threadpool_limits looks for them on every call, 5 ms each, three times a gold round."""
+    import sklearn.ensemble  # noqa: F401 - loads the OpenMP runtime the limit must find
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
