@@ -110,14 +110,24 @@ def choose_method(validation_mae: dict[str, float]) -> str:
 def conformal_offsets(
     residuals: np.ndarray, interval_width: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per horizon (columns of `residuals` = actual - yhat, NaN: no actual), the residual
-    quantiles that bound the central `interval_width` share: the offsets of an interval."""
+    """Per horizon (columns of `residuals` = actual - yhat, NaN: no actual), the offsets of
+    an interval holding the central `interval_width` share: split conformal's order statistics
+    of the n residuals, the floor((n + 1) * tail)-th smallest and the ceil((n + 1) * (1 - tail))-th
+    (tail = (1 - width) / 2), the ranks that cover a new exchangeable residual with probability
+    at least `interval_width`. Plain quantiles of n points come short by about 1 / n: 72
+    residuals a horizon (a short lake's 3 days of validation, one station) gave 78 %, not 80.
+    Where n is too small for a rank, the smallest or largest residual stands in."""
     tail = (1 - interval_width) / 2
     lower, upper = np.zeros(residuals.shape[1]), np.zeros(residuals.shape[1])
     for h in range(residuals.shape[1]):
-        seen = residuals[:, h][~np.isnan(residuals[:, h])]
-        if len(seen):
-            lower[h], upper[h] = np.quantile(seen, [tail, 1 - tail])
+        seen = np.sort(residuals[:, h][~np.isnan(residuals[:, h])])
+        n = len(seen)
+        if n:
+            # 1-based ranks; the rounding guards (n + 1) * tail landing a hair off a whole number.
+            low = int(np.floor(round((n + 1) * tail, 9)))
+            high = int(np.ceil(round((n + 1) * (1 - tail), 9)))
+            lower[h] = seen[min(max(low, 1), n) - 1]
+            upper[h] = seen[min(max(high, 1), n) - 1]
     return lower, upper
 
 
