@@ -125,6 +125,17 @@ def _served(registry: Registry, source: str) -> str:
     return ", ".join(f"{m} {n / total:.0%}" for m, n in counts.most_common())
 
 
+def _serving(bundle, method: str | None):
+    """The bundle with every (measure, horizon) served by `method` (None: as it is)."""
+    if method is None:
+        return bundle
+    for measure, plan in bundle.plans.items():
+        if method not in plan.offsets:
+            raise SystemExit(f"the {bundle.source} champion has no {method} forecasts of {measure}")
+        bundle.plans[measure] = dataclasses.replace(plan, served=[method] * len(plan.served))
+    return bundle
+
+
 def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
     """Register the source's champions in the registry of `settings`, the forecast bundle
     serving `method` at every (measure, horizon) where it has a model (its bands' offsets)."""
@@ -135,11 +146,7 @@ def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
     anomaly_info = dev.resolve(source, "anomaly")
     if forecast_info is None or anomaly_info is None:
         raise SystemExit(f"no {source} champions: run `periscope train --source {source}`")
-    bundle = ForecastBundle.load(dev.download(forecast_info))
-    for measure, plan in bundle.plans.items():
-        if method not in plan.offsets:
-            raise SystemExit(f"the {source} champion has no {method} forecasts of {measure}")
-        bundle.plans[measure] = dataclasses.replace(plan, served=[method] * len(plan.served))
+    bundle = _serving(ForecastBundle.load(dev.download(forecast_info)), method)
     models = (
         ("forecast", bundle),
         ("anomaly", AnomalyModel.load(dev.download(anomaly_info))),
@@ -155,8 +162,9 @@ def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _bench_models(settings, bench, stations: int) -> None:
-    """Register the weather champions under the bench source, one real series per station."""
+def _bench_models(settings, bench, stations: int, serve: str | None = None) -> None:
+    """Register the weather champions under the bench source, one real series per station;
+    `serve`: the forecast bundle serves that method at every horizon."""
     from ml.anomaly import AnomalyModel
     from ml.forecast import ForecastBundle
 
@@ -165,7 +173,7 @@ def _bench_models(settings, bench, stations: int) -> None:
     anomaly_info = dev.resolve("weather", "anomaly")
     if forecast_info is None or anomaly_info is None:
         raise SystemExit("no weather champions: run `periscope train --source weather` first")
-    base = ForecastBundle.load(dev.download(forecast_info))
+    base = _serving(ForecastBundle.load(dev.download(forecast_info)), serve)
     real = sorted({station for station, _ in base.series()})
     # Station i borrows real station i mod n's series (its Prophet, mean); the global models
     # and the served plans are the measure's own, shared by every station.
@@ -244,7 +252,7 @@ def latency(args: argparse.Namespace) -> None:
         }
     )
     bench = dataclasses.replace(WEATHER, name=f"bench{uuid.uuid4().hex[:6]}", window=WindowSpec())
-    _bench_models(settings, bench, args.stations)
+    _bench_models(settings, bench, args.stations, args.serve)
     create_topics(settings, topic_specs(settings, [bench]))
     spark = None
     if args.engine == "spark":
@@ -406,8 +414,8 @@ def main() -> None:
     parser.add_argument(
         "--serve",
         choices=["gbm", "prophet", "persistence", "seasonal_naive"],
-        help="throughput: score with a copy of the champions whose forecast bundle serves this "
-        "method at every horizon (default: the champion as it is)",
+        help="score with a copy of the champions whose forecast bundle serves this method at "
+        "every horizon (default: the champion as it is); with --latency too",
     )
     parser.add_argument("--latency", action="store_true", help="measure end-to-end latency")
     parser.add_argument("--rate", type=int, default=1000, help="records per second")
