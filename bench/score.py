@@ -50,6 +50,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from ml.data import LakeSlice, SilverFeed, feature_windows, latest_feature_batch
 from ml.gold import history_for, predictions_path, run_scoring, scoring_pool
@@ -147,18 +148,21 @@ def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
     if forecast_info is None or anomaly_info is None:
         raise SystemExit(f"no {source} champions: run `periscope train --source {source}`")
     bundle = _serving(ForecastBundle.load(dev.download(forecast_info)), method)
-    models = (
-        ("forecast", bundle),
-        ("anomaly", AnomalyModel.load(dev.download(anomaly_info))),
-    )
-    bench = Registry(settings)  # after the downloads: MLflow's tracking URI is process-wide
-    for kind, model in models:
+    anomaly = AnomalyModel.load(dev.download(anomaly_info))
+    # After the downloads: MLflow's tracking URI is process-wide.
+    _register_champions(Registry(settings), source, bundle, anomaly)
+
+
+def _register_champions(registry: Registry, source: str, forecast, anomaly) -> None:
+    """Register the two models as `source`'s champions in `registry`."""
+    kinds: tuple[tuple[ModelKind, Any], ...] = (("forecast", forecast), ("anomaly", anomaly))
+    for kind, model in kinds:
         directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         model.save(directory)
-        info = bench.log_model(
+        info = registry.log_model(
             source=source, kind=kind, directory=directory, params={}, metrics={}, tags={}
         )
-        bench.set_champion(source, kind, info.version)
+        registry.set_champion(source, kind, info.version)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -197,19 +201,7 @@ def _bench_models(settings, bench, stations: int, serve: str | None = None) -> N
         plans=base.plans,
     )
     anomaly = dataclasses.replace(AnomalyModel.load(dev.download(anomaly_info)), source=bench.name)
-    registry = Registry(settings)
-    kinds: tuple[tuple[ModelKind, ForecastBundle | AnomalyModel], ...] = (
-        ("forecast", bundle),
-        ("anomaly", anomaly),
-    )
-    for kind, model in kinds:
-        directory = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-        model.save(directory)
-        info = registry.log_model(
-            source=bench.name, kind=kind, directory=directory, params={}, metrics={}, tags={}
-        )
-        registry.set_champion(bench.name, kind, info.version)
-        shutil.rmtree(directory, ignore_errors=True)
+    _register_champions(Registry(settings), bench.name, bundle, anomaly)
 
 
 def _score(settings, contract, stop, verbose: bool) -> None:
