@@ -213,7 +213,8 @@ def natural_repeats(
         stuck = s.labels[s.labels["kind"] == "stuck"]
         injected = anomaly.HourlyGrid.of(s.observations, key, measures)
         row = pd.Index(injected.entities).get_indexer(stuck[key].astype(str).to_numpy())
-        hour = anomaly._epoch_hours(stuck["event_time"]) - injected.first_hour
+        hours = stuck["event_time"].to_numpy("datetime64[h]").astype("int64")
+        hour = hours - injected.first_hour
         column = [measures.index(m) for m in stuck["measure"]]
         run = injected.signals["run"][row, hour, column]
         longest.append(
@@ -244,7 +245,8 @@ def natural_repeats(
         share = {int(r): float((values >= r).mean()) if len(values) else 0.0 for r in lengths}
         shortest = min((r for r in share if share[r] <= budget), default=None)
         mine = episodes[episodes["measure"] == measure]["run"]
-        caught = (mine >= shortest) if shortest is not None else mine < 0
+        # No run rare enough: a run alone catches nothing without passing the ceiling.
+        caught = mine >= shortest if shortest is not None else pd.Series(False, index=mine.index)
         caught_all.append(caught)
         print(
             f"{measure:<12} "
