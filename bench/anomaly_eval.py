@@ -285,7 +285,9 @@ def natural_spikes(
     print(f"{'measure':<12} " + " ".join(f"{f'k={k}':>7}" for k in shown))
     for j, measure in enumerate(measures):
         x = size[..., j][observed[..., j]]
-        print(f"{measure:<12} " + " ".join(f"{np.mean(x >= k) if len(x) else 0:>7.2%}" for k in shown))
+        print(
+            f"{measure:<12} " + " ".join(f"{np.mean(x >= k) if len(x) else 0:>7.2%}" for k in shown)
+        )
 
 
 def report(
