@@ -79,7 +79,7 @@ def throughput(args: argparse.Namespace) -> None:
     features = feature_windows(
         settings, contract, LakeSlice(since=newest - timedelta(days=args.days))
     )
-    hourly = history_for(SilverFeed(settings, contract), features)
+    hourly = history_for(SilverFeed(settings, contract), features, datetime.now(UTC))
     print(
         f"{args.source}: {len(features):,} windows ({features['station_id'].nunique()} stations, "
         f"{features['window_start'].min()} .. {newest})"

@@ -77,11 +77,11 @@ class RoundReport:
         return ", ".join(f"{name} {s:.1f}" for name, s in self.phase_seconds.items())
 
 
-def history_for(feed: SilverFeed, features: pd.DataFrame) -> pd.DataFrame:
-    """The hourly observations the forecasts of these feature windows start from, of every
-    station (the global forecast model reads its neighbours' hours too)."""
+def history_for(feed: SilverFeed, features: pd.DataFrame, scored_at: datetime) -> pd.DataFrame:
+    """The hourly observations the forecasts of these feature windows, scored at `scored_at`,
+    start from, of every station (the global forecast model reads its neighbours' hours too)."""
     key = feed.contract.key_field
-    spans = history_window(features, key)
+    spans = history_window(features, key, scored_at)
     if len(spans) == 0:
         return pd.DataFrame({key: pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[us]")})
     lake_slice = LakeSlice(
@@ -140,7 +140,8 @@ def score_round(
     phase("plan")
     features = feed.windows(after, through)
     phase("features")
-    hourly = history_for(feed, features)
+    scored_at = datetime.now(UTC)
+    hourly = history_for(feed, features, scored_at)
     phase("history")
     versions = pool.sync_models(contract.name, registry)
     phase("models")
@@ -148,7 +149,7 @@ def score_round(
         contract.name,
         features,
         hourly,
-        datetime.now(UTC),
+        scored_at,
         key=contract.key_field,
         zero_when_empty=frozenset(t.name for t in contract.forecast_targets if t.zero_when_empty),
     )

@@ -2,7 +2,7 @@
 
 Each window gets the anomaly model's score and flag, and the forecast bundle's forecasts of
 every series it knows for the window's entity, made from the window's `forecast_origin`
-(the last full hour before window_end). No Ray, Delta or MLflow here: the actors and the
+(the last full hour before window_end that had ended when it was scored). No Ray, Delta or MLflow here: the actors and the
 lake I/O call `score_windows` and `to_arrow`.
 
 Forecasts are batched: for each measure, every station's origins go to the bundle's
@@ -53,9 +53,10 @@ class ForecastMemo:
     """The served forecasts of recent rounds, by request, for as long as the history they
     read stays the same.
 
-    A forecast reads the hours up to its origin, the last full hour before the window's end,
-    so a live station's rounds ask the same question for a whole hour: its windows slide, its
-    origin does not. A served forecast is a pure function of the request (entity, origins,
+    A forecast reads the hours up to its origin, the last full hour before the window's end
+    that had ended by the scoring time, so a live station's rounds ask the same question for
+    a whole hour: its windows slide, its origin does not, and the hour in progress is not
+    read (it is not in the history, nor in the context's digest). A served forecast is a pure function of the request (entity, origins,
     grid start, observed hours), the context the global model reads (every station's hours of
     the measure) and the loaded bundle; the memo keys on all of them, so a late reading that
     changes any hour changes the key and is forecast afresh. It belongs to one LoadedModels:
@@ -168,22 +169,36 @@ def _windows(features: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame.sort_values([key, "window_start"], kind="stable", ignore_index=True)
 
 
-def _origins(windows: pd.DataFrame) -> np.ndarray:
-    """forecast_origin in hours since the epoch: the last hour that ends by window_end."""
-    return _hours(windows["window_end"]) - 1
+def _origins(windows: pd.DataFrame, scored_at: datetime | None = None) -> np.ndarray:
+    """forecast_origin in hours since the epoch: the last hour that ends by window_end and,
+    given `scored_at`, had ended by then.
+
+    A live window ends after the present, and the hour in progress is no origin: its mean
+    so far (a few minutes of readings) is not the hourly mean every model was trained on,
+    and it moves with each reading, so each round would forecast afresh from it. A window
+    scored again once the hour has ended forecasts from it then; a window long past is
+    unaffected."""
+    origins = _hours(windows["window_end"]) - 1
+    if scored_at is None:
+        return origins
+    ended = _hours(pd.Series([scored_at]))[0] - 1  # the last hour that had ended by scored_at
+    return np.minimum(origins, ended)
 
 
-def history_window(features: pd.DataFrame, key: str) -> pd.DataFrame:
+def history_window(
+    features: pd.DataFrame, key: str, scored_at: datetime | None = None
+) -> pd.DataFrame:
     """The hourly history `score_windows` needs: per entity, hours in [since, until).
 
     One row per entity (column `key`) of `features`: key, since, until (naive UTC, as
     `ml.data.LakeSlice` takes them); from HISTORY_HOURS - 1 hours (a week) before its first
-    forecast origin to the hour after its last. Anything outside is ignored by `score_windows`.
+    forecast origin to the hour after its last (origins as scoring at `scored_at` takes them;
+    None: the latest each window allows). Anything outside is ignored by `score_windows`.
     """
     if len(features) == 0:
         return pd.DataFrame({key: pd.Series(dtype=str), "since": [], "until": []})
     origins = pd.DataFrame(
-        {key: features[key].astype(str).to_numpy(), "origin": _origins(features)}
+        {key: features[key].astype(str).to_numpy(), "origin": _origins(features, scored_at)}
     )
     spans = origins.groupby(key, sort=True)["origin"].agg(["min", "max"])
     return pd.DataFrame(
@@ -241,7 +256,7 @@ def score_windows(
         anomaly_score = pd.Series(np.full(n, np.nan))
         is_anomaly = pd.Series(pd.NA, index=range(n), dtype="boolean")
         anomaly_kind = pd.Series([None] * n, dtype=object)
-    origins = _origins(windows)
+    origins = _origins(windows, scored_at)
     return pd.DataFrame(
         {
             key: windows[key].astype(object),

@@ -34,6 +34,7 @@ from ml.gold.scoring import (
 from ml.windows import window_features
 from periscope.contracts import get_contract
 from periscope.settings import Settings, get_settings
+from periscope.time import utc
 
 WEATHER = get_contract("weather")  # 3 h windows sliding by 1 h
 HOUR = pd.Timedelta(hours=1)
@@ -298,6 +299,31 @@ def test_rescoring_gives_the_same_rows_whatever_the_batch(
     # The later copy of the duplicated window won.
     assert actual.loc[twice, "anomaly_score"] != expected.loc[twice, "anomaly_score"]
     assert actual.loc[twice, "forecasts"] == expected.loc[twice, "forecasts"]
+
+
+def test_a_live_window_forecasts_from_the_last_hour_ended_not_the_one_in_progress(
+    features, hourly, models, scored
+) -> None:
+    boston = features[features["station_id"] == "boston"]
+    scored_at = datetime(2013, 4, 8, 10, 20, tzinfo=UTC)  # the hour from 10:00 is in progress
+    ended = pd.Timestamp("2013-04-08 09:00", tz="UTC")
+    live = score_windows(boston, hourly, models, scored_at=scored_at, key=KEY)
+
+    latest = utc(live["window_end"]) - HOUR
+    assert (latest > ended).any() and (latest <= ended).any()
+    assert (live["forecast_origin"] == latest.where(latest <= ended, ended)).all()
+    # The hour in progress reaches no forecast: what it holds so far changes none.
+    moved = hourly.copy()
+    in_progress = (moved["station_id"] == "boston") & (moved["ds"] >= "2013-04-08 10:00")
+    moved.loc[in_progress, ["temperature", "humidity"]] += 5.0
+    again = score_windows(boston, moved, models, scored_at=scored_at, key=KEY)
+    assert again["forecasts"].tolist() == live["forecasts"].tolist()
+    # A window ending after the present forecasts what the window ending with the hour that
+    # ended does, scored once that hour is long past.
+    past = scored.set_index(["station_id", "window_end"])
+    capped = live[latest > ended].iloc[-1]
+    assert capped["forecasts"] == past.loc[("boston", ended + HOUR), "forecasts"]
+    assert past.loc[("boston", capped["window_end"]), "forecasts"] != capped["forecasts"]
 
 
 def test_history_window_is_all_the_history_needed(features, hourly, models, scored) -> None:
