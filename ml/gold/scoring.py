@@ -192,20 +192,25 @@ def history_window(
 
     One row per entity (column `key`) of `features`: key, since, until (naive UTC, as
     `ml.data.LakeSlice` takes them); from HISTORY_HOURS - 1 hours (a week) before its first
-    forecast origin to the hour after its last (origins as scoring at `scored_at` takes them;
-    None: the latest each window allows). Anything outside is ignored by `score_windows`.
+    forecast origin (as scoring at `scored_at` takes them; None: the latest each window
+    allows) to the end of its windows' last full hour, which the anomaly detectors read even
+    while it is in progress. Anything outside is ignored by `score_windows`.
     """
     if len(features) == 0:
         return pd.DataFrame({key: pd.Series(dtype=str), "since": [], "until": []})
     origins = pd.DataFrame(
-        {key: features[key].astype(str).to_numpy(), "origin": _origins(features, scored_at)}
+        {
+            key: features[key].astype(str).to_numpy(),
+            "first": _origins(features, scored_at),
+            "last": _origins(features),
+        }
     )
-    spans = origins.groupby(key, sort=True)["origin"].agg(["min", "max"])
+    spans = origins.groupby(key, sort=True).agg(first=("first", "min"), last=("last", "max"))
     return pd.DataFrame(
         {
             key: spans.index.to_numpy(),
-            "since": _naive_hours(spans["min"].to_numpy() + 1 - HISTORY_HOURS),
-            "until": _naive_hours(spans["max"].to_numpy() + 1),
+            "since": _naive_hours(spans["first"].to_numpy() + 1 - HISTORY_HOURS),
+            "until": _naive_hours(spans["last"].to_numpy() + 1),
         }
     )
 
@@ -306,6 +311,9 @@ def _forecasts(
         return _forecast_lists([], counts, names)
     zeros = np.array([m in zero_when_empty for m in names], dtype=bool)
     # Every known station's: the global model reads its neighbours' hours up to each origin.
+    # None later: an hour in progress would change the memo's key each round, read or not.
+    if len(hourly):
+        hourly = hourly[_hours(hourly["ds"]) <= origins.max()]
     history = _hourly(hourly, sorted(by_station), names, key, zeros)
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]

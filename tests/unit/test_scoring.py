@@ -324,6 +324,9 @@ def test_a_live_window_forecasts_from_the_last_hour_ended_not_the_one_in_progres
     capped = live[latest > ended].iloc[-1]
     assert capped["forecasts"] == past.loc[("boston", ended + HOUR), "forecasts"]
     assert past.loc[("boston", capped["window_end"]), "forecasts"] != capped["forecasts"]
+    # The anomaly detectors still read the hour in progress: the history reaches its end.
+    span = history_window(boston, KEY, scored_at).iloc[0]
+    assert span["until"] == boston["window_end"].max() > scored_at.replace(tzinfo=None)
 
 
 def test_history_window_is_all_the_history_needed(features, hourly, models, scored) -> None:
