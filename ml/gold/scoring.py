@@ -2,8 +2,8 @@
 
 Each window gets the anomaly model's score and flag, and the forecast bundle's forecasts of
 every series it knows for the window's entity, made from the window's `forecast_origin`
-(the last full hour before window_end that had ended when it was scored). No Ray, Delta or MLflow here: the actors and the
-lake I/O call `score_windows` and `to_arrow`.
+(the last full hour before window_end that had ended when it was scored). No Ray, Delta or
+MLflow here: the actors and the lake I/O call `score_windows` and `to_arrow`.
 
 Forecasts are batched: for each measure, every station's origins go to the bundle's
 `forecast_many` in one call (`ml.forecast`, the code training and evaluation use), which
@@ -56,10 +56,11 @@ class ForecastMemo:
     A forecast reads the hours up to its origin, the last full hour before the window's end
     that had ended by the scoring time, so a live station's rounds ask the same question for
     a whole hour: its windows slide, its origin does not, and the hour in progress is not
-    read (it is not in the history, nor in the context's digest). A served forecast is a pure function of the request (entity, origins,
-    grid start, observed hours), the context the global model reads (every station's hours of
-    the measure) and the loaded bundle; the memo keys on all of them, so a late reading that
-    changes any hour changes the key and is forecast afresh. It belongs to one LoadedModels:
+    read (it is not in the history, nor in the context's digest). A served forecast is a pure
+    function of the request (entity, origins, grid start, observed hours), the context the
+    global model reads (every station's hours of the measure, up to the latest origin) and
+    the loaded bundle; the memo keys on all of them, so a late reading that changes any hour
+    changes the key and is forecast afresh. It belongs to one LoadedModels:
     a new model version starts with an empty one.
     """
 
