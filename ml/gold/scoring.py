@@ -313,9 +313,7 @@ def _forecasts(
     zeros = np.array([m in zero_when_empty for m in names], dtype=bool)
     # Every known station's: the global model reads its neighbours' hours up to each origin.
     # None later: an hour in progress would change the memo's key each round, read or not.
-    if len(hourly):
-        hourly = hourly[_hours(hourly["ds"]) <= origins.max()]
-    history = _hourly(hourly, sorted(by_station), names, key, zeros)
+    history = _hourly(hourly, sorted(by_station), names, key, zeros, through=int(origins.max()))
     new_station = np.ones(len(stations), dtype=bool)
     new_station[1:] = stations[1:] != stations[:-1]
     bounds = np.r_[np.flatnonzero(new_station), len(stations)]
@@ -414,10 +412,13 @@ def _hourly(
     measures: list[str],
     key: str,
     zero_when_empty: np.ndarray | None = None,
+    *,
+    through: int | None = None,
 ) -> dict[str, tuple[int, np.ndarray]]:
     """Per station: its first hour (since the epoch) and the hourly means of `measures` from
-    that hour on, an (hours x measures) array with NaN where nothing was observed, or 0 for
-    the measures `zero_when_empty` marks (a count of nothing).
+    that hour on (up to the hour `through`, if given), an (hours x measures) array with NaN
+    where nothing was observed, or 0 for the measures `zero_when_empty` marks (a count of
+    nothing).
 
     Averaging again is a no-op on hourly rows and tolerates duplicate or finer rows; inf is
     no observation a forecast could start from.
@@ -427,8 +428,12 @@ def _hourly(
     part = hourly[hourly[key].astype(str).isin(stations)]
     if len(part) == 0:
         return {}
-    codes, names = pd.factorize(part[key].astype(str).to_numpy())
     hours = _hours(part["ds"])
+    if through is not None:
+        part, hours = part[hours <= through], hours[hours <= through]
+        if len(part) == 0:
+            return {}
+    codes, names = pd.factorize(part[key].astype(str).to_numpy())
     values = np.column_stack(
         [
             pd.to_numeric(part[m], errors="coerce").to_numpy("float64", na_value=np.nan)
