@@ -242,7 +242,8 @@ def score_windows(
     - anomaly_score / is_anomaly: the anomaly model's; null (NaN / NA) without one, so a
       window nobody checked never reads as normal. anomaly_kind: the detector that flagged
       it (one of periscope.predictions.ANOMALY_DETECTORS; null when not flagged). The hourly
-      detectors read `hourly`'s measure means of the LOOKBACK_HOURS before each window.
+      detectors read `hourly`'s measure means of the LOOKBACK_HOURS before each window, of
+      its station and of the stations the model learnt as its neighbours.
     - forecasts: for each (station, measure) the bundle knows, horizons 1..horizon_hours
       from forecast_origin, measure by measure; empty for a station it does not know, or
       without a forecast model. The targets named in `zero_when_empty` (counts, sums) are 0
@@ -252,9 +253,8 @@ def score_windows(
     windows = _windows(features, key)
     n = len(windows)
     if models.anomaly is not None and n:
-        # The detectors read a station's own hours; other stations' are the forecasts' context.
-        own = hourly[hourly[key].astype(str).isin(set(windows[key]))] if len(hourly) else hourly
-        score, kind = models.anomaly.detect(windows, own)
+        # The detectors read a station's own hours and its neighbours' (the model picks them).
+        score, kind = models.anomaly.detect(windows, hourly)
         anomaly_score = pd.Series(score, dtype="float64")
         is_anomaly = pd.Series(score >= models.anomaly.threshold, dtype="boolean")
         anomaly_kind = pd.Series(kind, dtype=object)

@@ -16,8 +16,11 @@ from sklearn.metrics import roc_auc_score
 
 from ml.anomaly import (
     DETECTORS,
+    LEARNED_SIGNALS,
     LOOKBACK_HOURS,
+    NEIGHBOUR_SIGNALS,
     AnomalyModel,
+    HourlyGrid,
     choose_thresholds,
     episode_recall,
     fit_anomaly_model,
@@ -272,24 +275,91 @@ def test_magnitudes_scale_episodes_and_episode_recall_counts_caught_ones():
 
 
 def _history(hours: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
-    """What gold reads for these windows: each entity's hours in history_window's span."""
-    spans = history_window(windows, "station_id").set_index("station_id")
-    since = hours["station_id"].map(spans["since"])
-    until = hours["station_id"].map(spans["until"])
-    return hours[(hours["ds"] >= since) & (hours["ds"] < until)]
+    """What gold reads for these windows (`history_for`): every entity's hours from the
+    earliest to the latest of history_window's spans."""
+    spans = history_window(windows, "station_id")
+    return hours[(hours["ds"] >= spans["since"].min()) & (hours["ds"] < spans["until"].max())]
 
 
-def test_a_window_scores_the_same_in_any_batch_from_gold_history(model, clean_day):
+@pytest.mark.parametrize("fixture", ["model", "learned_model"])
+def test_a_window_scores_the_same_in_any_batch_from_gold_history(fixture, clean_day, request):
+    model = request.getfixturevalue(fixture)
     hours = _altered(clean_day, "drift")
     windows = _second_day(_windows(hours))
     spans = history_window(windows, "station_id").set_index("station_id")["since"]
     first = windows.groupby("station_id")["window_start"].min()
     assert (spans <= first - pd.Timedelta(hours=LOOKBACK_HOURS)).all()  # history reaches back
     whole = model.detector_scores(windows, _history(hours, windows))
+    # One station's windows alone (its neighbour's hours are still read), two stations', later.
     for part in (windows.iloc[10:14], windows.iloc[[3, 30]], windows.iloc[-2:]):
+        assert part["station_id"].nunique() == (2 if len(part) == 2 and part.index[0] == 3 else 1)
         alone = model.detector_scores(part, _history(hours, part))
         pd.testing.assert_frame_equal(alone, whole.loc[part.index])
     assert (whole[["residual", "drift"]] > 0).any().all()
+
+
+def _shared_weather(days: int, start: pd.Timestamp, seed: int) -> pd.DataFrame:
+    """Stations a and b under the same weather (a shared random walk of fronts) and c under
+    weather of its own, each with a daily cycle and noise of its own."""
+    rng = np.random.default_rng(seed)
+    times = pd.date_range(start, periods=days * 24, freq="h")
+    cycle = 5 * np.sin(2 * np.pi * times.hour.to_numpy() / 24)
+    weather = {"ab": np.cumsum(rng.normal(0, 0.8, len(times)))}
+    weather["c"] = np.cumsum(rng.normal(0, 0.8, len(times)))
+    frames = []
+    for station, shared in (("a", "ab"), ("b", "ab"), ("c", "c")):
+        noise = rng.normal(0, 0.2, (4, len(times)))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "station_id": station,
+                    "ds": times,
+                    "temperature": 10 + cycle + weather[shared] + noise[0],
+                    "humidity": np.clip(60 - 2 * weather[shared] + 3 * noise[1], 1, 100),
+                    "pressure": 1010 + weather[shared] + noise[2],
+                    "wind_speed": np.abs(4 + weather[shared] / 4 + noise[3]),
+                    "wind_direction": np.nan,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_neighbours_are_learnt_and_a_fault_stands_apart_from_them_where_a_front_does_not():
+    train = _shared_weather(TRAIN_DAYS, START, seed=7)
+    stats = fit_anomaly_model(_windows(train), WEATHER, hourly=train, n_estimators=20).hourly_stats
+    temperature = stats.measures.index("temperature")
+    neighbours = dict(zip(stats.entities, stats.neighbours[:, temperature, 0], strict=True))
+    assert neighbours["a"] == "b" and neighbours["b"] == "a"  # not c, whose weather is its own
+
+    later = _shared_weather(6, START + pd.Timedelta(days=TRAIN_DAYS), seed=8)
+    at = later["ds"] >= later["ds"].min() + pd.Timedelta(days=5, hours=10)
+    ramp = np.clip((later["ds"] - later.loc[at, "ds"].min()) / pd.Timedelta(hours=1) + 1, 0, 4)
+    front = later.copy()  # the weather turns 8 degrees warmer over 4 hours at a and b
+    front.loc[at & front["station_id"].isin(["a", "b"]), "temperature"] += 2.0 * ramp[at]
+    fault = later.copy()  # a's sensor drifts 8 degrees over 4 hours; b reads the weather
+    fault.loc[at & (fault["station_id"] == "a"), "temperature"] += 2.0 * ramp[at]
+    apart = len(LEARNED_SIGNALS) + NEIGHBOUR_SIGNALS.index("drift_4h_vs_neighbours")
+    own = LEARNED_SIGNALS.index("drift_4h")
+
+    def signal(hours: pd.DataFrame, column: int) -> float:
+        """Station a's signal 4 hours into the change."""
+        grid = HourlyGrid.of(hours, "station_id", stats.measures)
+        hour = int(hours.loc[at, "ds"].min().value // 3_600_000_000_000) + 3 - grid.first_hour
+        return float(stats.signed(grid)[list(grid.entities).index("a"), hour, temperature, column])
+
+    assert signal(front, own) == pytest.approx(signal(fault, own))  # a's own readings agree
+    # Apart from b by twice as much as a front that parts them only by how each station's
+    # scale for the hour was estimated (28 days of training).
+    assert abs(signal(fault, apart)) > 4 and abs(signal(fault, apart)) > 2 * abs(
+        signal(front, apart)
+    )
+    # A model saved before the neighbours reads the signals it read then.
+    old = copy.deepcopy(stats)
+    old.neighbours = None
+    grid = HourlyGrid.of(fault, "station_id", stats.measures)
+    assert old.signed(grid).shape[-1] == len(LEARNED_SIGNALS)
+    assert stats.signed(grid).shape[-1] == len(LEARNED_SIGNALS) + len(NEIGHBOUR_SIGNALS)
 
 
 @pytest.fixture(scope="module")
