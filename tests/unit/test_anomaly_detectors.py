@@ -21,6 +21,8 @@ from ml.anomaly import (
     NEIGHBOUR_SIGNALS,
     AnomalyModel,
     HourlyGrid,
+    _median_of_three,
+    _nanmedian,
     choose_thresholds,
     episode_recall,
     fit_anomaly_model,
@@ -431,3 +433,11 @@ def test_the_test_part_is_injected_as_often_as_validation_each_time_afresh():
         assert s.features["window_start"].min() >= split.validation_end
         assert s.features["window_end"].max() <= split.test_end
         assert s.truth.any() and not s.truth.all()
+
+
+def test_the_median_of_three_is_the_general_median_bit_for_bit():
+    rng = np.random.default_rng(3)
+    arrays = [rng.normal(size=(40, 50)) for _ in range(3)]
+    for array in arrays:
+        array[rng.random(array.shape) < 0.3] = np.nan  # one, two or all three missing
+    assert np.array_equal(_median_of_three(*arrays), _nanmedian(arrays), equal_nan=True)
