@@ -185,6 +185,7 @@ def main() -> None:
     clean_test = hourly[(hourly["ds"] >= a) & (hourly["ds"] < b)]
     natural_repeats(clean_test, test, model, contract, TARGET_FALSE_ALARM)
     natural_spikes(clean_test, model, contract, TARGET_FALSE_ALARM)
+    visibility(clean_test, test, model, contract)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
@@ -288,6 +289,90 @@ def natural_spikes(
         print(
             f"{measure:<12} " + " ".join(f"{np.mean(x >= k) if len(x) else 0:>7.2%}" for k in shown)
         )
+
+
+def visibility(
+    clean: pd.DataFrame,
+    sets: list[InjectedSet],
+    model: anomaly.AnomalyModel,
+    contract: SourceContract,
+) -> None:
+    """Recall of the anomalous windows by how far their readings were moved: the largest
+    |altered - real| of a window's altered readings, in units of the station's typical hourly
+    change of that measure (the median |change from the hour before| in the clean span, at
+    least half a unit: whole-unit readings). A frozen sensor in a calm spell, or a drift's first
+    hours, moves a reading by less than the weather moves it in an hour."""
+    key = contract.key_field
+    measures = list(model.hourly_stats.measures if model.hourly_stats else [])
+    if not measures:
+        return
+    real = clean.set_index([key, "ds"])[measures]
+    typical = real.groupby(level=0).diff().abs().groupby(real.index.get_level_values(0)).median()
+    typical = typical.clip(lower=0.5)
+    size = pd.Timedelta(contract.window.size)
+    slide = pd.Timedelta(contract.window.slide)
+    bins = [0, 1, 2, 4, 8, np.inf]
+    rows = []
+    for s in sets:
+        labels = s.labels.copy()
+        times = pd.to_datetime(labels["event_time"], utc=True).dt.tz_localize(None)
+        at = pd.MultiIndex.from_arrays([labels[key], times])
+        altered = s.observations.assign(ds=pd.to_datetime(s.observations["event_time"], utc=True))
+        altered = altered.assign(ds=altered["ds"].dt.tz_localize(None)).set_index([key, "ds"])
+        before, after = real.reindex(at), altered[measures].reindex(at)
+        column = [measures.index(m) for m in labels["measure"]]
+        rows_at = np.arange(len(labels))
+        moved = np.abs(after.to_numpy()[rows_at, column] - before.to_numpy()[rows_at, column])
+        scale = typical.reindex(labels[key]).to_numpy()[rows_at, column]
+        labels["moved"] = moved / scale
+        # Each reading lies in the windows starting within `size` before it (sliding by `slide`).
+        starts = [
+            labels.assign(window_start=times.dt.floor(slide) - k * slide)
+            for k in range(int(size / slide))
+        ]
+        per_window = (
+            pd.concat(starts)
+            .groupby([key, "window_start"])
+            .agg(moved=("moved", "max"), kind=("kind", "first"))
+        )
+        features = s.features.assign(
+            window_start=pd.to_datetime(s.features["window_start"], utc=True).dt.tz_localize(None)
+        )
+        flagged = model.flag(s.features, s.observations)
+        joined = features[[key, "window_start"]].join(per_window, on=[key, "window_start"])
+        anomalous = s.truth.to_numpy()
+        rows.append(
+            pd.DataFrame(
+                {
+                    "kind": joined["kind"].to_numpy()[anomalous],
+                    "moved": joined["moved"].to_numpy()[anomalous],
+                    "flagged": flagged[anomalous],
+                }
+            )
+        )
+    windows = pd.concat(rows, ignore_index=True)
+    windows["by"] = pd.cut(windows["moved"], bins, right=False)
+    print(
+        "\nanomalous test windows by how far their readings were moved (in the station's typical"
+        " hourly change), and the share flagged"
+    )
+    table = windows.pivot_table(
+        index="by", columns="kind", values="flagged", aggfunc=["size", "mean"], observed=False
+    )
+    print(f"{'moved':<12} " + " ".join(f"{k:>16}" for k in anomaly.ANOMALY_KINDS) + f" {'all':>16}")
+    for interval in table.index:
+        cells = []
+        for kind in anomaly.ANOMALY_KINDS:
+            n = table.loc[interval, ("size", kind)] if ("size", kind) in table.columns else 0
+            n = 0 if pd.isna(n) else int(n)
+            share = table.loc[interval, ("mean", kind)] if n else float("nan")
+            cells.append(f"{n:>7} {share:>8.3f}")
+        part = windows[windows["by"] == interval]
+        cells.append(
+            f"{len(part):>7} {part['flagged'].mean() if len(part) else float('nan'):>8.3f}"
+        )
+        label = f"{interval.left:g}-{interval.right:g}"
+        print(f"{label:<12} " + " ".join(cells))
 
 
 def report(
