@@ -24,7 +24,8 @@ from periscope import get_settings
 
 
 def plot(run: EvaluationRun, path: Path) -> None:
-    """Relative MAE (model and persistence over seasonal naive) by month and by horizon bucket."""
+    """Relative MAE (model and persistence over seasonal naive) by month and by horizon bucket,
+    the model's with its 90% interval shaded."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -35,11 +36,26 @@ def plot(run: EvaluationRun, path: Path) -> None:
     buckets = [label for _, _, label in BUCKETS]
     for measure, rows in summary.groupby("measure", sort=False):
         months = rows[rows["by"] == "month"]
-        by_month.plot(months["group"], months["relative_mae"], marker="o", label=str(measure))
-        horizons = rows[(rows["by"] == "horizon") & rows["group"].isin(buckets)]
-        line = by_horizon.plot(
-            horizons["group"], horizons["relative_mae"], marker="o", label=f"{measure} model"
+        line = by_month.plot(
+            months["group"], months["relative_mae"], marker="o", label=str(measure)
         )[0]
+        horizons = rows[(rows["by"] == "horizon") & rows["group"].isin(buckets)]
+        by_horizon.plot(
+            horizons["group"],
+            horizons["relative_mae"],
+            marker="o",
+            color=line.get_color(),
+            label=f"{measure} model",
+        )
+        for axis, part in ((by_month, months), (by_horizon, horizons)):  # the 90% intervals
+            axis.fill_between(
+                part["group"],
+                part["relative_mae_low"],
+                part["relative_mae_high"],
+                color=line.get_color(),
+                alpha=0.15,
+                linewidth=0,
+            )
         by_horizon.plot(
             horizons["group"],
             horizons["relative_mae_persistence"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -692,8 +693,10 @@ _HORIZON_COLUMNS = (
         for method in ("model", "s-naive", "persist")
     ),
     Column("rel MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("rel MAE interval", justify="right", show=lambda v: _interval(*v)),
     Column("rel MAE persist", justify="right", show=lambda v: f"{v:.3f}"),
     Column("coverage 80%", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("coverage interval", justify="right", show=lambda v: _interval(*v)),
     Column("outside range", justify="right", show=lambda v: f"{v:.4f}"),
 )
 _MONTH_COLUMNS = (
@@ -705,12 +708,19 @@ _MONTH_COLUMNS = (
         for method in ("model", "s-naive", "persist")
     ),
     Column("rel MAE", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("rel MAE interval", justify="right", show=lambda v: _interval(*v)),
     *(
         Column(f"bias {method}", justify="right", show=lambda v: f"{v:+.3f}")
         for method in ("model", "s-naive", "persist")
     ),
     Column("coverage 80%", justify="right", show=lambda v: f"{v:.3f}"),
 )
+
+
+def _interval(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"{low:.3f}-{high:.3f}"
+
+
 _RETRAIN_COLUMNS = (
     Column("retrain at"),
     Column("challenger", justify="right"),
@@ -727,7 +737,7 @@ def print_evaluation(run, *, fmt: str = "table", out_console: Console | None = N
     """The tables of an `ml.evaluation.EvaluationRun` (bench/evaluate.py prints the same):
     by horizon bucket and by month per measure, and the retrains. CSV and JSON give the
     summary rows (`ml.evaluation.SUMMARY_COLUMNS`) on stdout."""
-    import math
+    from ml.evaluation import INTERVAL_BLOCK_DAYS, INTERVAL_LEVEL
 
     show = out_console or console
     summary = run.summary
@@ -757,14 +767,18 @@ def print_evaluation(run, *, fmt: str = "table", out_console: Console | None = N
                 r["n"],
                 *(r[c] for c in metric_names),
                 r["relative_mae"],
+                (r["relative_mae_low"], r["relative_mae_high"]),
                 r["relative_mae_persistence"],
                 r["coverage"],
+                (r["coverage_low"], r["coverage_high"]),
                 r["outside_range"],
             )
             for _, r in by_horizon.iterrows()
         ],
         title=f"Walk-forward by horizon: {span}",
-        caption="rel MAE = MAE / seasonal-naive MAE (same hour yesterday); persist = last reading",
+        caption="rel MAE = MAE / seasonal-naive MAE (same hour yesterday); persist = last reading; "
+        f"{INTERVAL_LEVEL:.0%} intervals from a bootstrap of {INTERVAL_BLOCK_DAYS}-day blocks of "
+        "days of issue",
         console=show,
     )
     by_month = summary[summary["by"] == "month"]
@@ -778,6 +792,7 @@ def print_evaluation(run, *, fmt: str = "table", out_console: Console | None = N
                 r["n"],
                 *(r[f"mae_{m}"] for m in methods),
                 r["relative_mae"],
+                (r["relative_mae_low"], r["relative_mae_high"]),
                 *(r[f"bias_{m}"] for m in methods),
                 r["coverage"],
             )

@@ -3,6 +3,7 @@ retrain, and the bucket and relative-MAE arithmetic on hand-made forecasts."""
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
@@ -10,9 +11,15 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from rich.console import Console
 
+from ml.cli import print_evaluation
 from ml.evaluation import (
+    INTERVAL_BLOCK_DAYS,
+    Evaluation,
+    EvaluationRun,
     ProductionForecaster,
+    block_interval,
     default_span,
     horizon_bucket,
     hourly_from_records,
@@ -218,6 +225,76 @@ def test_a_row_missing_a_baseline_is_left_out_of_every_figure():
     )
     row = summarize(errors, WEATHER).set_index(["by", "group"]).loc[("horizon", "1-6 h")]
     assert (row["n"], row["mae_model"], row["relative_mae"]) == (1, 1.0, 0.5)
+
+
+def test_block_interval_resamples_blocks_not_rows():
+    rng = np.random.default_rng(3)
+    days = 20
+    ratio = rng.uniform(0.6, 1.0, days)  # each day's model / naive error
+    copies = 50  # a day's forecasts: alike (one weather), many rows
+    block = np.repeat(np.arange(days), copies)
+    model, naive = np.repeat(ratio, copies), np.ones(days * copies)
+    by_block = block_interval(model, naive, block)
+    # Only the blocks' sums count: one row a day gives the same interval.
+    assert by_block == pytest.approx(block_interval(ratio, np.ones(days), np.arange(days)))
+    low, high = by_block
+    assert low < model.sum() / naive.sum() < high
+    assert ratio.min() <= low and high <= ratio.max()
+    # Each row its own block would claim a thousand independent days.
+    row_low, row_high = block_interval(model, naive, np.arange(days * copies))
+    assert high - low > 3 * (row_high - row_low)
+    # The same data and seed give the same interval; every block alike, no width at all.
+    assert block_interval(model, naive, block) == by_block
+    assert block_interval(np.full(6, 2.0), np.full(6, 4.0), np.arange(6)) == (0.5, 0.5)
+    assert all(np.isnan(block_interval(np.ones(2), np.zeros(2), np.arange(2))))
+
+
+def test_summary_intervals_resample_blocks_of_days_of_issue():
+    """Six days of issue, the model twice as good as seasonal naive in the first three and
+    half as good in the last three: with 3-day blocks the interval reaches both halves' ratios
+    (0.5 and 1.5: a draw of the same block twice is 25 % likely); with 1-day blocks six
+    draws would all land in one half only 3 % of the time."""
+    assert INTERVAL_BLOCK_DAYS == 3
+    origins = pd.date_range("2017-03-31 23:00", periods=6 * 24, freq="h")  # issued April 1-6
+    late = origins >= pd.Timestamp("2017-04-03 23:00")
+    errors = pd.DataFrame(
+        {
+            "entity_id": "denver",
+            "measure": "temperature",
+            "origin": origins,
+            "horizon_h": 1,
+            "actual": 0.0,
+            "model": np.where(late, 3.0, 1.0),
+            "lower": np.where(late, 1.0, -1.0),  # covered in the first half only
+            "upper": 4.0,
+            "seasonal_naive": 2.0,
+            "persistence": 2.0,
+            "champion": 1,
+        }
+    )
+    summary = summarize(errors, WEATHER)
+    row = summary.set_index(["by", "group"]).loc[("horizon", "1-6 h")]
+    assert row["relative_mae"] == pytest.approx(1.0)
+    assert (row["relative_mae_low"], row["relative_mae_high"]) == pytest.approx((0.5, 1.5))
+    assert row["coverage"] == pytest.approx(0.5)
+    assert (row["coverage_low"], row["coverage_high"]) == pytest.approx((0.0, 1.0))
+
+    # `periscope evaluate` shows them beside the figures.
+    run = EvaluationRun(
+        source="weather",
+        start=pd.Timestamp("2017-04-01"),
+        end=pd.Timestamp("2017-04-07"),
+        retrain_every="monthly",
+        data_from="a test frame",
+        entities=1,
+        evaluation=Evaluation(errors=errors, retrains=[]),
+        summary=summary,
+        seconds=1.0,
+    )
+    shown = io.StringIO()
+    print_evaluation(run, out_console=Console(file=shown))
+    text = shown.getvalue()
+    assert "rel MAE interval" in text and "0.500-1.500" in text and "0.000-1.000" in text
 
 
 # --- no look-ahead, with the production forecaster ------------------------------------------
