@@ -714,6 +714,7 @@ _MONTH_COLUMNS = (
         for method in ("model", "s-naive", "persist")
     ),
     Column("coverage 80%", justify="right", show=lambda v: f"{v:.3f}"),
+    Column("coverage interval", justify="right", show=lambda v: _interval(*v)),
 )
 
 
@@ -795,6 +796,7 @@ def print_evaluation(run, *, fmt: str = "table", out_console: Console | None = N
                 (r["relative_mae_low"], r["relative_mae_high"]),
                 *(r[f"bias_{m}"] for m in methods),
                 r["coverage"],
+                (r["coverage_low"], r["coverage_high"]),
             )
             for _, r in by_month.iterrows()
         ],
