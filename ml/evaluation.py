@@ -492,22 +492,36 @@ def block_interval(
 ) -> tuple[float, float]:
     """The INTERVAL_LEVEL percentile interval of sum(numerator) / sum(denominator) when the
     blocks (`block`: a label per row, whole numbers from 0) are drawn with replacement, as many
-    as there are: a block bootstrap, deterministic for a seed. NaN when the ratio is undefined.
+    as there are (scipy's bootstrap of the blocks' sums, paired): deterministic for a seed.
+    One block gives its ratio at both ends; NaN when the ratio is undefined.
 
     >>> block_interval(np.array([1.0, 2.0]), np.array([2.0, 4.0]), np.array([0, 1]))
     (0.5, 0.5)
     """
+    from scipy.stats import bootstrap
+
     present = np.bincount(block) > 0  # labels need not be consecutive (a month's blocks)
     top = np.bincount(block, weights=numerator)[present]
     bottom = np.bincount(block, weights=denominator)[present]
     if not len(top) or bottom.sum() <= 0:
         return math.nan, math.nan
-    draws = np.random.default_rng(seed).integers(0, len(top), (INTERVAL_RESAMPLES, len(top)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = top[draws].sum(axis=1) / bottom[draws].sum(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
-    tail = (1 - INTERVAL_LEVEL) / 2
-    low, high = np.quantile(ratios, [tail, 1 - tail])
+    if len(top) == 1:
+        return float(top[0] / bottom[0]), float(top[0] / bottom[0])
+
+    def ratio(tops: np.ndarray, bottoms: np.ndarray, axis: int = -1) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tops.sum(axis=axis) / bottoms.sum(axis=axis)
+
+    low, high = bootstrap(
+        (top, bottom),
+        ratio,
+        paired=True,
+        vectorized=True,
+        n_resamples=INTERVAL_RESAMPLES,
+        confidence_level=INTERVAL_LEVEL,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return float(low), float(high)
 
 
