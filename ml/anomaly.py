@@ -405,6 +405,13 @@ _NEIGHBOUR_SPAN = _DRIFT_SPANS.index(4)
 # hours t-72 .. t-13 (before an episode of up to 12 hours), at least a quarter of a z.
 _NEIGHBOUR_RECENT_HOURS = (13, 72)
 _NEIGHBOUR_MIN_SCALE = 0.25
+# Scores are z for the entity and hour of day in training's weather. Where training is shorter
+# than a year, a season it never saw can move a series far more (air quality's first winter:
+# heating and traffic; earlier span, 6.4 % of clean windows flagged), so every hour looks odd.
+# Such a model divides each z by how much more than in training the series has moved lately:
+# its mean |step z| over the hours t-72 .. t-13, against training's, never by less than 1.
+# (Weather trains on two years; scaling it anyway cost F1 0.662 -> 0.645 on the earlier span.)
+_ACTIVITY_BELOW_HOURS = 365 * 24
 # Every signal looks at most this far back (gold's history reaches a week before a window).
 LOOKBACK_HOURS = max(
     _BEFORE_HOURS[1],
@@ -562,6 +569,9 @@ class HourlyStats:
     # Per entity and measure, up to _NEIGHBOURS other entities, best first ("" for none). None
     # in models saved before the neighbour signals: `signed` then gives the signals it gave.
     neighbours: np.ndarray | None = None  # (E, M, _NEIGHBOURS) str
+    # Per entity (and pooled) and measure, training's mean |step z| (E+1, M): what `_activity`
+    # compares the recent steps with. None in models saved before it: no scaling.
+    activity: np.ndarray | None = None
 
     @classmethod
     def fit(cls, grid: HourlyGrid, floors: np.ndarray, measures: list[str]) -> HourlyStats:
@@ -607,6 +617,14 @@ class HourlyStats:
             floor_surprise=-np.log10((floor_counts + 0.5) / (observed_hours + 1.0)),
         )
         stats.neighbours = _choose_neighbours(stats._drift_z(grid)[..., _NEIGHBOUR_SPAN], grid)
+        seen_hours = np.flatnonzero(np.isfinite(values).any(axis=(0, 2)))
+        if len(seen_hours) and seen_hours[-1] - seen_hours[0] + 1 < _ACTIVITY_BELOW_HOURS:
+            step = np.abs(stats._step_z(grid))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a measure never seen: NaN
+                own = np.nanmean(step, axis=1)
+                pooled = np.nanmean(step.reshape(-1, step.shape[-1]), axis=0)
+            stats.activity = np.concatenate([own, pooled[None]])
         z = stats._z(grid)
         stats.residual_tail = _tail(z["residual"])
         stats.drift_tail = _tail(z["drift"])
@@ -625,9 +643,10 @@ class HourlyStats:
         robust z-scores for its entity and hour of day, and its run of repeats."""
         rows, at = self._rows_and_hours(grid)
         signals = grid.signals
+        activity = self._activity(grid)
         spike = np.zeros(grid.values.shape)
         if self.steps is not None:  # None: a model saved before the spike detector
-            z = (signals["steps"] - self.steps[0][at]) / self.steps[1][at]
+            z = (signals["steps"] - self.steps[0][at]) / self.steps[1][at] / activity
             # Far from all three the same way (up from one and down to the other is a ramp;
             # the 2 hours before keep the way back after a spike quiet): the nearest.
             sign = np.sign(z)
@@ -636,8 +655,10 @@ class HourlyStats:
         return {
             "rows": rows,
             "spike": spike,
-            "residual": np.abs(signals["residual"] - self.residual[0][at]) / self.residual[1][at],
-            "drift": np.abs(signals["drift"] - self.drift[0][at]) / self.drift[1][at],
+            "residual": np.abs(signals["residual"] - self.residual[0][at])
+            / self.residual[1][at]
+            / activity,
+            "drift": np.abs(signals["drift"] - self.drift[0][at]) / self.drift[1][at] / activity,
             "run": signals["run"],
             "stuck": np.take_along_axis(
                 self.run_surprise[at], signals["run"].astype(int)[..., None], axis=-1
@@ -690,10 +711,25 @@ class HourlyStats:
     def _changes_z(self, grid: HourlyGrid) -> np.ndarray:
         """The level changes and the step from the reading before as signed z-scores for the
         entity and hour of day (E, H, M, spans + 1): what is compared with the neighbours'."""
-        assert self.steps is not None  # fitted with neighbours, so with the steps too
+        return np.concatenate([self._drift_z(grid), self._step_z(grid)[..., None]], axis=-1)
+
+    def _step_z(self, grid: HourlyGrid) -> np.ndarray:
+        """The step from the reading before as a signed z for the entity and hour (E, H, M)."""
+        assert self.steps is not None  # fitted with neighbours or activity, so with the steps
         _, at = self._rows_and_hours(grid)
-        step = (grid.changes["step"] - self.steps[0][at][..., 0]) / self.steps[1][at][..., 0]
-        return np.concatenate([self._drift_z(grid), step[..., None]], axis=-1)
+        return (grid.changes["step"] - self.steps[0][at][..., 0]) / self.steps[1][at][..., 0]
+
+    def _activity(self, grid: HourlyGrid) -> np.ndarray:
+        """(E, H, M, 1): how many times more than in training each series has stepped over
+        the hours t-72 .. t-13, at least 1; 1 where unknown or in models without it."""
+        ones = np.ones(grid.values.shape + (1,))
+        if self.activity is None or self.steps is None or grid.values.size == 0:
+            return ones
+        rows, _ = self._rows_and_hours(grid)
+        recent = _recent_mean_abs(self._step_z(grid), _NEIGHBOUR_RECENT_HOURS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = recent / self.activity[rows][:, None, :]
+        return np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)[..., None]
 
     def signed(self, grid: HourlyGrid, context: HourlyGrid | None = None) -> np.ndarray:
         """Per entity, hour and measure, the LEARNED_SIGNALS: the residuals, level changes and
@@ -711,10 +747,11 @@ class HourlyStats:
         )
         run = signals["run"]
         drift = self._drift_z(grid)
+        activity = self._activity(grid)
         parts = [
-            (signals["residual"] - self.residual[0][at]) / self.residual[1][at],
-            drift,
-            steps,
+            (signals["residual"] - self.residual[0][at]) / self.residual[1][at] / activity,
+            drift / activity,
+            steps / activity,
             run[..., None].astype("float64"),
             np.take_along_axis(self.run_surprise[at], run.astype(int)[..., None], axis=-1),
             ((grid.values <= self.floors) & np.isfinite(grid.values))[..., None].astype("float64"),

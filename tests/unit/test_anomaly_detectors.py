@@ -364,6 +364,54 @@ def test_neighbours_are_learnt_and_a_fault_stands_apart_from_them_where_a_front_
     assert stats.signed(grid).shape[-1] == len(LEARNED_SIGNALS) + len(NEIGHBOUR_SIGNALS)
 
 
+def _stormier(hours: pd.DataFrame, factor: float, seed: int) -> pd.DataFrame:
+    """The same hours with `factor` times the hour-to-hour noise in temperature and humidity:
+    a season livelier than training (air quality's first winter)."""
+    rng = np.random.default_rng(seed)
+    out = hours.copy()
+    for column, sd in (("temperature", 0.5), ("humidity", 2.0)):
+        out[column] += rng.normal(0, sd * (factor - 1), len(out))
+    return out
+
+
+def test_a_model_trained_on_less_than_a_year_scales_its_scores_by_recent_activity(model):
+    stats = model.hourly_stats
+    assert stats.activity is not None  # 28 days of training
+    later = _stormier(_hours(6, START + pd.Timedelta(days=TRAIN_DAYS), seed=5), 3.0, seed=6)
+    grid = HourlyGrid.of(later, "station_id", stats.measures)
+    unscaled = copy.deepcopy(stats)
+    unscaled.activity = None  # as a model saved before it, or trained on a year
+    temperature = stats.measures.index("temperature")
+    factor = stats._activity(grid)[:, 4 * 24 :, temperature, 0]  # days with 3 days behind them
+    assert np.all(factor >= 1.0) and 2.0 < np.median(factor) < 4.0  # the noise is 3x training's
+    scaled_z, plain_z = stats._z(grid), unscaled._z(grid)
+    hours = slice(4 * 24, None)
+    assert np.median(plain_z["residual"][:, hours, temperature]) > 2 * np.median(
+        scaled_z["residual"][:, hours, temperature]
+    )
+    # Pressure's noise is training's: its scores stay as they were.
+    pressure = stats.measures.index("pressure")
+    assert np.median(stats._activity(grid)[:, hours, pressure, 0]) < 1.2
+    # A spike still stands out of the livelier hours.
+    spiked = later.copy()
+    at = (spiked["station_id"] == "a") & (spiked["ds"] == spiked["ds"].min() + pd.Timedelta(days=5))
+    spiked.loc[at, "temperature"] += 40.0
+    spike_grid = HourlyGrid.of(spiked, "station_id", stats.measures)
+    hour = 5 * 24 - (spike_grid.first_hour - int(spiked["ds"].min().value // 3_600_000_000_000))
+    spike = stats._z(spike_grid)["spike"][0, hour, temperature]
+    assert spike > 3 * np.quantile(stats._z(grid)["spike"][:, hours, temperature], 0.99)
+
+
+def test_a_model_trained_on_a_year_or_more_does_not_scale_by_recent_activity():
+    from ml.anomaly import HourlyStats
+
+    year = _hours(366, START, seed=9)
+    measures = ["temperature", "humidity", "pressure", "wind_speed"]
+    floors = np.array([WEATHER.measure(m).valid_min for m in measures])
+    stats = HourlyStats.fit(HourlyGrid.of(year, "station_id", measures), floors, measures)
+    assert stats.activity is None
+
+
 @pytest.fixture(scope="module")
 def learned_model(model) -> AnomalyModel:
     """The rules' model with the learned detector, fitted on faults injected into its training
