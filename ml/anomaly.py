@@ -401,10 +401,10 @@ NEIGHBOUR_SIGNALS = (
 # sensor only its own (earlier span: drift episodes caught 0.47 -> 0.54, stuck 0.28 -> 0.34).
 _NEIGHBOURS = 3  # 5 caught no more
 _NEIGHBOUR_SPAN = _DRIFT_SPANS.index(4)
-# How far apart an entity and its neighbours have been lately: the mean |difference| over the
-# hours t-72 .. t-13 (before an episode of up to 12 hours), at least a quarter of a z.
-_NEIGHBOUR_RECENT_HOURS = (13, 72)
-_NEIGHBOUR_MIN_SCALE = 0.25
+# "Lately", for how far apart an entity and its neighbours have been and how much a series has
+# moved (`_activity`): the hours t-72 .. t-13, before an episode of up to 12 hours.
+_LATELY_HOURS = (13, 72)
+_NEIGHBOUR_MIN_SCALE = 0.25  # the scale of the gap from the neighbours: at least a quarter of a z
 # Scores are z for the entity and hour of day in training's weather. Where training is shorter
 # than a year, a season it never saw can move a series far more (air quality's first winter:
 # heating and traffic; earlier span, 6.4 % of clean windows flagged), so every hour looks odd.
@@ -415,7 +415,7 @@ _ACTIVITY_BELOW_HOURS = 365 * 24
 # Every signal looks at most this far back (gold's history reaches a week before a window).
 LOOKBACK_HOURS = max(
     _BEFORE_HOURS[1],
-    _NEIGHBOUR_RECENT_HOURS[1] + max(_DRIFT_SPANS) + _LEVEL_HOURS - 1,
+    _LATELY_HOURS[1] + max(_DRIFT_SPANS) + _LEVEL_HOURS - 1,
     _MAX_RUN,
 )
 _STEP_TO_NEXT = LEARNED_SIGNALS.index("step_to_next")  # reads the hour after
@@ -726,7 +726,7 @@ class HourlyStats:
         if self.activity is None or self.steps is None or grid.values.size == 0:
             return ones
         rows, _ = self._rows_and_hours(grid)
-        recent = _recent_mean_abs(self._step_z(grid), _NEIGHBOUR_RECENT_HOURS)
+        recent = _recent_mean_abs(self._step_z(grid), _LATELY_HOURS)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = recent / self.activity[rows][:, None, :]
         return np.where(np.isfinite(ratio), np.maximum(ratio, 1.0), 1.0)[..., None]
@@ -764,7 +764,7 @@ class HourlyStats:
             # In units of how far apart they have been lately: winter's fronts part neighbours
             # more than the weather the classifier learnt from (test false alarms 0.50 % ->
             # 0.36 % at the same validation rate, bench/anomaly_eval.py's earlier span).
-            scale = _recent_mean_abs(apart, _NEIGHBOUR_RECENT_HOURS)
+            scale = _recent_mean_abs(apart, _LATELY_HOURS)
             parts.append(apart / np.fmax(scale, _NEIGHBOUR_MIN_SCALE))
         return np.concatenate(parts, axis=-1)
 
