@@ -574,12 +574,13 @@ def summarize(errors: pd.DataFrame, contract: SourceContract) -> pd.DataFrame:
     low = common["measure"].map({m: lo for m, (lo, _) in ranges.items()}).to_numpy("float64")
     high = common["measure"].map({m: hi for m, (_, hi) in ranges.items()}).to_numpy("float64")
     yhat = common["model"].to_numpy("float64")
+    # A forecast is issued an hour after its origin; months and interval blocks go by that.
+    issued = pd.DatetimeIndex(common["origin"]) + HOUR
     common = common.assign(
         _outside=(yhat < low) | (yhat > high),
         _bucket=horizon_bucket(common["horizon_h"].to_numpy()),
-        # The month in which the forecast was issued (an hour after its origin).
-        _month=_issue_months(common["origin"]),
-        _block=_issue_blocks(common["origin"]),
+        _month=_issue_months(issued),
+        _block=_issue_blocks(issued),
     )
     order = [label for _, _, label in BUCKETS] + [">24 h", ALL]
     rows = []
@@ -599,18 +600,17 @@ def summarize(errors: pd.DataFrame, contract: SourceContract) -> pd.DataFrame:
     return summary.reset_index(drop=True)
 
 
-def _issue_months(origins: pd.Series) -> np.ndarray:
-    """'YYYY-MM' of each forecast's issue (an hour after its origin); formatted once a month,
-    not once a row (strftime of weather's 5M rows took 24 s)."""
-    issued = (pd.DatetimeIndex(origins) + HOUR).to_numpy().astype("datetime64[M]")
-    months, at = np.unique(issued, return_inverse=True)
+def _issue_months(issued: pd.DatetimeIndex) -> np.ndarray:
+    """'YYYY-MM' of each issue time; formatted once a month, not once a row (strftime of
+    weather's 5M rows took 24 s)."""
+    months, at = np.unique(issued.to_numpy().astype("datetime64[M]"), return_inverse=True)
     return months.astype(str)[at]
 
 
-def _issue_blocks(origins: pd.Series) -> np.ndarray:
-    """The interval's block of each forecast: INTERVAL_BLOCK_DAYS days of issue, counted from
-    the first day issued, so every group of one summary shares the same blocks."""
-    day = (pd.DatetimeIndex(origins) + HOUR).floor("D")
+def _issue_blocks(issued: pd.DatetimeIndex) -> np.ndarray:
+    """The interval's block of each issue time: INTERVAL_BLOCK_DAYS days, counted from the
+    first day issued, so every group of one summary shares the same blocks."""
+    day = issued.floor("D")
     return np.asarray((day - day.min()).days // INTERVAL_BLOCK_DAYS, dtype="int64")
 
 
