@@ -173,9 +173,7 @@ def main() -> None:
 
     validation, validation_scores = injected("validation", args.seed, args.validation_repeats)
     validation_truth = np.concatenate([s.truth for s in validation])
-    model.thresholds = anomaly.choose_thresholds(
-        validation_scores, validation_truth, max_false_alarm=args.max_false_alarm
-    )
+    model.set_thresholds(validation_scores, validation_truth, max_false_alarm=args.max_false_alarm)
     print(
         "thresholds (validation): " + ", ".join(f"{d} {t:.3g}" for d, t in model.thresholds.items())
     )
@@ -444,9 +442,8 @@ def report(
     # What these detectors' scores could give with the best thresholds for this very span, which
     # no production run can know: a ceiling on threshold choice, not a result.
     for budget in sorted({max_false_alarm, TARGET_FALSE_ALARM}):
-        oracle = replace(
-            model, thresholds=anomaly.choose_thresholds(scores, truth, max_false_alarm=budget)
-        )
+        oracle = replace(model)
+        oracle.set_thresholds(scores, truth, max_false_alarm=budget)
         hit = oracle.combine(scores)[0] >= oracle.threshold
         m = anomaly.detection_metrics(truth, hit)
         print(

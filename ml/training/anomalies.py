@@ -152,7 +152,7 @@ def train_anomaly(
         seed=config.anomaly_seed,
         repeats=VALIDATION_REPEATS,
     )
-    model.thresholds = anomaly.choose_thresholds(
+    model.set_thresholds(
         set_scores(model, validation),
         np.concatenate([s.truth for s in validation]),
         max_false_alarm=config.anomaly_max_false_alarm,

@@ -412,6 +412,25 @@ def test_a_model_trained_on_a_year_or_more_does_not_scale_by_recent_activity():
     assert stats.activity is None
 
 
+def test_validation_leaves_the_forest_off_where_training_spans_less_than_a_year(model):
+    # Scores where the forest alone finds the anomalies, with no false alarm.
+    truth = np.array([True] * 10 + [False] * 1000)
+    scores = pd.DataFrame(0.0, index=range(len(truth)), columns=list(DETECTORS))
+    scores.loc[0:9, "forest"] = 0.9
+    scores.loc[10:, "forest"] = 0.4
+    scores.loc[0:4, "spike"] = 5.0  # and the spike rule half of them
+    short = copy.deepcopy(model)  # 28 days of training
+    short.set_thresholds(scores, truth, max_false_alarm=0.005)
+    assert short.candidate_detectors() == [d for d in DETECTORS if d != "forest"]
+    assert short.thresholds["forest"] == np.inf
+    assert 0 < short.thresholds["spike"] <= 5.0
+    year = copy.deepcopy(model)
+    year.hourly_stats.activity = None  # as one trained on a year or more
+    year.set_thresholds(scores, truth, max_false_alarm=0.005)
+    assert 0.4 < year.thresholds["forest"] <= 0.9
+    assert set(year.thresholds) == set(short.thresholds) == set(DETECTORS)
+
+
 @pytest.fixture(scope="module")
 def learned_model(model) -> AnomalyModel:
     """The rules' model with the learned detector, fitted on faults injected into its training
