@@ -431,6 +431,43 @@ def test_validation_leaves_the_forest_off_where_training_spans_less_than_a_year(
     assert set(year.thresholds) == set(short.thresholds) == set(DETECTORS)
 
 
+def _coupled(days: int, start: pd.Timestamp, seed: int) -> pd.DataFrame:
+    """The hours of `_hours` with humidity moving against temperature hour by hour (one
+    shared noise), as a station's gases move together."""
+    hours = _hours(days, start, seed)
+    shared = np.random.default_rng(seed + 100).normal(0, 1.0, len(hours))
+    hours["temperature"] = np.round(hours["temperature"] + shared, 2)
+    hours["humidity"] = np.round(hours["humidity"] - 4 * shared, 2)
+    return hours
+
+
+def test_a_spike_its_partner_measures_share_is_not_judged_a_fault():
+    hours = _coupled(TRAIN_DAYS, START, seed=11)
+    coupled = fit_anomaly_model(_windows(hours), WEATHER, hourly=hours, n_estimators=10)
+    stats = coupled.hourly_stats
+    t, h, p = (stats.measures.index(m) for m in ("temperature", "humidity", "pressure"))
+    assert stats.partners[t, h] == stats.partners[h, t] == -1  # they move against each other
+    assert not stats.partners[p].any()  # pressure moves on its own
+    later = _coupled(2, START + pd.Timedelta(days=TRAIN_DAYS), seed=12)
+    at = (later["station_id"] == "a") & (later["ds"] == AT)
+    alone, shared = later.copy(), later.copy()
+    alone.loc[at, "temperature"] += 15.0
+    shared.loc[at, "temperature"] += 15.0
+    shared.loc[at, "humidity"] -= 60.0  # the event moves humidity as it always does
+    hour = int((AT - START - pd.Timedelta(days=TRAIN_DAYS)) / pd.Timedelta(hours=1))
+
+    def spike(hours: pd.DataFrame) -> float:
+        return stats._z(HourlyGrid.of(hours, "station_id", stats.measures))["spike"][0, hour, t]
+
+    assert spike(alone) > 5.0  # a fault of one sensor
+    assert spike(shared) < 2.0  # an event both measures show
+    # A model saved before the partners judges both alike.
+    old = copy.deepcopy(stats)
+    old.partners = None
+    grid = HourlyGrid.of(shared, "station_id", stats.measures)
+    assert old._z(grid)["spike"][0, hour, t] > 5.0
+
+
 @pytest.fixture(scope="module")
 def learned_model(model) -> AnomalyModel:
     """The rules' model with the learned detector, fitted on faults injected into its training
