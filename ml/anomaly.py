@@ -627,20 +627,27 @@ class HourlyStats:
             floor_surprise=-np.log10((floor_counts + 0.5) / (observed_hours + 1.0)),
         )
         stats.neighbours = _choose_neighbours(stats._drift_z(grid)[..., _NEIGHBOUR_SPAN], grid)
+        step_z = stats._step_z(grid)
         seen_hours = np.flatnonzero(np.isfinite(values).any(axis=(0, 2)))
         if len(seen_hours) and seen_hours[-1] - seen_hours[0] + 1 < _ACTIVITY_BELOW_HOURS:
-            step = np.abs(stats._step_z(grid))
+            step = np.abs(step_z)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a measure never seen: NaN
                 own = np.nanmean(step, axis=1)
                 pooled = np.nanmean(step.reshape(-1, step.shape[-1]), axis=0)
             stats.activity = np.concatenate([own, pooled[None]])
-        stats.partners = _choose_partners(stats._step_z(grid))
+        stats.partners = _choose_partners(step_z)
         z = stats._z(grid)
         stats.residual_tail = _tail(z["residual"])
         stats.drift_tail = _tail(z["drift"])
         stats.spike_tail = _tail(z["spike"])
         return stats
+
+    @property
+    def short_training(self) -> bool:
+        """Training spanned less than a year (`activity` is set on exactly that; models saved
+        before it say False)."""
+        return self.activity is not None
 
     def _rows_and_hours(self, grid: HourlyGrid) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Each grid entity's row in these statistics (unknown: the pooled last row), and the
@@ -1091,7 +1098,7 @@ class AnomalyModel:
         validation episodes no other detector caught, and 3 of the test's 8 false-alarm events
         were its own; without it F1 0.726 -> 0.758, false alarms 1.15 -> 0.81 %; earlier span,
         0.684 -> 0.795 and 1.95 -> 0.73 %.)"""
-        short = self.hourly_stats is not None and self.hourly_stats.activity is not None
+        short = self.hourly_stats is not None and self.hourly_stats.short_training
         return [d for d in DETECTORS if not (short and d == "forest")]
 
     def set_thresholds(
