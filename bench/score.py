@@ -10,9 +10,13 @@ Needs history in the lake and champions (see the README: replay, bronze, silver,
 
     python bench/score.py --source weather --actors 1 2 --days 90
     python bench/score.py --source weather --serve gbm     # the global model at every horizon
+    python bench/score.py --source weather --serve gbm --long-history-gbm   # of production's size
 
 What a window costs depends on what the champion serves (printed first): the global model's
-trees cost far more per forecast than Prophet's cached yhat or a baseline's lookup.
+trees cost far more per forecast than Prophet's cached yhat or a baseline's lookup. The demo's
+global models learn 30 days of 5 stations and stay small; `--long-history-gbm` serves instead
+global models fitted (with production's settings) on the two years of every entity of the shared
+dataset that end a month before its last day, the size a champion trained on a long history has.
 
 End-to-end (`--latency`): a steady stream (default 1,000 records/s over 1,000 stations,
 event time = now) through bronze, silver and the scorer, all running at once, in a temporary
@@ -70,7 +74,8 @@ def throughput(args: argparse.Namespace) -> None:
         # `--serve` at every horizon: the dev registry's champions stay as they are.
         work = Path(tempfile.mkdtemp(prefix="periscope-score-throughput-"))
         bench_settings = settings.model_copy(update={"local_dir": work, "mlflow_tracking_uri": ""})
-        _serving_copy(registry, bench_settings, args.source, args.serve)
+        long_history = _long_history_globals(contract) if args.long_history_gbm else None
+        _serving_copy(registry, bench_settings, args.source, args.serve, long_history)
         settings, registry = bench_settings, Registry(bench_settings)
         print(f"scored with a copy serving {_served(registry, args.source)}")
     if latest_feature_batch(settings, contract) is None:
@@ -137,9 +142,12 @@ def _serving(bundle, method: str | None):
     return bundle
 
 
-def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
+def _serving_copy(
+    dev: Registry, settings, source: str, method: str, globals_: dict | None = None
+) -> None:
     """Register the source's champions in the registry of `settings`, the forecast bundle
-    serving `method` at every (measure, horizon) where it has a model (its bands' offsets)."""
+    serving `method` at every (measure, horizon) where it has a model (its bands' offsets);
+    `globals_`: global models (by measure) to put in place of the bundle's."""
     from ml.anomaly import AnomalyModel
     from ml.forecast import ForecastBundle
 
@@ -148,9 +156,49 @@ def _serving_copy(dev: Registry, settings, source: str, method: str) -> None:
     if forecast_info is None or anomaly_info is None:
         raise SystemExit(f"no {source} champions: run `periscope train --source {source}`")
     bundle = _serving(ForecastBundle.load(dev.download(forecast_info)), method)
+    bundle.globals.update({m: g for m, g in (globals_ or {}).items() if m in bundle.globals})
     anomaly = AnomalyModel.load(dev.download(anomaly_info))
     # After the downloads: MLflow's tracking URI is process-wide.
     _register_champions(Registry(settings), source, bundle, anomaly)
+
+
+def _long_history_globals(contract) -> dict:
+    """Global models of every forecast measure fitted with production's settings on the two
+    years of the shared dataset's entities that end a month before its last day (no Ray)."""
+    from ml.data import series_frames
+    from ml.evaluation import hourly_from_records
+    from ml.forecast import ForecastConfig, fit_globals, source_config, temporal_split
+    from ml.training import TrainConfig
+
+    settings = get_settings()
+    reader = contract.dataset_reader()
+    records = reader.read(settings.data_dir, entities=reader.entities(settings.data_dir))
+    hourly = hourly_from_records(records, contract)
+    last = hourly["ds"].max() - timedelta(days=30)
+    hourly = hourly[hourly["ds"] <= last]
+    split = temporal_split(
+        hourly["ds"].min(),
+        last,
+        test_days=0,
+        validation_days=TrainConfig.validation_days,
+        max_train_days=TrainConfig.max_train_days,
+    )
+    frames = series_frames(hourly, contract)
+    started = time.perf_counter()
+    config = source_config(ForecastConfig(), contract)
+    models = {}
+    for measure in sorted({m for _, m in frames}):
+        model = fit_globals(measure, frames, split, config)
+        if model is not None:
+            models[measure] = model
+    print(
+        f"fitted global models on {split.train_start:%Y-%m-%d} .. {split.train_end:%Y-%m-%d} "
+        f"of {hourly[contract.key_field].nunique()} entities in {time.perf_counter() - started:.0f} s: "
+        + ", ".join(
+            f"{m} {g.regressor.n_iter_} trees, {g.train_rows:,} rows" for m, g in models.items()
+        )
+    )
+    return models
 
 
 def _register_champions(registry: Registry, source: str, forecast, anomaly) -> None:
@@ -408,6 +456,12 @@ def main() -> None:
         choices=["gbm", "prophet", "persistence", "seasonal_naive"],
         help="score with a copy of the champions whose forecast bundle serves this method at "
         "every horizon (default: the champion as it is); with --latency too",
+    )
+    parser.add_argument(
+        "--long-history-gbm",
+        action="store_true",
+        help="with --serve gbm (throughput): serve global models fitted with production's "
+        "settings on two years of the shared dataset, not the demo champion's small ones",
     )
     parser.add_argument("--latency", action="store_true", help="measure end-to-end latency")
     parser.add_argument("--rate", type=int, default=1000, help="records per second")
