@@ -60,7 +60,7 @@ _NEIGHBOUR_FEATURES = 3  # per neighbour: 24 h change, 6 h change, departure fro
 # CO 0.753 -> 0.733 on the choosing span 2004-09 .. 2004-11 without it.)
 _YEAR_CYCLE_DAYS = 365
 # scikit-learn walks every row through one tree before the next: a gold batch (350k rows of
-# float64, ~130 MB) is read from memory once per tree. Blocks of this many rows (~4 MB) stay in
+# float64, ~130 MB) is read from memory once per tree. Blocks of this many rows (~3 MB) stay in
 # the cache across the trees, with the same predictions.
 _PREDICT_BLOCK_ROWS = 8192
 

@@ -576,10 +576,10 @@ def test_the_global_model_forecasts_the_same_in_blocks_of_rows_as_in_one_call(
     split = temporal_split(T0, T0 + pd.Timedelta(days=60) - HOUR, test_days=7, validation_days=7)
     model = fit_global("y", {e: to_grid(_hourly(y)) for e, (_, y) in series.items()}, split, QUICK)
     grid_start = hours_since_epoch(T0)
-    origins = grid_start + 24 * 50 + np.arange(30)  # 30 origins x 24 hours: 720 rows
+    origins = grid_start + 24 * 50 + np.arange(30)  # 3 entities x 30 origins x 24 h: 2,160 rows
     request = [(e, origins, grid_start, y) for e, (_, y) in series.items()]
     whole = model.forecast_many(request, 24)
-    monkeypatch.setattr(global_method, "_PREDICT_BLOCK_ROWS", 100)  # 8 blocks, the last short
+    monkeypatch.setattr(global_method, "_PREDICT_BLOCK_ROWS", 100)  # 22 blocks, the last short
     for one, blocked in zip(whole, model.forecast_many(request, 24), strict=True):
         assert np.isfinite(one).all()
         np.testing.assert_array_equal(blocked, one)
