@@ -167,7 +167,7 @@ def _long_history_globals(contract) -> dict:
     years of the shared dataset's entities that end a month before its last day (no Ray)."""
     from ml.data import series_frames
     from ml.evaluation import hourly_from_records
-    from ml.forecast import ForecastConfig, fit_globals, source_config, temporal_split
+    from ml.forecast import ForecastConfig, fit_every_global, source_config, temporal_split
     from ml.training import TrainConfig
 
     settings = get_settings()
@@ -185,12 +185,7 @@ def _long_history_globals(contract) -> dict:
     )
     frames = series_frames(hourly, contract)
     started = time.perf_counter()
-    config = source_config(ForecastConfig(), contract)
-    models = {}
-    for measure in sorted({m for _, m in frames}):
-        model = fit_globals(measure, frames, split, config)
-        if model is not None:
-            models[measure] = model
+    models = fit_every_global(frames, split, source_config(ForecastConfig(), contract))
     print(
         f"fitted global models on {split.train_start:%Y-%m-%d} .. {split.train_end:%Y-%m-%d} "
         f"of {hourly[contract.key_field].nunique()} entities in {time.perf_counter() - started:.0f} s: "

@@ -53,6 +53,7 @@ __all__ = [
     "choose_method",
     "conformal_offsets",
     "fit_bundle",
+    "fit_every_global",
     "fit_globals",
     "source_config",
     "fit_prophets",
@@ -666,6 +667,18 @@ def fit_globals(
         return None
 
 
+def fit_every_global(
+    frames: dict[tuple[str, str], pd.DataFrame], split: Split, config: ForecastConfig
+) -> dict[str, GlobalModel]:
+    """The global model of each measure of `frames` that has data, in this process."""
+    models = {}
+    for measure in sorted({m for _, m in frames}):
+        model = fit_globals(measure, frames, split, config)
+        if model is not None:
+            models[measure] = model
+    return models
+
+
 def fit_bundle(
     frames: dict[tuple[str, str], pd.DataFrame],
     split: Split,
@@ -687,12 +700,7 @@ def fit_bundle(
                 prophets[(result.entity_id, result.measure)] = ProphetSeries.from_json(
                     result.model_json
                 )
-    globals_ = {}
-    if "gbm" in config.candidates:
-        for measure in sorted({m for _, m in frames}):
-            model = fit_globals(measure, frames, split, config)
-            if model is not None:
-                globals_[measure] = model
+    globals_ = fit_every_global(frames, split, config) if "gbm" in config.candidates else {}
     return ForecastBundle.assemble(
         source=source,
         config=config,
