@@ -166,14 +166,11 @@ def _long_history_globals(contract) -> dict:
     """Global models of every forecast measure fitted with production's settings on the two
     years of the shared dataset's entities that end a month before its last day (no Ray)."""
     from ml.data import series_frames
-    from ml.evaluation import hourly_from_records
+    from ml.evaluation import dataset_hourly
     from ml.forecast import ForecastConfig, fit_every_global, source_config, temporal_split
     from ml.training import TrainConfig
 
-    settings = get_settings()
-    reader = contract.dataset_reader()
-    records = reader.read(settings.data_dir, entities=reader.entities(settings.data_dir))
-    hourly = hourly_from_records(records, contract)
+    hourly = dataset_hourly(contract, get_settings().data_dir)
     last = hourly["ds"].max() - timedelta(days=30)
     hourly = hourly[hourly["ds"] <= last]
     split = temporal_split(

@@ -33,6 +33,8 @@ import pandas as pd
 from periscope.contracts import Measure, SourceContract
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import polars as pl
 
     from ml.forecast import ForecastBundle, Split
@@ -49,6 +51,7 @@ __all__ = [
     "ProductionForecaster",
     "Retrain",
     "block_interval",
+    "dataset_hourly",
     "default_span",
     "history_days",
     "horizon_bucket",
@@ -671,6 +674,16 @@ def hourly_from_records(records: pl.DataFrame, contract: SourceContract) -> pd.D
     return frame
 
 
+def dataset_hourly(
+    contract: SourceContract, data_dir: Path, entities: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The contract's dataset (its reader's raw records under `data_dir`) as silver would keep
+    it, hourly (`hourly_from_records`), for `entities` (default: every entity it has)."""
+    reader = contract.dataset_reader()
+    chosen = list(entities) if entities else reader.entities(data_dir)
+    return hourly_from_records(reader.read(data_dir, entities=chosen), contract)
+
+
 def default_span(
     hourly: pd.DataFrame, contract: SourceContract, months: int = 3
 ) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -759,7 +772,7 @@ def run_evaluation(
     chosen = list(entities) if entities else reader.entities(settings.data_dir)
     history: pd.DataFrame | None = None
     if start is None or end is None:
-        history = hourly_from_records(reader.read(settings.data_dir, entities=chosen), contract)
+        history = dataset_hourly(contract, settings.data_dir, chosen)
         default_start, default_end = default_span(history, contract)
         start = default_start if start is None else start
         end = default_end if end is None else end
@@ -771,7 +784,7 @@ def run_evaluation(
     data_from = f"lake silver/{contract.name}_observations"
     if hourly is None:
         if history is None:
-            history = hourly_from_records(reader.read(settings.data_dir, entities=chosen), contract)
+            history = dataset_hourly(contract, settings.data_dir, chosen)
         hourly = history[(history["ds"] >= since) & (history["ds"] < until)]
         data_from = f"dataset {settings.data_dir} (the lake does not hold the span)"
     hourly = hourly.reset_index(drop=True)

@@ -6,6 +6,7 @@ training reads that lake like `periscope train` does.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -231,3 +232,43 @@ def test_models_cli_lists_and_shows_the_champion(ml_settings, first_training):
         check=True,
     ).stdout
     assert "champion" in shown and "f1" in shown
+
+
+def test_periscope_evaluate_replays_the_retrain_on_a_week_of_real_history(tmp_path):
+    """`periscope evaluate` as a user runs it (issue 16's yardstick): two real stations, the
+    last full week of April 2017, one retrain with production's defaults on the dataset read
+    as silver would keep it. Every hourly origin is forecast 1-24 h ahead and judged, one
+    summary row per measure and horizon bucket and per month, nothing outside the valid range."""
+    env = {
+        **os.environ,
+        "PERISCOPE_LOCAL_DIR": str(tmp_path),
+        "PERISCOPE_LAKE_ROOT": str(tmp_path / "lake"),  # an empty lake: the dataset is read
+    }
+    result = subprocess.run(
+        [PERISCOPE, "evaluate", "--source", "weather", "--stations", "denver,boston"]
+        + ["--from", "2017-04-20", "--to", "2017-04-27", "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "data: dataset" in result.stderr and "1 retrains" in result.stderr
+    rows = pd.DataFrame(json.loads(result.stdout))
+    measures = {"temperature", "humidity", "pressure"}
+    by_horizon = rows[rows["by"] == "horizon"].set_index(["measure", "group"])
+    assert set(by_horizon.index) == {
+        (m, g) for m in measures for g in ("1-6 h", "7-12 h", "13-24 h", "all")
+    }
+    # 7 days of hourly origins at 2 stations, each judged at every horizon of its bucket
+    # (these stations report every hour of that week).
+    origins = 7 * 24 * len(STATIONS)
+    for m in measures:
+        assert by_horizon.loc[(m, "1-6 h"), "n"] == origins * 6
+        assert by_horizon.loc[(m, "13-24 h"), "n"] == origins * 12
+        assert by_horizon.loc[(m, "all"), "n"] == origins * 24
+    assert (by_horizon["outside_range"] == 0).all()
+    assert by_horizon["relative_mae"].between(0, 10).all()
+    assert by_horizon["coverage"].between(0, 1).all()
+    by_month = rows[rows["by"] == "month"]
+    assert sorted(by_month["measure"]) == sorted(measures)
+    assert set(by_month["group"]) == {"2017-04"}
